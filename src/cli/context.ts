@@ -1,0 +1,43 @@
+import { Option } from "@commander-js/extra-typings";
+import { ProcessRunner, type Runner } from "../host/runner.js";
+import { DEFAULT_FLEET_FILE } from "../spec/load.js";
+import { DEFAULT_STATE_DIR, type StateLayout, stateLayout } from "../state/layout.js";
+
+/** The global options every verb sees, as commander hands them over. */
+export interface GlobalOptions {
+  readonly stateDir: string;
+  readonly debug?: true;
+  readonly dryRun?: true;
+}
+
+export const globalOptions = [
+  new Option("--state-dir <dir>", "where shoal keeps images and fleets")
+    .env("SHOAL_STATE_DIR")
+    .default(DEFAULT_STATE_DIR),
+  new Option("--dry-run", "print the commands that would change the host instead of running them"),
+  new Option("--debug", "print every command run, and stack traces"),
+] as const;
+
+export function fleetFileOption() {
+  return new Option("-f, --file <file>", "the fleet file").default(DEFAULT_FLEET_FILE);
+}
+
+export interface Context {
+  readonly layout: () => StateLayout;
+  readonly runner: Runner;
+  readonly print: (text: string) => void;
+}
+
+export function makeContext(options: GlobalOptions): Context {
+  return {
+    // Laid out on first use: commands that never touch state must not fail on a bad --state-dir.
+    layout: () => stateLayout(options.stateDir),
+    runner: new ProcessRunner({ dryRun: options.dryRun === true, trace: options.debug === true }),
+    print: (text) => process.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
+  };
+}
+
+/** The global options as seen from a verb's action (commander keeps them on the root command). */
+export function contextOf(command: { optsWithGlobals(): object }): Context {
+  return makeContext(command.optsWithGlobals() as GlobalOptions);
+}

@@ -1,0 +1,51 @@
+import { readFileSync } from "node:fs";
+import { Command, CommanderError } from "@commander-js/extra-typings";
+import { ExitCode, ShoalError, SpecError } from "../errors.js";
+import { globalOptions } from "./context.js";
+import { planCommand } from "./plan.js";
+import { schemaCommand } from "./schema.js";
+import { validateCommand } from "./validate.js";
+
+const packageJson = JSON.parse(
+  readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
+) as { version: string };
+
+function buildProgram() {
+  const program = new Command("shoal")
+    .description(
+      "fleets of VMs that boot from one read-only base image, each with a small private layer",
+    )
+    .version(packageJson.version, "-V, --version")
+    .showHelpAfterError("(run `shoal help` for usage)")
+    .exitOverride();
+  for (const option of globalOptions) program.addOption(option);
+  for (const verb of [validateCommand(), planCommand(), schemaCommand()]) {
+    program.addCommand(verb.exitOverride());
+  }
+  return program;
+}
+
+function report(error: unknown, debug: boolean): number {
+  if (error instanceof CommanderError) {
+    // commander has printed its message already; help and --version end with code 0.
+    return error.exitCode === 0 ? ExitCode.ok : ExitCode.badInput;
+  }
+  if (error instanceof ShoalError) {
+    const prefix = error instanceof SpecError ? "" : "shoal: ";
+    for (const line of error.lines()) process.stderr.write(`${prefix}${line}\n`);
+    if (debug && error.stack) process.stderr.write(`${error.stack}\n`);
+    return error.exitCode;
+  }
+  const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
+  process.stderr.write(`shoal: internal error, please report it: ${message}\n`);
+  return ExitCode.internal;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync([...argv], { from: "user" });
+    return ExitCode.ok;
+  } catch (error) {
+    return report(error, argv.includes("--debug"));
+  }
+}

@@ -1,0 +1,77 @@
+import { Command } from "@commander-js/extra-typings";
+import type { FleetSpec } from "../core/fleet.js";
+import { formatIpv4 } from "../core/ipv4.js";
+import { planFleet, type VmAction, type VmPlan } from "../core/plan.js";
+import { formatSize } from "../core/size.js";
+import { loadFleetFile } from "../spec/load.js";
+import { checkSocketPaths } from "../state/layout.js";
+import { observeOnDisk } from "../state/observe.js";
+import { readFleetRecord, recordedSpecs } from "../state/store.js";
+import { contextOf, fleetFileOption } from "./context.js";
+import { formatTable } from "./table.js";
+
+function planJson(plan: readonly VmPlan[]) {
+  return plan.map(({ spec, state, actions, changes }) => ({
+    name: spec.name,
+    hostname: spec.hostname,
+    index: spec.index,
+    mac: spec.mac,
+    ip: spec.ip,
+    machineId: spec.machineId,
+    image: spec.image,
+    memory: `${spec.memoryMiB}M`,
+    vcpus: spec.vcpus,
+    layer: { type: spec.layer.type, size: formatSize(spec.layer.sizeBytes) },
+    kernelArgs: spec.kernelArgs,
+    state,
+    actions,
+    changes,
+  }));
+}
+
+function planTable(fleet: FleetSpec, plan: readonly VmPlan[]): string {
+  const rows = plan.map(({ spec, state, actions, changes }) => {
+    const changed = changes.length > 0 ? ` (${changes.join(", ")})` : "";
+    const action = actions.length === 0 ? "-" : `${actions.join(", ")}${changed}`;
+    const layer = `${spec.layer.type} ${formatSize(spec.layer.sizeBytes)}`;
+    return [spec.name, spec.hostname, spec.mac, spec.ip, layer, state, action];
+  });
+  const counts = new Map<VmAction, number>();
+  for (const action of plan.flatMap((vm) => vm.actions))
+    counts.set(action, (counts.get(action) ?? 0) + 1);
+  const summary =
+    counts.size === 0
+      ? "nothing to do"
+      : [...counts].map(([action, n]) => `${n} to ${action}`).join(", ");
+  const gateway = formatIpv4(fleet.subnet.gateway);
+  const header = `fleet ${fleet.name}: ${fleet.vms.length} VMs on ${fleet.backend}, subnet ${fleet.subnet.cidr}, gateway ${gateway}`;
+  const table = formatTable(["NAME", "HOSTNAME", "MAC", "IP", "LAYER", "STATE", "ACTION"], rows);
+  return `${header}\n${table}\n${summary}`;
+}
+
+export function planCommand() {
+  return new Command("plan")
+    .description("show every VM's identity and what `shoal up` would do to it")
+    .addOption(fleetFileOption())
+    .option("--json", "print an array of VM objects for scripts")
+    .action(async (options, command) => {
+      const context = contextOf(command);
+      const fleet = await loadFleetFile(options.file);
+      const layout = context.layout();
+      checkSocketPaths(
+        layout,
+        fleet.name,
+        fleet.vms.map((vm) => vm.name),
+      );
+      const record = await readFleetRecord(layout, fleet.name);
+      const plan = planFleet({
+        desired: fleet.vms,
+        recorded: recordedSpecs(record),
+        observed: await observeOnDisk(layout, record),
+        goal: "running",
+      });
+      context.print(
+        options.json ? JSON.stringify(planJson(plan), null, 2) : planTable(fleet, plan),
+      );
+    });
+}

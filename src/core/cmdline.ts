@@ -1,0 +1,37 @@
+import type { BackendName, VmSpec } from "./fleet.js";
+import { isDnsLabel } from "./names.js";
+import { formatSize } from "./size.js";
+import { assertRenderable, checkKernelParam } from "./syntax.js";
+
+/** How each backend presents the base, the layer and the console to the guest. */
+export const GUEST_DEVICES = {
+  qemu: { base: "/dev/vda", layer: "/dev/vdb", console: "ttyS0" },
+  xl: { base: "/dev/xvda", layer: "/dev/xvdb", console: "hvc0" },
+} as const satisfies Record<BackendName, { base: string; layer: string; console: string }>;
+
+type CmdlineVm = Pick<VmSpec, "name" | "machineId" | "layer" | "kernelArgs">;
+
+/**
+ * The kernel command line that tells shoal's union-root init where the base and the layer are.
+ * systemd.hostname and systemd.machine_id give the VM its identity before anything in the image runs.
+ */
+export function renderKernelCmdline(backend: BackendName, vm: CmdlineVm): string {
+  const devices = GUEST_DEVICES[backend];
+  const layer =
+    vm.layer.type === "tmpfs"
+      ? ["shoal.layer=tmpfs", `shoal.layer_size=${formatSize(vm.layer.sizeBytes)}`]
+      : [`shoal.layer=${devices.layer}`];
+  assertRenderable("VM name", vm.name, isDnsLabel(vm.name));
+  assertRenderable("machine-id", vm.machineId, /^[0-9a-f]{32}$/.test(vm.machineId));
+  for (const param of vm.kernelArgs) {
+    assertRenderable("kernel parameter", param, checkKernelParam(param) === undefined);
+  }
+  return [
+    `console=${devices.console}`,
+    `shoal.base=${devices.base}`,
+    ...layer,
+    `systemd.hostname=${vm.name}`,
+    `systemd.machine_id=${vm.machineId}`,
+    ...vm.kernelArgs,
+  ].join(" ");
+}

@@ -1,0 +1,27 @@
+import { isDnsLabel } from "../names.js";
+import { assertRenderable, isSafePath } from "../syntax.js";
+
+/** What a VM boots from: the image's kernel, shoal's initramfs for it, the shared base. */
+export interface BootFiles {
+  readonly kernel: string;
+  readonly initrd: string;
+  readonly base: string;
+}
+
+/** The hypervisor-facing name of a VM; the dot cannot occur in either label, so names never clash across fleets. */
+export function domainName(fleet: string, vm: string): string {
+  assertRenderable("fleet name", fleet, isDnsLabel(fleet));
+  assertRenderable("VM name", vm, isDnsLabel(vm));
+  return `${fleet}.${vm}`;
+}
+
+export function assertSafePaths(paths: Record<string, string | undefined>): void {
+  for (const [what, path] of Object.entries(paths)) {
+    if (path !== undefined) assertRenderable(`${what} path`, path, isSafePath(path));
+  }
+}
+
+/** Linux interface names: at most 15 bytes (IFNAMSIZ 16 with the NUL), no "/" or spaces. */
+export function isInterfaceName(name: string): boolean {
+  return /^[A-Za-z0-9_.-]{1,15}$/.test(name) && name !== "." && name !== "..";
+}

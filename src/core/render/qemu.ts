@@ -1,0 +1,94 @@
+import { renderKernelCmdline } from "../cmdline.js";
+import type { VmSpec } from "../fleet.js";
+import { assertRenderable, UNIX_SOCKET_PATH_MAX } from "../syntax.js";
+import { assertSafePaths, type BootFiles, domainName, isInterfaceName } from "./boot.js";
+
+export type Accelerator = "kvm" | "tcg";
+
+export interface QemuFiles {
+  /** The VM's disk layer; absent for a tmpfs layer. */
+  readonly layer?: string;
+  readonly serialLog: string;
+  readonly consoleSocket: string;
+  readonly qmpSocket: string;
+  readonly pidFile: string;
+}
+
+export interface QemuInput {
+  readonly fleet: string;
+  readonly vm: VmSpec;
+  readonly boot: BootFiles;
+  readonly files: QemuFiles;
+  readonly tap: string;
+  readonly accel: Accelerator;
+}
+
+/**
+ * The QEMU command for one VM. It daemonizes so VMs outlive shoal; shoal talks to it over QMP and
+ * reaches the serial console over a socket while QEMU also logs it to a file. The base is attached
+ * `readonly=on`, so QEMU itself refuses any write to it.
+ */
+export function renderQemuArgv(input: QemuInput): string[] {
+  const { vm, boot, files } = input;
+  assertSafePaths({ kernel: boot.kernel, initrd: boot.initrd, base: boot.base, ...files });
+  for (const socket of [files.consoleSocket, files.qmpSocket]) {
+    assertRenderable("socket path", socket, socket.length <= UNIX_SOCKET_PATH_MAX);
+  }
+  assertRenderable("tap name", input.tap, isInterfaceName(input.tap));
+  const layer =
+    vm.layer.type === "disk"
+      ? [
+          "-drive",
+          `if=none,id=layer,file=${files.layer},format=raw,discard=unmap,detect-zeroes=unmap`,
+          "-device",
+          "virtio-blk-pci,drive=layer",
+        ]
+      : [];
+  if (vm.layer.type === "disk" && files.layer === undefined) {
+    throw new Error(`internal: ${vm.name} has a disk layer but no layer path`);
+  }
+  return [
+    "qemu-system-x86_64",
+    "-name",
+    domainName(input.fleet, vm.name),
+    "-machine",
+    "q35",
+    "-accel",
+    input.accel,
+    ...(input.accel === "kvm" ? ["-cpu", "host"] : []),
+    "-m",
+    `${vm.memoryMiB}M`,
+    "-smp",
+    String(vm.vcpus),
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-kernel",
+    boot.kernel,
+    "-initrd",
+    boot.initrd,
+    "-append",
+    renderKernelCmdline("qemu", vm),
+    "-drive",
+    `if=none,id=base,file=${boot.base},format=raw,readonly=on`,
+    "-device",
+    "virtio-blk-pci,drive=base",
+    ...layer,
+    "-netdev",
+    `tap,id=net0,ifname=${input.tap},script=no,downscript=no`,
+    "-device",
+    `virtio-net-pci,netdev=net0,mac=${vm.mac}`,
+    "-chardev",
+    `socket,id=console,path=${files.consoleSocket},server=on,wait=off,logfile=${files.serialLog},logappend=on`,
+    "-serial",
+    "chardev:console",
+    "-chardev",
+    `socket,id=qmp,path=${files.qmpSocket},server=on,wait=off`,
+    "-mon",
+    "chardev=qmp,mode=control",
+    "-pidfile",
+    files.pidFile,
+    "-daemonize",
+  ];
+}

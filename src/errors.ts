@@ -1,0 +1,69 @@
+/**
+ * Exit codes are part of shoal's interface (documented in the README): scripts branch on them.
+ */
+export const ExitCode = {
+  ok: 0,
+  failed: 1,
+  badInput: 2,
+  locked: 3,
+  internal: 70,
+} as const;
+
+/** An error shoal expects and explains in one line; anything else is a bug and gets a stack trace. */
+export class ShoalError extends Error {
+  readonly exitCode: number;
+  readonly hint: string | undefined;
+
+  constructor(
+    message: string,
+    options: { exitCode?: number; hint?: string; cause?: unknown } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.exitCode = options.exitCode ?? ExitCode.failed;
+    this.hint = options.hint;
+  }
+
+  /** The lines printed to the user, without the "shoal: " prefix. */
+  lines(): string[] {
+    return [this.hint ? `${this.message}; ${this.hint}` : this.message];
+  }
+}
+
+/** Bad input a user can fix: a flag, a name, a path, a size. Nothing was changed. */
+export class UserError extends ShoalError {
+  constructor(message: string, hint?: string) {
+    super(
+      message,
+      hint === undefined ? { exitCode: ExitCode.badInput } : { exitCode: ExitCode.badInput, hint },
+    );
+  }
+}
+
+export interface SpecProblem {
+  file: string;
+  line: number;
+  col: number;
+  /** Dotted field path such as `vm.layer.size` or `vms[2].name`; `(file)` for the document itself. */
+  field: string;
+  message: string;
+}
+
+export function formatProblem(problem: SpecProblem): string {
+  return `${problem.file}:${problem.line}:${problem.col} ${problem.field}: ${problem.message}`;
+}
+
+/** Every problem found in a fleet file at once, each with its position. */
+export class SpecError extends ShoalError {
+  readonly problems: readonly SpecProblem[];
+
+  constructor(problems: readonly SpecProblem[]) {
+    const first = problems[0];
+    super(first ? formatProblem(first) : "invalid fleet file", { exitCode: ExitCode.badInput });
+    this.problems = problems;
+  }
+
+  override lines(): string[] {
+    return this.problems.map(formatProblem);
+  }
+}

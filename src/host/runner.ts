@@ -1,0 +1,129 @@
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import shellQuote from "shell-quote";
+import { ShoalError } from "../errors.js";
+
+/**
+ * Every external command shoal runs goes through a Runner: argv arrays only (never a shell
+ * string), LANG=C so output parses the same everywhere, and failures that say what ran.
+ */
+export interface Command {
+  readonly argv: readonly [string, ...string[]];
+  readonly input?: string | Buffer;
+  /** Extra environment on top of shoal's own; LANG/LC_ALL stay C. */
+  readonly env?: Readonly<Record<string, string>>;
+  readonly timeoutMs?: number;
+  /** An open file descriptor handed to the command as its fd 3 (flock works on it, for example). */
+  readonly fd3?: number;
+  /**
+   * A probe only looks (lists, versions, locks): it runs in dry-run mode too, so that a dry run
+   * plans from the real state of the host. Everything else is printed instead of run.
+   */
+  readonly probe?: boolean;
+  /** Exit codes that are answers, not failures (for example flock's 1 for "held by another"). */
+  readonly okCodes?: readonly number[];
+}
+
+export interface CommandResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface Runner {
+  run(command: Command): Promise<CommandResult>;
+}
+
+/** How a command line looks when shown to a person: copy-pasteable into a shell. */
+export function formatArgv(argv: readonly string[]): string {
+  return shellQuote.quote([...argv]);
+}
+
+const STDERR_TAIL_LINES = 10;
+
+export class CommandFailed extends ShoalError {
+  readonly argv: readonly string[];
+  readonly code: number | null;
+  readonly stderrTail: string;
+
+  constructor(argv: readonly string[], code: number | null, stderr: string, reason?: string) {
+    const tail = stderr.trimEnd().split("\n").slice(-STDERR_TAIL_LINES).join("\n");
+    const status = reason ?? `exited with code ${code}`;
+    super(`command failed (${status}): ${formatArgv(argv)}${tail ? `\n${tail}` : ""}`);
+    this.argv = argv;
+    this.code = code;
+    this.stderrTail = tail;
+  }
+}
+
+export interface ProcessRunnerOptions {
+  /** Print commands that change things instead of running them. */
+  readonly dryRun?: boolean;
+  /** Where dry-run and --debug lines go. */
+  readonly log?: (line: string) => void;
+  /** Log every command before it runs. */
+  readonly trace?: boolean;
+}
+
+export class ProcessRunner implements Runner {
+  constructor(private readonly options: ProcessRunnerOptions = {}) {}
+
+  async run(command: Command): Promise<CommandResult> {
+    const log = this.options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+    if (this.options.dryRun && !command.probe) {
+      log(`would run: ${formatArgv(command.argv)}`);
+      return { code: 0, stdout: "", stderr: "" };
+    }
+    if (this.options.trace) log(`+ ${formatArgv(command.argv)}`);
+    return requireSuccess(command, await execute(command));
+  }
+}
+
+/** Turns an exit code that is not an answer into a CommandFailed. */
+export function requireSuccess(
+  command: Command,
+  result: CommandResult & { reason?: string },
+): CommandResult {
+  if (result.code !== 0 && !command.okCodes?.includes(result.code)) {
+    throw new CommandFailed(command.argv, result.code, result.stderr, result.reason);
+  }
+  return result;
+}
+
+function execute(command: Command): Promise<CommandResult & { reason?: string }> {
+  const [file, ...args] = command.argv;
+  return new Promise((resolve, reject) => {
+    // With an fd3 the stdio array is not a literal tuple, so TypeScript cannot see the three pipes.
+    const child = spawn(file, args, {
+      env: { ...process.env, ...command.env, LANG: "C", LC_ALL: "C" },
+      stdio: ["pipe", "pipe", "pipe", ...(command.fd3 === undefined ? [] : [command.fd3])],
+      ...(command.timeoutMs === undefined
+        ? {}
+        : { timeout: command.timeoutMs, killSignal: "SIGKILL" as const }),
+    }) as ChildProcessWithoutNullStreams;
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    child.stdout.on("data", (chunk: Buffer) => stdout.push(chunk));
+    child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
+    child.on("error", (error: NodeJS.ErrnoException) => {
+      const reason =
+        error.code === "ENOENT" ? `${file} is not installed or not on PATH` : error.message;
+      reject(new CommandFailed(command.argv, null, "", reason));
+    });
+    child.on("close", (code, signal) => {
+      const err = Buffer.concat(stderr).toString();
+      if (code === null) {
+        const reason =
+          child.killed && command.timeoutMs !== undefined
+            ? `timed out after ${command.timeoutMs} ms`
+            : `killed by ${signal}`;
+        resolve({ code: -1, stdout: Buffer.concat(stdout).toString(), stderr: err, reason });
+        return;
+      }
+      resolve({ code, stdout: Buffer.concat(stdout).toString(), stderr: err });
+    });
+    child.stdin.on("error", () => {
+      // The command may exit without reading its input; its exit status tells what happened.
+    });
+    child.stdin.end(command.input);
+  });
+}

@@ -1,0 +1,180 @@
+import { z } from "zod";
+import { parseCidr, parseIpv4 } from "../core/ipv4.js";
+import { checkUnicastMac, MAC_RULE, parseMac } from "../core/mac.js";
+import {
+  DNS_LABEL_RULE,
+  IMAGE_NAME_RULE,
+  isDnsLabel,
+  isImageName,
+  parseNamePattern,
+} from "../core/names.js";
+import { MiB, parseSize, SIZE_REGEX_SOURCE, SIZE_SYNTAX } from "../core/size.js";
+import { checkAuthorizedKey, checkKernelParam } from "../core/syntax.js";
+import { DEFAULTS } from "./defaults.js";
+
+/**
+ * The fleet file's schema: the one definition that validates fleet files, types the parsed result
+ * and produces the JSON Schema for editors (`shoal schema`). Checks that involve several fields
+ * (duplicate names, addresses, capacity) and the merging of defaults live in resolve.ts.
+ */
+
+/** A string checked by a function that returns what is wrong, so every rule reports the same way. */
+function checkedString(check: (value: string) => string | undefined) {
+  return z.string().check((ctx) => {
+    const message = check(ctx.value);
+    if (message !== undefined) ctx.issues.push({ code: "custom", message, input: ctx.value });
+  });
+}
+
+const dnsLabel = checkedString((value) =>
+  isDnsLabel(value) ? undefined : `"${value}" is not ${DNS_LABEL_RULE}`,
+).meta({ pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" });
+
+const imageName = checkedString((value) =>
+  isImageName(value) ? undefined : `"${value}" is not an image name: ${IMAGE_NAME_RULE}`,
+).meta({ description: "An image in shoal's image store (`shoal image ls`)." });
+
+function size(what: string, minimum: number, unitMultiple = 1) {
+  return checkedString((value) => {
+    const bytes = parseSize(value);
+    if (bytes === undefined) return `"${value}" is not a size; use ${SIZE_SYNTAX}`;
+    if (bytes < minimum)
+      return `${value} is too small for ${what}; the minimum is ${minimum / MiB}M`;
+    if (bytes % unitMultiple !== 0) return `${value} is not a whole number of MiB`;
+    return undefined;
+  }).meta({ pattern: SIZE_REGEX_SOURCE });
+}
+
+const memory = size("memory", 32 * MiB, MiB).meta({
+  description: "Guest memory, binary units: 128M, 1G.",
+});
+
+const vcpus = z.int().min(1).max(512).meta({ description: "Virtual CPUs." });
+
+export const LAYER_TYPES = ["disk", "tmpfs"] as const;
+
+const layer = z
+  .strictObject({
+    type: z.enum(LAYER_TYPES).optional().meta({
+      default: DEFAULTS.layerType,
+      description:
+        "disk: a private disk, changes persist; tmpfs: in memory, changes vanish at shutdown.",
+    }),
+    size: size("a layer", MiB, MiB)
+      .optional()
+      .meta({
+        description: `Disk layer: its size (sparse; default ${DEFAULTS.layerSize.disk}). tmpfs layer: its memory limit (default ${DEFAULTS.layerSize.tmpfs}).`,
+      }),
+  })
+  .meta({ description: "The VM's private writable layer over the shared read-only base." });
+
+const kernelArgs = z
+  .array(checkedString(checkKernelParam))
+  .meta({ description: "Extra kernel parameters, one per item, each key or key=value." });
+
+/** The settings every VM has; `vm:` sets them for all, a `vms:` entry for one. */
+const vmSettings = {
+  image: imageName.optional().meta({ default: DEFAULTS.image }),
+  memory: memory.optional().meta({ default: DEFAULTS.memory }),
+  vcpus: vcpus.optional().meta({ default: DEFAULTS.vcpus }),
+  layer: layer.optional(),
+  kernel_args: kernelArgs.optional(),
+};
+
+const namePattern = checkedString((value) => {
+  const result = parseNamePattern(value);
+  return result.ok ? undefined : result.message;
+}).meta({
+  description:
+    'VM name pattern with the counter n (from 1): "agent-{n:03}" gives agent-001, agent-002, ...',
+});
+
+const ipv4 = checkedString((value) =>
+  parseIpv4(value) === undefined ? `"${value}" is not an IPv4 address like 10.77.0.10` : undefined,
+);
+
+const mac = checkedString((value) => {
+  const parsed = parseMac(value);
+  return parsed === undefined
+    ? `"${value}" is not a MAC address: ${MAC_RULE}`
+    : checkUnicastMac(parsed);
+});
+
+const vmEntry = z
+  .strictObject({
+    name: dnsLabel.meta({ description: "The VM's name, also its hostname." }),
+    ip: ipv4
+      .optional()
+      .meta({ description: "A fixed address in network.subnet instead of a derived one." }),
+    mac: mac.optional().meta({ description: "A fixed MAC address instead of a derived one." }),
+    ...vmSettings,
+  })
+  .meta({ description: "One VM: a name and the settings that differ from `vm:`." });
+
+const cidr = checkedString((value) => {
+  const result = parseCidr(value);
+  return result.ok ? undefined : result.message;
+});
+
+const network = z
+  .strictObject({
+    subnet: cidr
+      .optional()
+      .meta({ default: DEFAULTS.subnet, description: "The fleet's IPv4 subnet." }),
+    gateway: ipv4
+      .optional()
+      .meta({ description: "The gateway address; the first host address unless given." }),
+  })
+  .meta({ description: "The fleet's network." });
+
+const ssh = z
+  .strictObject({
+    authorized_keys: z.array(checkedString(checkAuthorizedKey)).optional().meta({
+      description: 'Public keys allowed to log in as root, like "ssh-ed25519 AAAA... you@host".',
+    }),
+  })
+  .meta({ description: "SSH access to the VMs." });
+
+export const fleetFileSchema = z
+  .strictObject({
+    name: dnsLabel.meta({ description: "The fleet's name." }),
+    backend: z.enum(["qemu", "xl"]).optional().meta({
+      default: DEFAULTS.backend,
+      description: "The hypervisor: qemu (QEMU/KVM) or xl (Xen).",
+    }),
+    image: imageName.optional().meta({ default: DEFAULTS.image }),
+    count: z
+      .int()
+      .min(0)
+      .max(1_000_000)
+      .optional()
+      .meta({
+        description: `How many VMs to make from vm.name (${DEFAULTS.count} when there is no vms: list). Without count, vms: lists every VM.`,
+      }),
+    vm: z
+      .strictObject({ name: namePattern.optional(), ...vmSettings })
+      .optional()
+      .meta({ description: "Settings for every VM." }),
+    vms: z.array(vmEntry).optional().meta({
+      description:
+        "VMs by name: with count, overrides for some of them (or extra VMs with a fixed ip); without count, the whole fleet.",
+    }),
+    network: network.optional(),
+    ssh: ssh.optional(),
+  })
+  .meta({
+    title: "shoal fleet file",
+    description: "A fleet of VMs sharing one read-only base image.",
+  });
+
+export type FleetFile = z.infer<typeof fleetFileSchema>;
+export type VmEntry = z.infer<typeof vmEntry>;
+export type VmSettings = Pick<VmEntry, keyof typeof vmSettings>;
+
+/** The sections of a fleet file, each validated alone so one bad section does not hide problems in the others. */
+export const fleetSections = fleetFileSchema.shape;
+export const vmEntrySchema = vmEntry;
+
+export function fleetJsonSchema(): object {
+  return z.toJSONSchema(fleetFileSchema, { io: "input", target: "draft-2020-12" });
+}

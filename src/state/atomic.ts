@@ -1,0 +1,77 @@
+import { randomBytes } from "node:crypto";
+import { open, readdir, rename, rm } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+
+const TEMP_SUFFIX = ".shoal-tmp";
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function fsyncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Replaces `path` so that after a crash or power loss it holds either the old or the new content,
+ * never a mix: write a temporary file beside it, fsync it, rename it over, fsync the directory
+ * (without that last step the rename itself may not survive a power loss).
+ */
+export async function writeFileAtomic(
+  path: string,
+  data: string | Uint8Array,
+  mode = 0o644,
+): Promise<void> {
+  const dir = dirname(path);
+  const temp = join(
+    dir,
+    `.${basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}${TEMP_SUFFIX}`,
+  );
+  const handle = await open(temp, "wx", mode);
+  try {
+    // open() applies the umask; a secret must not end up wider than asked, nor a public file narrower.
+    await handle.chmod(mode);
+    await handle.writeFile(data);
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await rm(temp, { force: true });
+    throw error;
+  }
+  await handle.close();
+  try {
+    await rename(temp, path);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+  await fsyncDirectory(dir);
+}
+
+/** Removes temporary files that a killed shoal left behind in `dir`; those of live processes stay. */
+export async function removeStaleTempFiles(dir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw error;
+  }
+  const stale = names.filter((name) => {
+    if (!name.endsWith(TEMP_SUFFIX)) return false;
+    const pid = Number(name.slice(0, -TEMP_SUFFIX.length).split(".").at(-2));
+    return !Number.isInteger(pid) || !isAlive(pid);
+  });
+  await Promise.all(stale.map((name) => rm(join(dir, name), { force: true })));
+  return stale;
+}

@@ -1,0 +1,110 @@
+import { join, resolve } from "node:path";
+import { isSafePath, SAFE_PATH_RULE, UNIX_SOCKET_PATH_MAX } from "../core/syntax.js";
+import { UserError } from "../errors.js";
+
+/**
+ * The state directory, defined here and nowhere else (the README shows the same tree):
+ *
+ *   STATE/
+ *     images/ID/               one sealed image, ID = sha256 of its content
+ *     fleets/FLEET/
+ *       lock                   flock(2) lock; holds the pid and command of its holder
+ *       state.json             what shoal created, with the spec each VM was made from
+ *       known_hosts            every VM's SSH host key
+ *       vms/VM/
+ *         layer.img            the VM's private writable layer (disk layers)
+ *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered
+ *         serial.log           the serial console, kept on the host
+ *         console.sock qmp.sock qemu.pid
+ *         ssh/                 the VM's host keys (0700, private keys 0600)
+ */
+
+export const DEFAULT_STATE_DIR = "/var/lib/shoal";
+
+export interface VmPaths {
+  readonly dir: string;
+  readonly layer: string;
+  readonly xlConfig: string;
+  readonly qemuArgv: string;
+  readonly serialLog: string;
+  readonly consoleSocket: string;
+  readonly qmpSocket: string;
+  readonly pidFile: string;
+  readonly hostKeys: string;
+}
+
+export interface FleetPaths {
+  readonly dir: string;
+  readonly lock: string;
+  readonly state: string;
+  readonly knownHosts: string;
+  readonly vms: string;
+  vm(name: string): VmPaths;
+}
+
+export interface StateLayout {
+  readonly root: string;
+  readonly images: string;
+  readonly fleets: string;
+  image(id: string): string;
+  fleet(name: string): FleetPaths;
+}
+
+/** Checks the state directory a user gave and lays out every path under it. */
+export function stateLayout(stateDir: string): StateLayout {
+  const root = resolve(stateDir);
+  if (!isSafePath(root)) {
+    throw new UserError(
+      `state directory ${JSON.stringify(stateDir)} is not usable`,
+      `it must be ${SAFE_PATH_RULE}`,
+    );
+  }
+  const fleets = join(root, "fleets");
+  return {
+    root,
+    images: join(root, "images"),
+    fleets,
+    image: (id) => join(root, "images", id),
+    fleet(name) {
+      const dir = join(fleets, name);
+      const vms = join(dir, "vms");
+      return {
+        dir,
+        lock: join(dir, "lock"),
+        state: join(dir, "state.json"),
+        knownHosts: join(dir, "known_hosts"),
+        vms,
+        vm(vmName) {
+          const vmDir = join(vms, vmName);
+          return {
+            dir: vmDir,
+            layer: join(vmDir, "layer.img"),
+            xlConfig: join(vmDir, "vm.xl.cfg"),
+            qemuArgv: join(vmDir, "vm.qemu"),
+            serialLog: join(vmDir, "serial.log"),
+            consoleSocket: join(vmDir, "console.sock"),
+            qmpSocket: join(vmDir, "qmp.sock"),
+            pidFile: join(vmDir, "qemu.pid"),
+            hostKeys: join(vmDir, "ssh"),
+          };
+        },
+      };
+    },
+  };
+}
+
+/** Unix socket paths are limited to 107 bytes; long state directories and names can pass that. */
+export function checkSocketPaths(layout: StateLayout, fleet: string, vms: readonly string[]): void {
+  for (const vm of vms) {
+    const paths = layout.fleet(fleet).vm(vm);
+    const longest = [paths.consoleSocket, paths.qmpSocket].find(
+      (path) => Buffer.byteLength(path) > UNIX_SOCKET_PATH_MAX,
+    );
+    if (longest) {
+      throw new UserError(
+        `VM ${vm}'s socket path ${longest} is ${Buffer.byteLength(longest)} bytes; Unix sockets take at most ${UNIX_SOCKET_PATH_MAX}`,
+        "use a shorter --state-dir, fleet name or VM name",
+      );
+    }
+  }
+}

@@ -1,0 +1,114 @@
+import { mkdir, open, readFile } from "node:fs/promises";
+import { dirname } from "node:path";
+import { ExitCode, ShoalError } from "../errors.js";
+import type { Runner } from "../host/runner.js";
+
+/**
+ * One lock per fleet, so two shoal commands never change a fleet at once. It is a flock(2) lock:
+ * the kernel drops it when its holder exits in any way (Ctrl-C, SIGKILL, power loss), so there is
+ * never a stale lock to clean up. Node has no flock(), so util-linux flock(1) takes it on an open
+ * file description shoal passes in; the lock belongs to that description and stays with shoal
+ * after flock(1) exits. Node opens files close-on-exec, so VMs that shoal starts never inherit it.
+ */
+
+export interface LockHolder {
+  readonly pid: number;
+  readonly command: string;
+  readonly since: string;
+}
+
+export class FleetLocked extends ShoalError {
+  constructor(fleet: string, holder: LockHolder | undefined, waitedSeconds: number) {
+    const who = holder
+      ? `shoal ${holder.command} (pid ${holder.pid}, since ${holder.since})`
+      : "another shoal command";
+    super(
+      `fleet ${fleet} is busy: ${who} holds its lock${waitedSeconds > 0 ? ` and did not finish within ${waitedSeconds}s` : ""}`,
+      {
+        exitCode: ExitCode.locked,
+        hint: "wait for it to finish, or give --lock-wait SECONDS",
+      },
+    );
+  }
+}
+
+export interface FleetLock {
+  release(): Promise<void>;
+}
+
+export interface LockOptions {
+  readonly fleet: string;
+  /** The shoal command taking the lock, shown to whoever waits for it. */
+  readonly command: string;
+  readonly waitSeconds: number;
+  /** Told once when the lock is held by someone else and shoal starts waiting. */
+  readonly onWait?: (holder: LockHolder | undefined) => void;
+}
+
+async function readHolder(path: string): Promise<LockHolder | undefined> {
+  try {
+    const holder = JSON.parse(await readFile(path, "utf8")) as Partial<LockHolder>;
+    if (
+      typeof holder.pid === "number" &&
+      typeof holder.command === "string" &&
+      typeof holder.since === "string"
+    ) {
+      return { pid: holder.pid, command: holder.command, since: holder.since };
+    }
+  } catch {
+    // Empty (a holder between taking the lock and writing its name) or unreadable: unknown holder.
+  }
+  return undefined;
+}
+
+export async function acquireLock(
+  runner: Runner,
+  path: string,
+  options: LockOptions,
+): Promise<FleetLock> {
+  await mkdir(dirname(path), { recursive: true });
+  const handle = await open(path, "a+", 0o644);
+  const flock = async (...mode: string[]) => {
+    const result = await runner.run({
+      argv: ["flock", "--exclusive", ...mode, "3"],
+      fd3: handle.fd,
+      probe: true,
+      okCodes: [1],
+    });
+    return result.code === 0;
+  };
+  try {
+    let locked = await flock("--nonblock");
+    if (!locked) {
+      options.onWait?.(await readHolder(path));
+      locked = options.waitSeconds > 0 && (await flock("--wait", String(options.waitSeconds)));
+    }
+    if (!locked) throw new FleetLocked(options.fleet, await readHolder(path), options.waitSeconds);
+    const holder: LockHolder = {
+      pid: process.pid,
+      command: options.command,
+      since: new Date().toISOString(),
+    };
+    await handle.truncate(0);
+    await handle.write(JSON.stringify(holder), 0);
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+  return { release: () => handle.close() };
+}
+
+/** Runs `work` while holding the lock; the lock goes when `work` ends, however it ends. */
+export async function withLock<T>(
+  runner: Runner,
+  path: string,
+  options: LockOptions,
+  work: () => Promise<T>,
+): Promise<T> {
+  const lock = await acquireLock(runner, path, options);
+  try {
+    return await work();
+  } finally {
+    await lock.release();
+  }
+}

@@ -1,0 +1,80 @@
+import { mkdir, readFile } from "node:fs/promises";
+import { z } from "zod";
+import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { ShoalError } from "../errors.js";
+import { writeFileAtomic } from "./atomic.js";
+import type { StateLayout } from "./layout.js";
+
+/**
+ * The recorded state of a fleet: which VMs shoal made and the spec each was made from. It is what
+ * the planner compares the fleet file with; what actually runs is observed separately.
+ */
+
+const STATE_VERSION = 1;
+
+const vmSpecRecord = z.object({
+  name: z.string(),
+  hostname: z.string(),
+  index: z.int(),
+  mac: z.string(),
+  ip: z.string(),
+  machineId: z.string(),
+  image: z.string(),
+  memoryMiB: z.int(),
+  vcpus: z.int(),
+  layer: z.object({ type: z.enum(["disk", "tmpfs"]), sizeBytes: z.int() }),
+  kernelArgs: z.array(z.string()).readonly(),
+});
+
+const fleetRecord = z.object({
+  version: z.literal(STATE_VERSION),
+  fleet: z.string(),
+  backend: z.enum(["qemu", "xl"]),
+  vms: z.record(
+    z.string(),
+    z.object({ spec: vmSpecRecord, createdAt: z.string(), updatedAt: z.string() }),
+  ),
+});
+
+export type FleetRecord = z.infer<typeof fleetRecord>;
+
+export function emptyRecord(fleet: Pick<FleetSpec, "name" | "backend">): FleetRecord {
+  return { version: STATE_VERSION, fleet: fleet.name, backend: fleet.backend, vms: {} };
+}
+
+export async function readFleetRecord(
+  layout: StateLayout,
+  fleet: string,
+): Promise<FleetRecord | undefined> {
+  const path = layout.fleet(fleet).state;
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw error;
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  const result = fleetRecord.safeParse(parsed);
+  if (!result.success) {
+    throw new ShoalError(`the state file ${path} is not one shoal can read`, {
+      hint: "it was written by another shoal version or edited by hand; move it away to start the fleet's record afresh",
+    });
+  }
+  return result.data;
+}
+
+export async function writeFleetRecord(layout: StateLayout, record: FleetRecord): Promise<void> {
+  const dir = layout.fleet(record.fleet).dir;
+  await mkdir(dir, { recursive: true });
+  await writeFileAtomic(layout.fleet(record.fleet).state, `${JSON.stringify(record, null, 2)}\n`);
+}
+
+export function recordedSpecs(record: FleetRecord | undefined): Map<string, VmSpec> {
+  return new Map(Object.entries(record?.vms ?? {}).map(([name, vm]) => [name, vm.spec]));
+}

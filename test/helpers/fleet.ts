@@ -1,0 +1,19 @@
+import type { FleetSpec } from "../../src/core/fleet.js";
+import { SpecError } from "../../src/errors.js";
+import { parseFleetText } from "../../src/spec/load.js";
+
+/** A fleet from YAML text, as `shoal` would load it from a file named test.yaml. */
+export function fleetOf(text: string): FleetSpec {
+  return parseFleetText(text, "test.yaml");
+}
+
+/** The problem lines a fleet file gets, exactly as `shoal validate` prints them. */
+export function problemsOf(text: string): string[] {
+  try {
+    parseFleetText(text, "test.yaml");
+  } catch (error) {
+    if (error instanceof SpecError) return error.lines();
+    throw error;
+  }
+  throw new Error("expected the fleet file to be refused, but it was accepted");
+}

@@ -1,0 +1,6 @@
+import { execFileSync } from "node:child_process";
+
+/** Integration tests run the real `shoal` binary, so it is built from the current sources first. */
+export default function setup(): void {
+  execFileSync("npx", ["tsc", "-p", "tsconfig.build.json"], { stdio: "inherit" });
+}

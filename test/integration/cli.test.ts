@@ -1,0 +1,279 @@
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { stateLayout } from "../../src/state/layout.js";
+import { emptyRecord, writeFleetRecord } from "../../src/state/store.js";
+import { type CliResult, shoal } from "../helpers/cli.js";
+import { fleetOf } from "../helpers/fleet.js";
+import { useTempDirs } from "../helpers/tmp.js";
+
+const tempDir = useTempDirs();
+const packageJson = JSON.parse(
+  await readFile(new URL("../../package.json", import.meta.url), "utf8"),
+) as { version: string };
+
+async function fleetFile(
+  text: string | Buffer,
+  name = "fleet.yaml",
+): Promise<{ dir: string; path: string; state: string }> {
+  const dir = await tempDir();
+  const path = join(dir, name);
+  await writeFile(path, text);
+  return { dir, path, state: join(dir, "state") };
+}
+
+function expectOneLineError(result: CliResult, path: string) {
+  expect(result.code).toBe(2);
+  expect(result.stdout).toBe("");
+  const lines = result.stderr.split("\n").filter(Boolean);
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(
+    new RegExp(`^${path.replaceAll(/[.*+?^${}()|[\]\\]/g, "\\$&")}:\\d+:\\d+ \\S+: \\S.*$`),
+  );
+  expect(result.stderr).not.toMatch(/^\s+at /m);
+}
+
+describe("malformed fleet files", () => {
+  const cases: [string, string | Buffer][] = [
+    ["an unknown key", "name: lab\nflavour: large\n"],
+    ["a bad CIDR", "name: lab\nnetwork: { subnet: 10.77.0.0/40 }\n"],
+    [
+      "a count larger than its subnet",
+      "name: lab\ncount: 300\nnetwork: { subnet: 10.77.0.0/24 }\n",
+    ],
+    ["duplicate VM names", "name: lab\nvms: [{ name: a }, { name: a }]\n"],
+    ["a name with /", "name: lab\nvms: [{ name: a/b }]\n"],
+    ["a name with ..", "name: lab\nvms: [{ name: '..' }]\n"],
+    ["a name with a space", "name: lab\nvms: [{ name: 'a b' }]\n"],
+    ["an uppercase name", "name: Lab\n"],
+    ["memory 12XB", "name: lab\nvm: { memory: 12XB }\n"],
+    ["a kernel argument with a newline", 'name: lab\nvm: { kernel_args: ["a\\nb"] }\n'],
+    ["a kernel argument with a quote", "name: lab\nvm: { kernel_args: ['a=\"b\"'] }\n"],
+    ["an empty file", ""],
+    ["a file that is not YAML", "name: lab\n  count: [3\n"],
+    ["a binary file", Buffer.from([0x6e, 0x61, 0xff, 0xfe, 0x00, 0x01])],
+    ["a YAML list where a mapping is expected", "name: lab\nnetwork: [10.77.0.0/16]\n"],
+  ];
+
+  it.each(cases)(
+    "%s: one line with its position, exit code 2, no stack trace, for validate and plan",
+    async (_what, text) => {
+      const { path, state } = await fleetFile(text);
+      for (const verb of ["validate", "plan"]) {
+        const result = await shoal([verb, "-f", path, "--state-dir", state]);
+        if (Buffer.isBuffer(text)) {
+          expect(result.code).toBe(2);
+          expect(result.stderr).toBe(
+            `shoal: ${path} is not a text file (not UTF-8); a fleet file is YAML text\n`,
+          );
+        } else {
+          expectOneLineError(result, path);
+        }
+      }
+    },
+  );
+
+  it("are reported whole, every problem on its own line", async () => {
+    const { path } = await fleetFile("name: Lab\nflavour: x\nvm: { memory: 1X, vcpus: 0 }\n");
+    const result = await shoal(["validate", "-f", path]);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim().split("\n")).toEqual([
+      `${path}:1:7 name: "Lab" is not a DNS label: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'`,
+      `${path}:2:1 flavour: unknown key; expected one of name, backend, image, count, vm, vms, network, ssh`,
+      `${path}:3:15 vm.memory: "1X" is not a size; use a number with a binary unit K, M, G or T, like 128M or 1.5G`,
+      `${path}:3:26 vm.vcpus: must be at least 1`,
+    ]);
+  });
+});
+
+describe("shoal validate", () => {
+  it("reads shoal.yaml from the working directory by default", async () => {
+    const { dir } = await fleetFile("name: lab\ncount: 4\n", "shoal.yaml");
+    const result = await shoal(["validate"], { cwd: dir });
+    expect(result).toEqual({
+      code: 0,
+      stdout: "shoal.yaml: fleet lab is valid: 4 VMs on qemu, subnet 10.77.0.0/16\n",
+      stderr: "",
+    });
+  });
+
+  it("says how to proceed when there is no fleet file", async () => {
+    const dir = await tempDir();
+    const result = await shoal(["validate"], { cwd: dir });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe(
+      "shoal: no fleet file shoal.yaml; pass -f FILE, or write shoal.yaml (examples/ has some)\n",
+    );
+  });
+
+  it("accepts every example fleet", async () => {
+    for (const example of ["demo", "lab", "services"]) {
+      const result = await shoal(["validate", "-f", `examples/${example}.yaml`]);
+      expect(result.code, result.stderr).toBe(0);
+    }
+  });
+});
+
+describe("shoal plan", () => {
+  it("prints 250 VMs with unique MACs, IPs and machine-ids as JSON", async () => {
+    const { path, state } = await fleetFile(await readFile("examples/lab.yaml"));
+    const result = await shoal(["plan", "-f", path, "--json", "--state-dir", state]);
+    expect(result.code, result.stderr).toBe(0);
+    const vms = JSON.parse(result.stdout) as Record<string, unknown>[];
+    expect(vms).toHaveLength(250);
+    for (const key of ["name", "hostname", "mac", "ip", "machineId"]) {
+      expect(new Set(vms.map((vm) => vm[key])).size, key).toBe(250);
+    }
+    expect(vms[0]).toMatchObject({
+      name: "agent-001",
+      hostname: "agent-001",
+      ip: "10.77.0.2",
+      layer: { type: "disk", size: "256M" },
+      state: "new",
+      actions: ["create", "start"],
+    });
+  });
+
+  it("plans 5000 VMs in a /16", async () => {
+    const { path, state } = await fleetFile(
+      'name: big\ncount: 5000\nvm: { name: "n{n:04}" }\nnetwork: { subnet: 10.80.0.0/16 }\n',
+    );
+    const result = await shoal(["plan", "-f", path, "--json", "--state-dir", state]);
+    const vms = JSON.parse(result.stdout) as { mac: string; ip: string }[];
+    expect(vms).toHaveLength(5000);
+    expect(new Set(vms.map((vm) => vm.mac)).size).toBe(5000);
+    expect(vms.at(-1)?.ip).toBe("10.80.19.137");
+  });
+
+  it("prints a table with name, hostname, MAC, IP, layer, state and action, and a summary", async () => {
+    const result = await shoal([
+      "plan",
+      "-f",
+      "examples/demo.yaml",
+      "--state-dir",
+      await tempDir(),
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(
+      result.stdout.split("\n").map((line) => line.replace(/52:54:00(:[0-9a-f]{2}){3}/, "MAC")),
+    ).toEqual([
+      "fleet demo: 3 VMs on qemu, subnet 10.77.0.0/16, gateway 10.77.0.1",
+      "NAME  HOSTNAME  MAC                IP         LAYER    STATE  ACTION",
+      "vm-1  vm-1      MAC  10.77.0.2  disk 1G  new    create, start",
+      "vm-2  vm-2      MAC  10.77.0.3  disk 1G  new    create, start",
+      "vm-3  vm-3      MAC  10.77.0.4  disk 1G  new    create, start",
+      "3 to create, 3 to start",
+      "",
+    ]);
+  });
+
+  it("compares the fleet file with the recorded fleet and what is on disk", async () => {
+    const { path, state } = await fleetFile("name: lab\ncount: 3\n");
+    const layout = stateLayout(state);
+    const recorded = fleetOf("name: lab\ncount: 4\nvms: [{ name: vm-2, memory: 64M }]\n");
+    const record = emptyRecord(recorded);
+    for (const vm of recorded.vms)
+      record.vms[vm.name] = { spec: vm, createdAt: "t", updatedAt: "t" };
+    await writeFleetRecord(layout, record);
+    for (const name of ["vm-1", "vm-2", "vm-4"])
+      await mkdir(layout.fleet("lab").vm(name).dir, { recursive: true });
+    const result = await shoal(["plan", "-f", path, "--json", "--state-dir", state]);
+    const plan = JSON.parse(result.stdout) as {
+      name: string;
+      state: string;
+      actions: string[];
+      changes: string[];
+    }[];
+    expect(
+      plan.map(({ name, state, actions, changes }) => ({ name, state, actions, changes })),
+    ).toEqual([
+      { name: "vm-1", state: "stopped", actions: ["start"], changes: [] },
+      { name: "vm-2", state: "stopped", actions: ["recreate", "start"], changes: ["memory"] },
+      { name: "vm-3", state: "missing", actions: ["create", "start"], changes: [] },
+      { name: "vm-4", state: "stopped", actions: ["delete"], changes: [] },
+    ]);
+  });
+
+  it("takes the state directory from SHOAL_STATE_DIR, and --state-dir over it", async () => {
+    const bad = await shoal(["plan", "-f", "examples/demo.yaml"], {
+      env: { SHOAL_STATE_DIR: "/tmp/with space" },
+    });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(
+      /^shoal: state directory "\/tmp\/with space" is not usable; it must be an absolute path/,
+    );
+    const good = await shoal(["plan", "-f", "examples/demo.yaml", "--state-dir", await tempDir()], {
+      env: { SHOAL_STATE_DIR: "/tmp/with space" },
+    });
+    expect(good.code, good.stderr).toBe(0);
+  });
+
+  it("stops quietly when its reader closes the pipe early", async () => {
+    const { path, state } = await fleetFile("name: big\ncount: 5000\n");
+    const { spawnSync } = await import("node:child_process");
+    const result = spawnSync(
+      "sh",
+      ["-c", `node bin/shoal.js plan -f ${path} --state-dir ${state} | head -1`],
+      { encoding: "utf8" },
+    );
+    expect(result.stdout).toBe(
+      "fleet big: 5000 VMs on qemu, subnet 10.77.0.0/16, gateway 10.77.0.1\n",
+    );
+    expect(result.stderr).toBe("");
+  });
+});
+
+describe("shoal itself", () => {
+  it("prints its version", async () => {
+    expect(await shoal(["--version"])).toEqual({
+      code: 0,
+      stdout: `${packageJson.version}\n`,
+      stderr: "",
+    });
+  });
+
+  it("lists its commands and global options in help", async () => {
+    const result = await shoal(["help"]);
+    expect(result.code).toBe(0);
+    for (const text of [
+      "validate",
+      "plan",
+      "schema",
+      "--state-dir",
+      "SHOAL_STATE_DIR",
+      "/var/lib/shoal",
+      "--dry-run",
+      "--debug",
+    ]) {
+      expect(result.stdout).toContain(text);
+    }
+    const plan = await shoal(["help", "plan"]);
+    expect(plan.stdout).toContain("--json");
+    expect(plan.stdout).toContain('-f, --file <file>  the fleet file (default: "shoal.yaml")');
+  });
+
+  it("exits 2 on an unknown command or option", async () => {
+    expect((await shoal(["frobnicate"])).code).toBe(2);
+    expect((await shoal(["plan", "--bogus"])).code).toBe(2);
+  });
+
+  it("prints the JSON Schema that schema/shoal.schema.json holds, so editors see the current schema", async () => {
+    const result = await shoal(["schema"]);
+    expect(result.stdout).toBe(await readFile("schema/shoal.schema.json", "utf8"));
+    const schema = JSON.parse(result.stdout) as {
+      additionalProperties: boolean;
+      properties: Record<string, unknown>;
+    };
+    expect(schema.additionalProperties).toBe(false);
+    expect(Object.keys(schema.properties)).toEqual([
+      "name",
+      "backend",
+      "image",
+      "count",
+      "vm",
+      "vms",
+      "network",
+      "ssh",
+    ]);
+  });
+});

@@ -1,0 +1,204 @@
+import { describe, expect, it } from "vitest";
+import { renderKernelCmdline } from "../../src/core/cmdline.js";
+import type { VmSpec } from "../../src/core/fleet.js";
+import { renderDhcpHosts, renderDnsHosts } from "../../src/core/render/dnsmasq.js";
+import { renderQemuArgv } from "../../src/core/render/qemu.js";
+import { renderXlConfig } from "../../src/core/render/xl.js";
+import { fleetOf } from "../helpers/fleet.js";
+
+const fleet = fleetOf(`name: lab
+count: 2
+vm:
+  name: "agent-{n:03}"
+  memory: 256M
+  vcpus: 2
+  layer: { type: disk, size: 256M }
+  kernel_args: [quiet, "console=tty0"]
+vms:
+  - name: agent-002
+    layer: { type: tmpfs, size: 64M }
+    kernel_args: []
+`);
+const xen = fleetOf(
+  'name: lab\nbackend: xl\ncount: 2\nvm: { name: "agent-{n:03}" }\nvms: [{ name: agent-002, layer: { type: tmpfs } }]\n',
+);
+const [diskVm, tmpfsVm] = fleet.vms as [VmSpec, VmSpec];
+const [xenDiskVm, xenTmpfsVm] = xen.vms as [VmSpec, VmSpec];
+
+const boot = {
+  kernel: "/var/lib/shoal/images/abc/vmlinuz",
+  initrd: "/var/lib/shoal/images/abc/initrd.img",
+  base: "/var/lib/shoal/images/abc/base.img",
+};
+const vmDir = "/var/lib/shoal/fleets/lab/vms/agent-001";
+const files = {
+  layer: `${vmDir}/layer.img`,
+  serialLog: `${vmDir}/serial.log`,
+  consoleSocket: `${vmDir}/console.sock`,
+  qmpSocket: `${vmDir}/qmp.sock`,
+  pidFile: `${vmDir}/qemu.pid`,
+};
+
+describe("kernel command line", () => {
+  it("tells the union-root init where base and layer are, and gives the VM its identity", () => {
+    expect(renderKernelCmdline("qemu", diskVm)).toMatchInlineSnapshot(
+      `"console=ttyS0 shoal.base=/dev/vda shoal.layer=/dev/vdb systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet console=tty0"`,
+    );
+  });
+
+  it("names a tmpfs layer and its size instead of a device", () => {
+    expect(renderKernelCmdline("qemu", tmpfsVm)).toMatchInlineSnapshot(
+      `"console=ttyS0 shoal.base=/dev/vda shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592"`,
+    );
+  });
+
+  it("uses Xen's PV devices and console for xl", () => {
+    expect(renderKernelCmdline("xl", xenDiskVm)).toMatchInlineSnapshot(
+      `"console=hvc0 shoal.base=/dev/xvda shoal.layer=/dev/xvdb systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0"`,
+    );
+  });
+
+  it("refuses a parameter that slipped past validation", () => {
+    expect(() =>
+      renderKernelCmdline("qemu", { ...diskVm, kernelArgs: ['init="/bin/sh"'] }),
+    ).toThrow(/^internal: kernel parameter/);
+  });
+});
+
+describe("xl.cfg", () => {
+  it("renders a PV domU with the shared base read-only and its own layer read-write", async () => {
+    await expect(
+      renderXlConfig({
+        fleet: "lab",
+        vm: xenDiskVm,
+        boot,
+        layer: files.layer,
+        bridge: "shoal-lab",
+      }),
+    ).toMatchFileSnapshot("__snapshots__/agent-001.xl.cfg");
+  });
+
+  it("leaves out the layer disk for a tmpfs layer", async () => {
+    await expect(
+      renderXlConfig({ fleet: "lab", vm: xenTmpfsVm, boot, bridge: "shoal-lab" }),
+    ).toMatchFileSnapshot("__snapshots__/agent-002-tmpfs.xl.cfg");
+  });
+
+  it("puts target= last in each disk spec, as xl requires", () => {
+    const config = renderXlConfig({
+      fleet: "lab",
+      vm: xenDiskVm,
+      boot,
+      layer: files.layer,
+      bridge: "br0",
+    });
+    const disks = config.match(/^disk = \[ (.*) \]$/m)?.[1]?.split('", "') ?? [];
+    expect(disks).toHaveLength(2);
+    for (const disk of disks) expect(disk).toMatch(/target=[^,]+"?$/);
+  });
+
+  it("refuses paths and bridge names that would break its syntax", () => {
+    const render = (override: object) => () =>
+      renderXlConfig({
+        fleet: "lab",
+        vm: xenDiskVm,
+        boot,
+        layer: files.layer,
+        bridge: "br0",
+        ...override,
+      });
+    expect(render({ layer: '/tmp/x", "y' })).toThrow(/^internal: layer path/);
+    expect(render({ boot: { ...boot, base: "/tmp/a,b" } })).toThrow(/^internal: base path/);
+    expect(render({ bridge: "a-bridge-name-too-long" })).toThrow(/^internal: bridge name/);
+  });
+});
+
+describe("QEMU argv", () => {
+  it("attaches the base readonly=on, the layer read-write, and boots the kernel directly", () => {
+    expect(
+      renderQemuArgv({ fleet: "lab", vm: diskVm, boot, files, tap: "sh-lab-1", accel: "tcg" }),
+    ).toMatchSnapshot();
+  });
+
+  it("uses the host CPU under KVM", () => {
+    const argv = renderQemuArgv({
+      fleet: "lab",
+      vm: diskVm,
+      boot,
+      files,
+      tap: "sh-lab-1",
+      accel: "kvm",
+    });
+    expect(argv.slice(argv.indexOf("-accel"), argv.indexOf("-accel") + 4)).toEqual([
+      "-accel",
+      "kvm",
+      "-cpu",
+      "host",
+    ]);
+  });
+
+  it("has no layer drive for a tmpfs layer", () => {
+    const argv = renderQemuArgv({
+      fleet: "lab",
+      vm: tmpfsVm,
+      boot,
+      files: { ...files, layer: undefined } as Omit<typeof files, "layer">,
+      tap: "sh-lab-2",
+      accel: "tcg",
+    });
+    expect(argv.filter((arg) => arg.startsWith("if=none"))).toEqual([
+      "if=none,id=base,file=/var/lib/shoal/images/abc/base.img,format=raw,readonly=on",
+    ]);
+  });
+
+  it("refuses a comma in a path, which QEMU would read as the next option", () => {
+    expect(() =>
+      renderQemuArgv({
+        fleet: "lab",
+        vm: diskVm,
+        boot: { ...boot, base: "/x/base.img,readonly=off" },
+        files,
+        tap: "t",
+        accel: "tcg",
+      }),
+    ).toThrow(/^internal: base path/);
+  });
+
+  it("refuses a socket path longer than a Unix socket takes", () => {
+    const long = `/${"d".repeat(100)}/qmp.sock`;
+    expect(() =>
+      renderQemuArgv({
+        fleet: "lab",
+        vm: diskVm,
+        boot,
+        files: { ...files, qmpSocket: long },
+        tap: "t",
+        accel: "tcg",
+      }),
+    ).toThrow(/^internal: socket path/);
+  });
+});
+
+describe("dnsmasq", () => {
+  it("reserves each VM's address for its MAC, with infinite leases", () => {
+    expect(renderDhcpHosts(fleet.vms)).toMatchInlineSnapshot(`
+      "52:54:00:69:35:3f,10.77.0.2,agent-001,infinite
+      52:54:00:d9:94:fc,10.77.0.3,agent-002,infinite
+      "
+    `);
+  });
+
+  it("names each VM both alone and within its fleet", () => {
+    expect(renderDnsHosts("lab", fleet.vms)).toMatchInlineSnapshot(`
+      "10.77.0.2 agent-001.lab agent-001
+      10.77.0.3 agent-002.lab agent-002
+      "
+    `);
+  });
+
+  it("refuses a hostname that would inject another line", () => {
+    expect(() => renderDhcpHosts([{ ...diskVm, hostname: "a\ndhcp-range=0.0.0.0" }])).toThrow(
+      /^internal: hostname/,
+    );
+  });
+});
