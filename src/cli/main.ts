@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { ExitCode, ShoalError, SpecError } from "../errors.js";
 import { globalOptions } from "./context.js";
+import { imageCommand } from "./image.js";
 import { planCommand } from "./plan.js";
 import { schemaCommand } from "./schema.js";
 import { validateCommand } from "./validate.js";
@@ -19,7 +20,7 @@ function buildProgram() {
     .showHelpAfterError("(run `shoal help` for usage)")
     .exitOverride();
   for (const option of globalOptions) program.addOption(option);
-  for (const verb of [validateCommand(), planCommand(), schemaCommand()]) {
+  for (const verb of [validateCommand(), planCommand(), imageCommand(), schemaCommand()]) {
     program.addCommand(verb.exitOverride());
   }
   return program;

@@ -12,6 +12,7 @@ export interface Command {
   /** Extra environment on top of shoal's own; LANG/LC_ALL stay C. */
   readonly env?: Readonly<Record<string, string>>;
   readonly timeoutMs?: number;
+  readonly cwd?: string;
   /** An open file descriptor handed to the command as its fd 3 (flock works on it, for example). */
   readonly fd3?: number;
   /**
@@ -94,6 +95,7 @@ function execute(command: Command): Promise<CommandResult & { reason?: string }>
   return new Promise((resolve, reject) => {
     // With an fd3 the stdio array is not a literal tuple, so TypeScript cannot see the three pipes.
     const child = spawn(file, args, {
+      ...(command.cwd === undefined ? {} : { cwd: command.cwd }),
       env: { ...process.env, ...command.env, LANG: "C", LC_ALL: "C" },
       stdio: ["pipe", "pipe", "pipe", ...(command.fd3 === undefined ? [] : [command.fd3])],
       ...(command.timeoutMs === undefined

@@ -6,7 +6,14 @@ import { UserError } from "../errors.js";
  * The state directory, defined here and nowhere else (the README shows the same tree):
  *
  *   STATE/
- *     images/ID/               one sealed image, ID = sha256 of its content
+ *     images/
+ *       lock                   the image store's lock
+ *       by-name/NAME -> ../ID  image names
+ *       ID/                    one sealed image, ID = sha256 of base.img
+ *         base.img             the read-only base (0444)
+ *         vmlinuz initrd.img   its kernel, and shoal's initramfs for it (or the image's own)
+ *         image.json           name, id, size, kernel version, source, creation time, sealing
+ *       .staging-*             an image being made; removed when that fails or is killed
  *     fleets/FLEET/
  *       lock                   flock(2) lock; holds the pid and command of its holder
  *       state.json             what shoal created, with the spec each VM was made from
@@ -42,11 +49,21 @@ export interface FleetPaths {
   vm(name: string): VmPaths;
 }
 
+export interface ImagePaths {
+  readonly dir: string;
+  readonly base: string;
+  readonly kernel: string;
+  readonly initrd: string;
+  readonly meta: string;
+}
+
 export interface StateLayout {
   readonly root: string;
   readonly images: string;
+  readonly imageLock: string;
+  readonly imageNames: string;
   readonly fleets: string;
-  image(id: string): string;
+  image(id: string): ImagePaths;
   fleet(name: string): FleetPaths;
 }
 
@@ -60,11 +77,23 @@ export function stateLayout(stateDir: string): StateLayout {
     );
   }
   const fleets = join(root, "fleets");
+  const images = join(root, "images");
   return {
     root,
-    images: join(root, "images"),
+    images,
+    imageLock: join(images, "lock"),
+    imageNames: join(images, "by-name"),
     fleets,
-    image: (id) => join(root, "images", id),
+    image(id) {
+      const dir = join(images, id);
+      return {
+        dir,
+        base: join(dir, "base.img"),
+        kernel: join(dir, "vmlinuz"),
+        initrd: join(dir, "initrd.img"),
+        meta: join(dir, "image.json"),
+      };
+    },
     fleet(name) {
       const dir = join(fleets, name);
       const vms = join(dir, "vms");

@@ -4,7 +4,7 @@ import { ExitCode, ShoalError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 
 /**
- * One lock per fleet, so two shoal commands never change a fleet at once. It is a flock(2) lock:
+ * One lock per fleet (and one for the image store), so two shoal commands never change a fleet at once. It is a flock(2) lock:
  * the kernel drops it when its holder exits in any way (Ctrl-C, SIGKILL, power loss), so there is
  * never a stale lock to clean up. Node has no flock(), so util-linux flock(1) takes it on an open
  * file description shoal passes in; the lock belongs to that description and stays with shoal
@@ -18,12 +18,12 @@ export interface LockHolder {
 }
 
 export class FleetLocked extends ShoalError {
-  constructor(fleet: string, holder: LockHolder | undefined, waitedSeconds: number) {
+  constructor(subject: string, holder: LockHolder | undefined, waitedSeconds: number) {
     const who = holder
       ? `shoal ${holder.command} (pid ${holder.pid}, since ${holder.since})`
       : "another shoal command";
     super(
-      `fleet ${fleet} is busy: ${who} holds its lock${waitedSeconds > 0 ? ` and did not finish within ${waitedSeconds}s` : ""}`,
+      `${subject} is busy: ${who} holds its lock${waitedSeconds > 0 ? ` and did not finish within ${waitedSeconds}s` : ""}`,
       {
         exitCode: ExitCode.locked,
         hint: "wait for it to finish, or give --lock-wait SECONDS",
@@ -37,7 +37,8 @@ export interface FleetLock {
 }
 
 export interface LockOptions {
-  readonly fleet: string;
+  /** What the lock guards, for messages: "fleet lab", "the image store". */
+  readonly subject: string;
   /** The shoal command taking the lock, shown to whoever waits for it. */
   readonly command: string;
   readonly waitSeconds: number;
@@ -83,7 +84,8 @@ export async function acquireLock(
       options.onWait?.(await readHolder(path));
       locked = options.waitSeconds > 0 && (await flock("--wait", String(options.waitSeconds)));
     }
-    if (!locked) throw new FleetLocked(options.fleet, await readHolder(path), options.waitSeconds);
+    if (!locked)
+      throw new FleetLocked(options.subject, await readHolder(path), options.waitSeconds);
     const holder: LockHolder = {
       pid: process.pid,
       command: options.command,

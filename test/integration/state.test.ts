@@ -58,7 +58,7 @@ function holder(lock: string, options: { spawnSleeper?: boolean } = {}): ChildPr
     const { acquireLock } = await import("${DIST}state/lock.js");
     const { ProcessRunner } = await import("${DIST}host/runner.js");
     const { spawn } = await import("node:child_process");
-    await acquireLock(new ProcessRunner(), ${JSON.stringify(lock)}, { fleet: "lab", command: "up", waitSeconds: 0 });
+    await acquireLock(new ProcessRunner(), ${JSON.stringify(lock)}, { subject: "fleet lab", command: "up", waitSeconds: 0 });
     ${options.spawnSleeper ? 'const s = spawn("sleep", ["30"], { detached: true, stdio: "ignore" }); s.unref(); console.log("sleeper " + s.pid);' : ""}
     console.log("locked " + process.pid);
     process.stdin.on("data", () => process.exit(0));
@@ -122,7 +122,7 @@ describe("the fleet lock", () => {
     const other = holder(lock);
     const pid = Number((await firstLine(other)).split(" ")[1]);
     const failure = await acquireLock(new ProcessRunner(), lock, {
-      fleet: "lab",
+      subject: "fleet lab",
       command: "down",
       waitSeconds: 0,
     }).catch((e: unknown) => e);
@@ -142,7 +142,7 @@ describe("the fleet lock", () => {
     const waits: unknown[] = [];
     setTimeout(() => other.stdin?.write("done\n"), 300);
     const taken = await acquireLock(new ProcessRunner(), lock, {
-      fleet: "lab",
+      subject: "fleet lab",
       command: "up",
       waitSeconds: 20,
       onWait: (h) => waits.push(h),
@@ -159,7 +159,11 @@ describe("the fleet lock", () => {
     const lock = join(await tempDir(), "lock");
     await firstLine(holder(lock));
     await expect(
-      acquireLock(new ProcessRunner(), lock, { fleet: "lab", command: "up", waitSeconds: 1 }),
+      acquireLock(new ProcessRunner(), lock, {
+        subject: "fleet lab",
+        command: "up",
+        waitSeconds: 1,
+      }),
     ).rejects.toThrow("and did not finish within 1s");
   });
 
@@ -170,7 +174,7 @@ describe("the fleet lock", () => {
     other.kill("SIGKILL");
     await exited(other);
     const taken = await acquireLock(new ProcessRunner(), lock, {
-      fleet: "lab",
+      subject: "fleet lab",
       command: "up",
       waitSeconds: 0,
     });
@@ -186,7 +190,7 @@ describe("the fleet lock", () => {
       await exited(other);
       expect(() => process.kill(sleeper, 0)).not.toThrow();
       const taken = await acquireLock(new ProcessRunner(), lock, {
-        fleet: "lab",
+        subject: "fleet lab",
         command: "up",
         waitSeconds: 0,
       });
@@ -201,7 +205,7 @@ describe("the fleet lock", () => {
     await firstLine(holder(lock));
     const dryRun = new ProcessRunner({ dryRun: true, log: () => {} });
     await expect(
-      acquireLock(dryRun, lock, { fleet: "lab", command: "up", waitSeconds: 0 }),
+      acquireLock(dryRun, lock, { subject: "fleet lab", command: "up", waitSeconds: 0 }),
     ).rejects.toBeInstanceOf(FleetLocked);
   });
 });

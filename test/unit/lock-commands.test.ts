@@ -12,7 +12,7 @@ describe("the fleet lock's commands", () => {
       code: command.argv.includes("--nonblock") ? 1 : 0,
     }));
     const lock = await acquireLock(runner, join(await tempDir(), "lock"), {
-      fleet: "lab",
+      subject: "fleet lab",
       command: "up",
       waitSeconds: 5,
     });
@@ -30,7 +30,7 @@ describe("the fleet lock's commands", () => {
     const runner = new RecordingRunner(() => ({ code: 1 }));
     await expect(
       acquireLock(runner, join(await tempDir(), "lock"), {
-        fleet: "lab",
+        subject: "fleet lab",
         command: "up",
         waitSeconds: 0,
       }),

@@ -19,7 +19,8 @@ export interface QemuInput {
   readonly vm: VmSpec;
   readonly boot: BootFiles;
   readonly files: QemuFiles;
-  readonly tap: string;
+  /** The VM's tap device; without one the VM has no network. */
+  readonly tap?: string;
   readonly accel: Accelerator;
 }
 
@@ -34,7 +35,16 @@ export function renderQemuArgv(input: QemuInput): string[] {
   for (const socket of [files.consoleSocket, files.qmpSocket]) {
     assertRenderable("socket path", socket, socket.length <= UNIX_SOCKET_PATH_MAX);
   }
-  assertRenderable("tap name", input.tap, isInterfaceName(input.tap));
+  if (input.tap !== undefined) assertRenderable("tap name", input.tap, isInterfaceName(input.tap));
+  const network =
+    input.tap === undefined
+      ? ["-nic", "none"]
+      : [
+          "-netdev",
+          `tap,id=net0,ifname=${input.tap},script=no,downscript=no`,
+          "-device",
+          `virtio-net-pci,netdev=net0,mac=${vm.mac}`,
+        ];
   const layer =
     vm.layer.type === "disk"
       ? [
@@ -75,10 +85,7 @@ export function renderQemuArgv(input: QemuInput): string[] {
     "-device",
     "virtio-blk-pci,drive=base",
     ...layer,
-    "-netdev",
-    `tap,id=net0,ifname=${input.tap},script=no,downscript=no`,
-    "-device",
-    `virtio-net-pci,netdev=net0,mac=${vm.mac}`,
+    ...network,
     "-chardev",
     `socket,id=console,path=${files.consoleSocket},server=on,wait=off,logfile=${files.serialLog},logappend=on`,
     "-serial",

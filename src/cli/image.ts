@@ -1,0 +1,149 @@
+import { Command } from "@commander-js/extra-typings";
+import { formatSize } from "../core/size.js";
+import { UserError } from "../errors.js";
+import { DEBIAN_SUITES, debianSource, importSource, tinySource } from "../image/sources.js";
+import { type ImageMeta, ImageStore } from "../image/store.js";
+import { contextOf } from "./context.js";
+import { step } from "./progress.js";
+import { formatTable } from "./table.js";
+
+function storeOf(command: { optsWithGlobals(): object }) {
+  const context = contextOf(command);
+  return { context, store: new ImageStore(context.runner, context.layout()) };
+}
+
+function describe(image: ImageMeta): string {
+  return `image ${image.name}: ${image.id.slice(0, 12)}, ${formatSize(image.size)}, kernel ${image.kernelVersion}`;
+}
+
+function buildCommand() {
+  return new Command("build")
+    .description("build an image: a Debian system with mmdebstrap, or shoal's tiny busybox image")
+    .argument("<name>", "the new image's name")
+    .requiredOption("--from <source>", `busybox, or debian:SUITE (${DEBIAN_SUITES.join(", ")})`)
+    .option("--include <packages>", "more Debian packages, comma-separated")
+    .option(
+      "--hook <kind>",
+      "also install the union root as an initramfs-tools script and boot with the image's own initramfs (initramfs-tools)",
+    )
+    .action(async (name, options, command) => {
+      const { context, store } = storeOf(command);
+      const include = options.include?.split(",").filter(Boolean) ?? [];
+      if (options.hook !== undefined && options.hook !== "initramfs-tools") {
+        throw new UserError(
+          `--hook ${options.hook} is not known`,
+          "the only hook is initramfs-tools",
+        );
+      }
+      const hook = options.hook === "initramfs-tools";
+      let image: ImageMeta;
+      if (options.from === "busybox") {
+        if (include.length > 0 || hook)
+          throw new UserError("--include and --hook go with --from debian:SUITE only");
+        image = await store.add(
+          { name, source: "busybox" },
+          (staging) => tinySource(context.runner, staging),
+          step,
+        );
+      } else {
+        const suite = /^debian:(.+)$/.exec(options.from)?.[1];
+        if (!suite || !(DEBIAN_SUITES as readonly string[]).includes(suite)) {
+          throw new UserError(
+            `--from ${options.from} is not a source shoal knows`,
+            `use busybox or debian:SUITE with SUITE one of ${DEBIAN_SUITES.join(", ")}`,
+          );
+        }
+        image = await store.add(
+          {
+            name,
+            source: options.from + (include.length > 0 ? ` +${include.join(",")}` : ""),
+            ownInitramfs: hook,
+          },
+          (staging) => debianSource(context.runner, staging, { suite, include, hook }),
+          step,
+        );
+      }
+      context.print(describe(image));
+    });
+}
+
+function importCommand() {
+  return new Command("import")
+    .description("import an image: a raw ext4 image, a directory tree, a tarball or a qcow2")
+    .argument("<name>", "the new image's name")
+    .argument("<path>", "what to import")
+    .action(async (name, path, _options, command) => {
+      const { context, store } = storeOf(command);
+      let format = "";
+      const image = await store.add(
+        { name, source: `import ${path}` },
+        async (staging) => {
+          const result = await importSource(context.runner, staging, path);
+          format = result.format;
+          return result.raw;
+        },
+        step,
+      );
+      context.print(`${describe(image)} (imported from ${format})`);
+    });
+}
+
+function listCommand() {
+  return new Command("ls")
+    .description("list the images")
+    .option("--json", "print an array of image objects")
+    .action(async (options, command) => {
+      const { context, store } = storeOf(command);
+      const images = await store.list();
+      if (options.json) {
+        context.print(JSON.stringify(images, null, 2));
+        return;
+      }
+      const rows = images.map((image) => [
+        image.name,
+        image.id.slice(0, 12),
+        formatSize(image.size),
+        image.kernelVersion,
+        image.source,
+        image.created,
+      ]);
+      context.print(formatTable(["NAME", "ID", "SIZE", "KERNEL", "SOURCE", "CREATED"], rows));
+    });
+}
+
+function inspectCommand() {
+  return new Command("inspect")
+    .description("show an image's record and files, as JSON")
+    .argument("<name>")
+    .action(async (name, _options, command) => {
+      const { context, store } = storeOf(command);
+      const image = await store.get(name);
+      context.print(JSON.stringify({ ...image, files: context.layout().image(image.id) }, null, 2));
+    });
+}
+
+function removeCommand() {
+  return new Command("rm")
+    .description("remove an image (refused while a fleet uses it)")
+    .argument("<name>")
+    .action(async (name, _options, command) => {
+      const { context, store } = storeOf(command);
+      await store.remove(name);
+      context.print(`removed image ${name}`);
+    });
+}
+
+export function imageCommand() {
+  const image = new Command("image").description(
+    "build, import, list, inspect and remove base images",
+  );
+  for (const sub of [
+    buildCommand(),
+    importCommand(),
+    listCommand(),
+    inspectCommand(),
+    removeCommand(),
+  ])
+    image.addCommand(sub.exitOverride());
+  return image;
+}

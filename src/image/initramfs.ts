@@ -1,0 +1,118 @@
+import { access, chmod, copyFile, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { dirname, join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ShoalError } from "../errors.js";
+import type { Runner } from "../host/runner.js";
+import type { Ext4Image } from "./ext4.js";
+import type { ImageKernel } from "./kernel.js";
+
+/** The in-guest scripts, shipped beside the code (src/guest), both from src/ and from dist/. */
+export const GUEST_DIR = fileURLToPath(new URL("../../src/guest/", import.meta.url));
+
+const DECOMPRESSORS: Record<string, readonly [string, ...string[]]> = {
+  ".xz": ["xz", "-d"],
+  ".zst": ["zstd", "-d", "-q", "--rm"],
+  ".gz": ["gzip", "-d"],
+};
+
+/** Host files with the shared libraries they load, found by ldd, as paths to copy. */
+async function withLibraries(runner: Runner, programs: readonly string[]): Promise<string[]> {
+  const files = new Set(programs);
+  for (const program of programs) {
+    const { stdout } = await runner.run({ argv: ["ldd", program], probe: true, okCodes: [1] });
+    for (const match of stdout.matchAll(/(?:=> )?(\/\S+) \(0x/g)) if (match[1]) files.add(match[1]);
+  }
+  return [...files];
+}
+
+async function listTree(root: string, dir = root): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true });
+  const paths: string[] = [];
+  for (const entry of entries) {
+    const path = join(dir, entry.name);
+    paths.push(relative(root, path));
+    if (entry.isDirectory()) paths.push(...(await listTree(root, path)));
+  }
+  return paths;
+}
+
+/**
+ * Builds shoal's initramfs for an image's kernel: busybox, the union root's modules taken from
+ * the image itself (decompressed, so busybox's insmod can load them), mke2fs for blank layers,
+ * and the union-root init. Nothing in the image changes.
+ */
+export async function buildInitramfs(
+  runner: Runner,
+  image: Ext4Image,
+  kernel: ImageKernel,
+  work: string,
+  out: string,
+): Promise<void> {
+  const root = join(work, "initramfs");
+  const moduleDir = `/lib/modules/${kernel.version}`;
+  await mkdir(join(root, "lib/shoal"), { recursive: true });
+  const dumps = kernel.unionRootModules.map(
+    (path) => [`${moduleDir}/${path}`, join(root, moduleDir, path)] as const,
+  );
+  for (const [, to] of dumps) await mkdir(dirname(to), { recursive: true });
+  await image.dump(dumps);
+  const loaded: string[] = [];
+  for (const path of kernel.unionRootModules) {
+    const suffix = Object.keys(DECOMPRESSORS).find((s) => path.endsWith(s));
+    if (suffix) {
+      await runner.run({
+        argv: [...(DECOMPRESSORS[suffix] ?? []), join(root, moduleDir, path)] as [
+          string,
+          ...string[],
+        ],
+      });
+    }
+    loaded.push(`${kernel.version}/${suffix ? path.slice(0, -suffix.length) : path}`);
+  }
+  await writeFile(join(root, "lib/shoal/modules"), `${loaded.join("\n")}\n`);
+  await copyFile(join(GUEST_DIR, "init"), join(root, "init"));
+  await chmod(join(root, "init"), 0o755);
+  await copyFile(join(GUEST_DIR, "union-root.sh"), join(root, "lib/shoal/union-root.sh"));
+
+  const busybox = await access("/bin/busybox").then(
+    () => true,
+    () => false,
+  );
+  if (!busybox)
+    throw new ShoalError("/bin/busybox is missing", {
+      hint: "install busybox-static (scripts/setup does)",
+    });
+  const lddBusybox = await runner.run({
+    argv: ["ldd", "/bin/busybox"],
+    probe: true,
+    okCodes: [1],
+  });
+  if (!`${lddBusybox.stdout}${lddBusybox.stderr}`.includes("not a dynamic executable")) {
+    throw new ShoalError("/bin/busybox is not the static build", {
+      hint: "install busybox-static (scripts/setup does)",
+    });
+  }
+  for (const file of [
+    "/bin/busybox",
+    "/etc/mke2fs.conf",
+    ...(await withLibraries(runner, ["/sbin/mke2fs"])),
+  ]) {
+    await mkdir(dirname(join(root, file)), { recursive: true });
+    await copyFile(file, join(root, file));
+    await chmod(join(root, file), file.startsWith("/etc") ? 0o644 : 0o755);
+  }
+  await mkdir(join(root, "dev"), { recursive: true });
+  // The kernel opens /dev/console for /init before anything can mount devtmpfs.
+  await runner.run({ argv: ["mknod", "-m", "600", join(root, "dev/console"), "c", "5", "1"] });
+
+  const cpio = `${out}.cpio`;
+  const files = await listTree(root);
+  await runner.run({
+    argv: ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "-O", cpio],
+    input: `${files.join("\n")}\n`,
+    cwd: root,
+  });
+  await runner.run({ argv: ["gzip", "-9", "-n", cpio] });
+  await rename(`${cpio}.gz`, out);
+  await rm(root, { recursive: true, force: true });
+}

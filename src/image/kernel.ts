@@ -1,0 +1,77 @@
+import {
+  loadOrder,
+  type ModuleIndex,
+  parseModuleIndex,
+  UNION_ROOT_MODULES,
+} from "../core/modules.js";
+import { UserError } from "../errors.js";
+import type { Ext4Image } from "./ext4.js";
+
+export interface ImageKernel {
+  readonly version: string;
+  /** Path of the kernel inside the image. */
+  readonly kernel: string;
+  /** Path of the image's own initramfs, when it has one. */
+  readonly initrd?: string;
+  readonly modules: ModuleIndex;
+  /** The union root's modules in load order, relative to /lib/modules/VERSION. */
+  readonly unionRootModules: readonly string[];
+}
+
+/** Orders kernel versions such as 6.1.0-9-amd64 < 6.1.0-13-amd64 numerically, part by part. */
+export function compareVersions(a: string, b: string): number {
+  const parts = (version: string) => version.split(/(\d+)/).filter(Boolean);
+  const [pa, pb] = [parts(a), parts(b)];
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const [x, y] = [pa[i] ?? "", pb[i] ?? ""];
+    const difference =
+      /^\d+$/.test(x) && /^\d+$/.test(y) ? Number(x) - Number(y) : x.localeCompare(y);
+    if (difference !== 0) return difference;
+  }
+  return 0;
+}
+
+/**
+ * The newest kernel in an image that has its modules too, and the modules the union root needs;
+ * an image without either cannot boot through shoal and is refused.
+ */
+export async function findImageKernel(image: Ext4Image, label: string): Promise<ImageKernel> {
+  const boot = (await image.list("/boot")) ?? [];
+  const withModules = new Set(
+    ((await image.list("/lib/modules")) ?? []).map((entry) => entry.name),
+  );
+  const versions = boot
+    .map((entry) => /^vmlinuz-(.+)$/.exec(entry.name)?.[1])
+    .filter((version): version is string => version !== undefined && withModules.has(version))
+    .sort(compareVersions);
+  const version = versions.at(-1);
+  if (!version) {
+    throw new UserError(
+      `no kernel found in ${label}: it needs /boot/vmlinuz-VERSION and /lib/modules/VERSION`,
+      "install a kernel in the image (linux-image-amd64 on Debian)",
+    );
+  }
+  const dir = `/lib/modules/${version}`;
+  const modules = parseModuleIndex(
+    (await image.readFile(`${dir}/modules.dep`)) ?? "",
+    (await image.readFile(`${dir}/modules.builtin`)) ?? "",
+  );
+  const order = loadOrder(modules, UNION_ROOT_MODULES);
+  if (!order.ok) {
+    const what = order.missing.includes("overlay")
+      ? "no overlay support"
+      : `no ${order.missing.join(", ")} module`;
+    throw new UserError(
+      `the kernel ${version} in ${label} has ${what}`,
+      "shoal needs overlayfs, ext4 and virtio or Xen block drivers",
+    );
+  }
+  const initrd = boot.find((entry) => entry.name === `initrd.img-${version}`);
+  return {
+    version,
+    kernel: `/boot/vmlinuz-${version}`,
+    ...(initrd ? { initrd: `/boot/${initrd.name}` } : {}),
+    modules,
+    unionRootModules: order.paths,
+  };
+}

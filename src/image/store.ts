@@ -1,0 +1,253 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import {
+  chmod,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  stat,
+  symlink,
+} from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import { IMAGE_NAME_RULE, isImageName } from "../core/names.js";
+import { UserError } from "../errors.js";
+import type { Runner } from "../host/runner.js";
+import { writeFileAtomic } from "../state/atomic.js";
+import type { StateLayout } from "../state/layout.js";
+import { withLock } from "../state/lock.js";
+import { readFleetRecord } from "../state/store.js";
+import { Ext4Image } from "./ext4.js";
+import { buildInitramfs } from "./initramfs.js";
+import { findImageKernel } from "./kernel.js";
+import { sealImage } from "./seal.js";
+
+/**
+ * The image store: sealed, immutable images named by the sha256 of their content, read-only on
+ * disk. An image is made in a staging directory and appears under its id and name only when it is
+ * complete; a failed or killed build leaves nothing that looks like an image.
+ */
+
+const imageMeta = z.object({
+  name: z.string(),
+  id: z.string(),
+  size: z.int(),
+  kernelVersion: z.string(),
+  source: z.string(),
+  created: z.string(),
+  boot: z.enum(["shoal-initramfs", "image-initramfs"]),
+  sealed: z.object({ removed: z.array(z.string()), emptied: z.array(z.string()) }),
+});
+
+export type ImageMeta = z.infer<typeof imageMeta>;
+
+export interface ImageRequest {
+  readonly name: string;
+  readonly source: string;
+  /** Boot with the image's own initramfs (which the initramfs-tools hook made) instead of shoal's. */
+  readonly ownInitramfs?: boolean;
+}
+
+const STAGING_PREFIX = ".staging-";
+
+export function checkImageName(name: string): void {
+  if (!isImageName(name))
+    throw new UserError(`"${name}" is not an image name`, `use ${IMAGE_NAME_RULE}`);
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export class ImageStore {
+  constructor(
+    private readonly runner: Runner,
+    private readonly layout: StateLayout,
+  ) {}
+
+  private locked<T>(command: string, work: () => Promise<T>): Promise<T> {
+    return withLock(
+      this.runner,
+      this.layout.imageLock,
+      { subject: "the image store", command, waitSeconds: 600 },
+      work,
+    );
+  }
+
+  async list(): Promise<ImageMeta[]> {
+    const names = await readdir(this.layout.imageNames).catch(() => [] as string[]);
+    const images = await Promise.all(names.sort().map((name) => this.find(name)));
+    return images.filter((image): image is ImageMeta => image !== undefined);
+  }
+
+  private async find(name: string): Promise<ImageMeta | undefined> {
+    let id: string;
+    try {
+      id = await readlink(join(this.layout.imageNames, name));
+    } catch {
+      return undefined;
+    }
+    const meta = imageMeta.parse(
+      JSON.parse(await readFile(this.layout.image(id.replace(/^\.\.\//, "")).meta, "utf8")),
+    );
+    return { ...meta, name };
+  }
+
+  async get(name: string): Promise<ImageMeta> {
+    checkImageName(name);
+    const image = await this.find(name);
+    if (!image)
+      throw new UserError(
+        `no image named ${name}`,
+        "`shoal image ls` lists the images; `shoal image build` makes one",
+      );
+    return image;
+  }
+
+  /** Removes staging directories of builds whose process is gone. */
+  private async removeStaleStaging(): Promise<void> {
+    for (const entry of await readdir(this.layout.images).catch(() => [] as string[])) {
+      const pid = Number(
+        entry.startsWith(STAGING_PREFIX)
+          ? entry.slice(STAGING_PREFIX.length).split("-")[0]
+          : Number.NaN,
+      );
+      if (Number.isInteger(pid) && !isAlive(pid))
+        await rm(join(this.layout.images, entry), { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Makes an image: `produce` writes a raw ext4 image into the staging directory it is given;
+   * shoal then checks it has a usable kernel, seals it, adds the boot files and stores it.
+   */
+  async add(
+    request: ImageRequest,
+    produce: (staging: string) => Promise<string>,
+    step: <T>(title: string, work: () => Promise<T>) => Promise<T> = (_title, work) => work(),
+  ): Promise<ImageMeta> {
+    checkImageName(request.name);
+    if (await this.find(request.name)) {
+      throw new UserError(
+        `an image named ${request.name} exists already`,
+        `remove it with \`shoal image rm ${request.name}\` or choose another name`,
+      );
+    }
+    await mkdir(this.layout.imageNames, { recursive: true });
+    await this.removeStaleStaging();
+    const staging = join(this.layout.images, `${STAGING_PREFIX}${process.pid}-${Date.now()}`);
+    await mkdir(staging, { recursive: true });
+    try {
+      const raw = await step(`making ${request.name} from ${request.source}`, () =>
+        produce(staging),
+      );
+      const image = new Ext4Image(this.runner, raw);
+      const kernel = await findImageKernel(image, `image ${request.name}`);
+      const sealed = await step("sealing: removing per-machine identity", () => sealImage(image));
+      const files = {
+        base: join(staging, "base.img"),
+        kernel: join(staging, "vmlinuz"),
+        initrd: join(staging, "initrd.img"),
+      };
+      await image.dump([[kernel.kernel, files.kernel]]);
+      if (request.ownInitramfs) {
+        if (!kernel.initrd)
+          throw new UserError(
+            `image ${request.name} has no initramfs for its kernel ${kernel.version}`,
+          );
+        await image.dump([[kernel.initrd, files.initrd]]);
+      } else {
+        await step(`building shoal's initramfs for kernel ${kernel.version}`, () =>
+          buildInitramfs(this.runner, image, kernel, staging, files.initrd),
+        );
+      }
+      await rename(raw, files.base);
+      const id = await step("computing the image id (sha256)", () => sha256File(files.base));
+      const meta: ImageMeta = {
+        name: request.name,
+        id,
+        size: (await stat(files.base)).size,
+        kernelVersion: kernel.version,
+        source: request.source,
+        created: new Date().toISOString(),
+        boot: request.ownInitramfs ? "image-initramfs" : "shoal-initramfs",
+        sealed: { removed: [...sealed.removed], emptied: [...sealed.emptied] },
+      };
+      for (const file of Object.values(files)) await chmod(file, 0o444);
+      await writeFileAtomic(
+        join(staging, "image.json"),
+        `${JSON.stringify(meta, null, 2)}\n`,
+        0o444,
+      );
+      return await this.locked("image add", async () => {
+        const target = this.layout.image(id).dir;
+        const known = await stat(target).catch(() => undefined);
+        if (known) await rm(staging, { recursive: true, force: true });
+        else await rename(staging, target);
+        await this.link(request.name, id);
+        return meta;
+      });
+    } catch (error) {
+      await rm(staging, { recursive: true, force: true });
+      throw error;
+    }
+  }
+
+  private async link(name: string, id: string): Promise<void> {
+    const link = join(this.layout.imageNames, name);
+    const temp = `${link}.${process.pid}.new`;
+    await rm(temp, { force: true });
+    await symlink(`../${id}`, temp);
+    await rename(temp, link);
+  }
+
+  /** The fleets whose recorded VMs use an image. */
+  private async usersOf(name: string): Promise<string[]> {
+    const fleets = await readdir(this.layout.fleets).catch(() => [] as string[]);
+    const users: string[] = [];
+    for (const fleet of fleets) {
+      const record = await readFleetRecord(this.layout, fleet);
+      if (Object.values(record?.vms ?? {}).some((vm) => vm.spec.image === name)) users.push(fleet);
+    }
+    return users;
+  }
+
+  async remove(name: string): Promise<void> {
+    const image = await this.get(name);
+    await this.locked("image rm", async () => {
+      const users = await this.usersOf(name);
+      if (users.length > 0) {
+        throw new UserError(
+          `image ${name} is used by fleet ${users.join(", ")}`,
+          "destroy those fleets, or move them to another image, first",
+        );
+      }
+      await rm(join(this.layout.imageNames, name));
+      const stillNamed = await Promise.all(
+        (await readdir(this.layout.imageNames)).map(
+          async (other) =>
+            (await readlink(join(this.layout.imageNames, other))) === `../${image.id}`,
+        ),
+      );
+      if (!stillNamed.includes(true)) {
+        const dir = this.layout.image(image.id).dir;
+        // The files are read-only; the directory is not, so they can be removed.
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+  }
+}

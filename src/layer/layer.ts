@@ -1,0 +1,133 @@
+import { open } from "node:fs/promises";
+import type { Runner } from "../host/runner.js";
+import {
+  type DirEntry,
+  debugfsQuote,
+  Ext4Image,
+  S_IFCHR,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFMT,
+} from "../image/ext4.js";
+
+/**
+ * A VM's layer on the host: a sparse raw file the guest formats on first boot (shoal's init does
+ * that for a device with no signature at all). Inside: upper/ and work/ for overlayfs, and
+ * shoal/base-id naming the base the layer was made over.
+ */
+export const LAYER_UPPER = "/upper";
+
+/** Creates a layer of `sizeBytes` that takes no disk space until the guest writes to it. */
+export async function createLayer(path: string, sizeBytes: number): Promise<void> {
+  const handle = await open(path, "wx", 0o600);
+  try {
+    await handle.truncate(sizeBytes);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A file as the VM changed it, read from its layer without booting the VM; undefined if the VM did not change it. */
+export function readLayerFile(
+  runner: Runner,
+  layer: string,
+  path: string,
+): Promise<string | undefined> {
+  return new Ext4Image(runner, layer).readFile(`${LAYER_UPPER}${path}`);
+}
+
+export type ChangeKind = "added" | "modified" | "deleted" | "replaced";
+
+export interface LayerChange {
+  /** The path in the VM. */
+  readonly path: string;
+  readonly change: ChangeKind;
+  readonly type: "file" | "dir" | "symlink" | "other";
+  readonly size: number;
+}
+
+function typeOf(entry: DirEntry): LayerChange["type"] {
+  const format = entry.mode & S_IFMT;
+  if (format === S_IFDIR) return "dir";
+  if (format === S_IFLNK) return "symlink";
+  return format === 0o100000 ? "file" : "other";
+}
+
+const join = (dir: string, name: string) => (dir === "/" ? `/${name}` : `${dir}/${name}`);
+
+/**
+ * What a layer changed relative to its base, without booting the VM: files added and modified,
+ * files deleted (overlayfs whiteouts: character devices 0/0) and directories replaced (opaque
+ * directories hide everything the base had in them). Reads both images level by level, one
+ * debugfs run per image and level.
+ */
+export async function listLayerChanges(
+  runner: Runner,
+  layer: string,
+  base: string,
+): Promise<LayerChange[]> {
+  const upper = new Ext4Image(runner, layer);
+  const lower = new Ext4Image(runner, base);
+  const changes: LayerChange[] = [];
+  // Directories to descend into, and whether the base's view of them still counts.
+  let level: { dir: string; inBase: boolean }[] = [{ dir: "/", inBase: true }];
+  while (level.length > 0) {
+    const upperListings = await upper.listMany(
+      level.map(({ dir }) => `${LAYER_UPPER}${dir === "/" ? "" : dir}`),
+    );
+    const baseListings = await lower.listMany(
+      level.map(({ dir, inBase }) => (inBase ? dir : "/nonexistent/.shoal")),
+    );
+    const next: { dir: string; inBase: boolean }[] = [];
+    const whiteoutCandidates: { path: string; entry: DirEntry; hidden: DirEntry | undefined }[] =
+      [];
+    const opaqueCandidates: string[] = [];
+    level.forEach(({ dir, inBase }, i) => {
+      const inBaseNames = new Map(
+        (inBase ? (baseListings[i] ?? []) : []).map((entry) => [entry.name, entry]),
+      );
+      for (const entry of upperListings[i] ?? []) {
+        const path = join(dir, entry.name);
+        const existed = inBaseNames.has(entry.name);
+        const type = typeOf(entry);
+        if ((entry.mode & S_IFMT) === S_IFCHR) {
+          whiteoutCandidates.push({ path, entry, hidden: inBaseNames.get(entry.name) });
+        } else if (type === "dir") {
+          if (existed) opaqueCandidates.push(path);
+          else changes.push({ path, change: "added", type, size: 0 });
+          next.push({ dir: path, inBase: existed });
+        } else {
+          changes.push({ path, change: existed ? "modified" : "added", type, size: entry.size });
+        }
+      }
+    });
+    const devices = await upper.each(
+      whiteoutCandidates.map(({ path }) => `stat ${debugfsQuote(`${LAYER_UPPER}${path}`)}`),
+    );
+    whiteoutCandidates.forEach(({ path, entry, hidden }, i) => {
+      const whiteout = /Device major\/minor number: 00:00/.test(devices[i] ?? "");
+      // A whiteout stands for what it hides: report the deleted file's type and size.
+      const shown = whiteout && hidden ? hidden : entry;
+      changes.push({
+        path,
+        change: whiteout ? "deleted" : "added",
+        type: typeOf(shown),
+        size: whiteout ? shown.size : 0,
+      });
+    });
+    const opaque = await upper.each(
+      opaqueCandidates.map(
+        (path) => `ea_get ${debugfsQuote(`${LAYER_UPPER}${path}`)} trusted.overlay.opaque`,
+      ),
+    );
+    opaqueCandidates.forEach((path, i) => {
+      if (/= "y"/.test(opaque[i] ?? "")) {
+        changes.push({ path, change: "replaced", type: "dir", size: 0 });
+        const child = next.find((item) => item.dir === path);
+        if (child) child.inBase = false;
+      }
+    });
+    level = next;
+  }
+  return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
