@@ -1,5 +1,6 @@
 import type { BackendName, VmSpec } from "./fleet.js";
 import { isDnsLabel } from "./names.js";
+import type { BootFiles } from "./render/boot.js";
 import { formatSize } from "./size.js";
 import { assertRenderable, checkKernelParam } from "./syntax.js";
 
@@ -11,16 +12,28 @@ export const GUEST_DEVICES = {
 
 type CmdlineVm = Pick<VmSpec, "name" | "machineId" | "layer" | "kernelArgs">;
 
+/** A stand-in base id of the real length, for checking the command line's length before an image exists. */
+export const PLACEHOLDER_BOOT: Pick<BootFiles, "baseId"> = { baseId: "0".repeat(64) };
+
 /**
  * The kernel command line that tells shoal's union-root init where the base and the layer are.
  * systemd.hostname and systemd.machine_id give the VM its identity before anything in the image runs.
  */
-export function renderKernelCmdline(backend: BackendName, vm: CmdlineVm): string {
+export function renderKernelCmdline(
+  backend: BackendName,
+  vm: CmdlineVm,
+  boot: Pick<BootFiles, "baseId" | "ownInitramfs">,
+): string {
   const devices = GUEST_DEVICES[backend];
   const layer =
     vm.layer.type === "tmpfs"
       ? ["shoal.layer=tmpfs", `shoal.layer_size=${formatSize(vm.layer.sizeBytes)}`]
-      : [`shoal.layer=${devices.layer}`];
+      : [
+          `shoal.layer=${devices.layer}`,
+          `shoal.on_base_change=${vm.layer.onBaseChange}`,
+          ...(vm.layer.fallback === "tmpfs" ? ["shoal.fallback=tmpfs"] : []),
+        ];
+  assertRenderable("base id", boot.baseId, /^[0-9a-f]{64}$/.test(boot.baseId));
   assertRenderable("VM name", vm.name, isDnsLabel(vm.name));
   assertRenderable("machine-id", vm.machineId, /^[0-9a-f]{32}$/.test(vm.machineId));
   for (const param of vm.kernelArgs) {
@@ -28,7 +41,10 @@ export function renderKernelCmdline(backend: BackendName, vm: CmdlineVm): string
   }
   return [
     `console=${devices.console}`,
+    // The image's own initramfs (initramfs-tools) mounts root= read-only; shoal's ignores it.
+    ...(boot.ownInitramfs ? [`root=${devices.base}`, "ro"] : []),
     `shoal.base=${devices.base}`,
+    `shoal.base_id=${boot.baseId}`,
     ...layer,
     `systemd.hostname=${vm.name}`,
     `systemd.machine_id=${vm.machineId}`,

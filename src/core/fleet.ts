@@ -7,9 +7,15 @@ export type BackendName = "qemu" | "xl";
 
 export type LayerType = "disk" | "tmpfs";
 
+/** What a VM's init does with a disk layer that was made over another base image. */
+export type BaseChangePolicy = "keep" | "warn" | "reset";
+
 export interface LayerSpec {
   readonly type: LayerType;
   readonly sizeBytes: number;
+  readonly onBaseChange: BaseChangePolicy;
+  /** Boot with a tmpfs layer (and a loud warning) when the disk layer cannot be used, instead of stopping. */
+  readonly fallback: "none" | "tmpfs";
 }
 
 export interface VmIdentity {

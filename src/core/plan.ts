@@ -39,7 +39,7 @@ const COMPARED: readonly [string, (vm: VmSpec) => unknown][] = [
   ["image", (vm) => vm.image],
   ["memory", (vm) => vm.memoryMiB],
   ["vcpus", (vm) => vm.vcpus],
-  ["layer", (vm) => `${vm.layer.type}:${vm.layer.sizeBytes}`],
+  ["layer", (vm) => JSON.stringify(vm.layer)],
   ["kernel_args", (vm) => vm.kernelArgs.join(" ")],
   ["ip", (vm) => vm.ip],
   ["mac", (vm) => vm.mac],

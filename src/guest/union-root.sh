@@ -66,13 +66,14 @@ shoal_signature() {
     echo blank
     return
   fi
-  shoal_blkid=$(blkid "$1" 2>/dev/null)
-  shoal_type=$(echo "$shoal_blkid" | sed -n 's/.* TYPE="\([^"]*\)".*/\1/p')
-  shoal_label=$(echo "$shoal_blkid" | sed -n 's/.* LABEL="\([^"]*\)".*/\1/p')
+  # util-linux blkid, by path (busybox has none); -p probes the device itself, not a cache.
+  shoal_probe=$(/sbin/blkid -p -o export "$1" 2>/dev/null)
+  shoal_type=$(echo "$shoal_probe" | sed -n 's/^\(PT\)\{0,1\}TYPE=//p' | head -n 1)
+  shoal_label=$(echo "$shoal_probe" | sed -n 's/^LABEL=//p')
   if [ "$shoal_type" = ext4 ] && [ "$shoal_label" = "$SHOAL_LAYER_LABEL" ]; then
     echo layer
   elif [ -n "$shoal_type" ]; then
-    echo "a $shoal_type filesystem${shoal_label:+ labelled $shoal_label}"
+    echo "a $shoal_type signature${shoal_label:+ labelled $shoal_label}"
   else
     echo "data shoal does not recognise"
   fi

@@ -95,7 +95,7 @@ export async function buildInitramfs(
   for (const file of [
     "/bin/busybox",
     "/etc/mke2fs.conf",
-    ...(await withLibraries(runner, ["/sbin/mke2fs"])),
+    ...(await withLibraries(runner, ["/sbin/mke2fs", "/sbin/blkid"])),
   ]) {
     await mkdir(dirname(join(root, file)), { recursive: true });
     await copyFile(file, join(root, file));

@@ -1,4 +1,4 @@
-import type { BackendName, LayerType } from "../core/fleet.js";
+import type { BackendName, BaseChangePolicy, LayerType } from "../core/fleet.js";
 
 /**
  * The built-in defaults, in one place: a fleet file with only `name:` is a complete fleet of three
@@ -13,5 +13,7 @@ export const DEFAULTS = {
   vcpus: 1,
   layerType: "disk" as LayerType,
   layerSize: { disk: "1G", tmpfs: "64M" } satisfies Record<LayerType, string>,
+  onBaseChange: "warn" as BaseChangePolicy,
+  fallback: "none" as "none" | "tmpfs",
   subnet: "10.77.0.0/16",
 } as const;

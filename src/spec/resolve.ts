@@ -1,4 +1,4 @@
-import { renderKernelCmdline } from "../core/cmdline.js";
+import { PLACEHOLDER_BOOT, renderKernelCmdline } from "../core/cmdline.js";
 import type { FleetSpec, LayerSpec, VmSpec } from "../core/fleet.js";
 import { deriveIdentities, type IdentityRequest } from "../core/identity.js";
 import { contains, makeSubnet, parseCidr, parseIpv4, type Subnet } from "../core/ipv4.js";
@@ -47,7 +47,13 @@ function resolveSettings(file: Partial<FleetFile>, entry: VmSettings | undefined
     entry?.layer?.size ??
     (sameTypeAsFleet ? fleetVm.layer?.size : undefined) ??
     DEFAULTS.layerSize[type];
-  const layer: LayerSpec = { type, sizeBytes: parseSize(layerSize) ?? 0 };
+  const layer: LayerSpec = {
+    type,
+    sizeBytes: parseSize(layerSize) ?? 0,
+    onBaseChange:
+      entry?.layer?.on_base_change ?? fleetVm.layer?.on_base_change ?? DEFAULTS.onBaseChange,
+    fallback: entry?.layer?.fallback ?? fleetVm.layer?.fallback ?? DEFAULTS.fallback,
+  };
   return {
     image: entry?.image ?? file.image ?? DEFAULTS.image,
     memoryMiB: (parseSize(entry?.memory ?? fleetVm.memory ?? DEFAULTS.memory) ?? 0) / MiB,
@@ -186,7 +192,7 @@ function checkCmdline(
   entry: PlannedVm["entry"],
   problems: PathProblem[],
 ) {
-  const length = renderKernelCmdline(backend, vm).length;
+  const length = renderKernelCmdline(backend, vm, PLACEHOLDER_BOOT).length;
   if (length <= KERNEL_CMDLINE_MAX) return;
   const path =
     entry?.value.kernel_args !== undefined

@@ -65,6 +65,16 @@ const layer = z
       .meta({
         description: `Disk layer: its size (sparse; default ${DEFAULTS.layerSize.disk}). tmpfs layer: its memory limit (default ${DEFAULTS.layerSize.tmpfs}).`,
       }),
+    on_base_change: z.enum(["keep", "warn", "reset"]).optional().meta({
+      default: DEFAULTS.onBaseChange,
+      description:
+        "When a disk layer boots over another base than it was made over: keep it, keep it with a console warning, or reset it.",
+    }),
+    fallback: z.enum(["none", "tmpfs"]).optional().meta({
+      default: DEFAULTS.fallback,
+      description:
+        "none: a VM whose disk layer cannot be used stops (fail closed). tmpfs: it boots with a tmpfs layer and a loud warning.",
+    }),
   })
   .meta({ description: "The VM's private writable layer over the shared read-only base." });
 

@@ -22,7 +22,12 @@ const vmSpecRecord = z.object({
   image: z.string(),
   memoryMiB: z.int(),
   vcpus: z.int(),
-  layer: z.object({ type: z.enum(["disk", "tmpfs"]), sizeBytes: z.int() }),
+  layer: z.object({
+    type: z.enum(["disk", "tmpfs"]),
+    sizeBytes: z.int(),
+    onBaseChange: z.enum(["keep", "warn", "reset"]),
+    fallback: z.enum(["none", "tmpfs"]),
+  }),
   kernelArgs: z.array(z.string()).readonly(),
 });
 

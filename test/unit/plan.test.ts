@@ -151,7 +151,7 @@ describe("changed fields", () => {
       image: "other",
       memoryMiB: 1,
       vcpus: 9,
-      layer: { type: "tmpfs", sizeBytes: 1 },
+      layer: { type: "tmpfs", sizeBytes: 1, onBaseChange: "keep", fallback: "none" },
       kernelArgs: ["quiet"],
       ip: "10.0.0.9",
       mac: "52:54:00:00:00:09",

@@ -29,6 +29,7 @@ const boot = {
   kernel: "/var/lib/shoal/images/abc/vmlinuz",
   initrd: "/var/lib/shoal/images/abc/initrd.img",
   base: "/var/lib/shoal/images/abc/base.img",
+  baseId: "ab".repeat(32),
 };
 const vmDir = "/var/lib/shoal/fleets/lab/vms/agent-001";
 const files = {
@@ -41,26 +42,37 @@ const files = {
 
 describe("kernel command line", () => {
   it("tells the union-root init where base and layer are, and gives the VM its identity", () => {
-    expect(renderKernelCmdline("qemu", diskVm)).toMatchInlineSnapshot(
-      `"console=ttyS0 shoal.base=/dev/vda shoal.layer=/dev/vdb systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet console=tty0"`,
+    expect(renderKernelCmdline("qemu", diskVm, boot)).toMatchInlineSnapshot(
+      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.layer=/dev/vdb shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet console=tty0"`,
     );
   });
 
   it("names a tmpfs layer and its size instead of a device", () => {
-    expect(renderKernelCmdline("qemu", tmpfsVm)).toMatchInlineSnapshot(
-      `"console=ttyS0 shoal.base=/dev/vda shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592"`,
+    expect(renderKernelCmdline("qemu", tmpfsVm, boot)).toMatchInlineSnapshot(
+      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592"`,
     );
   });
 
   it("uses Xen's PV devices and console for xl", () => {
-    expect(renderKernelCmdline("xl", xenDiskVm)).toMatchInlineSnapshot(
-      `"console=hvc0 shoal.base=/dev/xvda shoal.layer=/dev/xvdb systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0"`,
+    expect(renderKernelCmdline("xl", xenDiskVm, boot)).toMatchInlineSnapshot(
+      `"console=hvc0 shoal.base=/dev/xvda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.layer=/dev/xvdb shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0"`,
+    );
+  });
+
+  it("passes the layer policies, and root= only for an image booting with its own initramfs", () => {
+    const vm = {
+      ...diskVm,
+      kernelArgs: [],
+      layer: { ...diskVm.layer, onBaseChange: "reset" as const, fallback: "tmpfs" as const },
+    };
+    expect(renderKernelCmdline("qemu", vm, { ...boot, ownInitramfs: true })).toBe(
+      `console=ttyS0 root=/dev/vda ro shoal.base=/dev/vda shoal.base_id=${"ab".repeat(32)} shoal.layer=/dev/vdb shoal.on_base_change=reset shoal.fallback=tmpfs systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0`,
     );
   });
 
   it("refuses a parameter that slipped past validation", () => {
     expect(() =>
-      renderKernelCmdline("qemu", { ...diskVm, kernelArgs: ['init="/bin/sh"'] }),
+      renderKernelCmdline("qemu", { ...diskVm, kernelArgs: ['init="/bin/sh"'] }, boot),
     ).toThrow(/^internal: kernel parameter/);
   });
 });

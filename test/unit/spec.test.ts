@@ -52,11 +52,16 @@ describe("built-in defaults", () => {
       ["vm-2", "10.77.0.3", "tiny", 128, 1],
       ["vm-3", "10.77.0.4", "tiny", 128, 1],
     ]);
-    expect(fleet.vms[0]?.layer).toEqual({ type: "disk", sizeBytes: 1024 ** 3 });
+    expect(fleet.vms[0]?.layer).toEqual({
+      type: "disk",
+      sizeBytes: 1024 ** 3,
+      onBaseChange: "warn",
+      fallback: "none",
+    });
   });
 
   it("give a tmpfs layer its own default size", () => {
-    expect(fleetOf("name: demo\nvm: { layer: { type: tmpfs } }\n").vms[0]?.layer).toEqual({
+    expect(fleetOf("name: demo\nvm: { layer: { type: tmpfs } }\n").vms[0]?.layer).toMatchObject({
       type: "tmpfs",
       sizeBytes: 64 * 1024 ** 2,
     });
@@ -78,14 +83,14 @@ image: base
 vm:
   name: "agent-{n}"
   memory: 256M
-  layer: { type: disk, size: 2G }
+  layer: { type: disk, size: 2G, on_base_change: reset }
   kernel_args: [quiet]
 vms:
   - name: agent-2
     memory: 1G
     vcpus: 4
     image: debian
-    layer: { size: 8G }
+    layer: { size: 8G, fallback: tmpfs }
     kernel_args: [loglevel=7]
   - name: agent-3
     layer: { type: tmpfs }
@@ -94,7 +99,12 @@ vms:
 
   it("leave VMs without an entry on the fleet's settings", () => {
     expect(one).toMatchObject({ image: "base", memoryMiB: 256, vcpus: 1, kernelArgs: ["quiet"] });
-    expect(one?.layer).toEqual({ type: "disk", sizeBytes: 2 * 1024 ** 3 });
+    expect(one?.layer).toEqual({
+      type: "disk",
+      sizeBytes: 2 * 1024 ** 3,
+      onBaseChange: "reset",
+      fallback: "none",
+    });
   });
 
   it("replace each value a VM sets, and merge its layer key by key", () => {
@@ -104,11 +114,21 @@ vms:
       vcpus: 4,
       kernelArgs: ["loglevel=7"],
     });
-    expect(two?.layer).toEqual({ type: "disk", sizeBytes: 8 * 1024 ** 3 });
+    expect(two?.layer).toEqual({
+      type: "disk",
+      sizeBytes: 8 * 1024 ** 3,
+      onBaseChange: "reset",
+      fallback: "tmpfs",
+    });
   });
 
   it("give a layer of another type that type's default size, not the fleet's disk size", () => {
-    expect(three?.layer).toEqual({ type: "tmpfs", sizeBytes: 64 * 1024 ** 2 });
+    expect(three?.layer).toEqual({
+      type: "tmpfs",
+      sizeBytes: 64 * 1024 ** 2,
+      onBaseChange: "reset",
+      fallback: "none",
+    });
   });
 
   it("do not change anyone's identity", () => {

@@ -1,11 +1,15 @@
 import { isDnsLabel } from "../names.js";
 import { assertRenderable, isSafePath } from "../syntax.js";
 
-/** What a VM boots from: the image's kernel, shoal's initramfs for it, the shared base. */
+/** What a VM boots from: the image's kernel, shoal's initramfs for it (or the image's own), the shared base. */
 export interface BootFiles {
   readonly kernel: string;
   readonly initrd: string;
   readonly base: string;
+  /** The base image's id (sha256), which the layer records. */
+  readonly baseId: string;
+  /** The image boots with its own initramfs (initramfs-tools hook), which needs root= to find the base. */
+  readonly ownInitramfs?: boolean;
 }
 
 /** The hypervisor-facing name of a VM; the dot cannot occur in either label, so names never clash across fleets. */

@@ -79,7 +79,7 @@ export function renderQemuArgv(input: QemuInput): string[] {
     "-initrd",
     boot.initrd,
     "-append",
-    renderKernelCmdline("qemu", vm),
+    renderKernelCmdline("qemu", vm, boot),
     "-drive",
     `if=none,id=base,file=${boot.base},format=raw,readonly=on`,
     "-device",

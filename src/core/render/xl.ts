@@ -43,7 +43,7 @@ export function renderXlConfig(input: XlConfigInput): string {
     `type = "pv"`,
     `kernel = ${quoted(boot.kernel)}`,
     `ramdisk = ${quoted(boot.initrd)}`,
-    `cmdline = ${quoted(renderKernelCmdline("xl", vm))}`,
+    `cmdline = ${quoted(renderKernelCmdline("xl", vm, boot))}`,
     `memory = ${vm.memoryMiB}`,
     `maxmem = ${vm.memoryMiB}`,
     `vcpus = ${vm.vcpus}`,

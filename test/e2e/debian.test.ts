@@ -1,0 +1,141 @@
+import { mkdir, mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import type { VmSpec } from "../../src/core/fleet.js";
+import { ProcessRunner } from "../../src/host/runner.js";
+import { Ext4Image } from "../../src/image/ext4.js";
+import type { ImageMeta } from "../../src/image/store.js";
+import { createLayer, readLayerFile } from "../../src/layer/layer.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { shoal } from "../helpers/cli.js";
+import { fleetOf } from "../helpers/fleet.js";
+import { useTempDirs } from "../helpers/tmp.js";
+import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
+
+/**
+ * Real Debian images, built with mmdebstrap, booted (QEMU, software emulation) through shoal's
+ * initramfs and, with --hook initramfs-tools, through the image's own initramfs.
+ */
+
+const tempDir = useTempDirs();
+const runner = new ProcessRunner();
+let state: string;
+const images: Record<string, ImageMeta> = {};
+
+beforeAll(async () => {
+  state = await mkdtemp(join(tmpdir(), "shoal-debian-"));
+  for (const [name, extra] of [
+    ["debian", []],
+    ["debian-hook", ["--hook", "initramfs-tools"]],
+  ] as const) {
+    const built = await shoal([
+      "--state-dir",
+      state,
+      "image",
+      "build",
+      name,
+      "--from",
+      "debian:bookworm",
+      ...extra,
+    ]);
+    expect(built.code, built.stderr).toBe(0);
+    images[name] = JSON.parse(
+      (await shoal(["--state-dir", state, "image", "inspect", name])).stdout,
+    ) as ImageMeta;
+  }
+});
+
+afterEach(killAllVms);
+
+function spec(layer: string): VmSpec {
+  const vm = fleetOf(`name: test\nvms: [{ name: agent-1, memory: 512M, layer: ${layer} }]\n`)
+    .vms[0];
+  if (!vm) throw new Error("no VM");
+  return vm;
+}
+
+async function boot(imageName: string, layer?: string): Promise<TestVm> {
+  const image = images[imageName];
+  if (!image) throw new Error(`no image ${imageName}`);
+  const dir = join(await tempDir(), "vm");
+  await mkdir(dir);
+  return TestVm.boot({
+    image: { ...stateLayout(state).image(image.id), id: image.id },
+    vm: spec(layer ? "{ type: disk }" : "{ type: tmpfs }"),
+    dir,
+    ...(layer ? { layer } : {}),
+    ...(image.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+  });
+}
+
+async function newLayer(): Promise<string> {
+  const layer = join(await tempDir(), "layer.img");
+  await createLayer(layer, 1024 ** 3);
+  return layer;
+}
+
+/** Boots to the login prompt, which shows the VM's own hostname, then shuts down by ACPI. */
+async function bootToLogin(vm: TestVm, layerDescription: RegExp): Promise<void> {
+  await vm.waitFor(layerDescription);
+  await vm.waitFor(/agent-1 login:/, 300_000);
+  await vm.powerButton();
+  await vm.waitForExit(180_000);
+}
+
+describe("a Debian image", () => {
+  it("is sealed, with a kernel, systemd and sshd", async () => {
+    const image = images.debian;
+    if (!image) throw new Error("no image");
+    expect(
+      image.sealed.removed.filter((path) => path.startsWith("/etc/ssh/ssh_host_")).length,
+    ).toBeGreaterThan(0);
+    const base = new Ext4Image(runner, stateLayout(state).image(image.id).base);
+    expect(await base.readFile("/etc/machine-id")).toBe("");
+    expect((await base.list("/etc/ssh"))?.some((entry) => entry.name.startsWith("ssh_host_"))).toBe(
+      false,
+    );
+    expect(await base.readFile("/etc/systemd/network/80-shoal.network")).toContain(
+      "ClientIdentifier=mac",
+    );
+    expect(
+      (await base.list("/boot"))?.some((entry) => entry.name === `vmlinuz-${image.kernelVersion}`),
+    ).toBe(true);
+    expect(image.boot).toBe("shoal-initramfs");
+    expect(images["debian-hook"]?.boot).toBe("image-initramfs");
+  });
+
+  it("boots through shoal's initramfs with a disk layer, which takes the system's writes", async () => {
+    const image = images.debian;
+    if (!image) throw new Error("no image");
+    const layer = await newLayer();
+    await bootToLogin(
+      await boot("debian", layer),
+      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdb/,
+    );
+    // systemd wrote the machine-id it was given into the union, so into the layer.
+    expect(await readLayerFile(runner, layer, "/etc/machine-id")).toBe(`${spec("{}").machineId}\n`);
+    expect(await sha256(stateLayout(state).image(image.id).base)).toBe(image.id);
+  });
+
+  it("boots through shoal's initramfs with a tmpfs layer", async () => {
+    await bootToLogin(
+      await boot("debian"),
+      /root is the union of base \/dev\/vda \(read-only\) and layer tmpfs/,
+    );
+  });
+
+  it("boots through its own initramfs with shoal's initramfs-tools hook", async () => {
+    const image = images["debian-hook"];
+    if (!image) throw new Error("no image");
+    const layer = await newLayer();
+    const vm = await boot("debian-hook", layer);
+    await bootToLogin(
+      vm,
+      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdb/,
+    );
+    expect(await vm.output()).toContain("Loading, please wait...");
+    expect(await readLayerFile(runner, layer, "/etc/machine-id")).toBe(`${spec("{}").machineId}\n`);
+    expect(await sha256(stateLayout(state).image(image.id).base)).toBe(image.id);
+  });
+});

@@ -1,0 +1,236 @@
+import { mkdir, readFile, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import type { VmSpec } from "../../src/core/fleet.js";
+import { ProcessRunner } from "../../src/host/runner.js";
+import type { ImageMeta } from "../../src/image/store.js";
+import { createLayer, listLayerChanges, readLayerFile } from "../../src/layer/layer.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { shoal } from "../helpers/cli.js";
+import { fleetOf } from "../helpers/fleet.js";
+import { useTempDirs } from "../helpers/tmp.js";
+import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
+
+/**
+ * The union root in real VMs (QEMU, software emulation) booting shoal's tiny image through
+ * shoal's initramfs. The console is a root shell, which the tests drive.
+ */
+
+const tempDir = useTempDirs();
+const runner = new ProcessRunner();
+let state: string;
+const images: Record<
+  string,
+  ImageMeta & { paths: ReturnType<ReturnType<typeof stateLayout>["image"]> }
+> = {};
+
+async function buildImage(name: string) {
+  const result = await shoal(["--state-dir", state, "image", "build", name, "--from", "busybox"]);
+  expect(result.code, result.stderr).toBe(0);
+  const inspect = await shoal(["--state-dir", state, "image", "inspect", name]);
+  const meta = JSON.parse(inspect.stdout) as ImageMeta;
+  images[name] = { ...meta, paths: stateLayout(state).image(meta.id) };
+}
+
+beforeAll(async () => {
+  state = await mkdirTemp();
+  await buildImage("tiny");
+  await buildImage("tiny-next");
+});
+
+afterEach(killAllVms);
+
+async function mkdirTemp(): Promise<string> {
+  const { mkdtemp } = await import("node:fs/promises");
+  const { tmpdir } = await import("node:os");
+  return mkdtemp(join(tmpdir(), "shoal-e2e-"));
+}
+
+function vmSpec(layer: string, name = "agent-1"): VmSpec {
+  const vm = fleetOf(`name: test\nvms: [{ name: ${name}, layer: ${layer} }]\n`).vms[0];
+  if (!vm) throw new Error("no VM");
+  return vm;
+}
+
+async function boot(options: {
+  layer?: string;
+  spec?: VmSpec;
+  image?: string;
+  withoutLayerDrive?: boolean;
+}) {
+  const image = images[options.image ?? "tiny"];
+  if (!image) throw new Error("no image");
+  const dir = join(await tempDir(), "vm");
+  await mkdir(dir);
+  return TestVm.boot({
+    image: { ...image.paths, id: image.id },
+    vm: options.spec ?? vmSpec(options.layer ? "{ type: disk }" : "{ type: tmpfs }"),
+    dir,
+    ...(options.layer ? { layer: options.layer } : {}),
+    ...(options.withoutLayerDrive ? { withoutLayerDrive: true } : {}),
+  });
+}
+
+async function ready(vm: TestVm): Promise<void> {
+  await vm.waitFor(/shoal-tiny: \S+ is up/);
+  vm.type("\n");
+}
+
+async function powerOff(vm: TestVm): Promise<void> {
+  vm.type("sync; poweroff\n");
+  await vm.waitForExit();
+}
+
+async function newLayer(): Promise<string> {
+  const layer = join(await tempDir(), "layer.img");
+  await createLayer(layer, 256 * 1024 * 1024);
+  return layer;
+}
+
+describe("a disk layer", () => {
+  it("takes the VM's writes and deletions, while the base stays read-only and unchanged", async () => {
+    const tiny = images.tiny;
+    if (!tiny) throw new Error("no image");
+    const layer = await newLayer();
+    expect((await stat(layer)).blocks).toBe(0);
+    const vm = await boot({ layer });
+    await vm.waitFor(/shoal: formatting blank layer \/dev\/vdb/);
+    await ready(vm);
+
+    expect((await vm.sh("echo hello > /root/hello && rm /etc/os-release && sync")).code).toBe(0);
+    const root = (await vm.sh("grep ' / ' /proc/mounts")).out;
+    expect(root).toMatch(
+      /^shoal-root \/ overlay rw,.*lowerdir=\/run\/shoal\/base,upperdir=\/run\/shoal\/layer\/upper,workdir=\/run\/shoal\/layer\/work/m,
+    );
+    // The kernel lists only options that differ from its defaults: none of these may be on.
+    expect(root).not.toMatch(/redirect_dir=(on|follow)|index=on|metacopy=on|xino=(on|auto)/);
+    expect((await vm.sh("grep ' /run/shoal/base ' /proc/mounts")).out).toMatch(
+      /^\/dev\/vda \/run\/shoal\/base ext4 ro,/m,
+    );
+    expect((await vm.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toMatch(
+      /^\/dev\/vdb \/run\/shoal\/layer ext4 rw,/m,
+    );
+
+    const touch = await vm.sh("touch /run/shoal/base/x 2>&1");
+    expect(touch.code).not.toBe(0);
+    expect(touch.out).toContain("Read-only file system");
+    const write = await vm.sh("dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=notrunc 2>&1");
+    expect(write.code).not.toBe(0);
+    expect((await vm.sh("cat /etc/fstab | grep -c -E '^[^#].* / |swap'")).out.trim()).toBe("0");
+
+    // The sealed base holds an empty machine-id; the VM has its own from the command line.
+    expect((await vm.sh("wc -c < /run/shoal/base/etc/machine-id")).out.trim()).toBe("0");
+    expect((await vm.sh("cat /etc/machine-id")).out.trim()).toBe(vmSpec("{}").machineId);
+    expect((await vm.sh("hostname")).out.trim()).toBe("agent-1");
+    expect((await vm.sh("cat /run/shoal/layer/shoal/base-id")).out.trim()).toBe(tiny.id);
+    await powerOff(vm);
+
+    expect(await readLayerFile(runner, layer, "/root/hello")).toBe("hello\n");
+    const changes = await listLayerChanges(runner, layer, tiny.paths.base);
+    expect(changes).toContainEqual({ path: "/root/hello", change: "added", type: "file", size: 6 });
+    expect(changes).toContainEqual(
+      expect.objectContaining({ path: "/etc/os-release", change: "deleted", type: "file" }),
+    );
+    expect(await sha256(tiny.paths.base)).toBe(tiny.id);
+  });
+
+  it("keeps the VM's changes across a reboot, where a tmpfs layer loses them", async () => {
+    const layer = await newLayer();
+    const disk = await boot({ layer });
+    await ready(disk);
+    await disk.sh("echo kept > /root/note && sync");
+    disk.type("reboot\n");
+    await ready(disk);
+    expect((await disk.sh("cat /root/note")).out.trim()).toBe("kept");
+    await powerOff(disk);
+
+    const tmpfs = await boot({});
+    await ready(tmpfs);
+    expect((await tmpfs.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toMatch(
+      /^shoal-layer \/run\/shoal\/layer tmpfs rw,.*size=65536k/m,
+    );
+    await tmpfs.sh("echo lost > /root/note");
+    tmpfs.type("reboot\n");
+    await ready(tmpfs);
+    const after = await tmpfs.sh("cat /root/note 2>&1");
+    expect(after.code).not.toBe(0);
+    expect(after.out).toContain("No such file");
+    await powerOff(tmpfs);
+  });
+});
+
+describe("failing closed", () => {
+  it("stops a VM whose layer device is missing, naming the cause", async () => {
+    const tiny = images.tiny;
+    if (!tiny) throw new Error("no image");
+    const vm = await boot({ layer: await newLayer(), withoutLayerDrive: true });
+    await vm.waitForExit();
+    const output = await vm.output();
+    expect(output).toContain("shoal: FATAL: layer device /dev/vdb not found");
+    expect(output).toContain(
+      "shoal: FATAL: refusing to run the shared base read-write; powering off",
+    );
+    expect(output).not.toContain("is up");
+    expect(await sha256(tiny.paths.base)).toBe(tiny.id);
+  });
+
+  it("refuses a layer device that holds something else, and leaves it alone", async () => {
+    const layer = await newLayer();
+    await runner.run({ argv: ["mkswap", layer] });
+    const before = await sha256(layer);
+    const vm = await boot({ layer });
+    await vm.waitForExit();
+    expect(await vm.output()).toContain(
+      "shoal: FATAL: layer device /dev/vdb holds a swap signature, not a shoal layer; refusing to format it",
+    );
+    expect(await sha256(layer)).toBe(before);
+  });
+
+  it("falls back to a tmpfs layer, loudly, only when the fleet opted in", async () => {
+    const vm = await boot({
+      layer: await newLayer(),
+      withoutLayerDrive: true,
+      spec: vmSpec("{ type: disk, fallback: tmpfs }"),
+    });
+    await vm.waitFor(/WARNING: layer device \/dev\/vdb not found; FALLING BACK TO A TMPFS LAYER/);
+    await ready(vm);
+    expect((await vm.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toContain("tmpfs");
+    await powerOff(vm);
+  });
+});
+
+describe("a layer booted over another base", () => {
+  it("is kept, kept with a warning, or reset, as the fleet's policy says", async () => {
+    const layer = await newLayer();
+    const policy = (onBaseChange: string) =>
+      vmSpec(`{ type: disk, on_base_change: ${onBaseChange} }`);
+    const first = await boot({ layer, image: "tiny" });
+    await ready(first);
+    await first.sh("echo mine > /root/mine && sync");
+    await powerOff(first);
+
+    const keep = await boot({ layer, image: "tiny-next", spec: policy("keep") });
+    await ready(keep);
+    expect((await keep.sh("cat /root/mine")).out.trim()).toBe("mine");
+    await powerOff(keep);
+    expect(await keep.output()).not.toContain("WARNING");
+    expect(await keep.output()).toContain(
+      `layer made over base ${images.tiny?.id}, now over ${images["tiny-next"]?.id}: kept`,
+    );
+
+    const warn = await boot({ layer, image: "tiny", spec: policy("warn") });
+    await warn.waitFor(/WARNING: this layer was made over base \w+ and now boots over \w+/);
+    await ready(warn);
+    expect((await warn.sh("cat /root/mine")).out.trim()).toBe("mine");
+    await powerOff(warn);
+
+    const reset = await boot({ layer, image: "tiny-next", spec: policy("reset") });
+    await reset.waitFor(/now over \w+: resetting the layer/);
+    await ready(reset);
+    expect((await reset.sh("cat /root/mine 2>&1")).out).toContain("No such file");
+    await powerOff(reset);
+    expect((await readFile(images["tiny-next"]?.paths.meta ?? "", "utf8")).length).toBeGreaterThan(
+      0,
+    );
+  });
+});

@@ -1,0 +1,165 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { connect, type Socket } from "node:net";
+import { join } from "node:path";
+import type { VmSpec } from "../../src/core/fleet.js";
+import { type Accelerator, renderQemuArgv } from "../../src/core/render/qemu.js";
+import { ProcessRunner } from "../../src/host/runner.js";
+import type { ImagePaths } from "../../src/state/layout.js";
+
+export async function sha256(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface BootOptions {
+  readonly image: ImagePaths & { readonly id: string };
+  readonly vm: VmSpec;
+  /** A directory of the test's own for the VM's sockets, log and pid file. */
+  readonly dir: string;
+  readonly layer?: string;
+  readonly ownInitramfs?: boolean;
+  /** Leave the layer's drive out while the kernel command line still names it. */
+  readonly withoutLayerDrive?: boolean;
+  readonly accel?: Accelerator;
+}
+
+const live = new Set<TestVm>();
+
+/** Kills every VM a test started and did not stop; for afterEach. */
+export async function killAllVms(): Promise<void> {
+  await Promise.all([...live].map((vm) => vm.kill()));
+}
+
+/**
+ * A VM booted with exactly the QEMU command shoal renders, driven through its serial console:
+ * output is read from the serial log QEMU keeps, input is typed into the console socket.
+ */
+export class TestVm {
+  private offset = 0;
+  private counter = 0;
+
+  private constructor(
+    readonly pid: number,
+    readonly log: string,
+    private readonly console: Socket,
+    private readonly qmpSocket: string,
+  ) {}
+
+  static async boot(options: BootOptions): Promise<TestVm> {
+    const files = {
+      serialLog: join(options.dir, "serial.log"),
+      consoleSocket: join(options.dir, "console.sock"),
+      qmpSocket: join(options.dir, "qmp.sock"),
+      pidFile: join(options.dir, "qemu.pid"),
+      ...(options.layer ? { layer: options.layer } : {}),
+    };
+    let argv = renderQemuArgv({
+      fleet: "test",
+      vm: options.vm,
+      boot: {
+        kernel: options.image.kernel,
+        initrd: options.image.initrd,
+        base: options.image.base,
+        baseId: options.image.id,
+        ...(options.ownInitramfs ? { ownInitramfs: true } : {}),
+      },
+      files,
+      accel: options.accel ?? "tcg",
+    });
+    if (options.withoutLayerDrive) {
+      const drive = argv.findIndex((arg) => arg.startsWith("if=none,id=layer"));
+      argv = [...argv.slice(0, drive - 1), ...argv.slice(drive + 3)];
+    }
+    await new ProcessRunner().run({ argv: argv as [string, ...string[]] });
+    const pid = Number((await readFile(files.pidFile, "utf8")).trim());
+    const socket = connect(files.consoleSocket);
+    await new Promise((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+    socket.on("error", () => {});
+    // Output is read from the log; the socket must still be drained or QEMU stalls the guest's console.
+    socket.resume();
+    const vm = new TestVm(pid, files.serialLog, socket, files.qmpSocket);
+    live.add(vm);
+    return vm;
+  }
+
+  async output(): Promise<string> {
+    return (await readFile(this.log, "utf8")).replaceAll("\r", "");
+  }
+
+  /** Waits until the console shows `pattern` after what earlier waits consumed; returns the match. */
+  async waitFor(pattern: RegExp, timeoutMs = 180_000): Promise<RegExpExecArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const text = (await this.output()).slice(this.offset);
+      const match = pattern.exec(text);
+      if (match) {
+        this.offset += match.index + match[0].length;
+        return match;
+      }
+      if (Date.now() > deadline || !alive(this.pid)) {
+        throw new Error(`console never showed ${pattern}; it ends with:\n${text.slice(-3000)}`);
+      }
+      await sleep(100);
+    }
+  }
+
+  type(text: string): void {
+    this.console.write(text);
+  }
+
+  /** Runs a shell command on the console; its output and exit code. */
+  async sh(command: string, timeoutMs = 120_000): Promise<{ out: string; code: number }> {
+    const n = ++this.counter;
+    // The quotes keep the echo of the typed line from matching the markers.
+    this.type(`echo "<<B""${n}>>"; ${command}; echo "<<E""${n}>>$?"\n`);
+    await this.waitFor(new RegExp(`<<B${n}>>\\n`), timeoutMs);
+    const end = await this.waitFor(new RegExp(`([^]*?)<<E${n}>>(\\d+)`), timeoutMs);
+    return { out: end[1] ?? "", code: Number(end[2]) };
+  }
+
+  /** Presses the virtual power button (ACPI), as `shoal down` will. */
+  async powerButton(): Promise<void> {
+    const qmp = connect(this.qmpSocket);
+    const replies: string[] = [];
+    qmp.on("data", (chunk) => replies.push(...chunk.toString().split("\n").filter(Boolean)));
+    const reply = async (count: number) => {
+      while (replies.length < count) await sleep(50);
+    };
+    await reply(1);
+    qmp.write('{"execute":"qmp_capabilities"}\n');
+    await reply(2);
+    qmp.write('{"execute":"system_powerdown"}\n');
+    await reply(3);
+    qmp.destroy();
+  }
+
+  async waitForExit(timeoutMs = 120_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (alive(this.pid)) {
+      if (Date.now() > deadline)
+        throw new Error(`VM (pid ${this.pid}) did not stop within ${timeoutMs} ms`);
+      await sleep(100);
+    }
+    this.console.destroy();
+    live.delete(this);
+  }
+
+  async kill(): Promise<void> {
+    if (alive(this.pid)) process.kill(this.pid, "SIGKILL");
+    await this.waitForExit(10_000);
+  }
+}

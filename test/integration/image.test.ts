@@ -1,0 +1,333 @@
+import { mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { ProcessRunner } from "../../src/host/runner.js";
+import { Ext4Image } from "../../src/image/ext4.js";
+import type { ImageMeta } from "../../src/image/store.js";
+import { createLayer, listLayerChanges, readLayerFile } from "../../src/layer/layer.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { emptyRecord, writeFleetRecord } from "../../src/state/store.js";
+import { shoal } from "../helpers/cli.js";
+import { fleetOf } from "../helpers/fleet.js";
+import { useTempDirs } from "../helpers/tmp.js";
+import { sha256 } from "../helpers/vm.js";
+
+/** Images and layers with the real tools (mkfs.ext4, debugfs, qemu-img, tar, cpio), no VM. */
+
+const tempDir = useTempDirs();
+const runner = new ProcessRunner();
+let sharedState: string;
+let tiny: ImageMeta;
+let tinyTree: string;
+
+async function freshState(): Promise<string> {
+  return join(await tempDir(), "state");
+}
+
+async function inspect(state: string, name: string): Promise<ImageMeta> {
+  const result = await shoal(["--state-dir", state, "image", "inspect", name]);
+  expect(result.code, result.stderr).toBe(0);
+  return JSON.parse(result.stdout) as ImageMeta;
+}
+
+/** What is under images/ besides named images: nothing may be left by a failed build. */
+async function leftovers(state: string): Promise<string[]> {
+  const entries = await readdir(join(state, "images")).catch(() => [] as string[]);
+  return entries.filter((entry) => entry.startsWith(".staging"));
+}
+
+beforeAll(async () => {
+  const { mkdtemp } = await import("node:fs/promises");
+  const { tmpdir } = await import("node:os");
+  sharedState = await mkdtemp(join(tmpdir(), "shoal-images-"));
+  const built = await shoal([
+    "--state-dir",
+    sharedState,
+    "image",
+    "build",
+    "tiny",
+    "--from",
+    "busybox",
+  ]);
+  expect(built.code, built.stderr).toBe(0);
+  tiny = await inspect(sharedState, "tiny");
+  // The tiny image's tree, for imports in other formats.
+  tinyTree = join(sharedState, "tree");
+  await mkdir(tinyTree);
+  await runner.run({
+    argv: ["debugfs", "-R", `rdump / ${tinyTree}`, stateLayout(sharedState).image(tiny.id).base],
+  });
+}, 120_000);
+
+describe("shoal image build --from busybox", () => {
+  it("stores a sealed, read-only image named by its sha256, with the host's kernel and shoal's initramfs", async () => {
+    const paths = stateLayout(sharedState).image(tiny.id);
+    expect(tiny.id).toBe(await sha256(paths.base));
+    expect(tiny).toMatchObject({
+      name: "tiny",
+      source: "busybox",
+      boot: "shoal-initramfs",
+      size: (await stat(paths.base)).size,
+    });
+    const hostKernels = (await readdir("/boot")).filter((name) => name.startsWith("vmlinuz-"));
+    expect(hostKernels).toContain(`vmlinuz-${tiny.kernelVersion}`);
+    for (const file of [paths.base, paths.kernel, paths.initrd, paths.meta]) {
+      expect((await stat(file)).mode & 0o777, file).toBe(0o444);
+    }
+    expect(await readFile(paths.kernel)).toEqual(
+      await readFile(`/boot/vmlinuz-${tiny.kernelVersion}`),
+    );
+    const { stdout } = await runner.run({
+      argv: ["sh", "-c", `zcat ${paths.initrd} | cpio -t --quiet`],
+    });
+    const files = stdout.split("\n");
+    for (const file of [
+      "init",
+      "lib/shoal/union-root.sh",
+      "bin/busybox",
+      "sbin/mke2fs",
+      "dev/console",
+    ])
+      expect(files, file).toContain(file);
+    for (const module of [
+      "virtio_blk.ko",
+      "xen-blkfront.ko",
+      "ext4.ko",
+      "overlay.ko",
+      "crc32c_generic.ko",
+    ]) {
+      expect(
+        files.some((file) => file.endsWith(`/${module}`)),
+        module,
+      ).toBe(true);
+    }
+  });
+
+  it("lists, inspects and refuses a second image of the same name", async () => {
+    const list = await shoal(["--state-dir", sharedState, "image", "ls", "--json"]);
+    expect((JSON.parse(list.stdout) as ImageMeta[]).map((image) => image.name)).toContain("tiny");
+    const table = await shoal(["--state-dir", sharedState, "image", "ls"]);
+    expect(table.stdout).toMatch(
+      new RegExp(`^tiny +${tiny.id.slice(0, 12)} +50M +${tiny.kernelVersion} +busybox`, "m"),
+    );
+    const again = await shoal([
+      "--state-dir",
+      sharedState,
+      "image",
+      "build",
+      "tiny",
+      "--from",
+      "busybox",
+    ]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toBe(
+      "shoal: an image named tiny exists already; remove it with `shoal image rm tiny` or choose another name\n",
+    );
+  });
+});
+
+describe("shoal image import", () => {
+  it("takes a raw ext4 image, a directory, a tarball and a qcow2", async () => {
+    const state = await freshState();
+    const work = await tempDir();
+    const raw = join(work, "raw.img");
+    await runner.run({ argv: ["cp", stateLayout(sharedState).image(tiny.id).base, raw] });
+    await runner.run({ argv: ["tar", "-C", tinyTree, "-czf", join(work, "tree.tar.gz"), "."] });
+    await runner.run({
+      argv: ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, join(work, "disk.qcow2")],
+    });
+    const sources = {
+      raw: raw,
+      dir: tinyTree,
+      tar: join(work, "tree.tar.gz"),
+      qcow2: join(work, "disk.qcow2"),
+    };
+    for (const [name, path] of Object.entries(sources)) {
+      const result = await shoal(["--state-dir", state, "image", "import", name, path]);
+      expect(result.code, `${name}: ${result.stderr}`).toBe(0);
+      const meta = await inspect(state, name);
+      expect(meta.kernelVersion).toBe(tiny.kernelVersion);
+      expect(
+        await new Ext4Image(runner, stateLayout(state).image(meta.id).base).readFile(
+          "/etc/os-release",
+        ),
+      ).toContain("shoal tiny");
+    }
+    // The same bytes are the same image: raw and qcow2 hold the sealed tiny image unchanged.
+    expect((await inspect(state, "raw")).id).toBe(tiny.id);
+    expect((await inspect(state, "qcow2")).id).toBe(tiny.id);
+  });
+
+  it("refuses what it cannot use, with a clear error and nothing left behind", async () => {
+    const state = await freshState();
+    const work = await tempDir();
+    await writeFile(join(work, "notes.txt"), "not an image\n");
+    const empty = join(work, "empty");
+    await mkdir(empty);
+    await writeFile(join(empty, "hello"), "hi\n");
+    const noOverlay = join(work, "no-overlay");
+    await mkdir(join(noOverlay, "boot"), { recursive: true });
+    await mkdir(join(noOverlay, "lib/modules/6.1.0-1-amd64"), { recursive: true });
+    await writeFile(join(noOverlay, "boot/vmlinuz-6.1.0-1-amd64"), "kernel");
+    await writeFile(
+      join(noOverlay, "lib/modules/6.1.0-1-amd64/modules.dep"),
+      "kernel/fs/ext4/ext4.ko:\n",
+    );
+    const cases: [string, string][] = [
+      [
+        join(work, "missing.img"),
+        `shoal: no such file or directory: ${join(work, "missing.img")}\n`,
+      ],
+      [
+        join(work, "notes.txt"),
+        `shoal: ${join(work, "notes.txt")} is not a filesystem image; import takes a raw ext4 image, a directory, a tarball or a qcow2\n`,
+      ],
+      [
+        empty,
+        "shoal: no kernel found in image bad: it needs /boot/vmlinuz-VERSION and /lib/modules/VERSION; install a kernel in the image (linux-image-amd64 on Debian)\n",
+      ],
+      [
+        noOverlay,
+        "shoal: the kernel 6.1.0-1-amd64 in image bad has no overlay support; shoal needs overlayfs, ext4 and virtio or Xen block drivers\n",
+      ],
+    ];
+    for (const [path, message] of cases) {
+      const result = await shoal(["--state-dir", state, "image", "import", "bad", path]);
+      expect(result.code, result.stderr).toBe(2);
+      expect(
+        result.stderr
+          .split("\n")
+          .filter((line) => line.startsWith("shoal:"))
+          .join("\n"),
+      ).toBe(message.trim());
+      expect(await leftovers(state)).toEqual([]);
+      expect((await shoal(["--state-dir", state, "image", "ls", "--json"])).stdout.trim()).toBe(
+        "[]",
+      );
+    }
+  });
+
+  it("refuses a bad image name before doing anything", async () => {
+    const result = await shoal([
+      "--state-dir",
+      await freshState(),
+      "image",
+      "import",
+      "../x",
+      tinyTree,
+    ]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('shoal: "../x" is not an image name');
+  });
+});
+
+describe("sealing", () => {
+  it("removes exactly the per-machine identity files and empties the machine-id", async () => {
+    const state = await freshState();
+    const tree = join(await tempDir(), "tree");
+    await runner.run({ argv: ["cp", "-a", `${tinyTree}/.`, tree] });
+    const identity = {
+      "etc/ssh/ssh_host_ed25519_key": "private",
+      "etc/ssh/ssh_host_ed25519_key.pub": "public",
+      "etc/ssh/ssh_host_rsa_key": "private",
+      "etc/ssh/sshd_config": "kept",
+      "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
+      "etc/hostname": "golden\n",
+      "var/lib/dhcp/dhclient.eth0.leases": "lease",
+      "var/lib/systemd/random-seed": "seed",
+      "var/lib/urandom/random-seed": "seed",
+      "etc/udev/rules.d/70-persistent-net.rules": "rules",
+    };
+    for (const [path, content] of Object.entries(identity)) {
+      await mkdir(join(tree, path, ".."), { recursive: true });
+      await writeFile(join(tree, path), content);
+    }
+    await mkdir(join(tree, "var/lib/dbus"), { recursive: true });
+    await symlink("/etc/machine-id", join(tree, "var/lib/dbus/machine-id"));
+    const result = await shoal(["--state-dir", state, "image", "import", "golden", tree]);
+    expect(result.code, result.stderr).toBe(0);
+    const meta = await inspect(state, "golden");
+    expect(meta.sealed).toEqual({
+      removed: [
+        "/etc/hostname",
+        "/etc/ssh/ssh_host_ed25519_key",
+        "/etc/ssh/ssh_host_ed25519_key.pub",
+        "/etc/ssh/ssh_host_rsa_key",
+        "/etc/udev/rules.d/70-persistent-net.rules",
+        "/var/lib/dhcp/dhclient.eth0.leases",
+        "/var/lib/systemd/random-seed",
+        "/var/lib/urandom/random-seed",
+      ],
+      emptied: ["/etc/machine-id"],
+    });
+    const image = new Ext4Image(runner, stateLayout(state).image(meta.id).base);
+    expect(await image.readFile("/etc/machine-id")).toBe("");
+    expect(await image.readFile("/etc/ssh/sshd_config")).toBe("kept");
+    expect((await image.list("/etc/ssh"))?.map((entry) => entry.name)).toEqual(["sshd_config"]);
+    expect((await image.list("/var/lib/dbus"))?.map((entry) => entry.name)).toEqual(["machine-id"]);
+  });
+});
+
+describe("shoal image rm", () => {
+  it("is refused while a fleet uses the image, and removes it afterwards", async () => {
+    const state = await freshState();
+    expect((await shoal(["--state-dir", state, "image", "import", "base", tinyTree])).code).toBe(0);
+    const meta = await inspect(state, "base");
+    const fleet = fleetOf("name: lab\nimage: base\ncount: 1\n");
+    const record = emptyRecord(fleet);
+    for (const vm of fleet.vms) record.vms[vm.name] = { spec: vm, createdAt: "t", updatedAt: "t" };
+    await writeFleetRecord(stateLayout(state), record);
+    const refused = await shoal(["--state-dir", state, "image", "rm", "base"]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toBe(
+      "shoal: image base is used by fleet lab; destroy those fleets, or move them to another image, first\n",
+    );
+    await writeFleetRecord(stateLayout(state), emptyRecord(fleet));
+    expect((await shoal(["--state-dir", state, "image", "rm", "base"])).code).toBe(0);
+    expect(await readdir(join(state, "images"))).not.toContain(meta.id);
+    expect((await shoal(["--state-dir", state, "image", "inspect", "base"])).stderr).toBe(
+      "shoal: no image named base; `shoal image ls` lists the images; `shoal image build` makes one\n",
+    );
+  });
+});
+
+describe("layers on the host", () => {
+  it("are created sparse: no disk used until the VM writes", async () => {
+    const layer = join(await tempDir(), "layer.img");
+    await createLayer(layer, 1024 ** 3);
+    const info = await stat(layer);
+    expect(info.size).toBe(1024 ** 3);
+    expect(info.blocks * 512).toBeLessThan(1024 * 1024);
+    expect(info.mode & 0o777).toBe(0o600);
+    await expect(createLayer(layer, 1024)).rejects.toThrow(/EEXIST/);
+  });
+
+  it("show what the VM added, changed, deleted and replaced, without booting it", async () => {
+    const base = stateLayout(sharedState).image(tiny.id).base;
+    const tree = join(await tempDir(), "layer");
+    for (const dir of ["upper/root", "upper/etc/init.d", "upper/opt/app", "work", "shoal"])
+      await mkdir(join(tree, dir), { recursive: true });
+    await writeFile(join(tree, "upper/root/notes"), "mine\n");
+    await writeFile(join(tree, "upper/etc/hosts"), "127.0.0.1 localhost changed\n");
+    await writeFile(join(tree, "upper/etc/init.d/rcS"), "#!/bin/sh\n");
+    await writeFile(join(tree, "upper/opt/app/run"), "x");
+    await runner.run({ argv: ["mknod", join(tree, "upper/etc/os-release"), "c", "0", "0"] });
+    const layer = join(tree, "..", "layer.img");
+    await runner.run({ argv: ["mkfs.ext4", "-q", "-d", tree, layer, "16M"] });
+    await new Ext4Image(runner, layer).edit([
+      'ea_set "/upper/etc/init.d" trusted.overlay.opaque y',
+    ]);
+    expect(await readLayerFile(runner, layer, "/root/notes")).toBe("mine\n");
+    expect(await readLayerFile(runner, layer, "/etc/passwd")).toBeUndefined();
+    expect(await listLayerChanges(runner, layer, base)).toEqual([
+      { path: "/etc/hosts", change: "modified", type: "file", size: 28 },
+      { path: "/etc/init.d", change: "replaced", type: "dir", size: 0 },
+      { path: "/etc/init.d/rcS", change: "added", type: "file", size: 10 },
+      { path: "/etc/os-release", change: "deleted", type: "file", size: 67 },
+      { path: "/opt", change: "added", type: "dir", size: 0 },
+      { path: "/opt/app", change: "added", type: "dir", size: 0 },
+      { path: "/opt/app/run", change: "added", type: "file", size: 1 },
+      { path: "/root/notes", change: "added", type: "file", size: 5 },
+    ]);
+  });
+});
