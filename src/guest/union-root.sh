@@ -20,6 +20,9 @@ SHOAL_RUN=/run/shoal
 SHOAL_BASE=$SHOAL_RUN/base
 SHOAL_LAYER=$SHOAL_RUN/layer
 SHOAL_LAYER_LABEL=shoal-layer
+# util-linux blkid and e2fsprogs mke2fs, at a path of shoal's own: busybox has no blkid, and its
+# mke2fs (which initramfs-tools links over /sbin/mke2fs) makes only ext2.
+SHOAL_TOOLS=/lib/shoal/bin
 
 shoal_param() {
   for shoal_word in $(cat /proc/cmdline); do
@@ -66,8 +69,8 @@ shoal_signature() {
     echo blank
     return
   fi
-  # util-linux blkid, by path (busybox has none); -p probes the device itself, not a cache.
-  shoal_probe=$(/sbin/blkid -p -o export "$1" 2>/dev/null)
+  # -p probes the device itself, not a cache.
+  shoal_probe=$("$SHOAL_TOOLS/blkid" -p -o export "$1" 2>/dev/null)
   shoal_type=$(echo "$shoal_probe" | sed -n 's/^\(PT\)\{0,1\}TYPE=//p' | head -n 1)
   shoal_label=$(echo "$shoal_probe" | sed -n 's/^LABEL=//p')
   if [ "$shoal_type" = ext4 ] && [ "$shoal_label" = "$SHOAL_LAYER_LABEL" ]; then
@@ -104,8 +107,7 @@ shoal_mount_disk_layer() {
   case "$(shoal_signature "$shoal_dev")" in
     blank)
       shoal_say "formatting blank layer $shoal_dev"
-      # By path: a busybox that prefers its applets would run its own, ext2-only mke2fs.
-      /sbin/mke2fs -q -F -t ext4 -L "$SHOAL_LAYER_LABEL" "$shoal_dev" ||
+      "$SHOAL_TOOLS/mke2fs" -q -F -t ext4 -L "$SHOAL_LAYER_LABEL" "$shoal_dev" ||
         { shoal_layer_unusable "cannot format layer device $shoal_dev"; return; }
       ;;
     layer) ;;

@@ -92,14 +92,23 @@ export async function buildInitramfs(
       hint: "install busybox-static (scripts/setup does)",
     });
   }
-  for (const file of [
-    "/bin/busybox",
-    "/etc/mke2fs.conf",
-    ...(await withLibraries(runner, ["/sbin/mke2fs", "/sbin/blkid"])),
-  ]) {
-    await mkdir(dirname(join(root, file)), { recursive: true });
-    await copyFile(file, join(root, file));
-    await chmod(join(root, file), file.startsWith("/etc") ? 0o644 : 0o755);
+  const tools = ["/sbin/mke2fs", "/sbin/blkid"];
+  const libraries = (await withLibraries(runner, tools)).filter((file) => !tools.includes(file));
+  // The tools go where union-root.sh looks for them, out of the way of busybox's applets.
+  const copies: [string, string, number][] = [
+    ["/bin/busybox", "/bin/busybox", 0o755],
+    ["/etc/mke2fs.conf", "/etc/mke2fs.conf", 0o644],
+    ...tools.map((tool): [string, string, number] => [
+      tool,
+      `/lib/shoal/bin/${tool.slice(tool.lastIndexOf("/") + 1)}`,
+      0o755,
+    ]),
+    ...libraries.map((library): [string, string, number] => [library, library, 0o755]),
+  ];
+  for (const [from, to, mode] of copies) {
+    await mkdir(dirname(join(root, to)), { recursive: true });
+    await copyFile(from, join(root, to));
+    await chmod(join(root, to), mode);
   }
   await mkdir(join(root, "dev"), { recursive: true });
   // The kernel opens /dev/console for /init before anything can mount devtmpfs.

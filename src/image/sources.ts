@@ -42,7 +42,8 @@ ClientIdentifier=mac
 `;
 
 /** sshd refuses to start without host keys; shoal gives each VM its own, this covers images booted otherwise. */
-const SSH_KEYGEN_DROPIN = "[Service]\nExecStartPre=-/usr/bin/ssh-keygen -A\n";
+const SSH_KEYGEN_DROPIN =
+  "[Service]\nExecStartPre=\nExecStartPre=-/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n";
 
 const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+$/;
 

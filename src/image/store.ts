@@ -15,6 +15,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { IMAGE_NAME_RULE, isImageName } from "../core/names.js";
 import { UserError } from "../errors.js";
+import { isProcessAlive } from "../host/processes.js";
 import type { Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import type { StateLayout } from "../state/layout.js";
@@ -62,15 +63,6 @@ async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest("hex");
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 export class ImageStore {
@@ -126,7 +118,7 @@ export class ImageStore {
           ? entry.slice(STAGING_PREFIX.length).split("-")[0]
           : Number.NaN,
       );
-      if (Number.isInteger(pid) && !isAlive(pid))
+      if (Number.isInteger(pid) && !isProcessAlive(pid))
         await rm(join(this.layout.images, entry), { recursive: true, force: true });
     }
   }

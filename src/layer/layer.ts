@@ -27,12 +27,23 @@ export async function createLayer(path: string, sizeBytes: number): Promise<void
   }
 }
 
+/**
+ * Replays the layer's journal, so that reading it from the host sees what the VM last wrote: a VM
+ * that powers off without unmounting its layer (the union root above it stays busy) leaves its
+ * latest changes in the journal, which debugfs does not read. Only for a VM that is not running.
+ */
+export async function settleLayer(runner: Runner, layer: string): Promise<void> {
+  // e2fsck exits 1 when it changed something (here: replayed the journal).
+  await runner.run({ argv: ["e2fsck", "-E", "journal_only", "-p", layer], okCodes: [1] });
+}
+
 /** A file as the VM changed it, read from its layer without booting the VM; undefined if the VM did not change it. */
-export function readLayerFile(
+export async function readLayerFile(
   runner: Runner,
   layer: string,
   path: string,
 ): Promise<string | undefined> {
+  await settleLayer(runner, layer);
   return new Ext4Image(runner, layer).readFile(`${LAYER_UPPER}${path}`);
 }
 
@@ -66,6 +77,7 @@ export async function listLayerChanges(
   layer: string,
   base: string,
 ): Promise<LayerChange[]> {
+  await settleLayer(runner, layer);
   const upper = new Ext4Image(runner, layer);
   const lower = new Ext4Image(runner, base);
   const changes: LayerChange[] = [];

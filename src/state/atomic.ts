@@ -1,17 +1,9 @@
 import { randomBytes } from "node:crypto";
 import { open, readdir, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { isProcessAlive } from "../host/processes.js";
 
 const TEMP_SUFFIX = ".shoal-tmp";
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 async function fsyncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, "r");
@@ -70,7 +62,7 @@ export async function removeStaleTempFiles(dir: string): Promise<string[]> {
   const stale = names.filter((name) => {
     if (!name.endsWith(TEMP_SUFFIX)) return false;
     const pid = Number(name.slice(0, -TEMP_SUFFIX.length).split(".").at(-2));
-    return !Number.isInteger(pid) || !isAlive(pid);
+    return !Number.isInteger(pid) || !isProcessAlive(pid);
   });
   await Promise.all(stale.map((name) => rm(join(dir, name), { force: true })));
   return stale;

@@ -1,5 +1,4 @@
-import { mkdir, mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
@@ -10,7 +9,7 @@ import { createLayer, readLayerFile } from "../../src/layer/layer.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
-import { useTempDirs } from "../helpers/tmp.js";
+import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
 
 /**
@@ -19,12 +18,13 @@ import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
  */
 
 const tempDir = useTempDirs();
+const stateDir = useFileTempDir("shoal-debian-");
 const runner = new ProcessRunner();
 let state: string;
 const images: Record<string, ImageMeta> = {};
 
 beforeAll(async () => {
-  state = await mkdtemp(join(tmpdir(), "shoal-debian-"));
+  state = stateDir();
   for (const [name, extra] of [
     ["debian", []],
     ["debian-hook", ["--hook", "initramfs-tools"]],

@@ -8,7 +8,7 @@ import { createLayer, listLayerChanges, readLayerFile } from "../../src/layer/la
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
-import { useTempDirs } from "../helpers/tmp.js";
+import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
 
 /**
@@ -17,6 +17,7 @@ import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
  */
 
 const tempDir = useTempDirs();
+const stateDir = useFileTempDir("shoal-e2e-");
 const runner = new ProcessRunner();
 let state: string;
 const images: Record<
@@ -33,18 +34,12 @@ async function buildImage(name: string) {
 }
 
 beforeAll(async () => {
-  state = await mkdirTemp();
+  state = stateDir();
   await buildImage("tiny");
   await buildImage("tiny-next");
 });
 
 afterEach(killAllVms);
-
-async function mkdirTemp(): Promise<string> {
-  const { mkdtemp } = await import("node:fs/promises");
-  const { tmpdir } = await import("node:os");
-  return mkdtemp(join(tmpdir(), "shoal-e2e-"));
-}
 
 function vmSpec(layer: string, name = "agent-1"): VmSpec {
   const vm = fleetOf(`name: test\nvms: [{ name: ${name}, layer: ${layer} }]\n`).vms[0];

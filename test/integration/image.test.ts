@@ -9,12 +9,13 @@ import { stateLayout } from "../../src/state/layout.js";
 import { emptyRecord, writeFleetRecord } from "../../src/state/store.js";
 import { shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
-import { useTempDirs } from "../helpers/tmp.js";
+import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 import { sha256 } from "../helpers/vm.js";
 
 /** Images and layers with the real tools (mkfs.ext4, debugfs, qemu-img, tar, cpio), no VM. */
 
 const tempDir = useTempDirs();
+const sharedDir = useFileTempDir("shoal-images-");
 const runner = new ProcessRunner();
 let sharedState: string;
 let tiny: ImageMeta;
@@ -36,19 +37,12 @@ async function leftovers(state: string): Promise<string[]> {
   return entries.filter((entry) => entry.startsWith(".staging"));
 }
 
+const buildTiny = () =>
+  shoal(["--state-dir", sharedState, "image", "build", "tiny", "--from", "busybox"]);
+
 beforeAll(async () => {
-  const { mkdtemp } = await import("node:fs/promises");
-  const { tmpdir } = await import("node:os");
-  sharedState = await mkdtemp(join(tmpdir(), "shoal-images-"));
-  const built = await shoal([
-    "--state-dir",
-    sharedState,
-    "image",
-    "build",
-    "tiny",
-    "--from",
-    "busybox",
-  ]);
+  sharedState = sharedDir();
+  const built = await buildTiny();
   expect(built.code, built.stderr).toBe(0);
   tiny = await inspect(sharedState, "tiny");
   // The tiny image's tree, for imports in other formats.
@@ -110,15 +104,7 @@ describe("shoal image build --from busybox", () => {
     expect(table.stdout).toMatch(
       new RegExp(`^tiny +${tiny.id.slice(0, 12)} +50M +${tiny.kernelVersion} +busybox`, "m"),
     );
-    const again = await shoal([
-      "--state-dir",
-      sharedState,
-      "image",
-      "build",
-      "tiny",
-      "--from",
-      "busybox",
-    ]);
+    const again = await buildTiny();
     expect(again.code).toBe(2);
     expect(again.stderr).toBe(
       "shoal: an image named tiny exists already; remove it with `shoal image rm tiny` or choose another name\n",
