@@ -1,4 +1,4 @@
-import { mkdir, readFile, stat } from "node:fs/promises";
+import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
@@ -227,5 +227,32 @@ describe("a layer booted over another base", () => {
     expect((await readFile(images["tiny-next"]?.paths.meta ?? "", "utf8")).length).toBeGreaterThan(
       0,
     );
+  });
+});
+
+describe("the union's /etc/fstab", () => {
+  it("loses the lines for / and swap that an imported image brings, and keeps the rest", async () => {
+    const tiny = images.tiny;
+    if (!tiny) throw new Error("no image");
+    const tree = join(await tempDir(), "tree");
+    await mkdir(tree);
+    await runner.run({ argv: ["debugfs", "-R", `rdump / ${tree}`, tiny.paths.base] });
+    const fstab = join(tree, "etc/fstab");
+    const kept = "# / is mounted by the initramfs\ntmpfs /tmp tmpfs defaults 0 0\n";
+    await writeFile(
+      fstab,
+      `UUID=1234 / ext4 errors=remount-ro 0 1\n${kept}/dev/vdc none swap sw 0 0\n`,
+    );
+    const imported = await shoal(["--state-dir", state, "image", "import", "with-fstab", tree]);
+    expect(imported.code, imported.stderr).toBe(0);
+    const meta = JSON.parse(
+      (await shoal(["--state-dir", state, "image", "inspect", "with-fstab"])).stdout,
+    ) as ImageMeta;
+    images["with-fstab"] = { ...meta, paths: stateLayout(state).image(meta.id) };
+    const vm = await boot({ image: "with-fstab" });
+    await ready(vm);
+    expect((await vm.sh("cat /etc/fstab")).out).toBe(kept);
+    expect((await vm.sh("cat /run/shoal/base/etc/fstab")).out).toContain("UUID=1234 / ext4");
+    await powerOff(vm);
   });
 });

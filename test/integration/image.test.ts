@@ -79,7 +79,8 @@ describe("shoal image build --from busybox", () => {
       "init",
       "lib/shoal/union-root.sh",
       "bin/busybox",
-      "sbin/mke2fs",
+      "lib/shoal/bin/mke2fs",
+      "lib/shoal/bin/blkid",
       "dev/console",
     ])
       expect(files, file).toContain(file);
@@ -315,5 +316,32 @@ describe("layers on the host", () => {
       { path: "/opt/app/run", change: "added", type: "file", size: 1 },
       { path: "/root/notes", change: "added", type: "file", size: 5 },
     ]);
+  });
+});
+
+describe("shoal's initramfs", () => {
+  it("carries compressed modules decompressed, so busybox can load them", async () => {
+    const state = await freshState();
+    const tree = join(await tempDir(), "tree");
+    await runner.run({ argv: ["cp", "-a", `${tinyTree}/.`, tree] });
+    const modules = `lib/modules/${tiny.kernelVersion}`;
+    await runner.run({ argv: ["xz", join(tree, modules, "kernel/fs/overlayfs/overlay.ko")] });
+    const dep = await readFile(join(tree, modules, "modules.dep"), "utf8");
+    await writeFile(
+      join(tree, modules, "modules.dep"),
+      dep.replace("overlayfs/overlay.ko:", "overlayfs/overlay.ko.xz:"),
+    );
+    const result = await shoal(["--state-dir", state, "image", "import", "xz", tree]);
+    expect(result.code, result.stderr).toBe(0);
+    const initrd = stateLayout(state).image((await inspect(state, "xz")).id).initrd;
+    const { stdout: list } = await runner.run({
+      argv: ["sh", "-c", `zcat ${initrd} | cpio -t --quiet`],
+    });
+    expect(list).toContain(`${modules}/kernel/fs/overlayfs/overlay.ko\n`);
+    expect(list).not.toContain("overlay.ko.xz");
+    const { stdout: order } = await runner.run({
+      argv: ["sh", "-c", `zcat ${initrd} | cpio -i --quiet --to-stdout lib/shoal/modules`],
+    });
+    expect(order).toContain(`${tiny.kernelVersion}/kernel/fs/overlayfs/overlay.ko\n`);
   });
 });
