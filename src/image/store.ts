@@ -14,7 +14,7 @@ import {
 import { join } from "node:path";
 import { z } from "zod";
 import { IMAGE_NAME_RULE, isImageName } from "../core/names.js";
-import { UserError } from "../errors.js";
+import { ShoalError, UserError } from "../errors.js";
 import { isProcessAlive } from "../host/processes.js";
 import type { Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
@@ -86,17 +86,30 @@ export class ImageStore {
     return images.filter((image): image is ImageMeta => image !== undefined);
   }
 
+  /** The id a name points to; undefined for an unknown name. */
+  private async idOf(name: string): Promise<string | undefined> {
+    const target = await readlink(join(this.layout.imageNames, name)).catch(() => undefined);
+    return target?.replace(/^\.\.\//, "");
+  }
+
   private async find(name: string): Promise<ImageMeta | undefined> {
-    let id: string;
+    const id = await this.idOf(name);
+    if (id === undefined) return undefined;
+    const path = this.layout.image(id).meta;
+    const text = await readFile(path, "utf8").catch(() => "");
+    let parsed: unknown;
     try {
-      id = await readlink(join(this.layout.imageNames, name));
+      parsed = JSON.parse(text);
     } catch {
-      return undefined;
+      parsed = undefined;
     }
-    const meta = imageMeta.parse(
-      JSON.parse(await readFile(this.layout.image(id.replace(/^\.\.\//, "")).meta, "utf8")),
-    );
-    return { ...meta, name };
+    const meta = imageMeta.safeParse(parsed);
+    if (!meta.success) {
+      throw new ShoalError(`the record of image ${name} (${path}) is missing or unreadable`, {
+        hint: `remove the image with \`shoal image rm ${name}\` and make it again`,
+      });
+    }
+    return { ...meta.data, name };
   }
 
   async get(name: string): Promise<ImageMeta> {
@@ -186,6 +199,9 @@ export class ImageStore {
         0o444,
       );
       return await this.locked("image add", async () => {
+        // Another shoal may have taken the name while this one was building.
+        if (await this.find(request.name))
+          throw new UserError(`an image named ${request.name} exists already`);
         const target = this.layout.image(id).dir;
         const known = await stat(target).catch(() => undefined);
         if (known) await rm(staging, { recursive: true, force: true });
@@ -219,7 +235,10 @@ export class ImageStore {
   }
 
   async remove(name: string): Promise<void> {
-    const image = await this.get(name);
+    checkImageName(name);
+    const id = await this.idOf(name);
+    if (id === undefined)
+      throw new UserError(`no image named ${name}`, "`shoal image ls` lists the images");
     await this.locked("image rm", async () => {
       const users = await this.usersOf(name);
       if (users.length > 0) {
@@ -229,14 +248,11 @@ export class ImageStore {
         );
       }
       await rm(join(this.layout.imageNames, name));
-      const stillNamed = await Promise.all(
-        (await readdir(this.layout.imageNames)).map(
-          async (other) =>
-            (await readlink(join(this.layout.imageNames, other))) === `../${image.id}`,
-        ),
+      const others = await Promise.all(
+        (await readdir(this.layout.imageNames)).map((other) => this.idOf(other)),
       );
-      if (!stillNamed.includes(true)) {
-        const dir = this.layout.image(image.id).dir;
+      if (!others.includes(id)) {
+        const dir = this.layout.image(id).dir;
         // The files are read-only; the directory is not, so they can be removed.
         await rm(dir, { recursive: true, force: true });
       }

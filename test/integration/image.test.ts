@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ProcessRunner } from "../../src/host/runner.js";
@@ -275,6 +275,23 @@ describe("shoal image rm", () => {
     expect((await shoal(["--state-dir", state, "image", "inspect", "base"])).stderr).toBe(
       "shoal: no image named base; `shoal image ls` lists the images; `shoal image build` makes one\n",
     );
+  });
+});
+
+describe("an image whose record was damaged", () => {
+  it("is reported as such, and can still be removed", async () => {
+    const state = await freshState();
+    expect((await shoal(["--state-dir", state, "image", "import", "base", tinyTree])).code).toBe(0);
+    const meta = stateLayout(state).image((await inspect(state, "base")).id).meta;
+    await chmod(meta, 0o644);
+    await writeFile(meta, "{ not json");
+    const damaged = await shoal(["--state-dir", state, "image", "inspect", "base"]);
+    expect(damaged.code).toBe(1);
+    expect(damaged.stderr).toBe(
+      `shoal: the record of image base (${meta}) is missing or unreadable; remove the image with \`shoal image rm base\` and make it again\n`,
+    );
+    expect((await shoal(["--state-dir", state, "image", "rm", "base"])).code).toBe(0);
+    expect(await readdir(join(state, "images", "by-name"))).toEqual([]);
   });
 });
 
