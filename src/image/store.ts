@@ -18,6 +18,7 @@ import { ShoalError, UserError } from "../errors.js";
 import { isProcessAlive } from "../host/processes.js";
 import type { Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
+import { parseJsonOrUndefined } from "../state/json.js";
 import type { StateLayout } from "../state/layout.js";
 import { withLock } from "../state/lock.js";
 import { readFleetRecord } from "../state/store.js";
@@ -96,14 +97,9 @@ export class ImageStore {
     const id = await this.idOf(name);
     if (id === undefined) return undefined;
     const path = this.layout.image(id).meta;
-    const text = await readFile(path, "utf8").catch(() => "");
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-    const meta = imageMeta.safeParse(parsed);
+    const meta = imageMeta.safeParse(
+      parseJsonOrUndefined(await readFile(path, "utf8").catch(() => "")),
+    );
     if (!meta.success) {
       throw new ShoalError(`the record of image ${name} (${path}) is missing or unreadable`, {
         hint: `remove the image with \`shoal image rm ${name}\` and make it again`,

@@ -3,6 +3,7 @@ import { z } from "zod";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { ShoalError } from "../errors.js";
 import { writeFileAtomic } from "./atomic.js";
+import { parseJsonOrUndefined } from "./json.js";
 import type { StateLayout } from "./layout.js";
 
 /**
@@ -59,13 +60,7 @@ export async function readFleetRecord(
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw error;
   }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    parsed = undefined;
-  }
-  const result = fleetRecord.safeParse(parsed);
+  const result = fleetRecord.safeParse(parseJsonOrUndefined(text));
   if (!result.success) {
     throw new ShoalError(`the state file ${path} is not one shoal can read`, {
       hint: "it was written by another shoal version or edited by hand; move it away to start the fleet's record afresh",
