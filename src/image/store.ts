@@ -133,6 +133,21 @@ export class ImageStore {
   }
 
   /**
+   * Removes image directories that no name points to: a shoal killed between storing an image and
+   * naming it leaves one. Only under the store's lock, where no other shoal is between those steps.
+   */
+  private async removeUnnamedImages(): Promise<void> {
+    const named = new Set(
+      await Promise.all((await readdir(this.layout.imageNames)).map((name) => this.idOf(name))),
+    );
+    for (const entry of await readdir(this.layout.images)) {
+      if (/^[0-9a-f]{64}$/.test(entry) && !named.has(entry)) {
+        await rm(this.layout.image(entry).dir, { recursive: true, force: true });
+      }
+    }
+  }
+
+  /**
    * Makes an image: `produce` writes a raw ext4 image into the staging directory it is given;
    * shoal then checks it has a usable kernel, seals it, adds the boot files and stores it.
    */
@@ -198,6 +213,7 @@ export class ImageStore {
         // Another shoal may have taken the name while this one was building.
         if (await this.find(request.name))
           throw new UserError(`an image named ${request.name} exists already`);
+        await this.removeUnnamedImages();
         const target = this.layout.image(id).dir;
         const known = await stat(target).catch(() => undefined);
         if (known) await rm(staging, { recursive: true, force: true });

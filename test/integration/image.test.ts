@@ -278,6 +278,24 @@ describe("shoal image rm", () => {
   });
 });
 
+describe("an image stored but never named", () => {
+  it("is removed by the next image command, as a shoal killed between the two steps leaves it", async () => {
+    const state = await freshState();
+    expect((await shoal(["--state-dir", state, "image", "import", "first", tinyTree])).code).toBe(
+      0,
+    );
+    const orphan = join(state, "images", "f".repeat(64));
+    await mkdir(orphan);
+    await writeFile(join(orphan, "base.img"), "left behind");
+    expect((await shoal(["--state-dir", state, "image", "import", "second", tinyTree])).code).toBe(
+      0,
+    );
+    const entries = await readdir(join(state, "images"));
+    expect(entries).not.toContain("f".repeat(64));
+    expect(entries).toContain((await inspect(state, "first")).id);
+  });
+});
+
 describe("an image whose record was damaged", () => {
   it("is reported as such, and can still be removed", async () => {
     const state = await freshState();
