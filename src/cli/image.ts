@@ -1,7 +1,13 @@
 import { Command } from "@commander-js/extra-typings";
 import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
-import { DEBIAN_SUITES, debianSource, importSource, tinySource } from "../image/sources.js";
+import {
+  checkPackages,
+  DEBIAN_SUITES,
+  debianSource,
+  importSource,
+  tinySource,
+} from "../image/sources.js";
 import { type ImageMeta, ImageStore } from "../image/store.js";
 import { contextOf } from "./context.js";
 import { step } from "./progress.js";
@@ -29,6 +35,8 @@ function buildCommand() {
     .action(async (name, options, command) => {
       const { context, store } = storeOf(command);
       const include = options.include?.split(",").filter(Boolean) ?? [];
+      // Checked before any work starts; debianSource checks again where the names reach mmdebstrap.
+      checkPackages(include);
       if (options.hook !== undefined && options.hook !== "initramfs-tools") {
         throw new UserError(
           `--hook ${options.hook} is not known`,

@@ -113,6 +113,40 @@ describe("shoal image build --from busybox", () => {
   });
 });
 
+describe("shoal image build with bad options", () => {
+  it("refuses them with a hint and makes nothing", async () => {
+    const state = await freshState();
+    const cases: [string[], string][] = [
+      [
+        ["--from", "centos:9"],
+        "shoal: --from centos:9 is not a source shoal knows; use busybox or debian:SUITE with SUITE one of bookworm\n",
+      ],
+      [
+        ["--from", "debian:sid"],
+        "shoal: --from debian:sid is not a source shoal knows; use busybox or debian:SUITE with SUITE one of bookworm\n",
+      ],
+      [
+        ["--from", "busybox", "--include", "curl"],
+        "shoal: --include and --hook go with --from debian:SUITE only\n",
+      ],
+      [
+        ["--from", "debian:bookworm", "--hook", "dracut"],
+        "shoal: --hook dracut is not known; the only hook is initramfs-tools\n",
+      ],
+      [
+        ["--from", "debian:bookworm", "--include", "curl;rm"],
+        'shoal: "curl;rm" is not a Debian package name; give names like curl,iperf3\n',
+      ],
+    ];
+    for (const [options, message] of cases) {
+      const result = await shoal(["--state-dir", state, "image", "build", "x", ...options]);
+      expect(result.code, options.join(" ")).toBe(2);
+      expect(result.stderr).toBe(message);
+      expect(await leftovers(state)).toEqual([]);
+    }
+  });
+});
+
 describe("shoal image import", () => {
   it("takes a raw ext4 image, a directory, a tarball and a qcow2", async () => {
     const state = await freshState();
