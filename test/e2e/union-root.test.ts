@@ -92,6 +92,10 @@ describe("a disk layer", () => {
     await vm.waitFor(/shoal: formatting blank layer \/dev\/vdb/);
     await ready(vm);
 
+    expect(await vm.qmp<{ status: string }>("query-status")).toMatchObject({ status: "running" });
+    await expect(vm.qmp("no-such-command")).rejects.toThrow(
+      /^QEMU refused a command on .*qmp\.sock: The command no-such-command has not been found$/,
+    );
     expect((await vm.sh("echo hello > /root/hello && rm /etc/os-release && sync")).code).toBe(0);
     const root = (await vm.sh("grep ' / ' /proc/mounts")).out;
     expect(root).toMatch(

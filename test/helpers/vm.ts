@@ -3,6 +3,7 @@ import { createReadStream } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
+import { QmpClient } from "../../src/backends/qemu/qmp.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { type Accelerator, renderQemuArgv } from "../../src/core/render/qemu.js";
 import { ProcessRunner } from "../../src/host/runner.js";
@@ -131,20 +132,19 @@ export class TestVm {
     return { out: end[1] ?? "", code: Number(end[2]) };
   }
 
+  /** Runs one QMP command on the VM's QEMU. */
+  async qmp<T = unknown>(command: string): Promise<T> {
+    const qmp = await QmpClient.connect(this.qmpSocket);
+    try {
+      return await qmp.execute<T>(command);
+    } finally {
+      qmp.close();
+    }
+  }
+
   /** Presses the virtual power button (ACPI), as `shoal down` will. */
   async powerButton(): Promise<void> {
-    const qmp = connect(this.qmpSocket);
-    const replies: string[] = [];
-    qmp.on("data", (chunk) => replies.push(...chunk.toString().split("\n").filter(Boolean)));
-    const reply = async (count: number) => {
-      while (replies.length < count) await sleep(50);
-    };
-    await reply(1);
-    qmp.write('{"execute":"qmp_capabilities"}\n');
-    await reply(2);
-    qmp.write('{"execute":"system_powerdown"}\n');
-    await reply(3);
-    qmp.destroy();
+    await this.qmp("system_powerdown");
   }
 
   async waitForExit(timeoutMs = 120_000): Promise<void> {
