@@ -31,20 +31,30 @@ export function compareVersions(a: string, b: string): number {
   return 0;
 }
 
+/** The newest version that has both /boot/vmlinuz-VERSION and /lib/modules/VERSION. */
+export function newestKernel(
+  bootFiles: readonly string[],
+  moduleDirs: readonly string[],
+): string | undefined {
+  const withModules = new Set(moduleDirs);
+  return bootFiles
+    .map((name) => /^vmlinuz-(.+)$/.exec(name)?.[1])
+    .filter((version): version is string => version !== undefined && withModules.has(version))
+    .sort(compareVersions)
+    .at(-1);
+}
+
 /**
  * The newest kernel in an image that has its modules too, and the modules the union root needs;
  * an image without either cannot boot through shoal and is refused.
  */
 export async function findImageKernel(image: Ext4Image, label: string): Promise<ImageKernel> {
   const boot = (await image.list("/boot")) ?? [];
-  const withModules = new Set(
-    ((await image.list("/lib/modules")) ?? []).map((entry) => entry.name),
+  const moduleDirs = ((await image.list("/lib/modules")) ?? []).map((entry) => entry.name);
+  const version = newestKernel(
+    boot.map((entry) => entry.name),
+    moduleDirs,
   );
-  const versions = boot
-    .map((entry) => /^vmlinuz-(.+)$/.exec(entry.name)?.[1])
-    .filter((version): version is string => version !== undefined && withModules.has(version))
-    .sort(compareVersions);
-  const version = versions.at(-1);
   if (!version) {
     throw new UserError(
       `no kernel found in ${label}: it needs /boot/vmlinuz-VERSION and /lib/modules/VERSION`,

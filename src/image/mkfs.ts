@@ -1,3 +1,5 @@
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import type { Runner } from "../host/runner.js";
 
 const MiB = 1024 * 1024;
@@ -42,4 +44,22 @@ export async function imageFromTree(runner: Runner, tree: string, out: string): 
       `${sizeMiB}M`,
     ],
   });
+}
+
+/**
+ * A raw image in `staging` from a tree that `fill` writes into an empty directory; the tree is
+ * removed once the image holds it.
+ */
+export async function rawFromTree(
+  runner: Runner,
+  staging: string,
+  fill: (tree: string) => Promise<void>,
+): Promise<string> {
+  const tree = join(staging, "tree");
+  const raw = join(staging, "raw.img");
+  await mkdir(tree, { recursive: true });
+  await fill(tree);
+  await imageFromTree(runner, tree, raw);
+  await rm(tree, { recursive: true, force: true });
+  return raw;
 }

@@ -1,20 +1,15 @@
-import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, stat, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { UserError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 import { GUEST_DIR } from "./initramfs.js";
-import { imageFromTree } from "./mkfs.js";
+import { imageFromTree, rawFromTree } from "./mkfs.js";
 import { buildTinyTree } from "./tiny.js";
 
 /** Each source writes a raw ext4 image into a staging directory and returns its path. */
 
-export async function tinySource(runner: Runner, staging: string): Promise<string> {
-  const tree = join(staging, "tree");
-  const raw = join(staging, "raw.img");
-  await buildTinyTree(runner, tree);
-  await imageFromTree(runner, tree, raw);
-  await rm(tree, { recursive: true, force: true });
-  return raw;
+export function tinySource(runner: Runner, staging: string): Promise<string> {
+  return rawFromTree(runner, staging, (tree) => buildTinyTree(runner, tree));
 }
 
 // The suites shoal has been tested with (the host's own release); others may need a newer mmdebstrap.
@@ -65,8 +60,6 @@ export async function debianSource(
   options: { suite: string; include: readonly string[]; hook: boolean },
 ): Promise<string> {
   checkPackages(options.include);
-  const tree = join(staging, "tree");
-  const raw = join(staging, "raw.img");
   const packages = [...DEBIAN_PACKAGES, ...(options.hook ? ["busybox"] : []), ...options.include];
   // Files go in with mmdebstrap's sync-in, never through a shell string.
   const files = join(staging, "files");
@@ -95,20 +88,19 @@ export async function debianSource(
     'ln -sf /run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"',
     ...(options.hook ? ['chroot "$1" update-initramfs -u -k all'] : []),
   ];
-  await runner.run({
-    argv: [
-      "mmdebstrap",
-      "--quiet",
-      "--variant=minbase",
-      `--include=${packages.join(",")}`,
-      ...hooks.map((hook) => `--customize-hook=${hook}`),
-      options.suite,
-      tree,
-    ],
+  return rawFromTree(runner, staging, async (tree) => {
+    await runner.run({
+      argv: [
+        "mmdebstrap",
+        "--quiet",
+        "--variant=minbase",
+        `--include=${packages.join(",")}`,
+        ...hooks.map((hook) => `--customize-hook=${hook}`),
+        options.suite,
+        tree,
+      ],
+    });
   });
-  await imageFromTree(runner, tree, raw);
-  await rm(tree, { recursive: true, force: true });
-  return raw;
 }
 
 type Format = "qcow2" | "ext4" | "tar" | "compressed";
@@ -159,11 +151,9 @@ export async function importSource(
       }
       break;
     case "tar":
-    case "compressed": {
-      const tree = join(staging, "tree");
-      await runner.run({ argv: ["mkdir", "-p", tree] });
-      await runner.run({
-        argv: [
+    case "compressed":
+      await rawFromTree(runner, staging, async (tree) => {
+        const extract = [
           "tar",
           "-x",
           "-f",
@@ -173,12 +163,10 @@ export async function importSource(
           "--numeric-owner",
           "--xattrs",
           "--xattrs-include=*",
-        ],
+        ] as const;
+        await runner.run({ argv: [...extract] });
       });
-      await imageFromTree(runner, tree, raw);
-      await rm(tree, { recursive: true, force: true });
       break;
-    }
     default:
       throw new UserError(
         `${path} is not a filesystem image`,

@@ -9,7 +9,7 @@ import {
 import { ShoalError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 import { GUEST_DIR } from "./initramfs.js";
-import { compareVersions } from "./kernel.js";
+import { newestKernel } from "./kernel.js";
 
 /**
  * shoal's tiny image: static busybox (a shell and networking tools) with the host's Debian kernel
@@ -36,15 +36,11 @@ const SCRIPTS: Record<string, string> = {
 
 /** The host's newest installed Debian kernel, with its modules. */
 async function hostKernel(runner: Runner): Promise<string> {
-  const find = async () => {
-    const boot = await readdir("/boot").catch(() => [] as string[]);
-    const modules = new Set(await readdir("/lib/modules").catch(() => [] as string[]));
-    return boot
-      .map((name) => /^vmlinuz-(.+)$/.exec(name)?.[1])
-      .filter((version): version is string => version !== undefined && modules.has(version))
-      .sort(compareVersions)
-      .at(-1);
-  };
+  const find = async () =>
+    newestKernel(
+      await readdir("/boot").catch(() => [] as string[]),
+      await readdir("/lib/modules").catch(() => [] as string[]),
+    );
   const found = await find();
   if (found) return found;
   await runner.run({

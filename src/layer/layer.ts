@@ -8,6 +8,7 @@ import {
   S_IFDIR,
   S_IFLNK,
   S_IFMT,
+  S_IFREG,
 } from "../image/ext4.js";
 
 /**
@@ -61,7 +62,7 @@ function typeOf(entry: DirEntry): LayerChange["type"] {
   const format = entry.mode & S_IFMT;
   if (format === S_IFDIR) return "dir";
   if (format === S_IFLNK) return "symlink";
-  return format === 0o100000 ? "file" : "other";
+  return format === S_IFREG ? "file" : "other";
 }
 
 const join = (dir: string, name: string) => (dir === "/" ? `/${name}` : `${dir}/${name}`);
