@@ -18,8 +18,11 @@ export const globalOptions = [
   new Option("--debug", "print every command run, and stack traces"),
 ] as const;
 
-export function fleetFileOption() {
-  return new Option("-f, --file <file>", "the fleet file").default(DEFAULT_FLEET_FILE);
+/** `-f FILE`, except where -f means follow (`logs -f`, as in tail and docker). */
+export function fleetFileOption(short = true) {
+  return new Option(short ? "-f, --file <file>" : "--file <file>", "the fleet file").default(
+    DEFAULT_FLEET_FILE,
+  );
 }
 
 export interface Context {

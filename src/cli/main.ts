@@ -1,10 +1,20 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { ExitCode, ShoalError, SpecError } from "../errors.js";
+import { consoleCommand } from "./console.js";
 import { globalOptions } from "./context.js";
+import { createCommand } from "./create.js";
+import { destroyCommand } from "./destroy.js";
+import { downCommand } from "./down.js";
 import { imageCommand } from "./image.js";
+import { logsCommand } from "./logs.js";
 import { planCommand } from "./plan.js";
+import { psCommand } from "./ps.js";
+import { restartCommand } from "./restart.js";
 import { schemaCommand } from "./schema.js";
+import { startCommand } from "./start.js";
+import { stopCommand } from "./stop.js";
+import { upCommand } from "./up.js";
 import { validateCommand } from "./validate.js";
 
 const packageJson = JSON.parse(
@@ -20,7 +30,22 @@ function buildProgram() {
     .showHelpAfterError("(run `shoal help` for usage)")
     .exitOverride();
   for (const option of globalOptions) program.addOption(option);
-  for (const verb of [validateCommand(), planCommand(), imageCommand(), schemaCommand()]) {
+  for (const verb of [
+    upCommand(),
+    createCommand(),
+    psCommand(),
+    downCommand(),
+    startCommand(),
+    stopCommand(),
+    restartCommand(),
+    destroyCommand(),
+    consoleCommand(),
+    logsCommand(),
+    validateCommand(),
+    planCommand(),
+    imageCommand(),
+    schemaCommand(),
+  ]) {
     program.addCommand(verb.exitOverride());
   }
   return program;

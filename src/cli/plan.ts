@@ -1,13 +1,14 @@
 import { Command } from "@commander-js/extra-typings";
 import type { FleetSpec } from "../core/fleet.js";
 import { formatIpv4 } from "../core/ipv4.js";
-import { planFleet, type VmAction, type VmPlan } from "../core/plan.js";
+import { type ObservedState, planFleet, type VmAction, type VmPlan } from "../core/plan.js";
 import { formatSize } from "../core/size.js";
+import { observeAll } from "../fleet/converge.js";
 import { loadFleetFile } from "../spec/load.js";
 import { checkSocketPaths } from "../state/layout.js";
-import { observeOnDisk } from "../state/observe.js";
 import { readFleetRecord, recordedSpecs } from "../state/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
+import { withFleet } from "./fleet.js";
 import { formatTable } from "./table.js";
 
 function planJson(plan: readonly VmPlan[]) {
@@ -64,10 +65,23 @@ export function planCommand() {
         fleet.vms.map((vm) => vm.name),
       );
       const record = await readFleetRecord(layout, fleet.name);
+      // A fleet never brought up has nothing to observe (and needs no working backend).
+      const observed = record
+        ? await withFleet(
+            command,
+            options,
+            undefined,
+            () => {},
+            async ({ session }) => {
+              const states = await observeAll(session, session.recordedNames());
+              return new Map([...states].map(([name, status]) => [name, status.state]));
+            },
+          )
+        : new Map<string, ObservedState>();
       const plan = planFleet({
         desired: fleet.vms,
         recorded: recordedSpecs(record),
-        observed: await observeOnDisk(layout, record),
+        observed,
         goal: "running",
       });
       context.print(

@@ -4,11 +4,17 @@ import type { BootFiles } from "./render/boot.js";
 import { formatSize } from "./size.js";
 import { assertRenderable, checkKernelParam } from "./syntax.js";
 
-/** How each backend presents the base, the layer and the console to the guest. */
+/**
+ * How each backend presents the base, the identity seed, the layer and the console to the guest.
+ * The seed comes before the layer so that its name does not depend on whether there is a layer disk.
+ */
 export const GUEST_DEVICES = {
-  qemu: { base: "/dev/vda", layer: "/dev/vdb", console: "ttyS0" },
-  xl: { base: "/dev/xvda", layer: "/dev/xvdb", console: "hvc0" },
-} as const satisfies Record<BackendName, { base: string; layer: string; console: string }>;
+  qemu: { base: "/dev/vda", seed: "/dev/vdb", layer: "/dev/vdc", console: "ttyS0" },
+  xl: { base: "/dev/xvda", seed: "/dev/xvdb", layer: "/dev/xvdc", console: "hvc0" },
+} as const satisfies Record<
+  BackendName,
+  { base: string; seed: string; layer: string; console: string }
+>;
 
 type CmdlineVm = Pick<VmSpec, "name" | "machineId" | "layer" | "kernelArgs">;
 
@@ -16,7 +22,8 @@ type CmdlineVm = Pick<VmSpec, "name" | "machineId" | "layer" | "kernelArgs">;
 export const PLACEHOLDER_BOOT: Pick<BootFiles, "baseId"> = { baseId: "0".repeat(64) };
 
 /**
- * The kernel command line that tells shoal's union-root init where the base and the layer are.
+ * The kernel command line that tells shoal's union-root init where the base, the identity seed
+ * and the layer are.
  * systemd.hostname and systemd.machine_id give the VM its identity before anything in the image runs.
  */
 export function renderKernelCmdline(
@@ -45,6 +52,7 @@ export function renderKernelCmdline(
     ...(boot.ownInitramfs ? [`root=${devices.base}`, "ro"] : []),
     `shoal.base=${devices.base}`,
     `shoal.base_id=${boot.baseId}`,
+    `shoal.seed=${devices.seed}`,
     ...layer,
     `systemd.hostname=${vm.name}`,
     `systemd.machine_id=${vm.machineId}`,

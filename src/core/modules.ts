@@ -13,8 +13,8 @@ export const UNION_ROOT_MODULES = [
   "overlay",
 ];
 
-/** The modules shoal's tiny image loads itself, for its network. */
-export const TINY_IMAGE_MODULES = ["virtio_net", "xen_netfront"];
+/** The modules shoal's tiny image loads itself: its network, and the power button `shoal down` presses. */
+export const TINY_IMAGE_MODULES = ["virtio_net", "xen_netfront", "button", "evdev"];
 
 /** "kernel/drivers/block/xen-blkfront.ko.xz" -> "xen_blkfront", as the kernel names modules. */
 export function moduleName(path: string): string {

@@ -27,3 +27,14 @@ export function formatSize(bytes: number): string {
   }
   return `${bytes}B`;
 }
+
+/** A measured amount for people: "0B", "340K", "4.2M"; one decimal below 10 of a unit. */
+export function formatUsage(bytes: number): string {
+  let value = bytes;
+  for (const unit of ["B", "K", "M", "G"] as const) {
+    if (value < 1024)
+      return `${value < 10 && unit !== "B" ? value.toFixed(1) : Math.round(value)}${unit}`;
+    value /= 1024;
+  }
+  return `${value.toFixed(1)}T`;
+}

@@ -12,6 +12,7 @@
 #   shoal.base_id=SHA256        the base image's id, recorded on the layer
 #   shoal.on_base_change=keep|warn|reset   what to do with a layer made over another base
 #   shoal.fallback=tmpfs        use a tmpfs layer when the disk layer cannot be used
+#   shoal.seed=DEV              the VM's identity (a tar archive shoal made on the host)
 #
 # After boot: the base at /run/shoal/base, the layer at /run/shoal/layer (upper/ and work/ are
 # overlayfs's; shoal/base-id names the base the layer was made over).
@@ -154,6 +155,17 @@ shoal_fix_fstab() {
   fi
 }
 
+# Unpacks the VM's identity (hostname, machine-id, SSH host key, root's authorized_keys) into the
+# root at every boot: shoal is its authority, and a tmpfs layer needs it again at each boot.
+shoal_apply_seed() {
+  shoal_seed=$(shoal_param shoal.seed) || return 0
+  shoal_wait_for_device "$shoal_seed" || shoal_fail "identity seed device $shoal_seed not found"
+  mkdir -p "$1/etc/ssh/sshd_config.d" "$1/root"
+  [ -d "$1/root/.ssh" ] || mkdir -m 0700 "$1/root/.ssh"
+  tar -x -f "$shoal_seed" -C "$1" || shoal_fail "cannot unpack the identity seed $shoal_seed"
+  shoal_say "identity: hostname $(cat "$1/etc/hostname"), machine-id $(cat "$1/etc/machine-id")"
+}
+
 # Mounts the base (unless the caller did) and the layer, and the union at $1.
 shoal_union_root() {
   shoal_root=$1
@@ -177,5 +189,6 @@ shoal_union_root() {
     -o "lowerdir=$SHOAL_BASE,upperdir=$SHOAL_LAYER/upper,workdir=$SHOAL_LAYER/work,redirect_dir=off,index=off,metacopy=off,xino=off" \
     "$shoal_root" || shoal_fail "cannot mount the union of base and layer"
   shoal_fix_fstab "$shoal_root"
+  shoal_apply_seed "$shoal_root"
   shoal_say "root is the union of base $shoal_base_dev (read-only) and layer $shoal_layer"
 }

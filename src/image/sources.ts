@@ -37,9 +37,27 @@ DHCP=ipv4
 ClientIdentifier=mac
 `;
 
-/** sshd refuses to start without host keys; shoal gives each VM its own, this covers images booted otherwise. */
-const SSH_KEYGEN_DROPIN =
-  "[Service]\nExecStartPre=\nExecStartPre=-/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n";
+/**
+ * sshd refuses to start without host keys. shoal gives each VM its ed25519 key; this covers images
+ * booted otherwise, and does not spend a slow RSA key generation on a VM that has its key.
+ */
+const SSH_KEYGEN_DROPIN = `[Service]
+ExecStartPre=
+ExecStartPre=-/bin/sh -c 'test -s /etc/ssh/ssh_host_ed25519_key || /usr/bin/ssh-keygen -A'
+ExecStartPre=/usr/sbin/sshd -t
+`;
+
+const REPORT_IDENTITY_UNIT = `[Unit]
+Description=Report this VM's identity on the console for shoal
+After=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/shoal/report-identity
+
+[Install]
+WantedBy=multi-user.target
+`;
 
 const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+$/;
 
@@ -69,6 +87,12 @@ export async function debianSource(
   };
   await put("etc/systemd/network/80-shoal.network", NETWORK_UNIT);
   await put("etc/systemd/system/ssh.service.d/shoal-host-keys.conf", SSH_KEYGEN_DROPIN);
+  await put("etc/systemd/system/shoal-identity.service", REPORT_IDENTITY_UNIT);
+  await put(
+    "usr/lib/shoal/report-identity",
+    await readFile(join(GUEST_DIR, "debian/report-identity")),
+    0o755,
+  );
   if (options.hook) {
     await put("usr/share/shoal/union-root.sh", await readFile(join(GUEST_DIR, "union-root.sh")));
     await put(
@@ -84,7 +108,7 @@ export async function debianSource(
   }
   const hooks = [
     `sync-in ${files} /`,
-    'chroot "$1" systemctl enable systemd-networkd systemd-resolved',
+    'chroot "$1" systemctl enable systemd-networkd systemd-resolved shoal-identity',
     'ln -sf /run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"',
     ...(options.hook ? ['chroot "$1" update-initramfs -u -k all'] : []),
   ];

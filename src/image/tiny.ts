@@ -32,6 +32,7 @@ const SCRIPTS: Record<string, string> = {
   "etc/init.d/rcS": "tiny/rcS",
   "etc/init.d/rcK": "tiny/rcK",
   "etc/udhcpc.script": "tiny/udhcpc.script",
+  "etc/acpi/PWRF/00000080": "tiny/power-button",
 };
 
 /** The host's newest installed Debian kernel, with its modules. */
@@ -61,6 +62,8 @@ export async function buildTinyTree(runner: Runner, root: string): Promise<void>
     "usr/bin",
     "usr/sbin",
     "etc/init.d",
+    "etc/acpi/PWRF",
+    "etc/ssh",
     "proc",
     "sys",
     "dev",

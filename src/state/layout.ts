@@ -14,12 +14,14 @@ import { UserError } from "../errors.js";
  *         vmlinuz initrd.img   its kernel, and shoal's initramfs for it (or the image's own)
  *         image.json           name, id, size, kernel version, source, creation time, sealing
  *       .staging-*             an image being made; removed when that fails or is killed
+ *     host/accel.json          whether KVM works on this host, probed once per host boot
  *     fleets/FLEET/
  *       lock                   flock(2) lock; holds the pid and command of its holder
  *       state.json             what shoal created, with the spec each VM was made from
  *       known_hosts            every VM's SSH host key
  *       vms/VM/
  *         layer.img            the VM's private writable layer (disk layers)
+ *         identity.tar         its identity seed: hostname, machine-id, host key (0600)
  *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered
  *         serial.log           the serial console, kept on the host
  *         console.sock qmp.sock qemu.pid
@@ -31,6 +33,7 @@ export const DEFAULT_STATE_DIR = "/var/lib/shoal";
 export interface VmPaths {
   readonly dir: string;
   readonly layer: string;
+  readonly seed: string;
   readonly xlConfig: string;
   readonly qemuArgv: string;
   readonly serialLog: string;
@@ -62,6 +65,7 @@ export interface StateLayout {
   readonly images: string;
   readonly imageLock: string;
   readonly imageNames: string;
+  readonly accelCache: string;
   readonly fleets: string;
   image(id: string): ImagePaths;
   fleet(name: string): FleetPaths;
@@ -83,6 +87,7 @@ export function stateLayout(stateDir: string): StateLayout {
     images,
     imageLock: join(images, "lock"),
     imageNames: join(images, "by-name"),
+    accelCache: join(root, "host", "accel.json"),
     fleets,
     image(id) {
       const dir = join(images, id);
@@ -108,6 +113,7 @@ export function stateLayout(stateDir: string): StateLayout {
           return {
             dir: vmDir,
             layer: join(vmDir, "layer.img"),
+            seed: join(vmDir, "identity.tar"),
             xlConfig: join(vmDir, "vm.xl.cfg"),
             qemuArgv: join(vmDir, "vm.qemu"),
             serialLog: join(vmDir, "serial.log"),

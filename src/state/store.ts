@@ -38,11 +38,23 @@ const fleetRecord = z.object({
   backend: z.enum(["qemu", "xl"]),
   vms: z.record(
     z.string(),
-    z.object({ spec: vmSpecRecord, createdAt: z.string(), updatedAt: z.string() }),
+    z.object({
+      spec: vmSpecRecord,
+      createdAt: z.string(),
+      updatedAt: z.string(),
+      /**
+       * `creating` is written before any of the VM's files, `created` once they are all on disk:
+       * a VM left `creating` by a killed shoal is made afresh by the next run.
+       */
+      phase: z.enum(["creating", "created"]).default("created"),
+      /** Whether shoal last started it (and did not stop it): a VM meant to run that is gone crashed. */
+      running: z.boolean().default(false),
+    }),
   ),
 });
 
 export type FleetRecord = z.infer<typeof fleetRecord>;
+export type VmRecord = FleetRecord["vms"][string];
 
 export function emptyRecord(fleet: Pick<FleetSpec, "name" | "backend">): FleetRecord {
   return { version: STATE_VERSION, fleet: fleet.name, backend: fleet.backend, vms: {} };
@@ -77,4 +89,28 @@ export async function writeFleetRecord(layout: StateLayout, record: FleetRecord)
 
 export function recordedSpecs(record: FleetRecord | undefined): Map<string, VmSpec> {
   return new Map(Object.entries(record?.vms ?? {}).map(([name, vm]) => [name, vm.spec]));
+}
+
+/**
+ * A fleet's record held in memory while a command works on it, written through after every change.
+ * Writes are queued, so that VMs worked on in parallel never write an older record over a newer.
+ */
+export class RecordBook {
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly layout: StateLayout,
+    readonly record: FleetRecord,
+  ) {}
+
+  vm(name: string): VmRecord | undefined {
+    return this.record.vms[name];
+  }
+
+  update(change: (record: FleetRecord) => void): Promise<void> {
+    change(this.record);
+    const write = this.queue.then(() => writeFleetRecord(this.layout, this.record));
+    this.queue = write.catch(() => {});
+    return write;
+  }
 }

@@ -1,12 +1,14 @@
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { access, readFile } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { QmpClient } from "../../src/backends/qemu/qmp.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { type Accelerator, renderQemuArgv } from "../../src/core/render/qemu.js";
+import { seedFiles } from "../../src/core/seed.js";
 import { ProcessRunner } from "../../src/host/runner.js";
+import { makeHostKey, writeSeed } from "../../src/identity/identity.js";
 import type { ImagePaths } from "../../src/state/layout.js";
 
 export async function sha256(path: string): Promise<string> {
@@ -61,7 +63,22 @@ export class TestVm {
   ) {}
 
   static async boot(options: BootOptions): Promise<TestVm> {
+    const seed = join(options.dir, "identity.tar");
+    // The identity seed shoal makes at creation; made once, so a VM booted again keeps it.
+    if (
+      !(await access(seed).then(
+        () => true,
+        () => false,
+      ))
+    ) {
+      const hostKey = await makeHostKey(join(options.dir, "ssh"), `root@${options.vm.hostname}`);
+      await writeSeed(
+        seed,
+        seedFiles({ vm: options.vm, fleet: "test", hostKey, authorizedKeys: [] }),
+      );
+    }
     const files = {
+      seed,
       serialLog: join(options.dir, "serial.log"),
       consoleSocket: join(options.dir, "console.sock"),
       qmpSocket: join(options.dir, "qmp.sock"),
@@ -147,12 +164,15 @@ export class TestVm {
     await this.qmp("system_powerdown");
   }
 
+  /** Waits until the guest powered off (QEMU, kept by -no-shutdown, is then told to quit) or QEMU ended. */
   async waitForExit(timeoutMs = 120_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (alive(this.pid)) {
       if (Date.now() > deadline)
         throw new Error(`VM (pid ${this.pid}) did not stop within ${timeoutMs} ms`);
-      await sleep(100);
+      const status = await this.qmp<{ status: string }>("query-status").catch(() => undefined);
+      if (status?.status === "shutdown") await this.qmp("quit").catch(() => {});
+      await sleep(200);
     }
     this.console.destroy();
     live.delete(this);

@@ -173,7 +173,13 @@ describe("shoal plan", () => {
     const recorded = fleetOf("name: lab\ncount: 4\nvms: [{ name: vm-2, memory: 64M }]\n");
     const record = emptyRecord(recorded);
     for (const vm of recorded.vms)
-      record.vms[vm.name] = { spec: vm, createdAt: "t", updatedAt: "t" };
+      record.vms[vm.name] = {
+        spec: vm,
+        createdAt: "t",
+        updatedAt: "t",
+        phase: "created",
+        running: false,
+      };
     await writeFleetRecord(layout, record);
     for (const name of ["vm-1", "vm-2", "vm-4"])
       await mkdir(layout.fleet("lab").vm(name).dir, { recursive: true });

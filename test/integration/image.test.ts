@@ -296,7 +296,14 @@ describe("shoal image rm", () => {
     const meta = await inspect(state, "base");
     const fleet = fleetOf("name: lab\nimage: base\ncount: 1\n");
     const record = emptyRecord(fleet);
-    for (const vm of fleet.vms) record.vms[vm.name] = { spec: vm, createdAt: "t", updatedAt: "t" };
+    for (const vm of fleet.vms)
+      record.vms[vm.name] = {
+        spec: vm,
+        createdAt: "t",
+        updatedAt: "t",
+        phase: "created",
+        running: false,
+      };
     await writeFleetRecord(stateLayout(state), record);
     const refused = await shoal(["--state-dir", state, "image", "rm", "base"]);
     expect(refused.code).toBe(2);

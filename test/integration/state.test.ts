@@ -218,7 +218,13 @@ describe("the fleet record", () => {
     const record = emptyRecord(fleet);
     const stamp = "2026-01-01T00:00:00.000Z";
     for (const vm of fleet.vms)
-      record.vms[vm.name] = { spec: vm, createdAt: stamp, updatedAt: stamp };
+      record.vms[vm.name] = {
+        spec: vm,
+        createdAt: stamp,
+        updatedAt: stamp,
+        phase: "created",
+        running: false,
+      };
     await writeFleetRecord(layout, record);
     const read = await readFleetRecord(layout, "lab");
     expect(read).toEqual(record);

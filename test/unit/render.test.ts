@@ -33,6 +33,7 @@ const boot = {
 };
 const vmDir = "/var/lib/shoal/fleets/lab/vms/agent-001";
 const files = {
+  seed: `${vmDir}/identity.tar`,
   layer: `${vmDir}/layer.img`,
   serialLog: `${vmDir}/serial.log`,
   consoleSocket: `${vmDir}/console.sock`,
@@ -43,19 +44,19 @@ const files = {
 describe("kernel command line", () => {
   it("tells the union-root init where base and layer are, and gives the VM its identity", () => {
     expect(renderKernelCmdline("qemu", diskVm, boot)).toMatchInlineSnapshot(
-      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.layer=/dev/vdb shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet console=tty0"`,
+      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet console=tty0"`,
     );
   });
 
   it("names a tmpfs layer and its size instead of a device", () => {
     expect(renderKernelCmdline("qemu", tmpfsVm, boot)).toMatchInlineSnapshot(
-      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592"`,
+      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592"`,
     );
   });
 
   it("uses Xen's PV devices and console for xl", () => {
     expect(renderKernelCmdline("xl", xenDiskVm, boot)).toMatchInlineSnapshot(
-      `"console=hvc0 shoal.base=/dev/xvda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.layer=/dev/xvdb shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0"`,
+      `"console=hvc0 shoal.base=/dev/xvda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/xvdb shoal.layer=/dev/xvdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0"`,
     );
   });
 
@@ -66,7 +67,7 @@ describe("kernel command line", () => {
       layer: { ...diskVm.layer, onBaseChange: "reset" as const, fallback: "tmpfs" as const },
     };
     expect(renderKernelCmdline("qemu", vm, { ...boot, ownInitramfs: true })).toBe(
-      `console=ttyS0 root=/dev/vda ro shoal.base=/dev/vda shoal.base_id=${"ab".repeat(32)} shoal.layer=/dev/vdb shoal.on_base_change=reset shoal.fallback=tmpfs systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0`,
+      `console=ttyS0 root=/dev/vda ro shoal.base=/dev/vda shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=reset shoal.fallback=tmpfs systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0`,
     );
   });
 
@@ -86,13 +87,20 @@ describe("xl.cfg", () => {
         boot,
         layer: files.layer,
         bridge: "shoal-lab",
+        seed: files.seed,
       }),
     ).toMatchFileSnapshot("__snapshots__/agent-001.xl.cfg");
   });
 
   it("leaves out the layer disk for a tmpfs layer", async () => {
     await expect(
-      renderXlConfig({ fleet: "lab", vm: xenTmpfsVm, boot, bridge: "shoal-lab" }),
+      renderXlConfig({
+        fleet: "lab",
+        vm: xenTmpfsVm,
+        boot,
+        bridge: "shoal-lab",
+        seed: files.seed.replace("agent-001", "agent-002"),
+      }),
     ).toMatchFileSnapshot("__snapshots__/agent-002-tmpfs.xl.cfg");
   });
 
@@ -103,9 +111,10 @@ describe("xl.cfg", () => {
       boot,
       layer: files.layer,
       bridge: "br0",
+      seed: files.seed,
     });
     const disks = config.match(/^disk = \[ (.*) \]$/m)?.[1]?.split('", "') ?? [];
-    expect(disks).toHaveLength(2);
+    expect(disks).toHaveLength(3);
     for (const disk of disks) expect(disk).toMatch(/target=[^,]+"?$/);
   });
 
@@ -117,6 +126,7 @@ describe("xl.cfg", () => {
         boot,
         layer: files.layer,
         bridge: "br0",
+        seed: files.seed,
         ...override,
       });
     expect(render({ layer: '/tmp/x", "y' })).toThrow(/^internal: layer path/);
@@ -149,7 +159,7 @@ describe("QEMU argv", () => {
     ]);
   });
 
-  it("has no layer drive for a tmpfs layer", () => {
+  it("attaches the identity seed read-only, and no layer drive for a tmpfs layer", () => {
     const argv = renderQemuArgv({
       fleet: "lab",
       vm: tmpfsVm,
@@ -160,6 +170,7 @@ describe("QEMU argv", () => {
     });
     expect(argv.filter((arg) => arg.startsWith("if=none"))).toEqual([
       "if=none,id=base,file=/var/lib/shoal/images/abc/base.img,format=raw,readonly=on",
+      "if=none,id=seed,file=/var/lib/shoal/fleets/lab/vms/agent-001/identity.tar,format=raw,readonly=on",
     ]);
   });
 

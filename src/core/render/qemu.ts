@@ -6,6 +6,8 @@ import { assertSafePaths, type BootFiles, domainName, isInterfaceName } from "./
 export type Accelerator = "kvm" | "tcg";
 
 export interface QemuFiles {
+  /** The VM's identity seed (see core/seed.ts). */
+  readonly seed: string;
   /** The VM's disk layer; absent for a tmpfs layer. */
   readonly layer?: string;
   readonly serialLog: string;
@@ -26,8 +28,8 @@ export interface QemuInput {
 
 /**
  * The QEMU command for one VM. It daemonizes so VMs outlive shoal; shoal talks to it over QMP and
- * reaches the serial console over a socket while QEMU also logs it to a file. The base is attached
- * `readonly=on`, so QEMU itself refuses any write to it.
+ * reaches the serial console over a socket while QEMU also logs it to a file. The base and the
+ * identity seed are attached `readonly=on`, so QEMU itself refuses any write to them.
  */
 export function renderQemuArgv(input: QemuInput): string[] {
   const { vm, boot, files } = input;
@@ -84,6 +86,10 @@ export function renderQemuArgv(input: QemuInput): string[] {
     `if=none,id=base,file=${boot.base},format=raw,readonly=on`,
     "-device",
     "virtio-blk-pci,drive=base",
+    "-drive",
+    `if=none,id=seed,file=${files.seed},format=raw,readonly=on`,
+    "-device",
+    "virtio-blk-pci,drive=seed",
     ...layer,
     ...network,
     "-chardev",
@@ -94,6 +100,8 @@ export function renderQemuArgv(input: QemuInput): string[] {
     `socket,id=qmp,path=${files.qmpSocket},server=on,wait=off`,
     "-mon",
     "chardev=qmp,mode=control",
+    // A guest that powers off leaves QEMU running and paused, so shoal can tell it from a crash.
+    "-no-shutdown",
     "-pidfile",
     files.pidFile,
     "-daemonize",

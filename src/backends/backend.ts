@@ -1,0 +1,42 @@
+import type { Duplex } from "node:stream";
+import type { BackendName, VmSpec } from "../core/fleet.js";
+import type { BootFiles } from "../core/render/boot.js";
+import type { VmPaths } from "../state/layout.js";
+
+/** One VM as a backend finds it: its fleet, its name and where its files are. */
+export interface BackendVm {
+  readonly fleet: string;
+  readonly name: string;
+  readonly paths: VmPaths;
+}
+
+/**
+ * What the hypervisor reports for a VM. `powered-off`: the guest shut itself down and the
+ * hypervisor still holds it (QEMU paused by -no-shutdown); `crashed`: the hypervisor saw the guest
+ * fail. A VM the hypervisor does not know is `absent`; whether that is a crash only shoal's record
+ * can tell.
+ */
+export type Presence =
+  | { readonly kind: "absent" }
+  | { readonly kind: "running"; readonly since?: Date }
+  | { readonly kind: "powered-off" }
+  | { readonly kind: "crashed"; readonly reason: string };
+
+/**
+ * A hypervisor, as the fleet lifecycle drives it. Everything else (identity, layers, waiting,
+ * timeouts, the record) is the same for every backend and lives outside.
+ */
+export interface Backend {
+  readonly name: BackendName;
+  /** Writes the VM's hypervisor definition (vm.qemu, vm.xl.cfg) from its spec and boot files. */
+  define(vm: BackendVm, spec: VmSpec, boot: BootFiles): Promise<void>;
+  /** Starts the VM from its definition; it keeps running after shoal exits. */
+  start(vm: BackendVm): Promise<void>;
+  presence(vm: BackendVm): Promise<Presence>;
+  /** Presses the VM's power button (ACPI) and returns without waiting. */
+  requestShutdown(vm: BackendVm): Promise<void>;
+  /** Ends the VM at once, whatever its state, and waits until the hypervisor let go of it. */
+  destroy(vm: BackendVm): Promise<void>;
+  /** The VM's serial console, both ways. */
+  openConsole(vm: BackendVm): Promise<Duplex>;
+}

@@ -1,0 +1,96 @@
+import { constants } from "node:fs";
+import { access, mkdir, readFile } from "node:fs/promises";
+import { dirname } from "node:path";
+import { z } from "zod";
+import type { Accelerator } from "../../core/render/qemu.js";
+import type { Runner } from "../../host/runner.js";
+import { writeFileAtomic } from "../../state/atomic.js";
+import { parseJsonOrUndefined } from "../../state/json.js";
+
+const PROBE_TIMEOUT_MS = 20_000;
+
+export interface AccelChoice {
+  readonly accel: Accelerator;
+  /** Why KVM is not used; undefined when it is. */
+  readonly reason?: string;
+}
+
+/**
+ * The command that tells whether KVM really runs a guest: the kernel boots with no root, panics,
+ * and with panic=-1 and -no-reboot QEMU exits; under working KVM that takes about a second. On
+ * hosts where /dev/kvm exists but nested virtualisation is broken, QEMU aborts at start or the
+ * guest never gets anywhere, which the timeout catches.
+ */
+export function kvmProbeArgv(kernel: string): [string, ...string[]] {
+  return [
+    "qemu-system-x86_64",
+    "-machine",
+    "q35",
+    "-accel",
+    "kvm",
+    "-cpu",
+    "host",
+    "-m",
+    "128M",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-serial",
+    "stdio",
+    "-no-reboot",
+    "-kernel",
+    kernel,
+    "-append",
+    "console=ttyS0 panic=-1",
+  ];
+}
+
+async function probeKvm(runner: Runner, kernel: string): Promise<AccelChoice> {
+  try {
+    await access("/dev/kvm", constants.R_OK | constants.W_OK);
+  } catch {
+    return { accel: "tcg", reason: "/dev/kvm is missing or not accessible" };
+  }
+  const result = await runner
+    .run({ argv: kvmProbeArgv(kernel), timeoutMs: PROBE_TIMEOUT_MS, probe: true, okCodes: [0] })
+    .then(
+      (done) => ({ booted: /Linux version/.test(done.stdout), detail: "" }),
+      (error: Error) => ({ booted: false, detail: error.message.split("\n")[0] ?? "" }),
+    );
+  return result.booted
+    ? { accel: "kvm" }
+    : {
+        accel: "tcg",
+        reason: `/dev/kvm is there but a test guest did not boot under KVM${result.detail ? ` (${result.detail})` : ""}`,
+      };
+}
+
+const cachedChoice = z.object({
+  accel: z.enum(["kvm", "tcg"]),
+  reason: z.string().optional(),
+  bootId: z.string(),
+});
+
+/**
+ * KVM when it really works, else software emulation. The answer is kept per host boot (the probe
+ * costs up to 20 s when KVM hangs), in `cacheFile`.
+ */
+export async function chooseAccel(
+  runner: Runner,
+  kernel: string,
+  cacheFile: string,
+): Promise<AccelChoice> {
+  const bootId = (await readFile("/proc/sys/kernel/random/boot_id", "utf8")).trim();
+  const cached = cachedChoice.safeParse(
+    parseJsonOrUndefined(await readFile(cacheFile, "utf8").catch(() => "")),
+  );
+  if (cached.success && cached.data.bootId === bootId) {
+    const { accel, reason } = cached.data;
+    return reason === undefined ? { accel } : { accel, reason };
+  }
+  const choice = await probeKvm(runner, kernel);
+  await mkdir(dirname(cacheFile), { recursive: true });
+  await writeFileAtomic(cacheFile, `${JSON.stringify({ ...choice, bootId })}\n`);
+  return choice;
+}

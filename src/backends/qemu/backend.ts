@@ -1,0 +1,131 @@
+import { readFile, stat, writeFile } from "node:fs/promises";
+import { connect } from "node:net";
+import type { Duplex } from "node:stream";
+import { z } from "zod";
+import type { VmSpec } from "../../core/fleet.js";
+import type { BootFiles } from "../../core/render/boot.js";
+import { domainName } from "../../core/render/boot.js";
+import { type Accelerator, renderQemuArgv } from "../../core/render/qemu.js";
+import { ShoalError } from "../../errors.js";
+import { isProcessAlive } from "../../host/processes.js";
+import type { Runner } from "../../host/runner.js";
+import { parseJsonOrUndefined } from "../../state/json.js";
+import type { Backend, BackendVm, Presence } from "../backend.js";
+import { QmpClient } from "./qmp.js";
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const QMP_TIMEOUT_MS = 3000;
+const TERM_GRACE_MS = 5000;
+
+const savedArgv = z.array(z.string()).min(1);
+
+/**
+ * QEMU: one daemonized process per VM, found again through its pid file and checked against its
+ * command line (a pid can be reused), asked about its state over QMP.
+ */
+export class QemuBackend implements Backend {
+  readonly name = "qemu" as const;
+
+  constructor(
+    private readonly runner: Runner,
+    /** Decides KVM or software emulation for a kernel; asked once per VM definition. */
+    private readonly accel: (kernel: string) => Promise<Accelerator>,
+  ) {}
+
+  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles): Promise<void> {
+    const argv = renderQemuArgv({
+      fleet: vm.fleet,
+      vm: spec,
+      boot,
+      files: {
+        seed: vm.paths.seed,
+        ...(spec.layer.type === "disk" ? { layer: vm.paths.layer } : {}),
+        serialLog: vm.paths.serialLog,
+        consoleSocket: vm.paths.consoleSocket,
+        qmpSocket: vm.paths.qmpSocket,
+        pidFile: vm.paths.pidFile,
+      },
+      accel: await this.accel(boot.kernel),
+    });
+    await writeFile(vm.paths.qemuArgv, `${JSON.stringify(argv, null, 1)}\n`, { mode: 0o600 });
+  }
+
+  async start(vm: BackendVm): Promise<void> {
+    const argv = savedArgv.safeParse(
+      parseJsonOrUndefined(await readFile(vm.paths.qemuArgv, "utf8").catch(() => "")),
+    );
+    if (!argv.success) {
+      throw new ShoalError(`VM ${vm.name} has no usable QEMU definition (${vm.paths.qemuArgv})`, {
+        hint: "`shoal up` writes it again",
+      });
+    }
+    // -daemonize returns once QEMU is set up: the pid file and sockets exist from then on.
+    await this.runner.run({ argv: argv.data as [string, ...string[]] });
+  }
+
+  /** The pid of this VM's QEMU, if one runs: the pid file's process, with this VM's -name. */
+  private async pid(vm: BackendVm): Promise<number | undefined> {
+    const pid = Number((await readFile(vm.paths.pidFile, "utf8").catch(() => "")).trim());
+    if (!Number.isInteger(pid) || pid <= 0 || !isProcessAlive(pid)) return undefined;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    const name = domainName(vm.fleet, vm.name);
+    return cmdline.includes(`\0-name\0${name}\0`) ? pid : undefined;
+  }
+
+  async presence(vm: BackendVm): Promise<Presence> {
+    if ((await this.pid(vm)) === undefined) return { kind: "absent" };
+    const status = await this.qmp(vm, (qmp) =>
+      qmp.execute<{ status: string }>("query-status"),
+    ).catch(() => undefined);
+    if (status?.status === "shutdown") return { kind: "powered-off" };
+    if (status?.status === "guest-panicked" || status?.status === "internal-error") {
+      return { kind: "crashed", reason: `QEMU reports ${status.status}` };
+    }
+    const since = await stat(vm.paths.pidFile).then(
+      (info) => info.mtime,
+      () => undefined,
+    );
+    return since ? { kind: "running", since } : { kind: "running" };
+  }
+
+  private async qmp<T>(vm: BackendVm, work: (qmp: QmpClient) => Promise<T>): Promise<T> {
+    const qmp = await QmpClient.connect(vm.paths.qmpSocket, QMP_TIMEOUT_MS);
+    try {
+      return await work(qmp);
+    } finally {
+      qmp.close();
+    }
+  }
+
+  async requestShutdown(vm: BackendVm): Promise<void> {
+    await this.qmp(vm, (qmp) => qmp.execute("system_powerdown"));
+  }
+
+  async destroy(vm: BackendVm): Promise<void> {
+    const pid = await this.pid(vm);
+    if (pid === undefined) return;
+    // SIGTERM lets QEMU close its files; the guest gets no say, as with a pulled plug.
+    process.kill(pid, "SIGTERM");
+    const deadline = Date.now() + TERM_GRACE_MS;
+    while (isProcessAlive(pid)) {
+      if (Date.now() > deadline) process.kill(pid, "SIGKILL");
+      await sleep(50);
+    }
+  }
+
+  async openConsole(vm: BackendVm): Promise<Duplex> {
+    const socket = connect(vm.paths.consoleSocket);
+    await new Promise<void>((resolve, reject) => {
+      socket.once("connect", resolve);
+      socket.once("error", (error) =>
+        reject(
+          new ShoalError(`cannot reach VM ${vm.name}'s console: ${error.message}`, {
+            hint: "is it running? (`shoal ps`)",
+          }),
+        ),
+      );
+    });
+    return socket;
+  }
+}

@@ -1,0 +1,42 @@
+import type { BackendName } from "../core/fleet.js";
+import { UserError } from "../errors.js";
+import type { Runner } from "../host/runner.js";
+import type { StateLayout } from "../state/layout.js";
+import type { Backend } from "./backend.js";
+import { chooseAccel } from "./qemu/accel.js";
+import { QemuBackend } from "./qemu/backend.js";
+
+export interface BackendDeps {
+  readonly runner: Runner;
+  readonly layout: StateLayout;
+  /** One-line notices for the user (the accelerator chosen, ...). */
+  readonly notice: (line: string) => void;
+}
+
+function qemu(deps: BackendDeps): Backend {
+  let choice: Promise<"kvm" | "tcg"> | undefined;
+  return new QemuBackend(deps.runner, (kernel) => {
+    choice ??= chooseAccel(deps.runner, kernel, deps.layout.accelCache).then((chosen) => {
+      if (chosen.reason !== undefined)
+        deps.notice(`${chosen.reason}: using software emulation (TCG), which is slower`);
+      return chosen.accel;
+    });
+    return choice;
+  });
+}
+
+const BACKENDS: Record<BackendName, ((deps: BackendDeps) => Backend) | undefined> = {
+  qemu,
+  xl: undefined,
+};
+
+export function backendFor(name: BackendName, deps: BackendDeps): Backend {
+  const make = BACKENDS[name];
+  if (!make) {
+    throw new UserError(
+      `backend ${name} cannot run VMs in this version of shoal`,
+      "use `backend: qemu` in the fleet file",
+    );
+  }
+  return make(deps);
+}

@@ -1,0 +1,58 @@
+import { Command } from "@commander-js/extra-typings";
+import { UserError } from "../errors.js";
+import { fleetFileOption } from "./context.js";
+import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
+
+/** Ctrl-], as in telnet and virsh console. */
+const ESCAPE = 0x1d;
+
+export function consoleCommand() {
+  return new Command("console")
+    .description("attach to a VM's serial console; Ctrl-] detaches (the VM keeps running)")
+    .argument("<vm>", "the VM's name")
+    .addOption(fleetFileOption())
+    .addOption(fleetNameOption())
+    .action(async (name, options, command) => {
+      await withFleet(
+        command,
+        options,
+        undefined,
+        () => {},
+        async ({ session }) => {
+          const [vm] = selectVms([name], session.recordedNames());
+          if (vm === undefined || vm !== name)
+            throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
+          const console = await session.backend.openConsole(session.vm(vm));
+          const terminal = process.stdin.isTTY === true;
+          if (terminal) {
+            process.stderr.write(`connected to ${vm}'s console; Ctrl-] detaches\r\n`);
+            process.stdin.setRawMode(true);
+          }
+          // Everything the VM writes is read at once: an unread console stalls the guest.
+          console.pipe(process.stdout, { end: false });
+          await new Promise<void>((resolve) => {
+            const detach = () => {
+              process.stdin.off("data", input);
+              if (terminal) process.stdin.setRawMode(false);
+              process.stdin.pause();
+              console.destroy();
+              resolve();
+            };
+            const input = (chunk: Buffer) => {
+              const at = terminal ? chunk.indexOf(ESCAPE) : -1;
+              if (at >= 0) {
+                console.write(chunk.subarray(0, at));
+                detach();
+              } else {
+                console.write(chunk);
+              }
+            };
+            process.stdin.on("data", input);
+            process.stdin.once("end", detach);
+            console.once("close", detach);
+          });
+          if (terminal) process.stderr.write("\r\ndetached\n");
+        },
+      );
+    });
+}

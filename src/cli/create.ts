@@ -1,0 +1,5 @@
+import { convergeCommand } from "./up.js";
+
+export function createCommand() {
+  return convergeCommand("created");
+}

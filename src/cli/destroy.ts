@@ -1,0 +1,61 @@
+import { rm } from "node:fs/promises";
+import { createInterface } from "node:readline/promises";
+import { Command } from "@commander-js/extra-typings";
+import pLimit from "p-limit";
+import { UserError } from "../errors.js";
+import { fleetFileOption } from "./context.js";
+import { fleetNameOption, selectVms, withFleet, workersOption } from "./fleet.js";
+import { FleetProgress } from "./progress.js";
+
+async function confirm(question: string): Promise<boolean> {
+  const prompt = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^y(es)?$/i.test((await prompt.question(`${question} [y/N] `)).trim());
+  } finally {
+    prompt.close();
+  }
+}
+
+export function destroyCommand() {
+  return new Command("destroy")
+    .description(
+      "remove VMs with their layers, identities and every file and process they had; without names, the whole fleet",
+    )
+    .argument("[vms...]", "only these VMs (names or patterns); `shoal up` would make them afresh")
+    .addOption(fleetFileOption())
+    .addOption(fleetNameOption())
+    .addOption(workersOption())
+    .option("-y, --yes", "do not ask for confirmation")
+    .action(async (patterns, options, command) => {
+      const progress = new FleetProgress("shoal destroy");
+      await withFleet(
+        command,
+        options,
+        "destroy",
+        progress.onEvent,
+        async ({ context, session }) => {
+          const known = [...session.recordedNames(), ...(await session.strayNames())].sort();
+          const names = selectVms(patterns, known);
+          const whole = patterns.length === 0;
+          if (!options.yes && process.stdin.isTTY && names.length > 0) {
+            const what = whole ? `fleet ${session.fleet}` : `these VMs of fleet ${session.fleet}`;
+            if (
+              !(await confirm(`Destroy ${what}: ${names.length} VMs, their layers and identities?`))
+            ) {
+              throw new UserError("nothing destroyed", "pass --yes to skip this question");
+            }
+          }
+          const limit = pLimit(options.workers);
+          await Promise.all(names.map((name) => limit(() => session.delete(name))));
+          if (whole) await rm(session.paths.dir, { recursive: true, force: true });
+          else await session.writeKnownHosts();
+          progress.finish();
+          context.print(
+            names.length === 0
+              ? `fleet ${session.fleet} has nothing to destroy`
+              : `destroyed ${names.length} VMs${whole ? ` and fleet ${session.fleet}` : ""}`,
+          );
+        },
+      );
+    });
+}

@@ -1,0 +1,42 @@
+import { Command } from "@commander-js/extra-typings";
+import { stopVms } from "../fleet/power.js";
+import { fleetFileOption } from "./context.js";
+import {
+  createdVms,
+  fleetNameOption,
+  reportPower,
+  timeoutOption,
+  withFleet,
+  workersOption,
+} from "./fleet.js";
+import { FleetProgress } from "./progress.js";
+
+/** `down` (the whole fleet, or some VMs) and `stop` (the VMs named): the same shutdown. */
+export function shutdownCommand(verb: "down" | "stop") {
+  return new Command(verb)
+    .description(
+      verb === "down"
+        ? "shut the fleet's VMs down (power button, then forced after --timeout); layers are kept"
+        : "shut the named VMs down (power button, then forced after --timeout)",
+    )
+    .argument(verb === "down" ? "[vms...]" : "<vms...>", "VM names or patterns such as 'web-*'")
+    .addOption(fleetFileOption())
+    .addOption(fleetNameOption())
+    .addOption(workersOption())
+    .addOption(timeoutOption("seconds a VM gets to shut down cleanly before it is forced", 60))
+    .option("--force", "do not wait for a clean shutdown: end the VMs at once")
+    .action(async (patterns, options, command) => {
+      const progress = new FleetProgress(`shoal ${verb}`);
+      await withFleet(command, options, verb, progress.onEvent, async ({ context, session }) => {
+        const names = createdVms(session, patterns);
+        const timeoutMs = options.force ? 0 : options.timeout * 1000;
+        const outcomes = await stopVms(session, names, timeoutMs, options.workers);
+        progress.finish();
+        reportPower(context, verb, outcomes);
+      });
+    });
+}
+
+export function downCommand() {
+  return shutdownCommand("down");
+}

@@ -1,0 +1,204 @@
+import { Option } from "@commander-js/extra-typings";
+import picomatch from "picomatch";
+import { backendFor } from "../backends/registry.js";
+import type { BackendName, FleetSpec, VmSpec } from "../core/fleet.js";
+import { isDnsLabel } from "../core/names.js";
+import type { BootFiles } from "../core/render/boot.js";
+import { ShoalError, UserError } from "../errors.js";
+import type { PowerOutcome } from "../fleet/power.js";
+import { type FleetEvent, FleetSession } from "../fleet/session.js";
+import { ImageStore } from "../image/store.js";
+import { loadFleetFile } from "../spec/load.js";
+import { checkSocketPaths } from "../state/layout.js";
+import { withLock } from "../state/lock.js";
+import { readFleetRecord } from "../state/store.js";
+import { type Context, contextOf } from "./context.js";
+import { formatTable } from "./table.js";
+
+/** The plumbing every fleet verb shares: which fleet, its lock, its backend, which VMs. */
+
+export function fleetNameOption() {
+  return new Option(
+    "--fleet <name>",
+    "act on a fleet by name, without reading its fleet file (for a file that is gone or broken)",
+  );
+}
+
+export function workersOption() {
+  return new Option("--workers <n>", "how many VMs to work on at once")
+    .default(8)
+    .argParser((value) => positiveInteger("--workers", value));
+}
+
+export function timeoutOption(what: string, seconds: number) {
+  return new Option("--timeout <seconds>", what)
+    .default(seconds)
+    .argParser((value) => positiveInteger("--timeout", value));
+}
+
+export function positiveInteger(flag: string, value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+    throw new UserError(`${flag} ${JSON.stringify(value)} is not a positive whole number`);
+  }
+  return n;
+}
+
+export interface FleetTarget {
+  readonly file: string;
+  readonly fleet?: string;
+}
+
+export interface OpenFleet {
+  readonly context: Context;
+  readonly session: FleetSession;
+  /** The fleet file, when the verb was given one (not with --fleet). */
+  readonly spec: FleetSpec | undefined;
+}
+
+/** Where progress and notices go: stderr, so stdout stays the result (tables, JSON). */
+export function notice(line: string): void {
+  process.stderr.write(`shoal: ${line}\n`);
+}
+
+async function fleetOf(
+  context: Context,
+  target: FleetTarget,
+): Promise<{ name: string; backend: BackendName; spec: FleetSpec | undefined }> {
+  if (target.fleet !== undefined) {
+    if (!isDnsLabel(target.fleet)) {
+      throw new UserError(`--fleet ${JSON.stringify(target.fleet)} is not a fleet name`);
+    }
+    const record = await readFleetRecord(context.layout(), target.fleet);
+    if (!record)
+      throw new UserError(
+        `there is no fleet ${target.fleet} on this host`,
+        "`shoal ps --fleet NAME` needs a fleet shoal created",
+      );
+    return { name: target.fleet, backend: record.backend, spec: undefined };
+  }
+  const spec = await loadFleetFile(target.file);
+  return { name: spec.name, backend: spec.backend, spec };
+}
+
+/**
+ * Opens a fleet for a verb: reads its file (or takes --fleet), and with `lock` holds the fleet's
+ * lock while `work` runs, so two shoal commands never change one fleet at once.
+ */
+export async function withFleet<T>(
+  command: { optsWithGlobals(): object },
+  target: FleetTarget,
+  lock: string | undefined,
+  onEvent: (event: FleetEvent) => void,
+  work: (open: OpenFleet) => Promise<T>,
+): Promise<T> {
+  const context = contextOf(command);
+  const layout = context.layout();
+  const fleet = await fleetOf(context, target);
+  if (fleet.spec) {
+    checkSocketPaths(
+      layout,
+      fleet.name,
+      fleet.spec.vms.map((vm) => vm.name),
+    );
+  }
+  const backend = backendFor(fleet.backend, { runner: context.runner, layout, notice });
+  const run = async () => {
+    const session = await FleetSession.open(
+      { runner: context.runner, layout, event: onEvent },
+      { name: fleet.name, backend: fleet.backend },
+      backend,
+    );
+    return work({ context, session, spec: fleet.spec });
+  };
+  if (lock === undefined) return run();
+  return withLock(
+    context.runner,
+    layout.fleet(fleet.name).lock,
+    { subject: `fleet ${fleet.name}`, command: lock, waitSeconds: 0 },
+    run,
+  );
+}
+
+/**
+ * The VMs named on the command line, by name or glob pattern (`web-*`); every pattern must match
+ * one of `known`. No patterns: all of `known`.
+ */
+export function selectVms(patterns: readonly string[], known: readonly string[]): string[] {
+  if (patterns.length === 0) return [...known];
+  const selected = new Set<string>();
+  for (const pattern of patterns) {
+    const isMatch = picomatch(pattern);
+    const matches = known.filter((name) => isMatch(name));
+    if (matches.length === 0) {
+      throw new UserError(
+        `no VM of this fleet matches ${JSON.stringify(pattern)}`,
+        "`shoal ps` lists them",
+      );
+    }
+    for (const name of matches) selected.add(name);
+  }
+  return known.filter((name) => selected.has(name));
+}
+
+/** Every image the fleet file names, found before anything changes; a missing one is bad input. */
+export async function bootFilesOf(
+  context: Context,
+  vms: readonly VmSpec[],
+): Promise<(vm: VmSpec) => BootFiles> {
+  const store = new ImageStore(context.runner, context.layout());
+  const boots = new Map<string, BootFiles>();
+  for (const name of new Set(vms.map((vm) => vm.image))) {
+    const image = await store.get(name);
+    const paths = context.layout().image(image.id);
+    boots.set(name, {
+      kernel: paths.kernel,
+      initrd: paths.initrd,
+      base: paths.base,
+      baseId: image.id,
+      ...(image.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+    });
+  }
+  return (vm) => {
+    const boot = boots.get(vm.image);
+    if (!boot) throw new Error(`internal: image ${vm.image} of ${vm.name} was not looked up`);
+    return boot;
+  };
+}
+
+/** The VMs a power verb may act on: created ones, by name or pattern. */
+export function createdVms(session: FleetSession, patterns: readonly string[]): string[] {
+  const created = session
+    .recordedNames()
+    .filter((name) => session.book.vm(name)?.phase === "created");
+  if (created.length === 0) {
+    throw new UserError(`fleet ${session.fleet} has no VMs yet`, "`shoal up` creates them");
+  }
+  return selectVms(patterns, created);
+}
+
+/** Prints what a power verb did to each VM and fails (exit 1) if any VM failed. */
+export function reportPower(
+  context: Context,
+  verb: string,
+  outcomes: readonly PowerOutcome[],
+): void {
+  context.print(
+    formatTable(
+      ["NAME", "RESULT"],
+      outcomes.map((outcome) => [
+        outcome.name,
+        outcome.ok ? outcome.detail : `failed: ${outcome.detail}`,
+      ]),
+    ),
+  );
+  const failed = outcomes.filter((outcome) => !outcome.ok).map((outcome) => outcome.name);
+  if (failed.length > 0) {
+    throw new ShoalError(
+      `${verb} failed for ${failed.length} of ${outcomes.length} VMs: ${failed.join(", ")}`,
+      {
+        hint: "`shoal logs NAME` shows a VM's console",
+      },
+    );
+  }
+}

@@ -1,0 +1,5 @@
+import { powerOnCommand } from "./start.js";
+
+export function restartCommand() {
+  return powerOnCommand("restart");
+}

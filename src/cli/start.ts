@@ -1,0 +1,52 @@
+import { Command } from "@commander-js/extra-typings";
+import { startVms, stopVms } from "../fleet/power.js";
+import { fleetFileOption } from "./context.js";
+import {
+  createdVms,
+  fleetNameOption,
+  reportPower,
+  timeoutOption,
+  withFleet,
+  workersOption,
+} from "./fleet.js";
+import { FleetProgress } from "./progress.js";
+
+/** `start` and `restart` (a clean shutdown first) of created VMs, as they were defined. */
+export function powerOnCommand(verb: "start" | "restart") {
+  return new Command(verb)
+    .description(
+      verb === "start"
+        ? "start the named VMs (created ones; `shoal up` also creates and changes VMs)"
+        : "shut the named VMs down cleanly and start them again",
+    )
+    .argument("<vms...>", "VM names or patterns such as 'web-*'")
+    .addOption(fleetFileOption())
+    .addOption(fleetNameOption())
+    .addOption(workersOption())
+    .addOption(timeoutOption("seconds to wait for a VM to shut down and to boot", 300))
+    .option("--no-wait", "do not wait for the VMs to boot")
+    .action(async (patterns, options, command) => {
+      const progress = new FleetProgress(`shoal ${verb}`);
+      await withFleet(command, options, verb, progress.onEvent, async ({ context, session }) => {
+        const names = createdVms(session, patterns);
+        const timeoutMs = options.timeout * 1000;
+        const stopped =
+          verb === "restart"
+            ? await stopVms(session, names, timeoutMs, options.workers)
+            : names.map((name) => ({ name, ok: true, detail: "" }));
+        const failedToStop = stopped.filter((outcome) => !outcome.ok);
+        const started = await startVms(
+          session,
+          stopped.filter((outcome) => outcome.ok).map((outcome) => outcome.name),
+          options.wait ? timeoutMs : undefined,
+          options.workers,
+        );
+        progress.finish();
+        reportPower(context, verb, [...failedToStop, ...started]);
+      });
+    });
+}
+
+export function startCommand() {
+  return powerOnCommand("start");
+}

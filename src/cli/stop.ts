@@ -1,0 +1,5 @@
+import { shutdownCommand } from "./down.js";
+
+export function stopCommand() {
+  return shutdownCommand("stop");
+}

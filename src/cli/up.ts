@@ -1,0 +1,102 @@
+import { Command } from "@commander-js/extra-typings";
+import type { Goal } from "../core/plan.js";
+import { ShoalError } from "../errors.js";
+import { converge, observeAll } from "../fleet/converge.js";
+import { contextOf, fleetFileOption } from "./context.js";
+import { bootFilesOf, selectVms, timeoutOption, withFleet, workersOption } from "./fleet.js";
+import { FleetProgress } from "./progress.js";
+import { formatTable } from "./table.js";
+
+const VERBS: Record<Goal, { verb: string; description: string }> = {
+  running: {
+    verb: "up",
+    description:
+      "make the fleet match its file: create, change, start (and delete) VMs; a second `up` does nothing",
+  },
+  created: {
+    verb: "create",
+    description: "everything `up` does except starting VMs: layers, identities, definitions",
+  },
+};
+
+/** `up` and `create`: one convergence, two goals. */
+export function convergeCommand(goal: Goal) {
+  const { verb, description } = VERBS[goal];
+  return new Command(verb)
+    .description(description)
+    .argument(
+      "[vms...]",
+      "only these VMs (names or patterns such as 'web-*'); VMs removed from the file are then left alone",
+    )
+    .addOption(fleetFileOption())
+    .addOption(workersOption())
+    .addOption(timeoutOption("how long a VM may take to boot, or to shut down for a change", 300))
+    .option("--no-wait", "start VMs without waiting for them to boot")
+    .option("--json", "print the result as JSON for scripts")
+    .action(async (patterns, options, command) => {
+      const progress = new FleetProgress(`shoal ${verb}`);
+      const result = await withFleet(
+        command,
+        options,
+        verb,
+        progress.onEvent,
+        async ({ context, session, spec }) => {
+          if (!spec) throw new Error("internal: up needs the fleet file");
+          const names = spec.vms.map((vm) => vm.name);
+          const only = patterns.length > 0 ? new Set(selectVms(patterns, names)) : undefined;
+          const bootOf = await bootFilesOf(contextOf(command), spec.vms);
+          const outcomes = await converge(session, spec, bootOf, {
+            goal,
+            workers: options.workers,
+            bootTimeoutMs: options.wait && goal === "running" ? options.timeout * 1000 : undefined,
+            stopTimeoutMs: options.timeout * 1000,
+            ...(only ? { only } : {}),
+          });
+          const states = await observeAll(
+            session,
+            outcomes.map((outcome) => outcome.plan.name),
+          );
+          progress.finish();
+          return { context, outcomes, states };
+        },
+      );
+      const rows = result.outcomes.map(({ plan, ok, detail }) => ({
+        name: plan.name,
+        ip: plan.spec.ip,
+        state: result.states.get(plan.name)?.state ?? "missing",
+        done: plan.actions,
+        changes: plan.changes,
+        ok,
+        ...(detail === undefined ? {} : { error: detail }),
+      }));
+      if (options.json) {
+        result.context.print(JSON.stringify(rows, null, 2));
+      } else {
+        result.context.print(
+          formatTable(
+            ["NAME", "STATE", "IP", "DONE", "RESULT"],
+            rows.map((row) => [
+              row.name,
+              row.state,
+              row.ip,
+              row.done.join(", ") || "-",
+              row.ok ? "ok" : `failed: ${row.error ?? ""}`,
+            ]),
+          ),
+        );
+      }
+      const failed = rows.filter((row) => !row.ok).map((row) => row.name);
+      if (failed.length > 0) {
+        throw new ShoalError(
+          `${failed.length} of ${rows.length} VMs failed: ${failed.join(", ")}`,
+          {
+            hint: "`shoal logs NAME` shows a VM's console",
+          },
+        );
+      }
+    });
+}
+
+export function upCommand() {
+  return convergeCommand("running");
+}

@@ -1,0 +1,95 @@
+import { rm } from "node:fs/promises";
+import pLimit from "p-limit";
+import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { type Goal, planFleet, type VmAction, type VmPlan } from "../core/plan.js";
+import type { BootFiles } from "../core/render/boot.js";
+import { ShoalError } from "../errors.js";
+import { recordedSpecs } from "../state/store.js";
+import type { FleetSession, VmStatus } from "./session.js";
+
+export interface ConvergeOptions {
+  readonly goal: Goal;
+  /** How many VMs are worked on at once. */
+  readonly workers: number;
+  /** How long to wait for each started VM to boot; undefined: do not wait. */
+  readonly bootTimeoutMs: number | undefined;
+  /** How long a VM that must stop (to apply a change) gets to shut down cleanly. */
+  readonly stopTimeoutMs: number;
+  /** Only these VMs; undefined: the whole fleet, which also deletes VMs no longer in it. */
+  readonly only?: ReadonlySet<string>;
+}
+
+export interface VmOutcome {
+  readonly plan: VmPlan;
+  readonly ok: boolean;
+  readonly detail?: string;
+}
+
+/** Observes every VM the fleet file or the record names. */
+export async function observeAll(
+  session: FleetSession,
+  names: Iterable<string>,
+): Promise<Map<string, VmStatus>> {
+  const unique = [...new Set(names)];
+  const limit = pLimit(32);
+  const states = await Promise.all(unique.map((name) => limit(() => session.status(name))));
+  return new Map(unique.map((name, i) => [name, states[i] ?? { state: "missing" }]));
+}
+
+/**
+ * Brings the fleet to its file: deletes VMs no longer in it, rebuilds the changed ones (keeping
+ * their layers), creates the new ones and starts what should run. Each step is idempotent and
+ * recorded, so running it again after an interruption finishes the job.
+ */
+export async function converge(
+  session: FleetSession,
+  fleet: FleetSpec,
+  bootOf: (vm: VmSpec) => BootFiles,
+  options: ConvergeOptions,
+): Promise<VmOutcome[]> {
+  const recorded = recordedSpecs(session.book.record);
+  const observed = await observeAll(session, [...recorded.keys()]);
+  const plan = planFleet({
+    desired: fleet.vms,
+    recorded,
+    observed: new Map([...observed].map(([name, status]) => [name, status.state])),
+    goal: options.goal,
+  }).filter((vm) => options.only === undefined || options.only.has(vm.name));
+  // Every image must be there before anything changes.
+  for (const vm of plan) if (!vm.actions.includes("delete")) bootOf(vm.spec);
+
+  const limit = pLimit(options.workers);
+  const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
+  const fail = (vm: VmPlan, error: unknown) => {
+    const detail = error instanceof ShoalError ? error.message : String(error);
+    outcomes.set(vm.name, { plan: vm, ok: false, detail });
+  };
+  const each = (vms: readonly VmPlan[], action: VmAction, work: (vm: VmPlan) => Promise<void>) =>
+    Promise.all(
+      vms
+        .filter((vm) => vm.actions.includes(action) && outcomes.get(vm.name)?.ok)
+        .map((vm) => limit(() => work(vm).catch((error: unknown) => fail(vm, error)))),
+    );
+
+  if (options.only === undefined) {
+    for (const name of await session.strayNames()) {
+      await session.backend.destroy(session.vm(name));
+      await rm(session.paths.vm(name).dir, { recursive: true, force: true });
+    }
+  }
+  await each(plan, "delete", (vm) => session.delete(vm.name));
+  await each(plan, "recreate", async (vm) => {
+    await session.stop(vm.name, options.stopTimeoutMs);
+    await session.redefine(vm.spec, bootOf(vm.spec), fleet.authorizedKeys);
+  });
+  const created = plan.filter((vm) => vm.actions.includes("create")).map((vm) => vm.spec);
+  await session.create(created, bootOf, fleet.authorizedKeys, (work) => limit(work));
+  if (created.length > 0 || plan.some((vm) => vm.actions.includes("delete"))) {
+    await session.writeKnownHosts();
+  }
+  await each(plan, "start", async (vm) => {
+    const result = await session.start(vm.name, options.bootTimeoutMs);
+    if (!result.ready) outcomes.set(vm.name, { plan: vm, ok: false, detail: result.why });
+  });
+  return plan.map((vm) => outcomes.get(vm.name) ?? { plan: vm, ok: true });
+}

@@ -1,0 +1,334 @@
+import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
+import type { Backend, BackendVm } from "../backends/backend.js";
+import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import type { ObservedState } from "../core/plan.js";
+import type { BootFiles } from "../core/render/boot.js";
+import { seedFiles } from "../core/seed.js";
+import { type KnownHost, renderKnownHosts } from "../core/ssh.js";
+import { ShoalError, UserError } from "../errors.js";
+import type { Runner } from "../host/runner.js";
+import { makeHostKey, readHostKey, writeSeed } from "../identity/identity.js";
+import { createLayer } from "../layer/layer.js";
+import { writeFileAtomic } from "../state/atomic.js";
+import type { FleetPaths, StateLayout } from "../state/layout.js";
+import { emptyRecord, type FleetRecord, RecordBook, readFleetRecord } from "../state/store.js";
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const POLL_MS = 250;
+
+/** What happens to one VM, as progress displays and logs show it. */
+export type FleetPhase =
+  | "created"
+  | "booting"
+  | "ready"
+  | "failed"
+  | "stopping"
+  | "stopped"
+  | "deleted";
+
+export interface FleetEvent {
+  readonly vm: string;
+  readonly phase: FleetPhase;
+  readonly detail?: string;
+}
+
+export interface SessionDeps {
+  readonly runner: Runner;
+  readonly layout: StateLayout;
+  readonly event: (event: FleetEvent) => void;
+}
+
+export interface VmStatus {
+  readonly state: ObservedState;
+  /** When it started, for a running VM. */
+  readonly since?: Date;
+}
+
+/** What starting a VM came to: it reached the image's init, or why not. */
+export type StartResult =
+  | { readonly ready: true }
+  | { readonly ready: false; readonly why: string };
+
+/** The guest's own lines that mark a boot's outcome (printed by shoal's union-root init). */
+const READY_LINE = /shoal: root is the union of base/;
+const FATAL_LINE = /shoal: FATAL: ([^\r\n]*)/;
+
+/**
+ * One fleet's VMs on this host, for the duration of one command under the fleet's lock: their
+ * record, their files and their hypervisor, tied together so that every step is recorded before or
+ * after it happens in the order that lets a killed shoal be repaired by the next run.
+ */
+export class FleetSession {
+  readonly paths: FleetPaths;
+
+  private constructor(
+    private readonly deps: SessionDeps,
+    readonly fleet: string,
+    readonly backend: Backend,
+    readonly book: RecordBook,
+  ) {
+    this.paths = deps.layout.fleet(fleet);
+  }
+
+  static async open(
+    deps: SessionDeps,
+    fleet: Pick<FleetSpec, "name" | "backend">,
+    backend: Backend,
+  ) {
+    const record: FleetRecord =
+      (await readFleetRecord(deps.layout, fleet.name)) ?? emptyRecord(fleet);
+    if (record.backend !== backend.name) {
+      throw new UserError(
+        `fleet ${fleet.name} runs on ${record.backend}, the fleet file says ${backend.name}`,
+        "`shoal destroy` the fleet first to move it to another backend",
+      );
+    }
+    return new FleetSession(deps, fleet.name, backend, new RecordBook(deps.layout, record));
+  }
+
+  vm(name: string): BackendVm {
+    return { fleet: this.fleet, name, paths: this.paths.vm(name) };
+  }
+
+  recordedNames(): string[] {
+    return Object.keys(this.book.record.vms).sort();
+  }
+
+  /** VM directories the record does not know: left by a shoal killed while deleting, or by hand. */
+  async strayNames(): Promise<string[]> {
+    const entries = await readdir(this.paths.vms).catch(() => [] as string[]);
+    return entries.filter((name) => this.book.vm(name) === undefined).sort();
+  }
+
+  async status(name: string): Promise<VmStatus> {
+    const recorded = this.book.vm(name);
+    if (recorded?.phase !== "created") return { state: "missing" };
+    const presence = await this.backend.presence(this.vm(name));
+    switch (presence.kind) {
+      case "running":
+        return presence.since ? { state: "running", since: presence.since } : { state: "running" };
+      case "crashed":
+        return { state: "crashed" };
+      case "powered-off":
+        return { state: "stopped" };
+      case "absent": {
+        const defined = await stat(this.paths.vm(name).dir).then(
+          () => true,
+          () => false,
+        );
+        if (!defined) return { state: "missing" };
+        return { state: recorded.running ? "crashed" : "stopped" };
+      }
+    }
+  }
+
+  /**
+   * Writes every file of new VMs: host key, identity seed, blank layer, hypervisor definition.
+   * Recorded as `creating` before and `created` after, with one filesystem sync for the batch.
+   */
+  async create(
+    specs: readonly VmSpec[],
+    bootOf: (vm: VmSpec) => BootFiles,
+    authorizedKeys: readonly string[],
+    each: (work: () => Promise<void>) => Promise<void>,
+  ): Promise<void> {
+    if (specs.length === 0) return;
+    const now = new Date().toISOString();
+    await this.book.update((record) => {
+      for (const spec of specs) {
+        record.vms[spec.name] = {
+          spec,
+          createdAt: now,
+          updatedAt: now,
+          phase: "creating",
+          running: false,
+        };
+      }
+    });
+    await Promise.all(
+      specs.map((spec) =>
+        each(async () => {
+          const paths = this.paths.vm(spec.name);
+          // Whatever a killed run left of this VM was never booted: start it afresh.
+          await this.backend.destroy(this.vm(spec.name));
+          await rm(paths.dir, { recursive: true, force: true });
+          await mkdir(paths.dir, { recursive: true, mode: 0o700 });
+          await makeHostKey(paths.hostKeys, `root@${spec.hostname}`);
+          await this.writeIdentity(spec, authorizedKeys);
+          if (spec.layer.type === "disk") await createLayer(paths.layer, spec.layer.sizeBytes);
+          await this.backend.define(this.vm(spec.name), spec, bootOf(spec));
+        }),
+      ),
+    );
+    await this.sync();
+    await this.book.update((record) => {
+      for (const spec of specs) {
+        const entry = record.vms[spec.name];
+        if (entry) entry.phase = "created";
+      }
+    });
+    for (const spec of specs) this.deps.event({ vm: spec.name, phase: "created" });
+  }
+
+  private async writeIdentity(spec: VmSpec, authorizedKeys: readonly string[]): Promise<void> {
+    const paths = this.paths.vm(spec.name);
+    const hostKey = await readHostKey(paths.hostKeys);
+    await writeSeed(
+      paths.seed,
+      seedFiles({ vm: spec, fleet: this.fleet, hostKey, authorizedKeys }),
+    );
+  }
+
+  /** Rewrites a stopped VM's definition and identity for a changed spec; its layer and host key stay. */
+  async redefine(spec: VmSpec, boot: BootFiles, authorizedKeys: readonly string[]): Promise<void> {
+    await this.writeIdentity(spec, authorizedKeys);
+    await this.backend.define(this.vm(spec.name), spec, boot);
+    await this.sync();
+    await this.book.update((record) => {
+      const entry = record.vms[spec.name];
+      if (entry) {
+        entry.spec = spec;
+        entry.updatedAt = new Date().toISOString();
+      }
+    });
+  }
+
+  /** Makes the files written so far durable before the record says they exist. */
+  private async sync(): Promise<void> {
+    await this.deps.runner.run({ argv: ["sync", "-f", this.paths.vms] });
+  }
+
+  /**
+   * Starts a VM and, with `timeoutMs`, waits until its serial log shows the union root built and
+   * the image's init started, or a failure.
+   */
+  async start(name: string, timeoutMs: number | undefined): Promise<StartResult> {
+    const vm = this.vm(name);
+    const presence = await this.backend.presence(vm);
+    if (presence.kind === "running") return { ready: true };
+    // A guest that powered itself off, or crashed, is still held by the hypervisor.
+    if (presence.kind !== "absent") await this.backend.destroy(vm);
+    await this.book.update((record) => {
+      const entry = record.vms[name];
+      if (entry) entry.running = true;
+    });
+    const offset = await stat(vm.paths.serialLog).then(
+      (info) => info.size,
+      () => 0,
+    );
+    await this.backend.start(vm);
+    this.deps.event({ vm: name, phase: "booting" });
+    if (timeoutMs === undefined) return { ready: true };
+    const result = await this.waitReady(vm, offset, timeoutMs);
+    this.deps.event(
+      result.ready
+        ? { vm: name, phase: "ready" }
+        : { vm: name, phase: "failed", detail: result.why },
+    );
+    return result;
+  }
+
+  private async waitReady(vm: BackendVm, offset: number, timeoutMs: number): Promise<StartResult> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const log = await readFrom(vm.paths.serialLog, offset);
+      if (READY_LINE.test(log)) return { ready: true };
+      const fatal = FATAL_LINE.exec(log);
+      if (fatal) return { ready: false, why: fatal[1] ?? "the VM's init failed" };
+      const presence = await this.backend.presence(vm);
+      if (presence.kind !== "running") {
+        return {
+          ready: false,
+          why: `it stopped while booting (${presence.kind}); see \`shoal logs ${vm.name}\``,
+        };
+      }
+      if (Date.now() > deadline) {
+        return {
+          ready: false,
+          why: `not booted after ${Math.round(timeoutMs / 1000)} s; it keeps running, see \`shoal logs ${vm.name}\``,
+        };
+      }
+      await sleep(POLL_MS);
+    }
+  }
+
+  /**
+   * Stops a VM: the power button, then, after `timeoutMs` (0: at once), the hypervisor ends it.
+   * Recorded as not meant to run first, so a stop that is cut short never reads as a crash.
+   */
+  async stop(name: string, timeoutMs: number): Promise<"clean" | "forced" | "was stopped"> {
+    const vm = this.vm(name);
+    if (this.book.vm(name)?.running) {
+      await this.book.update((record) => {
+        const entry = record.vms[name];
+        if (entry) entry.running = false;
+      });
+    }
+    const presence = await this.backend.presence(vm);
+    if (presence.kind === "absent") return "was stopped";
+    this.deps.event({ vm: name, phase: "stopping" });
+    let outcome: "clean" | "forced" = "forced";
+    if (presence.kind === "running" && timeoutMs > 0) {
+      const asked = await this.backend.requestShutdown(vm).then(
+        () => true,
+        () => false,
+      );
+      const deadline = Date.now() + timeoutMs;
+      while (asked && Date.now() < deadline) {
+        if ((await this.backend.presence(vm)).kind !== "running") {
+          outcome = "clean";
+          break;
+        }
+        await sleep(POLL_MS);
+      }
+    } else if (presence.kind === "powered-off") {
+      outcome = "clean";
+    }
+    await this.backend.destroy(vm);
+    this.deps.event({ vm: name, phase: "stopped", detail: outcome });
+    return outcome;
+  }
+
+  /** Ends a VM and removes it with its layer and every file; the record entry goes last. */
+  async delete(name: string): Promise<void> {
+    const vm = this.vm(name);
+    await this.backend.destroy(vm);
+    await rm(vm.paths.dir, { recursive: true, force: true });
+    if (this.book.vm(name)) {
+      await this.book.update((record) => {
+        delete record.vms[name];
+      });
+    }
+    this.deps.event({ vm: name, phase: "deleted" });
+  }
+
+  /** The fleet's known_hosts: every created VM by name, name.fleet and address. */
+  async writeKnownHosts(): Promise<void> {
+    const entries: KnownHost[] = [];
+    for (const name of this.recordedNames()) {
+      const entry = this.book.vm(name);
+      if (entry?.phase !== "created") continue;
+      const key = await readHostKey(this.paths.vm(name).hostKeys).catch(() => undefined);
+      if (!key)
+        throw new ShoalError(`VM ${name} has lost its host key (${this.paths.vm(name).hostKeys})`);
+      entries.push({
+        hosts: [name, `${name}.${this.fleet}`, entry.spec.ip],
+        publicKey: key.publicKey,
+      });
+    }
+    await writeFileAtomic(this.paths.knownHosts, renderKnownHosts(entries));
+  }
+}
+
+async function readFrom(path: string, offset: number): Promise<string> {
+  const handle = await open(path, "r").catch(() => undefined);
+  if (!handle) return "";
+  try {
+    const { size } = await handle.stat();
+    const buffer = Buffer.alloc(Math.max(0, size - offset));
+    await handle.read(buffer, 0, buffer.length, offset);
+    return buffer.toString("utf8");
+  } finally {
+    await handle.close();
+  }
+}
