@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { access, readFile } from "node:fs/promises";
+import { access, readdir, readFile } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { QmpClient } from "../../src/backends/qemu/qmp.js";
@@ -48,19 +48,85 @@ export async function killAllVms(): Promise<void> {
 }
 
 /**
- * A VM booted with exactly the QEMU command shoal renders, driven through its serial console:
- * output is read from the serial log QEMU keeps, input is typed into the console socket.
+ * A VM's serial console as a test drives it: output is read from the serial log QEMU keeps, input
+ * is typed into the console socket.
  */
-export class TestVm {
+export class GuestConsole {
   private offset = 0;
   private counter = 0;
 
-  private constructor(
+  protected constructor(
     readonly pid: number,
     readonly log: string,
     private readonly console: Socket,
-    private readonly qmpSocket: string,
   ) {}
+
+  /** Attaches to a running VM's console; reading starts at the log's current end. */
+  static async attach(pid: number, log: string, socketPath: string): Promise<GuestConsole> {
+    const guest = new GuestConsole(pid, log, await connectConsole(socketPath));
+    guest.offset = (await guest.output()).length;
+    return guest;
+  }
+
+  async output(): Promise<string> {
+    return (await readFile(this.log, "utf8")).replaceAll("\r", "");
+  }
+
+  /** Waits until the console shows `pattern` after what earlier waits consumed; returns the match. */
+  async waitFor(pattern: RegExp, timeoutMs = 180_000): Promise<RegExpExecArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const text = (await this.output()).slice(this.offset);
+      const match = pattern.exec(text);
+      if (match) {
+        this.offset += match.index + match[0].length;
+        return match;
+      }
+      if (Date.now() > deadline || !alive(this.pid)) {
+        throw new Error(`console never showed ${pattern}; it ends with:\n${text.slice(-3000)}`);
+      }
+      await sleep(100);
+    }
+  }
+
+  type(text: string): void {
+    this.console.write(text);
+  }
+
+  /** Runs a shell command on the console; its output and exit code. */
+  async sh(command: string, timeoutMs = 120_000): Promise<{ out: string; code: number }> {
+    const n = ++this.counter;
+    // The quotes keep the echo of the typed line from matching the markers.
+    this.type(`echo "<<B""${n}>>"; ${command}; echo "<<E""${n}>>$?"\n`);
+    await this.waitFor(new RegExp(`<<B${n}>>\\n`), timeoutMs);
+    const end = await this.waitFor(new RegExp(`([^]*?)<<E${n}>>(\\d+)`), timeoutMs);
+    return { out: end[1] ?? "", code: Number(end[2]) };
+  }
+
+  detach(): void {
+    this.console.destroy();
+  }
+}
+
+async function connectConsole(path: string): Promise<Socket> {
+  const socket = connect(path);
+  await new Promise((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+  socket.on("error", () => {});
+  // Output is read from the log; the socket must still be drained or QEMU stalls the guest's console.
+  socket.resume();
+  return socket;
+}
+
+/** A VM booted with exactly the QEMU command shoal renders, driven through its serial console. */
+export class TestVm extends GuestConsole {
+  private constructor(
+    pid: number,
+    log: string,
+    console: Socket,
+    private readonly qmpSocket: string,
+  ) {
+    super(pid, log, console);
+  }
 
   static async boot(options: BootOptions): Promise<TestVm> {
     const seed = join(options.dir, "identity.tar");
@@ -104,49 +170,10 @@ export class TestVm {
     }
     await new ProcessRunner().run({ argv: argv as [string, ...string[]] });
     const pid = Number((await readFile(files.pidFile, "utf8")).trim());
-    const socket = connect(files.consoleSocket);
-    await new Promise((resolve, reject) => socket.once("connect", resolve).once("error", reject));
-    socket.on("error", () => {});
-    // Output is read from the log; the socket must still be drained or QEMU stalls the guest's console.
-    socket.resume();
+    const socket = await connectConsole(files.consoleSocket);
     const vm = new TestVm(pid, files.serialLog, socket, files.qmpSocket);
     live.add(vm);
     return vm;
-  }
-
-  async output(): Promise<string> {
-    return (await readFile(this.log, "utf8")).replaceAll("\r", "");
-  }
-
-  /** Waits until the console shows `pattern` after what earlier waits consumed; returns the match. */
-  async waitFor(pattern: RegExp, timeoutMs = 180_000): Promise<RegExpExecArray> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const text = (await this.output()).slice(this.offset);
-      const match = pattern.exec(text);
-      if (match) {
-        this.offset += match.index + match[0].length;
-        return match;
-      }
-      if (Date.now() > deadline || !alive(this.pid)) {
-        throw new Error(`console never showed ${pattern}; it ends with:\n${text.slice(-3000)}`);
-      }
-      await sleep(100);
-    }
-  }
-
-  type(text: string): void {
-    this.console.write(text);
-  }
-
-  /** Runs a shell command on the console; its output and exit code. */
-  async sh(command: string, timeoutMs = 120_000): Promise<{ out: string; code: number }> {
-    const n = ++this.counter;
-    // The quotes keep the echo of the typed line from matching the markers.
-    this.type(`echo "<<B""${n}>>"; ${command}; echo "<<E""${n}>>$?"\n`);
-    await this.waitFor(new RegExp(`<<B${n}>>\\n`), timeoutMs);
-    const end = await this.waitFor(new RegExp(`([^]*?)<<E${n}>>(\\d+)`), timeoutMs);
-    return { out: end[1] ?? "", code: Number(end[2]) };
   }
 
   /** Runs one QMP command on the VM's QEMU. */
@@ -174,7 +201,7 @@ export class TestVm {
       if (status?.status === "shutdown") await this.qmp("quit").catch(() => {});
       await sleep(200);
     }
-    this.console.destroy();
+    this.detach();
     live.delete(this);
   }
 
@@ -182,4 +209,25 @@ export class TestVm {
     if (alive(this.pid)) process.kill(this.pid, "SIGKILL");
     await this.waitForExit(10_000);
   }
+}
+
+/** The pids of the QEMU processes whose command line mentions `text` (a test's state directory). */
+export async function qemuPidsMentioning(text: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+    if (cmdline.startsWith("qemu-system-x86_64\0") && cmdline.includes(text))
+      pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** Kills every QEMU whose command line mentions `text`: the safety net after shoal-managed VMs. */
+export async function killQemusMentioning(text: string): Promise<void> {
+  for (const pid of await qemuPidsMentioning(text)) {
+    if (alive(pid)) process.kill(pid, "SIGKILL");
+  }
+  const deadline = Date.now() + 10_000;
+  while ((await qemuPidsMentioning(text)).length > 0 && Date.now() < deadline) await sleep(100);
 }

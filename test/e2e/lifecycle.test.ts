@@ -1,0 +1,418 @@
+import { spawn } from "node:child_process";
+import { watch } from "node:fs";
+import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import type { ImageMeta } from "../../src/image/store.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { SHOAL, shoal } from "../helpers/cli.js";
+import { useFileTempDir } from "../helpers/tmp.js";
+import { GuestConsole, killQemusMentioning, qemuPidsMentioning, sha256 } from "../helpers/vm.js";
+
+/**
+ * The fleet lifecycle as a user runs it: the shoal binary bringing fleets of tiny-image VMs up and
+ * down in real QEMU (software emulation). The tests of one fleet build on each other, in order.
+ */
+
+const stateDir = useFileTempDir("shoal-life-");
+const fleetDir = useFileTempDir("shoal-life-fleets-");
+let state: string;
+const images: Record<string, ImageMeta> = {};
+const baseSums: Record<string, string> = {};
+
+async function run(args: readonly string[]) {
+  return shoal(["--state-dir", state, ...args]);
+}
+
+async function buildImage(name: string) {
+  const built = await run(["image", "build", name, "--from", "busybox"]);
+  expect(built.code, built.stderr).toBe(0);
+  images[name] = JSON.parse((await run(["image", "inspect", name])).stdout) as ImageMeta;
+  baseSums[name] = await sha256(stateLayout(state).image(images[name]?.id ?? "").base);
+}
+
+beforeAll(async () => {
+  state = stateDir();
+  await buildImage("tiny");
+  await buildImage("tiny-next");
+});
+
+afterAll(async () => {
+  // Whatever a failed test left running goes; the state directory itself is removed after this.
+  await killQemusMentioning(state);
+});
+
+async function fleetFile(name: string, text: string): Promise<string> {
+  const path = join(fleetDir(), `${name}.yaml`);
+  await writeFile(path, text);
+  return path;
+}
+
+interface UpRow {
+  name: string;
+  ip: string;
+  state: string;
+  done: string[];
+  changes: string[];
+  ok: boolean;
+  error?: string;
+}
+
+async function up(file: string, ...extra: string[]): Promise<UpRow[]> {
+  const result = await run(["up", "-f", file, "--json", ...extra]);
+  expect(result.code, result.stderr).toBe(0);
+  return JSON.parse(result.stdout) as UpRow[];
+}
+
+interface PsRow {
+  name: string;
+  state: string;
+  layerBytes: number | null;
+  uptimeSeconds: number | null;
+}
+
+async function ps(file: string): Promise<PsRow[]> {
+  const result = await run(["ps", "-f", file, "--json"]);
+  expect(result.code, result.stderr).toBe(0);
+  return JSON.parse(result.stdout) as PsRow[];
+}
+
+function vmPaths(fleet: string, vm: string) {
+  return stateLayout(state).fleet(fleet).vm(vm);
+}
+
+async function pidOf(fleet: string, vm: string): Promise<number> {
+  return Number((await readFile(vmPaths(fleet, vm).pidFile, "utf8")).trim());
+}
+
+async function attach(fleet: string, vm: string): Promise<GuestConsole> {
+  const paths = vmPaths(fleet, vm);
+  return GuestConsole.attach(await pidOf(fleet, vm), paths.serialLog, paths.consoleSocket);
+}
+
+/** The identity a VM reported on its console once booted (the tiny image's rcS prints it). */
+async function reportedIdentity(fleet: string, vm: string) {
+  const log = await readFile(vmPaths(fleet, vm).serialLog, "utf8");
+  const reports = [
+    ...log.matchAll(/shoal-identity: hostname=(\S+) machine-id=(\S*) hostkey=(ssh-ed25519 \S+)/g),
+  ];
+  const last = reports.at(-1);
+  return last ? { hostname: last[1], machineId: last[2], hostKey: last[3] } : undefined;
+}
+
+async function waitForIdentity(fleet: string, vm: string, timeoutMs = 240_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const identity = await reportedIdentity(fleet, vm);
+    if (identity) return identity;
+    if (Date.now() > deadline) throw new Error(`${vm} never reported its identity`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+function fingerprints(keys: readonly string[]): Promise<string[]> {
+  return Promise.all(
+    keys.map(
+      (key) =>
+        new Promise<string>((resolve, reject) => {
+          const child = spawn("ssh-keygen", ["-l", "-f", "-"], {
+            stdio: ["pipe", "pipe", "inherit"],
+          });
+          let out = "";
+          child.stdout.on("data", (chunk) => {
+            out += chunk;
+          });
+          child.on("error", reject);
+          child.on("close", () => resolve(out.split(" ")[1] ?? ""));
+          child.stdin.end(`${key}\n`);
+        }),
+    ),
+  );
+}
+
+describe("a fleet of 8 tiny VMs", () => {
+  const fleet = "eight";
+  let file: string;
+
+  beforeAll(async () => {
+    file = await fleetFile(
+      fleet,
+      "name: eight\ncount: 8\nvm: { layer: { type: disk, size: 64M } }\nvms:\n  - { name: vm-8, layer: { type: tmpfs } }\n",
+    );
+  });
+
+  it("comes up with `shoal up`, each VM with its own hostname, machine-id and SSH host key, as known_hosts lists them", async () => {
+    const rows = await up(file, "--workers", "4");
+    expect(rows.map((row) => [row.name, row.state, row.done, row.ok])).toEqual(
+      Array.from({ length: 8 }, (_, i) => [`vm-${i + 1}`, "running", ["create", "start"], true]),
+    );
+    const plan = JSON.parse((await run(["plan", "-f", file, "--json"])).stdout) as {
+      name: string;
+      machineId: string;
+    }[];
+    const knownHosts = (await readFile(stateLayout(state).fleet(fleet).knownHosts, "utf8"))
+      .trim()
+      .split("\n");
+    const reported = [];
+    for (const vm of plan) {
+      const identity = await waitForIdentity(fleet, vm.name);
+      expect(identity.hostname).toBe(vm.name);
+      expect(identity.machineId).toBe(vm.machineId);
+      const line = knownHosts.find((entry) => entry.startsWith(`${vm.name},`));
+      expect(line).toBe(
+        `${vm.name},${vm.name}.${fleet},${rows.find((row) => row.name === vm.name)?.ip} ${identity.hostKey}`,
+      );
+      reported.push(identity.hostKey);
+    }
+    const prints = await fingerprints(reported);
+    expect(new Set(prints).size).toBe(8);
+    expect(prints.every((print) => print.startsWith("SHA256:"))).toBe(true);
+    expect(new Set(plan.map((vm) => vm.machineId)).size).toBe(8);
+    // Private keys and identity seeds are root's only.
+    for (const vm of plan) {
+      const paths = vmPaths(fleet, vm.name);
+      expect((await stat(join(paths.hostKeys, "ssh_host_ed25519_key"))).mode & 0o777).toBe(0o600);
+      expect((await stat(paths.seed)).mode & 0o777).toBe(0o600);
+      expect((await stat(paths.dir)).mode & 0o777).toBe(0o700);
+    }
+  });
+
+  it("does nothing on a second `up`, and `ps` shows every VM running with its layer's disk use", async () => {
+    const pids = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => pidOf(fleet, `vm-${i + 1}`)),
+    );
+    const rows = await up(file);
+    expect(rows.every((row) => row.done.length === 0 && row.state === "running")).toBe(true);
+    expect(
+      await Promise.all(Array.from({ length: 8 }, (_, i) => pidOf(fleet, `vm-${i + 1}`))),
+    ).toEqual(pids);
+    const listed = await ps(file);
+    expect(listed.map((row) => row.state)).toEqual(Array(8).fill("running"));
+    expect(listed.every((row) => row.uptimeSeconds !== null)).toBe(true);
+    // The guest formatted its 64M layer: some KiB to MiB used, far below the size.
+    for (const row of listed.slice(0, 7)) {
+      expect(row.layerBytes).toBeGreaterThan(0);
+      expect(row.layerBytes).toBeLessThan(16 * 1024 ** 2);
+    }
+    expect(listed[7]?.layerBytes).toBeNull();
+    expect((await qemuPidsMentioning(state)).length).toBe(8);
+  });
+
+  it("keeps a file written in a disk-layer VM across `down` and `up`; a tmpfs VM loses it", async () => {
+    for (const vm of ["vm-1", "vm-8"]) {
+      const guest = await attach(fleet, vm);
+      expect((await guest.sh("echo kept-by-$(hostname) > /root/note; sync")).code).toBe(0);
+      guest.detach();
+    }
+    const down = await run(["down", "-f", file]);
+    expect(down.code, down.stderr).toBe(0);
+    // busybox acpid answers the power button: every VM shuts down cleanly, none is forced.
+    expect(
+      down.stdout
+        .trim()
+        .split("\n")
+        .slice(1)
+        .map((line) => line.split(/\s+/)[1]),
+    ).toEqual(Array(8).fill("clean"));
+    expect((await ps(file)).map((row) => row.state)).toEqual(Array(8).fill("stopped"));
+    expect(await qemuPidsMentioning(state)).toEqual([]);
+
+    const rows = await up(file);
+    expect(rows.every((row) => row.ok && row.done.join() === "start")).toBe(true);
+    const disk = await attach(fleet, "vm-1");
+    expect((await disk.sh("cat /root/note")).out.trim()).toBe("kept-by-vm-1");
+    disk.detach();
+    const tmpfs = await attach(fleet, "vm-8");
+    const lost = await tmpfs.sh("cat /root/note");
+    expect(lost.code).not.toBe(0);
+    // The tmpfs VM got its identity again at this boot.
+    expect((await tmpfs.sh("hostname; cat /etc/machine-id")).out.trim().split("\n")[0]).toBe(
+      "vm-8",
+    );
+    tmpfs.detach();
+  });
+
+  it("shows a VM whose QEMU died as crashed, and `up` starts that one again", async () => {
+    const victim = await pidOf(fleet, "vm-3");
+    const others = await pidOf(fleet, "vm-4");
+    process.kill(victim, "SIGKILL");
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect((await ps(file)).find((row) => row.name === "vm-3")?.state).toBe("crashed");
+    const rows = await up(file);
+    expect(rows.filter((row) => row.done.length > 0).map((row) => [row.name, row.done])).toEqual([
+      ["vm-3", ["start"]],
+    ]);
+    expect(await pidOf(fleet, "vm-4")).toBe(others);
+  });
+
+  it("`destroy` leaves no QEMU process, layer, socket or state entry behind", async () => {
+    const result = await run(["destroy", "-f", file, "--yes"]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(await qemuPidsMentioning(state)).toEqual([]);
+    expect(await readdir(stateLayout(state).fleets)).toEqual([]);
+    const gone = await run(["ps", "--fleet", fleet]);
+    expect(gone.code).toBe(2);
+  });
+});
+
+describe("changing the fleet file", () => {
+  it("adds VMs, deletes removed ones with their layer, restarts only changed VMs, and moves VMs to a new image keeping their layers", async () => {
+    const fleet = "change";
+    const file = await fleetFile(fleet, "name: change\ncount: 3\nvm: { layer: { size: 64M } }\n");
+    await up(file);
+    const keep = await attach(fleet, "vm-1");
+    expect((await keep.sh("echo before-upgrade > /root/mine; sync")).code).toBe(0);
+    keep.detach();
+    const untouched = await pidOf(fleet, "vm-1");
+
+    await writeFile(
+      file,
+      "name: change\ncount: 4\nvm: { layer: { size: 64M } }\nvms:\n  - { name: vm-2, memory: 192M }\n",
+    );
+    const changed = await up(file);
+    expect(changed.map((row) => [row.name, row.done, row.changes])).toEqual([
+      ["vm-1", [], []],
+      ["vm-2", ["recreate", "start"], ["memory"]],
+      ["vm-3", [], []],
+      ["vm-4", ["create", "start"], []],
+    ]);
+    expect(await pidOf(fleet, "vm-1")).toBe(untouched);
+    const argv = JSON.parse(await readFile(vmPaths(fleet, "vm-2").qemuArgv, "utf8")) as string[];
+    expect(argv[argv.indexOf("-m") + 1]).toBe("192M");
+
+    await writeFile(
+      file,
+      "name: change\ncount: 2\nimage: tiny-next\nvm: { layer: { size: 64M } }\nvms:\n  - { name: vm-2, memory: 192M }\n",
+    );
+    const moved = await up(file);
+    expect(moved.map((row) => [row.name, row.done, row.changes])).toEqual([
+      ["vm-1", ["recreate", "start"], ["image"]],
+      ["vm-2", ["recreate", "start"], ["image"]],
+      ["vm-3", ["stop", "delete"], []],
+      ["vm-4", ["stop", "delete"], []],
+    ]);
+    await expect(stat(stateLayout(state).fleet(fleet).vm("vm-3").dir)).rejects.toThrow();
+    expect((await ps(file)).map((row) => row.name)).toEqual(["vm-1", "vm-2"]);
+    const after = await attach(fleet, "vm-1");
+    expect((await after.sh("cat /root/mine")).out.trim()).toBe("before-upgrade");
+    after.detach();
+    const log = await readFile(vmPaths(fleet, "vm-1").serialLog, "utf8");
+    // The base-change policy (warn, the default) saw the layer move to the new base.
+    expect(log).toContain(`now boots over ${images["tiny-next"]?.id}`);
+    const destroyed = await run(["destroy", "-f", file, "--yes"]);
+    expect(destroyed.code, destroyed.stderr).toBe(0);
+  });
+});
+
+/** Runs `shoal ARGS`, SIGKILLs it as soon as `trigger` fires, and resolves once it is dead. */
+function killDuring(
+  args: readonly string[],
+  trigger: (stderr: string) => boolean,
+  before?: () => Promise<void>,
+) {
+  return new Promise<string>((resolve, reject) => {
+    const child = spawn(process.execPath, [SHOAL, "--state-dir", state, ...args], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (chunk) => {
+      stderr += chunk;
+      if (trigger(stderr)) child.kill("SIGKILL");
+    });
+    before?.().then(() => child.kill("SIGKILL"), reject);
+    child.on("error", reject);
+    child.on("close", () => resolve(stderr));
+  });
+}
+
+/** Resolves when the first entry appears in `dir` (which must exist). */
+function firstEntryIn(dir: string): Promise<void> {
+  return new Promise((resolve) => {
+    const watcher = watch(dir, () => {
+      watcher.close();
+      resolve();
+    });
+  });
+}
+
+describe("crash safety", () => {
+  const fleet = "crash";
+  let file: string;
+
+  beforeAll(async () => {
+    file = await fleetFile(fleet, "name: crash\ncount: 4\nvm: { layer: { size: 64M } }\n");
+  });
+
+  afterEach(async () => {
+    await run(["destroy", "-f", file, "--yes"]);
+  });
+
+  async function expectConverged(): Promise<void> {
+    const rows = await up(file);
+    expect(rows.every((row) => row.ok && row.state === "running")).toBe(true);
+    // Exactly one QEMU per VM, each the one its pid file names; no stray VM directory or temp file.
+    const pids = await qemuPidsMentioning(`${stateLayout(state).fleet(fleet).vms}/`);
+    expect(pids.sort()).toEqual(
+      (await Promise.all(["vm-1", "vm-2", "vm-3", "vm-4"].map((vm) => pidOf(fleet, vm)))).sort(),
+    );
+    expect((await readdir(stateLayout(state).fleet(fleet).vms)).sort()).toEqual([
+      "vm-1",
+      "vm-2",
+      "vm-3",
+      "vm-4",
+    ]);
+    expect(
+      (await readdir(stateLayout(state).fleet(fleet).dir)).filter((f) => f.includes("tmp")),
+    ).toEqual([]);
+    expect((await ps(file)).map((row) => row.state)).toEqual(Array(4).fill("running"));
+  }
+
+  it.each([
+    ["while it writes the first VM's files", "files"],
+    ["right after the VMs were created", "vm-\\d: created"],
+    ["while the first VM boots", "vm-\\d: booting"],
+    ["once one VM is up", "vm-\\d: ready"],
+  ])("a SIGKILLed `up` (%s) is finished by the next `up`", async (_when, point) => {
+    const vms = stateLayout(state).fleet(fleet).vms;
+    await mkdir(vms, { recursive: true });
+    const args = ["up", "-f", file, "--workers", "1"];
+    if (point === "files")
+      await killDuring(
+        args,
+        () => false,
+        () => firstEntryIn(vms),
+      );
+    else await killDuring(args, (stderr) => new RegExp(point).test(stderr));
+    await expectConverged();
+  });
+
+  it("a SIGKILLed `destroy` is finished by the next `destroy`", async () => {
+    await up(file);
+    await killDuring(["destroy", "-f", file, "--yes", "--workers", "1"], (stderr) =>
+      /deleted/.test(stderr),
+    );
+    const again = await run(["destroy", "-f", file, "--yes"]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(await qemuPidsMentioning(state)).toEqual([]);
+    await expect(stat(stateLayout(state).fleet(fleet).dir)).rejects.toThrow();
+  });
+
+  it("refuses a second command on a fleet while one holds its lock", async () => {
+    const first = spawn(process.execPath, [SHOAL, "--state-dir", state, "up", "-f", file], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    await new Promise<void>((resolve) => first.stderr.once("data", () => resolve()));
+    const second = await run(["down", "-f", file]);
+    expect(second.code).toBe(3);
+    expect(second.stderr).toMatch(/fleet crash is busy: shoal up \(pid \d+/);
+    await new Promise((resolve) => first.on("close", resolve));
+  });
+});
+
+describe("the base images", () => {
+  it("are unchanged after every VM above wrote to its layer", async () => {
+    for (const [name, sum] of Object.entries(baseSums)) {
+      expect(await sha256(stateLayout(state).image(images[name]?.id ?? "").base)).toBe(sum);
+    }
+  });
+});
