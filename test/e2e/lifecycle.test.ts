@@ -97,7 +97,9 @@ async function reportedIdentity(fleet: string, vm: string) {
     ...log.matchAll(/shoal-identity: hostname=(\S+) machine-id=(\S*) hostkey=(ssh-ed25519 \S+)/g),
   ];
   const last = reports.at(-1);
-  return last ? { hostname: last[1], machineId: last[2], hostKey: last[3] } : undefined;
+  return last
+    ? { hostname: last[1] ?? "", machineId: last[2] ?? "", hostKey: last[3] ?? "" }
+    : undefined;
 }
 
 async function waitForIdentity(fleet: string, vm: string, timeoutMs = 240_000) {
