@@ -11,11 +11,17 @@ export interface BackendDeps {
   readonly layout: StateLayout;
   /** One-line notices for the user (the accelerator chosen, ...). */
   readonly notice: (line: string) => void;
+  /** QEMU's accelerator: probed (`auto`), or as the user insists. */
+  readonly accel: AccelSetting;
 }
+
+export const ACCEL_SETTINGS = ["auto", "kvm", "tcg"] as const;
+export type AccelSetting = (typeof ACCEL_SETTINGS)[number];
 
 function qemu(deps: BackendDeps): Backend {
   let choice: Promise<"kvm" | "tcg"> | undefined;
   return new QemuBackend(deps.runner, (kernel) => {
+    if (deps.accel !== "auto") return Promise.resolve(deps.accel);
     choice ??= chooseAccel(deps.runner, kernel, deps.layout.accelCache).then((chosen) => {
       if (chosen.reason !== undefined)
         deps.notice(`${chosen.reason}: using software emulation (TCG), which is slower`);

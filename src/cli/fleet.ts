@@ -1,6 +1,6 @@
 import { Option } from "@commander-js/extra-typings";
 import picomatch from "picomatch";
-import { backendFor } from "../backends/registry.js";
+import { ACCEL_SETTINGS, type AccelSetting, backendFor } from "../backends/registry.js";
 import type { BackendName, FleetSpec, VmSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";
 import type { BootFiles } from "../core/render/boot.js";
@@ -56,6 +56,18 @@ export interface OpenFleet {
   readonly spec: FleetSpec | undefined;
 }
 
+/** SHOAL_ACCEL: `kvm` or `tcg` skips the KVM probe on a host whose answer the user knows. */
+function accelSetting(value: string | undefined): AccelSetting {
+  if (value === undefined || value === "") return "auto";
+  const setting = ACCEL_SETTINGS.find((known) => known === value);
+  if (!setting) {
+    throw new UserError(
+      `SHOAL_ACCEL=${JSON.stringify(value)} is not one of ${ACCEL_SETTINGS.join(", ")}`,
+    );
+  }
+  return setting;
+}
+
 /** Where progress and notices go: stderr, so stdout stays the result (tables, JSON). */
 export function notice(line: string): void {
   process.stderr.write(`shoal: ${line}\n`);
@@ -102,7 +114,12 @@ export async function withFleet<T>(
       fleet.spec.vms.map((vm) => vm.name),
     );
   }
-  const backend = backendFor(fleet.backend, { runner: context.runner, layout, notice });
+  const backend = backendFor(fleet.backend, {
+    runner: context.runner,
+    layout,
+    notice,
+    accel: accelSetting(process.env.SHOAL_ACCEL),
+  });
   const run = async () => {
     const session = await FleetSession.open(
       { runner: context.runner, layout, event: onEvent },

@@ -1,6 +1,6 @@
-import { mkdir } from "node:fs/promises";
-import { join } from "node:path";
-import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import { Ext4Image } from "../../src/image/ext4.js";
@@ -9,8 +9,15 @@ import { createLayer, readLayerFile } from "../../src/layer/layer.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
+import { fingerprints, waitForIdentity } from "../helpers/identity.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
-import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
+import {
+  killAllVms,
+  killQemusMentioning,
+  qemuPidsMentioning,
+  sha256,
+  TestVm,
+} from "../helpers/vm.js";
 
 /**
  * Real Debian images, built with mmdebstrap, booted (QEMU, software emulation) through shoal's
@@ -47,6 +54,9 @@ beforeAll(async () => {
 });
 
 afterEach(killAllVms);
+afterAll(async () => {
+  await killQemusMentioning(state);
+});
 
 function spec(layer: string): VmSpec {
   const vm = fleetOf(`name: test\nvms: [{ name: agent-1, memory: 512M, layer: ${layer} }]\n`)
@@ -75,10 +85,23 @@ async function newLayer(): Promise<string> {
   return layer;
 }
 
-/** Boots to the login prompt, which shows the VM's own hostname, then shuts down by ACPI. */
+/**
+ * Boots to the login prompt, which shows the VM's own hostname, checks the identity the booted
+ * system reports (its host key derived from the private key sshd uses), then shuts down by ACPI.
+ */
 async function bootToLogin(vm: TestVm, layerDescription: RegExp): Promise<void> {
   await vm.waitFor(layerDescription);
   await vm.waitFor(/agent-1 login:/, 300_000);
+  const identity = await waitForIdentity(vm.log);
+  const seeded = (await readFile(join(dirname(vm.log), "ssh/ssh_host_ed25519_key.pub"), "utf8"))
+    .split(" ")
+    .slice(0, 2)
+    .join(" ");
+  expect(identity).toEqual({
+    hostname: "agent-1",
+    machineId: spec("{}").machineId,
+    hostKey: seeded,
+  });
   await vm.powerButton();
   await vm.waitForExit(180_000);
 }
@@ -137,5 +160,47 @@ describe("a Debian image", () => {
     expect(await vm.output()).toContain("Loading, please wait...");
     expect(await readLayerFile(runner, layer, "/etc/machine-id")).toBe(`${spec("{}").machineId}\n`);
     expect(await sha256(stateLayout(state).image(image.id).base)).toBe(image.id);
+  });
+
+  it("comes up as a fleet of 2 with `shoal up`, each VM with its own identity, as known_hosts lists them", async () => {
+    const fleetFile = join(await tempDir(), "debian.yaml");
+    await writeFile(
+      fleetFile,
+      "name: deb\nimage: debian\ncount: 2\nvm: { memory: 512M, layer: { type: disk, size: 1G } }\n",
+    );
+    const up = await shoal([
+      "--state-dir",
+      state,
+      "up",
+      "-f",
+      fleetFile,
+      "--json",
+      "--timeout",
+      "600",
+    ]);
+    expect(up.code, up.stderr).toBe(0);
+    const plan = JSON.parse(
+      (await shoal(["--state-dir", state, "plan", "-f", fleetFile, "--json"])).stdout,
+    ) as { name: string; machineId: string; ip: string }[];
+    const fleet = stateLayout(state).fleet("deb");
+    const knownHosts = await readFile(fleet.knownHosts, "utf8");
+    const keys: string[] = [];
+    for (const vm of plan) {
+      const identity = await waitForIdentity(fleet.vm(vm.name).serialLog);
+      expect(identity.hostname).toBe(vm.name);
+      expect(identity.machineId).toBe(vm.machineId);
+      expect(knownHosts).toContain(`${vm.name},${vm.name}.deb,${vm.ip} ${identity.hostKey}\n`);
+      keys.push(identity.hostKey);
+    }
+    expect(new Set(await fingerprints(keys)).size).toBe(2);
+    // systemd answers the power button: both shut down cleanly.
+    const down = await shoal(["--state-dir", state, "down", "-f", fleetFile, "--timeout", "300"]);
+    expect(down.code, down.stderr).toBe(0);
+    expect(down.stdout).not.toContain("forced");
+    const destroyed = await shoal(["--state-dir", state, "destroy", "-f", fleetFile, "--yes"]);
+    expect(destroyed.code, destroyed.stderr).toBe(0);
+    expect(await qemuPidsMentioning(state)).toEqual([]);
+    const image = images.debian;
+    expect(await sha256(stateLayout(state).image(image?.id ?? "").base)).toBe(image?.id);
   });
 });

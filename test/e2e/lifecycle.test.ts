@@ -6,6 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { SHOAL, shoal } from "../helpers/cli.js";
+import { fingerprints, waitForIdentity } from "../helpers/identity.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { GuestConsole, killQemusMentioning, qemuPidsMentioning, sha256 } from "../helpers/vm.js";
 
@@ -90,48 +91,6 @@ async function attach(fleet: string, vm: string): Promise<GuestConsole> {
   return GuestConsole.attach(await pidOf(fleet, vm), paths.serialLog, paths.consoleSocket);
 }
 
-/** The identity a VM reported on its console once booted (the tiny image's rcS prints it). */
-async function reportedIdentity(fleet: string, vm: string) {
-  const log = await readFile(vmPaths(fleet, vm).serialLog, "utf8");
-  const reports = [
-    ...log.matchAll(/shoal-identity: hostname=(\S+) machine-id=(\S*) hostkey=(ssh-ed25519 \S+)/g),
-  ];
-  const last = reports.at(-1);
-  return last
-    ? { hostname: last[1] ?? "", machineId: last[2] ?? "", hostKey: last[3] ?? "" }
-    : undefined;
-}
-
-async function waitForIdentity(fleet: string, vm: string, timeoutMs = 240_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const identity = await reportedIdentity(fleet, vm);
-    if (identity) return identity;
-    if (Date.now() > deadline) throw new Error(`${vm} never reported its identity`);
-    await new Promise((resolve) => setTimeout(resolve, 500));
-  }
-}
-
-function fingerprints(keys: readonly string[]): Promise<string[]> {
-  return Promise.all(
-    keys.map(
-      (key) =>
-        new Promise<string>((resolve, reject) => {
-          const child = spawn("ssh-keygen", ["-l", "-f", "-"], {
-            stdio: ["pipe", "pipe", "inherit"],
-          });
-          let out = "";
-          child.stdout.on("data", (chunk) => {
-            out += chunk;
-          });
-          child.on("error", reject);
-          child.on("close", () => resolve(out.split(" ")[1] ?? ""));
-          child.stdin.end(`${key}\n`);
-        }),
-    ),
-  );
-}
-
 describe("a fleet of 8 tiny VMs", () => {
   const fleet = "eight";
   let file: string;
@@ -157,7 +116,7 @@ describe("a fleet of 8 tiny VMs", () => {
       .split("\n");
     const reported = [];
     for (const vm of plan) {
-      const identity = await waitForIdentity(fleet, vm.name);
+      const identity = await waitForIdentity(vmPaths(fleet, vm.name).serialLog);
       expect(identity.hostname).toBe(vm.name);
       expect(identity.machineId).toBe(vm.machineId);
       const line = knownHosts.find((entry) => entry.startsWith(`${vm.name},`));

@@ -3,7 +3,7 @@ import { access, mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { z } from "zod";
 import type { Accelerator } from "../../core/render/qemu.js";
-import type { Runner } from "../../host/runner.js";
+import { CommandFailed, type Runner } from "../../host/runner.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
 
@@ -56,7 +56,15 @@ async function probeKvm(runner: Runner, kernel: string): Promise<AccelChoice> {
     .run({ argv: kvmProbeArgv(kernel), timeoutMs: PROBE_TIMEOUT_MS, probe: true, okCodes: [0] })
     .then(
       (done) => ({ booted: /Linux version/.test(done.stdout), detail: "" }),
-      (error: Error) => ({ booted: false, detail: error.message.split("\n")[0] ?? "" }),
+      (error: unknown) => ({
+        booted: false,
+        detail:
+          error instanceof CommandFailed && error.code === null
+            ? `no answer within ${PROBE_TIMEOUT_MS / 1000} s`
+            : error instanceof CommandFailed
+              ? `QEMU exited with ${error.code}: ${error.stderrTail.trim().split("\n").at(-1) ?? ""}`
+              : String(error),
+      }),
     );
   return result.booted
     ? { accel: "kvm" }

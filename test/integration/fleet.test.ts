@@ -1,0 +1,160 @@
+import { execFile } from "node:child_process";
+import { readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { beforeAll, describe, expect, it } from "vitest";
+import { stateLayout } from "../../src/state/layout.js";
+import { shoal } from "../helpers/cli.js";
+import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
+
+/**
+ * Fleet commands on real files without booting a VM: `create` makes every VM's layer, identity
+ * and QEMU definition; bad input changes nothing. (Booting is the end-to-end tests' part.)
+ */
+
+const exec = promisify(execFile);
+const tempDir = useTempDirs();
+const imageState = useFileTempDir("shoal-fleet-");
+const KEY =
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINdamAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea alice@laptop";
+// The KVM probe is the end-to-end tests' concern; here it would only cost time.
+const env = { SHOAL_ACCEL: "tcg" };
+let state: string;
+
+beforeAll(async () => {
+  state = imageState();
+  const built = await shoal(["--state-dir", state, "image", "build", "tiny", "--from", "busybox"]);
+  expect(built.code, built.stderr).toBe(0);
+});
+
+async function fleet(name: string, text: string): Promise<string> {
+  const path = join(await tempDir(), "shoal.yaml");
+  await writeFile(path, `name: ${name}\n${text}`);
+  return path;
+}
+
+function run(args: readonly string[]) {
+  return shoal(["--state-dir", state, ...args], { env });
+}
+
+describe("shoal create", () => {
+  it("gives each VM a blank sparse layer, its identity seed and host key (root's only), and the fleet a known_hosts", async () => {
+    const file = await fleet(
+      "made",
+      `count: 3\nssh: { authorized_keys: ["${KEY}"] }\nvms: [{ name: vm-3, layer: { type: tmpfs } }]\n`,
+    );
+    const created = await run(["create", "-f", file, "--json"]);
+    expect(created.code, created.stderr).toBe(0);
+    const rows = JSON.parse(created.stdout) as { name: string; state: string; done: string[] }[];
+    expect(rows.map((row) => [row.name, row.state, row.done])).toEqual([
+      ["vm-1", "stopped", ["create"]],
+      ["vm-2", "stopped", ["create"]],
+      ["vm-3", "stopped", ["create"]],
+    ]);
+    const fleetPaths = stateLayout(state).fleet("made");
+    const knownHosts = (await readFile(fleetPaths.knownHosts, "utf8")).trim().split("\n");
+    expect(knownHosts).toHaveLength(3);
+    for (const [i, name] of ["vm-1", "vm-2", "vm-3"].entries()) {
+      const paths = fleetPaths.vm(name);
+      expect((await stat(paths.dir)).mode & 0o777).toBe(0o700);
+      const privateKey = join(paths.hostKeys, "ssh_host_ed25519_key");
+      expect((await stat(privateKey)).mode & 0o777).toBe(0o600);
+      // ssh-keygen reads the key shoal wrote and derives the public key shoal published.
+      const derived = (await exec("ssh-keygen", ["-y", "-f", privateKey])).stdout.trim();
+      expect(knownHosts[i]).toMatch(new RegExp(`^${name},${name}\\.made,10\\.77\\.0\\.\\d+ `));
+      expect(derived.split(" ").slice(0, 2).join(" ")).toBe(
+        knownHosts[i]?.split(" ").slice(1).join(" "),
+      );
+      // The seed is a tar archive the VM's init unpacks; secrets keep their 0600.
+      expect((await stat(paths.seed)).mode & 0o777).toBe(0o600);
+      const listing = (await exec("tar", ["-tvf", paths.seed])).stdout;
+      expect(listing).toMatch(/^-rw------- root\/root .* etc\/ssh\/ssh_host_ed25519_key$/m);
+      expect(listing).toMatch(/^-rw------- root\/root .* root\/\.ssh\/authorized_keys$/m);
+      const seeded = (await exec("tar", ["-xOf", paths.seed, "root/.ssh/authorized_keys"])).stdout;
+      expect(seeded).toBe(`${KEY}\n`);
+      expect((await exec("tar", ["-xOf", paths.seed, "etc/hostname"])).stdout).toBe(`${name}\n`);
+      const argv = JSON.parse(await readFile(paths.qemuArgv, "utf8")) as string[];
+      expect(argv).toContain("tcg");
+      if (name === "vm-3") {
+        await expect(stat(paths.layer)).rejects.toThrow();
+      } else {
+        const layer = await stat(paths.layer);
+        expect(layer.size).toBe(1024 ** 3);
+        expect(layer.blocks).toBe(0);
+        expect(layer.mode & 0o777).toBe(0o600);
+      }
+    }
+    const ps = await run(["ps", "-f", file]);
+    expect(ps.stdout).toMatch(/^vm-1\s+stopped\s+qemu\s+10\.77\.0\.\d+\s+-\s+0B$/m);
+    const again = await run(["create", "-f", file, "--json"]);
+    expect(
+      (JSON.parse(again.stdout) as { done: string[] }[]).every((row) => row.done.length === 0),
+    ).toBe(true);
+  });
+
+  it("costs well under 1 MiB of disk per VM", async () => {
+    const file = await fleet("small", "count: 20\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const used = Number(
+      (await exec("du", ["-s", "-B1", stateLayout(state).fleet("small").dir])).stdout.split(
+        "\t",
+      )[0],
+    );
+    expect(used / 20).toBeLessThan(1024 ** 2);
+  });
+});
+
+describe("bad input to fleet commands", () => {
+  it("a missing image: exit 2, one line, nothing created", async () => {
+    const file = await fleet("noimage", "image: nosuch\n");
+    const result = await run(["up", "-f", file]);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim().split("\n")).toEqual([
+      "shoal: no image named nosuch; `shoal image ls` lists the images; `shoal image build` makes one",
+    ]);
+    expect(await readdir(stateLayout(state).fleet("noimage").dir).catch(() => [])).not.toContain(
+      "state.json",
+    );
+  });
+
+  it.each([
+    ["a VM pattern that matches nothing", ["up", "web-*"], /no VM of this fleet matches "web-\*"/],
+    ["--workers 0", ["up", "--workers", "0"], /--workers "0" is not a positive whole number/],
+    [
+      "--timeout soon",
+      ["down", "--timeout", "soon"],
+      /--timeout "soon" is not a positive whole number/,
+    ],
+    ["start before anything was created", ["start", "vm-1"], /fleet bad has no VMs yet/],
+    ["an unknown --fleet", ["ps", "--fleet", "ghost"], /there is no fleet ghost on this host/],
+    ["a --fleet that is no name", ["ps", "--fleet", "../x"], /--fleet "..\/x" is not a fleet name/],
+  ])("%s: exit 2, one line, no stack trace", async (_what, args, message) => {
+    const file = await fleet("bad", "count: 2\n");
+    const [verb, ...rest] = args as [string, ...string[]];
+    const result = await run([verb, "-f", file, ...rest]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(message);
+    expect(result.stderr.trim().split("\n")).toHaveLength(1);
+    await expect(stat(stateLayout(state).fleet("bad").state)).rejects.toThrow();
+  });
+
+  it("SHOAL_ACCEL with an unknown value", async () => {
+    const file = await fleet("accel", "count: 1\n");
+    const result = await shoal(["--state-dir", state, "create", "-f", file], {
+      env: { SHOAL_ACCEL: "fast" },
+    });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/SHOAL_ACCEL="fast" is not one of auto, kvm, tcg/);
+  });
+});
+
+describe("shoal destroy", () => {
+  it("removes a created fleet's every file, and says so", async () => {
+    const file = await fleet("gone", "count: 2\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const result = await run(["destroy", "-f", file]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout.trim()).toBe("destroyed 2 VMs and fleet gone");
+    await expect(stat(stateLayout(state).fleet("gone").dir)).rejects.toThrow();
+  });
+});
