@@ -26,6 +26,7 @@ export function fleetFileOption(short = true) {
 }
 
 export interface Context {
+  readonly dryRun: boolean;
   readonly layout: () => StateLayout;
   readonly runner: Runner;
   readonly print: (text: string) => void;
@@ -33,6 +34,7 @@ export interface Context {
 
 export function makeContext(options: GlobalOptions): Context {
   return {
+    dryRun: options.dryRun === true,
     // Laid out on first use: commands that never touch state must not fail on a bad --state-dir.
     layout: () => stateLayout(options.stateDir),
     runner: new ProcessRunner({ dryRun: options.dryRun === true, trace: options.debug === true }),

@@ -105,6 +105,13 @@ export async function withFleet<T>(
   work: (open: OpenFleet) => Promise<T>,
 ): Promise<T> {
   const context = contextOf(command);
+  if (lock !== undefined && context.dryRun) {
+    // Fleet verbs change files and processes, not only run commands; a partial dry run would mislead.
+    throw new UserError(
+      `--dry-run does not apply to \`shoal ${lock}\``,
+      "`shoal plan` shows what `shoal up` would do to each VM",
+    );
+  }
   const layout = context.layout();
   const fleet = await fleetOf(context, target);
   if (fleet.spec) {
@@ -188,7 +195,8 @@ export function createdVms(session: FleetSession, patterns: readonly string[]): 
   const created = session
     .recordedNames()
     .filter((name) => session.book.vm(name)?.phase === "created");
-  if (created.length === 0) {
+  // `down` of a fleet never brought up has nothing to do; naming VMs of it is a mistake.
+  if (created.length === 0 && patterns.length > 0) {
     throw new UserError(`fleet ${session.fleet} has no VMs yet`, "`shoal up` creates them");
   }
   return selectVms(patterns, created);

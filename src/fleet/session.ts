@@ -15,6 +15,7 @@ import { emptyRecord, type FleetRecord, RecordBook, readFleetRecord } from "../s
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const POLL_MS = 250;
+const PRESS_AGAIN_MS = 10_000;
 
 /** What happens to one VM, as progress displays and logs show it. */
 export type FleetPhase =
@@ -269,12 +270,18 @@ export class FleetSession {
     this.deps.event({ vm: name, phase: "stopping" });
     let outcome: "clean" | "forced" = "forced";
     if (presence.kind === "running" && timeoutMs > 0) {
-      const asked = await this.backend.requestShutdown(vm).then(
-        () => true,
-        () => false,
-      );
       const deadline = Date.now() + timeoutMs;
-      while (asked && Date.now() < deadline) {
+      let pressedAt = 0;
+      while (Date.now() < deadline) {
+        // A guest that is still booting may not listen to the button yet, and loses the press.
+        if (Date.now() - pressedAt >= PRESS_AGAIN_MS) {
+          const pressed = await this.backend.requestShutdown(vm).then(
+            () => true,
+            () => false,
+          );
+          if (!pressed) break;
+          pressedAt = Date.now();
+        }
         if ((await this.backend.presence(vm)).kind !== "running") {
           outcome = "clean";
           break;

@@ -102,8 +102,7 @@ async function bootToLogin(vm: TestVm, layerDescription: RegExp): Promise<void> 
     machineId: spec("{}").machineId,
     hostKey: seeded,
   });
-  await vm.powerButton();
-  await vm.waitForExit(180_000);
+  await vm.powerOffByButton();
 }
 
 describe("a Debian image", () => {

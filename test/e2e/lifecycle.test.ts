@@ -159,6 +159,32 @@ describe("a fleet of 8 tiny VMs", () => {
     expect((await qemuPidsMentioning(state)).length).toBe(8);
   });
 
+  it("`console` types into a VM's serial console and shows its answer; `logs` has it afterwards", async () => {
+    const console = spawn(
+      process.execPath,
+      [SHOAL, "--state-dir", state, "console", "vm-2", "-f", file],
+      {
+        stdio: ["pipe", "pipe", "pipe"],
+      },
+    );
+    let seen = "";
+    const answered = new Promise<void>((resolve) => {
+      console.stdout.on("data", (chunk) => {
+        seen += chunk;
+        if (seen.includes("answer-42")) resolve();
+      });
+    });
+    console.stdin.write("echo answer-$((6 * 7))\n");
+    await answered;
+    console.stdin.end();
+    const code = await new Promise((resolve) => console.on("close", resolve));
+    expect(code).toBe(0);
+    const logs = await run(["logs", "vm-2", "--file", file]);
+    expect(logs.code, logs.stderr).toBe(0);
+    expect(logs.stdout).toContain("answer-42");
+    expect(logs.stdout).toContain("shoal-identity: hostname=vm-2");
+  });
+
   it("keeps a file written in a disk-layer VM across `down` and `up`; a tmpfs VM loses it", async () => {
     for (const vm of ["vm-1", "vm-8"]) {
       const guest = await attach(fleet, vm);

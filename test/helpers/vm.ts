@@ -186,9 +186,21 @@ export class TestVm extends GuestConsole {
     }
   }
 
-  /** Presses the virtual power button (ACPI), as `shoal down` will. */
-  async powerButton(): Promise<void> {
-    await this.qmp("system_powerdown");
+  /**
+   * Presses the virtual power button (ACPI) until the guest powers off, as `shoal down` does: a
+   * guest still starting its services may miss a press.
+   */
+  async powerOffByButton(timeoutMs = 180_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (alive(this.pid)) {
+      await this.qmp("system_powerdown");
+      try {
+        await this.waitForExit(10_000);
+        return;
+      } catch (error) {
+        if (Date.now() > deadline) throw error;
+      }
+    }
   }
 
   /** Waits until the guest powered off (QEMU, kept by -no-shutdown, is then told to quit) or QEMU ended. */

@@ -138,6 +138,16 @@ describe("bad input to fleet commands", () => {
     await expect(stat(stateLayout(state).fleet("bad").state)).rejects.toThrow();
   });
 
+  it("--dry-run, which fleet verbs do not take: exit 2, pointing to plan", async () => {
+    const file = await fleet("dry", "count: 1\n");
+    const result = await run(["--dry-run", "up", "-f", file]);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim()).toBe(
+      "shoal: --dry-run does not apply to `shoal up`; `shoal plan` shows what `shoal up` would do to each VM",
+    );
+    await expect(stat(stateLayout(state).fleet("dry").dir)).rejects.toThrow();
+  });
+
   it("SHOAL_ACCEL with an unknown value", async () => {
     const file = await fleet("accel", "count: 1\n");
     const result = await shoal(["--state-dir", state, "create", "-f", file], {
