@@ -5,6 +5,7 @@ import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
 
 /** Ctrl-], as in telnet and virsh console. */
 const ESCAPE = 0x1d;
+const PIPED_INPUT_GRACE_MS = 1000;
 
 export function consoleCommand() {
   return new Command("console")
@@ -13,46 +14,47 @@ export function consoleCommand() {
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
     .action(async (name, options, command) => {
-      await withFleet(
-        command,
-        options,
-        undefined,
-        () => {},
-        async ({ session }) => {
-          const [vm] = selectVms([name], session.recordedNames());
-          if (vm === undefined || vm !== name)
-            throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
-          const console = await session.backend.openConsole(session.vm(vm));
-          const terminal = process.stdin.isTTY === true;
-          if (terminal) {
-            process.stderr.write(`connected to ${vm}'s console; Ctrl-] detaches\r\n`);
-            process.stdin.setRawMode(true);
-          }
-          // Everything the VM writes is read at once: an unread console stalls the guest.
-          console.pipe(process.stdout, { end: false });
-          await new Promise<void>((resolve) => {
-            const detach = () => {
-              process.stdin.off("data", input);
-              if (terminal) process.stdin.setRawMode(false);
-              process.stdin.pause();
-              console.destroy();
-              resolve();
-            };
-            const input = (chunk: Buffer) => {
-              const at = terminal ? chunk.indexOf(ESCAPE) : -1;
-              if (at >= 0) {
-                console.write(chunk.subarray(0, at));
-                detach();
-              } else {
-                console.write(chunk);
-              }
-            };
-            process.stdin.on("data", input);
-            process.stdin.once("end", detach);
-            console.once("close", detach);
-          });
-          if (terminal) process.stderr.write("\r\ndetached\n");
-        },
-      );
+      await withFleet(command, options, undefined, async ({ session }) => {
+        const [vm] = selectVms([name], session.recordedNames());
+        if (vm === undefined || vm !== name)
+          throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
+        const console = await session.backend.openConsole(session.vm(vm));
+        const terminal = process.stdin.isTTY === true;
+        if (terminal) {
+          process.stderr.write(`connected to ${vm}'s console; Ctrl-] detaches\r\n`);
+          process.stdin.setRawMode(true);
+        }
+        // Everything the VM writes is read at once: an unread console stalls the guest.
+        console.pipe(process.stdout, { end: false });
+        await new Promise<void>((resolve) => {
+          let detached = false;
+          const detach = () => {
+            if (detached) return;
+            detached = true;
+            process.stdin.off("data", input);
+            if (terminal) process.stdin.setRawMode(false);
+            process.stdin.pause();
+            console.end();
+            console.destroy();
+            resolve();
+          };
+          const input = (chunk: Buffer) => {
+            const at = terminal ? chunk.indexOf(ESCAPE) : -1;
+            if (at >= 0) {
+              console.write(chunk.subarray(0, at));
+              detach();
+            } else {
+              console.write(chunk);
+            }
+          };
+          process.stdin.on("data", input);
+          // Piped input: the VM's answer to the last line still gets a moment to arrive.
+          process.stdin.once("end", () => setTimeout(detach, PIPED_INPUT_GRACE_MS));
+          console.once("close", detach);
+          // The terminal leaves raw mode however shoal is told to stop.
+          process.once("SIGTERM", detach).once("SIGHUP", detach);
+        });
+        if (terminal) process.stderr.write("\r\ndetached\n");
+      });
     });
 }

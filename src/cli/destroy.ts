@@ -5,7 +5,6 @@ import pLimit from "p-limit";
 import { UserError } from "../errors.js";
 import { fleetFileOption } from "./context.js";
 import { fleetNameOption, selectVms, withFleet, workersOption } from "./fleet.js";
-import { FleetProgress } from "./progress.js";
 
 async function confirm(question: string): Promise<boolean> {
   const prompt = createInterface({ input: process.stdin, output: process.stderr });
@@ -27,12 +26,11 @@ export function destroyCommand() {
     .addOption(workersOption())
     .option("-y, --yes", "do not ask for confirmation")
     .action(async (patterns, options, command) => {
-      const progress = new FleetProgress("shoal destroy");
       await withFleet(
         command,
         options,
         "destroy",
-        progress.onEvent,
+
         async ({ context, session }) => {
           const known = [...session.recordedNames(), ...(await session.strayNames())].sort();
           const names = selectVms(patterns, known);
@@ -49,7 +47,6 @@ export function destroyCommand() {
           await Promise.all(names.map((name) => limit(() => session.delete(name))));
           if (whole) await rm(session.paths.dir, { recursive: true, force: true });
           else await session.writeKnownHosts();
-          progress.finish();
           context.print(
             names.length === 0
               ? `fleet ${session.fleet} has nothing to destroy`

@@ -1,6 +1,6 @@
 import { Command } from "@commander-js/extra-typings";
 import { stopVms } from "../fleet/power.js";
-import { fleetFileOption } from "./context.js";
+import { contextOf, fleetFileOption } from "./context.js";
 import {
   createdVms,
   fleetNameOption,
@@ -9,7 +9,6 @@ import {
   withFleet,
   workersOption,
 } from "./fleet.js";
-import { FleetProgress } from "./progress.js";
 
 /** `down` (the whole fleet, or some VMs) and `stop` (the VMs named): the same shutdown. */
 export function shutdownCommand(verb: "down" | "stop") {
@@ -26,14 +25,12 @@ export function shutdownCommand(verb: "down" | "stop") {
     .addOption(timeoutOption("seconds a VM gets to shut down cleanly before it is forced", 60))
     .option("--force", "do not wait for a clean shutdown: end the VMs at once")
     .action(async (patterns, options, command) => {
-      const progress = new FleetProgress(`shoal ${verb}`);
-      await withFleet(command, options, verb, progress.onEvent, async ({ context, session }) => {
+      const outcomes = await withFleet(command, options, verb, async ({ session }) => {
         const names = createdVms(session, patterns);
         const timeoutMs = options.force ? 0 : options.timeout * 1000;
-        const outcomes = await stopVms(session, names, timeoutMs, options.workers);
-        progress.finish();
-        reportPower(context, verb, outcomes);
+        return stopVms(session, names, timeoutMs, options.workers);
       });
+      reportPower(contextOf(command), verb, outcomes);
     });
 }
 

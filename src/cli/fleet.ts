@@ -6,13 +6,14 @@ import { isDnsLabel } from "../core/names.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { ShoalError, UserError } from "../errors.js";
 import type { PowerOutcome } from "../fleet/power.js";
-import { type FleetEvent, FleetSession } from "../fleet/session.js";
+import { FleetSession } from "../fleet/session.js";
 import { ImageStore } from "../image/store.js";
 import { loadFleetFile } from "../spec/load.js";
 import { checkSocketPaths } from "../state/layout.js";
 import { withLock } from "../state/lock.js";
 import { readFleetRecord } from "../state/store.js";
 import { type Context, contextOf } from "./context.js";
+import { FleetProgress } from "./progress.js";
 import { formatTable } from "./table.js";
 
 /** The plumbing every fleet verb shares: which fleet, its lock, its backend, which VMs. */
@@ -101,7 +102,6 @@ export async function withFleet<T>(
   command: { optsWithGlobals(): object },
   target: FleetTarget,
   lock: string | undefined,
-  onEvent: (event: FleetEvent) => void,
   work: (open: OpenFleet) => Promise<T>,
 ): Promise<T> {
   const context = contextOf(command);
@@ -127,13 +127,19 @@ export async function withFleet<T>(
     notice,
     accel: accelSetting(process.env.SHOAL_ACCEL),
   });
+  // Verbs that change VMs show their progress; the others have no events.
+  const progress = lock === undefined ? undefined : new FleetProgress(`shoal ${lock}`);
   const run = async () => {
     const session = await FleetSession.open(
-      { runner: context.runner, layout, event: onEvent },
+      { runner: context.runner, layout, event: progress?.onEvent ?? (() => {}), notice },
       { name: fleet.name, backend: fleet.backend },
       backend,
     );
-    return work({ context, session, spec: fleet.spec });
+    try {
+      return await work({ context, session, spec: fleet.spec });
+    } finally {
+      progress?.finish();
+    }
   };
   if (lock === undefined) return run();
   return withLock(

@@ -14,39 +14,33 @@ export function logsCommand() {
     .addOption(fleetNameOption())
     .option("-f, --follow", "keep printing what the VM writes, until Ctrl-C")
     .action(async (name, options, command) => {
-      await withFleet(
-        command,
-        options,
-        undefined,
-        () => {},
-        async ({ session }) => {
-          const [vm] = selectVms([name], session.recordedNames());
-          if (vm === undefined || vm !== name)
-            throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
-          const log = await open(session.paths.vm(vm).serialLog, "r").catch(() => undefined);
-          if (!log) {
-            throw new UserError(
-              `VM ${vm} has no console log yet`,
-              "it is written from the VM's first boot on",
-            );
+      await withFleet(command, options, undefined, async ({ session }) => {
+        const [vm] = selectVms([name], session.recordedNames());
+        if (vm === undefined || vm !== name)
+          throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
+        const log = await open(session.paths.vm(vm).serialLog, "r").catch(() => undefined);
+        if (!log) {
+          throw new UserError(
+            `VM ${vm} has no console log yet`,
+            "it is written from the VM's first boot on",
+          );
+        }
+        let offset = 0;
+        for (;;) {
+          const { bytesRead, buffer } = await log.read({
+            buffer: Buffer.alloc(65_536),
+            position: offset,
+          });
+          if (bytesRead > 0) {
+            offset += bytesRead;
+            process.stdout.write(buffer.subarray(0, bytesRead));
+          } else if (options.follow) {
+            await sleep(200);
+          } else {
+            break;
           }
-          let offset = 0;
-          for (;;) {
-            const { bytesRead, buffer } = await log.read({
-              buffer: Buffer.alloc(65_536),
-              position: offset,
-            });
-            if (bytesRead > 0) {
-              offset += bytesRead;
-              process.stdout.write(buffer.subarray(0, bytesRead));
-            } else if (options.follow) {
-              await sleep(200);
-            } else {
-              break;
-            }
-          }
-          await log.close();
-        },
-      );
+        }
+        await log.close();
+      });
     });
 }

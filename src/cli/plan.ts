@@ -67,16 +67,10 @@ export function planCommand() {
       const record = await readFleetRecord(layout, fleet.name);
       // A fleet never brought up has nothing to observe (and needs no working backend).
       const observed = record
-        ? await withFleet(
-            command,
-            options,
-            undefined,
-            () => {},
-            async ({ session }) => {
-              const states = await observeAll(session, session.recordedNames());
-              return new Map([...states].map(([name, status]) => [name, status.state]));
-            },
-          )
+        ? await withFleet(command, options, undefined, async ({ session }) => {
+            const states = await observeAll(session, session.recordedNames());
+            return new Map([...states].map(([name, status]) => [name, status.state]));
+          })
         : new Map<string, ObservedState>();
       const plan = planFleet({
         desired: fleet.vms,

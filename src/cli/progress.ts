@@ -2,12 +2,20 @@ import ora from "ora";
 import type { FleetEvent, FleetPhase } from "../fleet/session.js";
 
 /**
+ * A spinner on stderr when it is a terminal. A pseudo-terminal without a size (`script`, some CI
+ * runners) gets none: ora would take every character for a line of its own there.
+ */
+function spinnerOnTerminal(text: string) {
+  const terminal = process.stderr.isTTY === true && (process.stderr.columns ?? 0) > 0;
+  return terminal ? ora({ text, stream: process.stderr }).start() : undefined;
+}
+
+/**
  * Runs one long step: a spinner while it runs on a terminal, then a line with its duration. Logs
  * and CI get the plain lines only.
  */
 export async function step<T>(title: string, work: () => Promise<T>): Promise<T> {
-  const terminal = process.stderr.isTTY === true;
-  const spinner = terminal ? ora({ text: title, stream: process.stderr }).start() : undefined;
+  const spinner = spinnerOnTerminal(title);
   const started = Date.now();
   try {
     const result = await work();
@@ -24,20 +32,21 @@ export async function step<T>(title: string, work: () => Promise<T>): Promise<T>
 
 /**
  * Live counts while a fleet command works on many VMs: one updating line on a terminal, one line
- * per VM event in logs and CI.
+ * per VM event in logs and CI. The spinner starts with the first event, so a question asked
+ * before any work (destroy's confirmation) is not drawn over.
  */
 export class FleetProgress {
   private readonly counts = new Map<FleetPhase, number>();
-  private readonly spinner;
+  private spinner: ReturnType<typeof spinnerOnTerminal>;
+  private started = false;
 
-  constructor(private readonly title: string) {
-    this.spinner =
-      process.stderr.isTTY === true
-        ? ora({ text: title, stream: process.stderr }).start()
-        : undefined;
-  }
+  constructor(private readonly title: string) {}
 
   readonly onEvent = (event: FleetEvent): void => {
+    if (!this.started) {
+      this.started = true;
+      this.spinner = spinnerOnTerminal(this.title);
+    }
     this.counts.set(event.phase, (this.counts.get(event.phase) ?? 0) + 1);
     if (this.spinner) {
       this.spinner.text = `${this.title}: ${this.summary()}`;
@@ -50,11 +59,13 @@ export class FleetProgress {
     }
   };
 
-  summary(): string {
-    return [...this.counts].map(([phase, n]) => `${n} ${phase}`).join(", ") || "nothing to do";
+  private summary(): string {
+    return [...this.counts].map(([phase, n]) => `${n} ${phase}`).join(", ");
   }
 
+  /** Leaves the final counts on the terminal; called whether the command succeeded or not. */
   finish(): void {
     this.spinner?.stopAndPersist({ symbol: "", text: `${this.title}: ${this.summary()}` });
+    this.spinner = undefined;
   }
 }

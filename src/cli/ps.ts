@@ -23,66 +23,60 @@ export function psCommand() {
     .addOption(fleetNameOption())
     .option("--json", "print an array of VM objects for scripts")
     .action(async (patterns, options, command) => {
-      await withFleet(
-        command,
-        options,
-        undefined,
-        () => {},
-        async ({ context, session, spec }) => {
-          const recorded = session.book.record.vms;
-          const known = [
-            ...new Set([...(spec?.vms.map((vm) => vm.name) ?? []), ...session.recordedNames()]),
-          ];
-          const names = selectVms(patterns, known);
-          const states = await observeAll(session, names);
-          const now = Date.now();
-          const rows = await Promise.all(
-            names.map(async (name) => {
-              const vm =
-                spec?.vms.find((candidate) => candidate.name === name) ?? recorded[name]?.spec;
-              const status = states.get(name) ?? { state: "missing" as const };
-              const layer =
-                vm?.layer.type === "disk" && status.state !== "missing"
-                  ? await stat(session.paths.vm(name).layer).then(
-                      (info) => info.blocks * 512,
-                      () => undefined,
-                    )
-                  : undefined;
-              return {
-                name,
-                state: status.state,
-                backend: session.backend.name,
-                ip: vm?.ip ?? "",
-                uptimeSeconds: status.since
-                  ? Math.max(0, Math.round((now - status.since.getTime()) / 1000))
-                  : null,
-                layerType: vm?.layer.type ?? null,
-                layerBytes: layer ?? null,
-              };
-            }),
-          );
-          if (options.json) {
-            context.print(JSON.stringify(rows, null, 2));
-            return;
-          }
-          context.print(
-            formatTable(
-              ["NAME", "STATE", "BACKEND", "IP", "UPTIME", "LAYER"],
-              rows.map((row) => [
-                row.name,
-                row.state,
-                row.backend,
-                row.ip,
-                row.uptimeSeconds === null ? "-" : formatUptime(row.uptimeSeconds),
-                row.layerType === "tmpfs"
-                  ? "tmpfs"
-                  : row.layerBytes === null
-                    ? "-"
-                    : formatUsage(row.layerBytes),
-              ]),
-            ),
-          );
-        },
-      );
+      await withFleet(command, options, undefined, async ({ context, session, spec }) => {
+        const recorded = session.book.record.vms;
+        const known = [
+          ...new Set([...(spec?.vms.map((vm) => vm.name) ?? []), ...session.recordedNames()]),
+        ];
+        const names = selectVms(patterns, known);
+        const states = await observeAll(session, names);
+        const now = Date.now();
+        const rows = await Promise.all(
+          names.map(async (name) => {
+            const vm =
+              spec?.vms.find((candidate) => candidate.name === name) ?? recorded[name]?.spec;
+            const status = states.get(name) ?? { state: "missing" as const };
+            const layer =
+              vm?.layer.type === "disk" && status.state !== "missing"
+                ? await stat(session.paths.vm(name).layer).then(
+                    (info) => info.blocks * 512,
+                    () => undefined,
+                  )
+                : undefined;
+            return {
+              name,
+              state: status.state,
+              backend: session.backend.name,
+              ip: vm?.ip ?? "",
+              uptimeSeconds: status.since
+                ? Math.max(0, Math.round((now - status.since.getTime()) / 1000))
+                : null,
+              layerType: vm?.layer.type ?? null,
+              layerBytes: layer ?? null,
+            };
+          }),
+        );
+        if (options.json) {
+          context.print(JSON.stringify(rows, null, 2));
+          return;
+        }
+        context.print(
+          formatTable(
+            ["NAME", "STATE", "BACKEND", "IP", "UPTIME", "LAYER"],
+            rows.map((row) => [
+              row.name,
+              row.state,
+              row.backend,
+              row.ip,
+              row.uptimeSeconds === null ? "-" : formatUptime(row.uptimeSeconds),
+              row.layerType === "tmpfs"
+                ? "tmpfs"
+                : row.layerBytes === null
+                  ? "-"
+                  : formatUsage(row.layerBytes),
+            ]),
+          ),
+        );
+      });
     });
 }

@@ -1,6 +1,6 @@
 import { Command } from "@commander-js/extra-typings";
 import { startVms, stopVms } from "../fleet/power.js";
-import { fleetFileOption } from "./context.js";
+import { contextOf, fleetFileOption } from "./context.js";
 import {
   createdVms,
   fleetNameOption,
@@ -9,7 +9,6 @@ import {
   withFleet,
   workersOption,
 } from "./fleet.js";
-import { FleetProgress } from "./progress.js";
 
 /** `start` and `restart` (a clean shutdown first) of created VMs, as they were defined. */
 export function powerOnCommand(verb: "start" | "restart") {
@@ -26,8 +25,7 @@ export function powerOnCommand(verb: "start" | "restart") {
     .addOption(timeoutOption("seconds to wait for a VM to shut down and to boot", 300))
     .option("--no-wait", "do not wait for the VMs to boot")
     .action(async (patterns, options, command) => {
-      const progress = new FleetProgress(`shoal ${verb}`);
-      await withFleet(command, options, verb, progress.onEvent, async ({ context, session }) => {
+      const outcomes = await withFleet(command, options, verb, async ({ session }) => {
         const names = createdVms(session, patterns);
         const timeoutMs = options.timeout * 1000;
         const stopped =
@@ -41,9 +39,9 @@ export function powerOnCommand(verb: "start" | "restart") {
           options.wait ? timeoutMs : undefined,
           options.workers,
         );
-        progress.finish();
-        reportPower(context, verb, [...failedToStop, ...started]);
+        return [...failedToStop, ...started];
       });
+      reportPower(contextOf(command), verb, outcomes);
     });
 }
 

@@ -4,7 +4,6 @@ import { ShoalError } from "../errors.js";
 import { converge, observeAll } from "../fleet/converge.js";
 import { contextOf, fleetFileOption } from "./context.js";
 import { bootFilesOf, selectVms, timeoutOption, withFleet, workersOption } from "./fleet.js";
-import { FleetProgress } from "./progress.js";
 import { formatTable } from "./table.js";
 
 const VERBS: Record<Goal, { verb: string; description: string }> = {
@@ -34,12 +33,11 @@ export function convergeCommand(goal: Goal) {
     .option("--no-wait", "start VMs without waiting for them to boot")
     .option("--json", "print the result as JSON for scripts")
     .action(async (patterns, options, command) => {
-      const progress = new FleetProgress(`shoal ${verb}`);
       const result = await withFleet(
         command,
         options,
         verb,
-        progress.onEvent,
+
         async ({ context, session, spec }) => {
           if (!spec) throw new Error("internal: up needs the fleet file");
           const names = spec.vms.map((vm) => vm.name);
@@ -56,7 +54,6 @@ export function convergeCommand(goal: Goal) {
             session,
             outcomes.map((outcome) => outcome.plan.name),
           );
-          progress.finish();
           return { context, outcomes, states };
         },
       );

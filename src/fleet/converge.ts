@@ -1,9 +1,9 @@
-import { rm } from "node:fs/promises";
 import pLimit from "p-limit";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { type Goal, planFleet, type VmAction, type VmPlan } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
-import { ShoalError } from "../errors.js";
+import { formatSize } from "../core/size.js";
+import { ShoalError, UserError } from "../errors.js";
 import { recordedSpecs } from "../state/store.js";
 import type { FleetSession, VmStatus } from "./session.js";
 
@@ -23,6 +23,22 @@ export interface VmOutcome {
   readonly plan: VmPlan;
   readonly ok: boolean;
   readonly detail?: string;
+}
+
+/**
+ * A layer's type and size are those of the file holding the VM's changes: changing them in place
+ * would lose or strand those changes, so only the policies (on_base_change, fallback) may change.
+ */
+function checkLayerChange(name: string, recorded: VmSpec | undefined, desired: VmSpec): void {
+  if (!recorded) return;
+  const was = recorded.layer;
+  const now = desired.layer;
+  if (was.type !== now.type || (now.type === "disk" && was.sizeBytes !== now.sizeBytes)) {
+    throw new UserError(
+      `VM ${name}'s layer cannot change from ${was.type} ${formatSize(was.sizeBytes)} to ${now.type} ${formatSize(now.sizeBytes)} in place`,
+      `\`shoal destroy ${name}\` then \`shoal up\` makes it anew (its changes are lost), or keep the old layer settings`,
+    );
+  }
 }
 
 /** Observes every VM the fleet file or the record names. */
@@ -55,8 +71,11 @@ export async function converge(
     observed: new Map([...observed].map(([name, status]) => [name, status.state])),
     goal: options.goal,
   }).filter((vm) => options.only === undefined || options.only.has(vm.name));
-  // Every image must be there before anything changes.
+  // Every image must be there, and every change possible, before anything changes.
   for (const vm of plan) if (!vm.actions.includes("delete")) bootOf(vm.spec);
+  for (const vm of plan.filter((entry) => entry.changes.includes("layer"))) {
+    checkLayerChange(vm.name, recorded.get(vm.name), vm.spec);
+  }
 
   const limit = pLimit(options.workers);
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
@@ -71,10 +90,13 @@ export async function converge(
         .map((vm) => limit(() => work(vm).catch((error: unknown) => fail(vm, error)))),
     );
 
-  if (options.only === undefined) {
-    for (const name of await session.strayNames()) {
-      await session.backend.destroy(session.vm(name));
-      await rm(session.paths.vm(name).dir, { recursive: true, force: true });
+  // A VM directory the record does not know may hold a layer someone wants: never removed
+  // unasked, only reported (`shoal destroy NAME` removes it).
+  for (const name of await session.strayNames()) {
+    if (!fleet.vms.some((vm) => vm.name === name)) {
+      session.notice(
+        `${session.paths.vm(name).dir} is not in fleet ${fleet.name}'s record and was left alone; \`shoal destroy ${name}\` removes it`,
+      );
     }
   }
   await each(plan, "delete", (vm) => session.delete(vm.name));
@@ -84,9 +106,7 @@ export async function converge(
   });
   const created = plan.filter((vm) => vm.actions.includes("create")).map((vm) => vm.spec);
   await session.create(created, bootOf, fleet.authorizedKeys, (work) => limit(work));
-  if (created.length > 0 || plan.some((vm) => vm.actions.includes("delete"))) {
-    await session.writeKnownHosts();
-  }
+  await session.writeKnownHosts();
   await each(plan, "start", async (vm) => {
     const result = await session.start(vm.name, options.bootTimeoutMs);
     if (!result.ready) outcomes.set(vm.name, { plan: vm, ok: false, detail: result.why });

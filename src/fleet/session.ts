@@ -9,7 +9,7 @@ import { ShoalError, UserError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 import { makeHostKey, readHostKey, writeSeed } from "../identity/identity.js";
 import { createLayer } from "../layer/layer.js";
-import { writeFileAtomic } from "../state/atomic.js";
+import { removeStaleTempFiles, writeFileAtomic } from "../state/atomic.js";
 import type { FleetPaths, StateLayout } from "../state/layout.js";
 import { emptyRecord, type FleetRecord, RecordBook, readFleetRecord } from "../state/store.js";
 
@@ -37,6 +37,8 @@ export interface SessionDeps {
   readonly runner: Runner;
   readonly layout: StateLayout;
   readonly event: (event: FleetEvent) => void;
+  /** One-line notices for the user. */
+  readonly notice: (line: string) => void;
 }
 
 export interface VmStatus {
@@ -84,7 +86,13 @@ export class FleetSession {
         "`shoal destroy` the fleet first to move it to another backend",
       );
     }
+    // A shoal killed while writing the record leaves its temporary file; the record is intact.
+    await removeStaleTempFiles(deps.layout.fleet(fleet.name).dir);
     return new FleetSession(deps, fleet.name, backend, new RecordBook(deps.layout, record));
+  }
+
+  notice(line: string): void {
+    this.deps.notice(line);
   }
 
   vm(name: string): BackendVm {
@@ -146,7 +154,8 @@ export class FleetSession {
         };
       }
     });
-    await Promise.all(
+    // Every worker finishes before a failure is reported: none may still write once the lock is gone.
+    const written = await Promise.allSettled(
       specs.map((spec) =>
         each(async () => {
           const paths = this.paths.vm(spec.name);
@@ -161,6 +170,8 @@ export class FleetSession {
         }),
       ),
     );
+    const failure = written.find((result) => result.status === "rejected");
+    if (failure) throw failure.reason;
     await this.sync();
     await this.book.update((record) => {
       for (const spec of specs) {
@@ -217,7 +228,16 @@ export class FleetSession {
       (info) => info.size,
       () => 0,
     );
-    await this.backend.start(vm);
+    try {
+      await this.backend.start(vm);
+    } catch (error) {
+      // It never ran: a VM that could not start is stopped, not crashed.
+      await this.book.update((record) => {
+        const entry = record.vms[name];
+        if (entry) entry.running = false;
+      });
+      throw error;
+    }
     this.deps.event({ vm: name, phase: "booting" });
     if (timeoutMs === undefined) return { ready: true };
     const result = await this.waitReady(vm, offset, timeoutMs);
@@ -296,10 +316,22 @@ export class FleetSession {
     return outcome;
   }
 
-  /** Ends a VM and removes it with its layer and every file; the record entry goes last. */
+  /**
+   * Ends a VM and removes it with its layer and every file. Marked `deleting` first, so that a
+   * half-removed VM is never taken for one that can start; the record entry goes last.
+   */
   async delete(name: string): Promise<void> {
     const vm = this.vm(name);
     await this.backend.destroy(vm);
+    if (this.book.vm(name)) {
+      await this.book.update((record) => {
+        const entry = record.vms[name];
+        if (entry) {
+          entry.phase = "deleting";
+          entry.running = false;
+        }
+      });
+    }
     await rm(vm.paths.dir, { recursive: true, force: true });
     if (this.book.vm(name)) {
       await this.book.update((record) => {

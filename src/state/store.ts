@@ -44,9 +44,10 @@ const fleetRecord = z.object({
       updatedAt: z.string(),
       /**
        * `creating` is written before any of the VM's files, `created` once they are all on disk:
-       * a VM left `creating` by a killed shoal is made afresh by the next run.
+       * a VM left `creating` by a killed shoal is made afresh by the next run. `deleting` is
+       * written before a VM's files go; the entry itself goes last.
        */
-      phase: z.enum(["creating", "created"]).default("created"),
+      phase: z.enum(["creating", "created", "deleting"]).default("created"),
       /** Whether shoal last started it (and did not stop it): a VM meant to run that is gone crashed. */
       running: z.boolean().default(false),
     }),
@@ -75,7 +76,7 @@ export async function readFleetRecord(
   const result = fleetRecord.safeParse(parseJsonOrUndefined(text));
   if (!result.success) {
     throw new ShoalError(`the state file ${path} is not one shoal can read`, {
-      hint: "it was written by another shoal version or edited by hand; move it away to start the fleet's record afresh",
+      hint: "it was written by another shoal version or edited by hand; restore it: it is the index of the fleet's VMs and their layers",
     });
   }
   return result.data;

@@ -133,7 +133,7 @@ describe("a Debian image", () => {
     const layer = await newLayer();
     await bootToLogin(
       await boot("debian", layer),
-      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdb/,
+      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdc/,
     );
     // systemd wrote the machine-id it was given into the union, so into the layer.
     expect(await readLayerFile(runner, layer, "/etc/machine-id")).toBe(`${spec("{}").machineId}\n`);
@@ -154,7 +154,7 @@ describe("a Debian image", () => {
     const vm = await boot("debian-hook", layer);
     await bootToLogin(
       vm,
-      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdb/,
+      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdc/,
     );
     expect(await vm.output()).toContain("Loading, please wait...");
     expect(await readLayerFile(runner, layer, "/etc/machine-id")).toBe(`${spec("{}").machineId}\n`);

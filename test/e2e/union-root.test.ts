@@ -89,7 +89,7 @@ describe("a disk layer", () => {
     const layer = await newLayer();
     expect((await stat(layer)).blocks).toBe(0);
     const vm = await boot({ layer });
-    await vm.waitFor(/shoal: formatting blank layer \/dev\/vdb/);
+    await vm.waitFor(/shoal: formatting blank layer \/dev\/vdc/);
     await ready(vm);
 
     expect(await vm.qmp<{ status: string }>("query-status")).toMatchObject({ status: "running" });
@@ -107,7 +107,7 @@ describe("a disk layer", () => {
       /^\/dev\/vda \/run\/shoal\/base ext4 ro,/m,
     );
     expect((await vm.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toMatch(
-      /^\/dev\/vdb \/run\/shoal\/layer ext4 rw,/m,
+      /^\/dev\/vdc \/run\/shoal\/layer ext4 rw,/m,
     );
 
     const touch = await vm.sh("touch /run/shoal/base/x 2>&1");
@@ -165,7 +165,7 @@ describe("failing closed", () => {
     const vm = await boot({ layer: await newLayer(), withoutLayerDrive: true });
     await vm.waitForExit();
     const output = await vm.output();
-    expect(output).toContain("shoal: FATAL: layer device /dev/vdb not found");
+    expect(output).toContain("shoal: FATAL: layer device /dev/vdc not found");
     expect(output).toContain(
       "shoal: FATAL: refusing to run the shared base read-write; powering off",
     );
@@ -180,7 +180,7 @@ describe("failing closed", () => {
     const vm = await boot({ layer });
     await vm.waitForExit();
     expect(await vm.output()).toContain(
-      "shoal: FATAL: layer device /dev/vdb holds a swap signature, not a shoal layer; refusing to format it",
+      "shoal: FATAL: layer device /dev/vdc holds a swap signature, not a shoal layer; refusing to format it",
     );
     expect(await sha256(layer)).toBe(before);
   });
@@ -191,7 +191,7 @@ describe("failing closed", () => {
       withoutLayerDrive: true,
       spec: vmSpec("{ type: disk, fallback: tmpfs }"),
     });
-    await vm.waitFor(/WARNING: layer device \/dev\/vdb not found; FALLING BACK TO A TMPFS LAYER/);
+    await vm.waitFor(/WARNING: layer device \/dev\/vdc not found; FALLING BACK TO A TMPFS LAYER/);
     await ready(vm);
     expect((await vm.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toContain("tmpfs");
     await powerOff(vm);

@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -155,6 +155,49 @@ describe("bad input to fleet commands", () => {
     });
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/SHOAL_ACCEL="fast" is not one of auto, kvm, tcg/);
+  });
+});
+
+describe("what the record does not cover", () => {
+  it("a layer whose type or size changed is refused before anything changes", async () => {
+    const file = await fleet("resize", "count: 1\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const record = await readFile(stateLayout(state).fleet("resize").state, "utf8");
+    await writeFile(file, "name: resize\ncount: 1\nvm: { layer: { size: 2G } }\n");
+    const result = await run(["create", "-f", file]);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim()).toBe(
+      "shoal: VM vm-1's layer cannot change from disk 1G to disk 2G in place; `shoal destroy vm-1` then `shoal up` makes it anew (its changes are lost), or keep the old layer settings",
+    );
+    expect(await readFile(stateLayout(state).fleet("resize").state, "utf8")).toBe(record);
+    expect((await stat(stateLayout(state).fleet("resize").vm("vm-1").layer)).size).toBe(1024 ** 3);
+  });
+
+  it("a VM directory the record does not know is reported and left alone; destroy removes it", async () => {
+    const file = await fleet("stray", "count: 1\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const stray = stateLayout(state).fleet("stray").vm("old-vm");
+    await mkdir(stray.dir);
+    await writeFile(stray.layer, "someone's data");
+    const again = await run(["create", "-f", file]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toContain(
+      `shoal: ${stray.dir} is not in fleet stray's record and was left alone; \`shoal destroy old-vm\` removes it`,
+    );
+    expect(await readFile(stray.layer, "utf8")).toBe("someone's data");
+    expect((await run(["destroy", "-f", file])).code).toBe(0);
+    await expect(stat(stray.dir)).rejects.toThrow();
+  });
+
+  it("a temporary record file a killed shoal left is removed by the next command", async () => {
+    const file = await fleet("temp", "count: 1\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const dir = stateLayout(state).fleet("temp").dir;
+    // pid 4194304 is above Linux's largest pid: that writer is certainly gone.
+    const leftover = join(dir, ".state.json.4194304.0a1b2c3d.shoal-tmp");
+    await writeFile(leftover, "{ half a rec");
+    expect((await run(["ps", "-f", file])).code).toBe(0);
+    await expect(stat(leftover)).rejects.toThrow();
   });
 });
 

@@ -149,8 +149,11 @@ describe("disk use for people", () => {
 });
 
 describe("the KVM probe", () => {
-  it("boots the kernel with no root under KVM, so it panics and QEMU exits at once", () => {
+  it("boots the kernel with no root under KVM, so it panics and QEMU exits at once; timeout(1) kills a hung one", () => {
     expect(kvmProbeArgv("/images/abc/vmlinuz")).toEqual([
+      "timeout",
+      "--signal=KILL",
+      "20",
       "qemu-system-x86_64",
       "-machine",
       "q35",

@@ -23,6 +23,11 @@ export interface AccelChoice {
  */
 export function kvmProbeArgv(kernel: string): [string, ...string[]] {
   return [
+    // timeout(1), not only the runner's timer: a shoal killed during the probe must not leave
+    // a QEMU spinning on a broken KVM forever.
+    "timeout",
+    "--signal=KILL",
+    `${PROBE_TIMEOUT_MS / 1000}`,
     "qemu-system-x86_64",
     "-machine",
     "q35",
@@ -53,13 +58,13 @@ async function probeKvm(runner: Runner, kernel: string): Promise<AccelChoice> {
     return { accel: "tcg", reason: "/dev/kvm is missing or not accessible" };
   }
   const result = await runner
-    .run({ argv: kvmProbeArgv(kernel), timeoutMs: PROBE_TIMEOUT_MS, probe: true, okCodes: [0] })
+    .run({ argv: kvmProbeArgv(kernel), timeoutMs: PROBE_TIMEOUT_MS + 5000, probe: true })
     .then(
       (done) => ({ booted: /Linux version/.test(done.stdout), detail: "" }),
       (error: unknown) => ({
         booted: false,
         detail:
-          error instanceof CommandFailed && error.code === null
+          error instanceof CommandFailed && (error.code === null || error.code === 137)
             ? `no answer within ${PROBE_TIMEOUT_MS / 1000} s`
             : error instanceof CommandFailed
               ? `QEMU exited with ${error.code}: ${error.stderrTail.trim().split("\n").at(-1) ?? ""}`

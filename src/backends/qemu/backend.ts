@@ -7,7 +7,6 @@ import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
 import { type Accelerator, renderQemuArgv } from "../../core/render/qemu.js";
 import { ShoalError } from "../../errors.js";
-import { isProcessAlive } from "../../host/processes.js";
 import type { Runner } from "../../host/runner.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
 import type { Backend, BackendVm, Presence } from "../backend.js";
@@ -17,6 +16,16 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const QMP_TIMEOUT_MS = 3000;
 const TERM_GRACE_MS = 5000;
+const KILL_WAIT_MS = 10_000;
+
+/** Signals a process that may have ended meanwhile. */
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
+  }
+}
 
 const savedArgv = z.array(z.string()).min(1);
 
@@ -64,13 +73,24 @@ export class QemuBackend implements Backend {
     await this.runner.run({ argv: argv.data as [string, ...string[]] });
   }
 
-  /** The pid of this VM's QEMU, if one runs: the pid file's process, with this VM's -name. */
+  /**
+   * The pid of this VM's QEMU, if one runs: the pid file's process, if its command line names this
+   * VM and this pid file (a pid may have been reused; another state directory may hold a fleet and
+   * VM of the same names). A zombie is not running.
+   */
   private async pid(vm: BackendVm): Promise<number | undefined> {
     const pid = Number((await readFile(vm.paths.pidFile, "utf8").catch(() => "")).trim());
-    if (!Number.isInteger(pid) || pid <= 0 || !isProcessAlive(pid)) return undefined;
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    if (!Number.isInteger(pid) || pid <= 0) return undefined;
+    const [cmdline, stat] = await Promise.all([
+      readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => ""),
+      readFile(`/proc/${pid}/stat`, "utf8").catch(() => ""),
+    ]);
+    if (/^\d+ \(.*\) Z /.test(stat)) return undefined;
     const name = domainName(vm.fleet, vm.name);
-    return cmdline.includes(`\0-name\0${name}\0`) ? pid : undefined;
+    const ours =
+      cmdline.includes(`\0-name\0${name}\0`) &&
+      cmdline.includes(`\0-pidfile\0${vm.paths.pidFile}\0`);
+    return ours ? pid : undefined;
   }
 
   async presence(vm: BackendVm): Promise<Presence> {
@@ -106,10 +126,14 @@ export class QemuBackend implements Backend {
     const pid = await this.pid(vm);
     if (pid === undefined) return;
     // SIGTERM lets QEMU close its files; the guest gets no say, as with a pulled plug.
-    process.kill(pid, "SIGTERM");
-    const deadline = Date.now() + TERM_GRACE_MS;
-    while (isProcessAlive(pid)) {
-      if (Date.now() > deadline) process.kill(pid, "SIGKILL");
+    signal(pid, "SIGTERM");
+    const started = Date.now();
+    while ((await this.pid(vm)) === pid) {
+      const waited = Date.now() - started;
+      if (waited > TERM_GRACE_MS) signal(pid, "SIGKILL");
+      if (waited > TERM_GRACE_MS + KILL_WAIT_MS) {
+        throw new ShoalError(`QEMU (pid ${pid}) of VM ${vm.name} did not end after SIGKILL`);
+      }
       await sleep(50);
     }
   }

@@ -26,16 +26,18 @@ export class QmpClient {
   static async connect(path: string, timeoutMs = 5000): Promise<QmpClient> {
     const socket = connect(path);
     const client = new QmpClient(socket, path);
-    const timer = setTimeout(
-      () => socket.destroy(new Error(`no QMP greeting within ${timeoutMs} ms`)),
-      timeoutMs,
-    );
+    let timer: NodeJS.Timeout | undefined;
     try {
+      // A QEMU that is exiting may close the socket before its greeting: that ends the wait too.
       await new Promise<void>((resolve, reject) => {
+        const fail = (why: string) => {
+          socket.destroy();
+          reject(new ShoalError(`cannot talk to QEMU on ${path}: ${why}`));
+        };
         client.greeted = resolve;
-        socket.once("error", (error) =>
-          reject(new ShoalError(`cannot talk to QEMU on ${path}: ${error.message}`)),
-        );
+        timer = setTimeout(() => fail(`no greeting within ${timeoutMs} ms`), timeoutMs);
+        socket.once("error", (error) => fail(error.message));
+        socket.once("close", () => fail("it closed the connection"));
       });
     } finally {
       clearTimeout(timer);
