@@ -238,7 +238,7 @@ describe("the fleet record", () => {
     const failure = await readFleetRecord(layout, "lab").catch((e: unknown) => e);
     expect(failure).toBeInstanceOf(ShoalError);
     expect((failure as ShoalError).lines()[0]).toBe(
-      `the state file ${layout.fleet("lab").state} is not one shoal can read; it was written by another shoal version or edited by hand; move it away to start the fleet's record afresh`,
+      `the state file ${layout.fleet("lab").state} is not one shoal can read; it was written by another shoal version or edited by hand; restore it: it is the index of the fleet's VMs and their layers`,
     );
   });
 });
