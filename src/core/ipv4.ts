@@ -69,6 +69,11 @@ function networkOf(address: number, prefix: number): number {
   return Math.floor(address / 2 ** hostBits) * 2 ** hostBits;
 }
 
+/** The netmask of a prefix length as a number: 24 -> 255.255.255.0. */
+export function prefixMask(prefix: number): number {
+  return 2 ** 32 - 2 ** (32 - prefix);
+}
+
 export function contains(network: number, prefix: number, address: number): boolean {
   return networkOf(address, prefix) === network;
 }

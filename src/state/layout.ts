@@ -19,6 +19,7 @@ import { UserError } from "../errors.js";
  *       lock                   flock(2) lock; holds the pid and command of its holder
  *       state.json             what shoal created, with the spec each VM was made from
  *       known_hosts            every VM's SSH host key
+ *       net/                   the fleet network's dnsmasq: config, reservations, leases, pid, log
  *       vms/VM/
  *         layer.img            the VM's private writable layer (disk layers)
  *         identity.tar         its identity seed: hostname, machine-id, host key (0600)
@@ -43,11 +44,22 @@ export interface VmPaths {
   readonly hostKeys: string;
 }
 
+export interface NetworkPaths {
+  readonly dir: string;
+  readonly conf: string;
+  readonly dhcpHosts: string;
+  readonly dnsHosts: string;
+  readonly leases: string;
+  readonly pid: string;
+  readonly log: string;
+}
+
 export interface FleetPaths {
   readonly dir: string;
   readonly lock: string;
   readonly state: string;
   readonly knownHosts: string;
+  readonly net: NetworkPaths;
   readonly vms: string;
   vm(name: string): VmPaths;
 }
@@ -107,6 +119,15 @@ export function stateLayout(stateDir: string): StateLayout {
         lock: join(dir, "lock"),
         state: join(dir, "state.json"),
         knownHosts: join(dir, "known_hosts"),
+        net: {
+          dir: join(dir, "net"),
+          conf: join(dir, "net", "dnsmasq.conf"),
+          dhcpHosts: join(dir, "net", "dhcp-hosts"),
+          dnsHosts: join(dir, "net", "dns-hosts"),
+          leases: join(dir, "net", "leases"),
+          pid: join(dir, "net", "dnsmasq.pid"),
+          log: join(dir, "net", "dnsmasq.log"),
+        },
         vms,
         vm(vmName) {
           const vmDir = join(vms, vmName);

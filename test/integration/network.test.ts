@@ -1,0 +1,109 @@
+import { execFile } from "node:child_process";
+import { chmod, readFile, stat } from "node:fs/promises";
+import { promisify } from "node:util";
+import { afterEach, describe, expect, it } from "vitest";
+import { makeSubnet, parseIpv4 } from "../../src/core/ipv4.js";
+import { ProcessRunner } from "../../src/host/runner.js";
+import { FleetNetwork } from "../../src/net/network.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { fleetOf } from "../helpers/fleet.js";
+import { useTempDirs } from "../helpers/tmp.js";
+
+/**
+ * A fleet's isolated network with the real tools: ip, a network namespace, a bridge, taps and
+ * dnsmasq. Everything lives in the namespace the test's fleet gets, removed after each test.
+ */
+
+const exec = promisify(execFile);
+const tempDir = useTempDirs();
+const runner = new ProcessRunner();
+const made: FleetNetwork[] = [];
+
+afterEach(async () => {
+  await Promise.all(made.splice(0).map((network) => network.remove()));
+});
+
+async function network(count: number) {
+  const name = `net${process.pid}x${made.length}`;
+  const fleet = fleetOf(`name: ${name}\ncount: ${count}\nnetwork: { subnet: 10.99.0.0/24 }\n`);
+  const dir = await tempDir();
+  // The state directory of a host: others may enter it (dnsmasq reads its files as nobody).
+  await chmod(dir, 0o755);
+  const layout = stateLayout(dir);
+  const net = new FleetNetwork(runner, layout.fleet(name).net, name);
+  made.push(net);
+  return { net, fleet, paths: layout.fleet(name).net };
+}
+
+async function inNamespace(namespace: string, ...argv: string[]) {
+  return (await exec("ip", ["netns", "exec", namespace, ...argv])).stdout;
+}
+
+async function netnsInode(path: string): Promise<number> {
+  return (await stat(path)).ino;
+}
+
+describe("a fleet's network", () => {
+  it("refuses a state directory dnsmasq (user nobody) could not enter, before making anything", async () => {
+    const name = `closed${process.pid}`;
+    const dir = await tempDir();
+    const net = new FleetNetwork(runner, stateLayout(dir).fleet(name).net, name);
+    made.push(net);
+    const fleet = fleetOf(`name: ${name}\ncount: 1\n`);
+    const closed = net.ensure({ fleet: name, subnet: fleet.subnet, vms: fleet.vms });
+    await expect(closed).rejects.toThrow(
+      `dnsmasq, which runs as user nobody, cannot reach ${stateLayout(dir).fleet(name).net.dir}: ${dir} is closed to other users`,
+    );
+    expect(await net.exists()).toBe(false);
+  });
+
+  it("is a namespace of its own with the gateway on a bridge and dnsmasq answering for the fleet's names", async () => {
+    const { net, fleet, paths } = await network(3);
+    await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
+    expect(await inNamespace(net.namespace, "ip", "-br", "addr", "show", "shoal0")).toMatch(
+      /^shoal0\s+\S+\s+10\.99\.0\.1\/24/,
+    );
+    const pid = await net.dnsmasqPid();
+    expect(pid).toBeDefined();
+    // dnsmasq runs inside the fleet's namespace, not the host's.
+    expect(await netnsInode(`/proc/${pid}/ns/net`)).toBe(
+      await netnsInode(`/run/netns/${net.namespace}`),
+    );
+    expect(await readFile(paths.dhcpHosts, "utf8")).toBe(
+      fleet.vms.map((vm) => `${vm.mac},${vm.ip},${vm.name},infinite\n`).join(""),
+    );
+    for (const name of ["vm-2", `vm-2.${fleet.name}`]) {
+      const answer = await inNamespace(net.namespace, "busybox", "nslookup", name, "10.99.0.1");
+      expect(answer).toContain(fleet.vms[1]?.ip);
+    }
+    const tap = await net.ensureTap(1);
+    expect(await inNamespace(net.namespace, "ip", "-o", "link", "show", tap)).toContain(
+      "master shoal0",
+    );
+    // Nothing of it in the host's namespace.
+    await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
+  });
+
+  it("takes more VMs without losing what runs, and is gone after remove", async () => {
+    const { net, fleet, paths } = await network(2);
+    await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
+    await net.ensureTap(1);
+    const bigger = fleetOf(`name: ${fleet.name}\ncount: 3\nnetwork: { subnet: 10.99.0.0/24 }\n`);
+    await net.ensure({ fleet: fleet.name, subnet: bigger.subnet, vms: bigger.vms });
+    await net.ensure({ fleet: fleet.name, subnet: bigger.subnet, vms: bigger.vms });
+    expect((await readFile(paths.dhcpHosts, "utf8")).trim().split("\n")).toHaveLength(3);
+    expect(await readFile(paths.conf, "utf8")).toContain("dhcp-lease-max=3\n");
+    expect(await inNamespace(net.namespace, "ip", "-o", "link", "show", "tap1")).toContain(
+      "master shoal0",
+    );
+    const answer = await inNamespace(net.namespace, "busybox", "nslookup", "vm-3", "10.99.0.1");
+    expect(answer).toContain(bigger.vms[2]?.ip);
+    const pid = await net.dnsmasqPid();
+    await net.remove();
+    expect(await net.exists()).toBe(false);
+    // Gone (a zombie left to a container's init has no command line either).
+    expect(await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "")).toBe("");
+    await expect(stat(paths.dir)).rejects.toThrow();
+    expect(parseIpv4("10.99.0.1")).toBe(makeSubnet(parseIpv4("10.99.0.0") ?? 0, 24).gateway);
+  });
+});
