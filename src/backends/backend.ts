@@ -10,6 +10,13 @@ export interface BackendVm {
   readonly paths: VmPaths;
 }
 
+/** Where a VM's network interface goes: its tap on the fleet's bridge (in the fleet's namespace). */
+export interface VmNic {
+  readonly tap: string;
+  readonly bridge: string;
+  readonly namespace?: string;
+}
+
 /**
  * What the hypervisor reports for a VM. `powered-off`: the guest shut itself down and the
  * hypervisor still holds it (QEMU paused by -no-shutdown); `crashed`: the hypervisor saw the guest
@@ -29,7 +36,7 @@ export type Presence =
 export interface Backend {
   readonly name: BackendName;
   /** Writes the VM's hypervisor definition (vm.qemu, vm.xl.cfg) from its spec and boot files. */
-  define(vm: BackendVm, spec: VmSpec, boot: BootFiles): Promise<void>;
+  define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   /** Starts the VM from its definition; it keeps running after shoal exits. */
   start(vm: BackendVm): Promise<void>;
   presence(vm: BackendVm): Promise<Presence>;

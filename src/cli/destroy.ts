@@ -45,8 +45,10 @@ export function destroyCommand() {
           }
           const limit = pLimit(options.workers);
           await Promise.all(names.map((name) => limit(() => session.delete(name))));
-          if (whole) await rm(session.paths.dir, { recursive: true, force: true });
-          else await session.writeKnownHosts();
+          if (whole) {
+            await session.network.remove();
+            await rm(session.paths.dir, { recursive: true, force: true });
+          } else await session.writeKnownHosts();
           context.print(
             names.length === 0
               ? `fleet ${session.fleet} has nothing to destroy`

@@ -77,6 +77,7 @@ export async function converge(
     checkLayerChange(vm.name, recorded.get(vm.name), vm.spec);
   }
 
+  await session.recordSubnet(fleet.subnet);
   const limit = pLimit(options.workers);
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
   const fail = (vm: VmPlan, error: unknown) => {

@@ -1,6 +1,8 @@
 import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
-import type { Backend, BackendVm } from "../backends/backend.js";
+import type { Backend, BackendVm, VmNic } from "../backends/backend.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { formatIpv4, makeSubnet, parseCidr, parseIpv4, type Subnet } from "../core/ipv4.js";
+import { FLEET_BRIDGE, tapName } from "../core/net.js";
 import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { seedFiles } from "../core/seed.js";
@@ -9,6 +11,7 @@ import { ShoalError, UserError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 import { makeHostKey, readHostKey, writeSeed } from "../identity/identity.js";
 import { createLayer } from "../layer/layer.js";
+import { FleetNetwork } from "../net/network.js";
 import { removeStaleTempFiles, writeFileAtomic } from "../state/atomic.js";
 import type { FleetPaths, StateLayout } from "../state/layout.js";
 import { emptyRecord, type FleetRecord, RecordBook, readFleetRecord } from "../state/store.js";
@@ -64,6 +67,9 @@ const FATAL_LINE = /shoal: FATAL: ([^\r\n]*)/;
 export class FleetSession {
   readonly paths: FleetPaths;
 
+  readonly network: FleetNetwork;
+  private networkReady: Promise<void> | undefined;
+
   private constructor(
     private readonly deps: SessionDeps,
     readonly fleet: string,
@@ -71,6 +77,7 @@ export class FleetSession {
     readonly book: RecordBook,
   ) {
     this.paths = deps.layout.fleet(fleet);
+    this.network = new FleetNetwork(deps.runner, this.paths.net, fleet);
   }
 
   static async open(
@@ -89,6 +96,44 @@ export class FleetSession {
     // A shoal killed while writing the record leaves its temporary file; the record is intact.
     await removeStaleTempFiles(deps.layout.fleet(fleet.name).dir);
     return new FleetSession(deps, fleet.name, backend, new RecordBook(deps.layout, record));
+  }
+
+  /** Where a VM's network interface goes. */
+  nic(spec: Pick<VmSpec, "index">): VmNic {
+    return { tap: tapName(spec.index), bridge: FLEET_BRIDGE, namespace: this.network.namespace };
+  }
+
+  /** Records the fleet's subnet, which the network is built from. */
+  async recordSubnet(subnet: Subnet): Promise<void> {
+    const network = { subnet: subnet.cidr, gateway: formatIpv4(subnet.gateway) };
+    const recorded = this.book.record.network;
+    if (recorded?.subnet === network.subnet && recorded.gateway === network.gateway) return;
+    await this.book.update((record) => {
+      record.network = network;
+    });
+  }
+
+  /**
+   * The fleet's network with a reservation for every VM the record holds, made or repaired once
+   * per command (a host reboot removes the namespace; dnsmasq may have died).
+   */
+  private ensureNetwork(): Promise<void> {
+    this.networkReady ??= (async () => {
+      const recorded = this.book.record.network;
+      const cidr = recorded ? parseCidr(recorded.subnet) : undefined;
+      const gateway = recorded ? parseIpv4(recorded.gateway) : undefined;
+      if (!cidr?.ok || gateway === undefined) {
+        throw new ShoalError(`fleet ${this.fleet} has no network recorded`, {
+          hint: "`shoal up` with its fleet file records it",
+        });
+      }
+      await this.network.ensure({
+        fleet: this.fleet,
+        subnet: makeSubnet(cidr.network, cidr.prefix, gateway),
+        vms: Object.values(this.book.record.vms).map((entry) => entry.spec),
+      });
+    })();
+    return this.networkReady;
   }
 
   notice(line: string): void {
@@ -166,7 +211,7 @@ export class FleetSession {
           await makeHostKey(paths.hostKeys, `root@${spec.hostname}`);
           await this.writeIdentity(spec, authorizedKeys);
           if (spec.layer.type === "disk") await createLayer(paths.layer, spec.layer.sizeBytes);
-          await this.backend.define(this.vm(spec.name), spec, bootOf(spec));
+          await this.backend.define(this.vm(spec.name), spec, bootOf(spec), this.nic(spec));
         }),
       ),
     );
@@ -194,7 +239,7 @@ export class FleetSession {
   /** Rewrites a stopped VM's definition and identity for a changed spec; its layer and host key stay. */
   async redefine(spec: VmSpec, boot: BootFiles, authorizedKeys: readonly string[]): Promise<void> {
     await this.writeIdentity(spec, authorizedKeys);
-    await this.backend.define(this.vm(spec.name), spec, boot);
+    await this.backend.define(this.vm(spec.name), spec, boot, this.nic(spec));
     await this.sync();
     await this.book.update((record) => {
       const entry = record.vms[spec.name];
@@ -229,6 +274,10 @@ export class FleetSession {
       () => 0,
     );
     try {
+      const spec = this.book.vm(name)?.spec;
+      if (!spec) throw new Error(`internal: ${name} has no record`);
+      await this.ensureNetwork();
+      await this.network.ensureTap(spec.index);
       await this.backend.start(vm);
     } catch (error) {
       // It never ran: a VM that could not start is stopped, not crashed.
@@ -323,6 +372,8 @@ export class FleetSession {
   async delete(name: string): Promise<void> {
     const vm = this.vm(name);
     await this.backend.destroy(vm);
+    const index = this.book.vm(name)?.spec.index;
+    if (index !== undefined) await this.network.removeTap(index);
     if (this.book.vm(name)) {
       await this.book.update((record) => {
         const entry = record.vms[name];

@@ -36,6 +36,8 @@ const fleetRecord = z.object({
   version: z.literal(STATE_VERSION),
   fleet: z.string(),
   backend: z.enum(["qemu", "xl"]),
+  /** The fleet network's subnet and gateway, for commands that run without the fleet file. */
+  network: z.object({ subnet: z.string(), gateway: z.string() }).optional(),
   vms: z.record(
     z.string(),
     z.object({

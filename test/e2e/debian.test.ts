@@ -1,4 +1,4 @@
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
@@ -7,7 +7,7 @@ import { Ext4Image } from "../../src/image/ext4.js";
 import type { ImageMeta } from "../../src/image/store.js";
 import { createLayer, readLayerFile } from "../../src/layer/layer.js";
 import { stateLayout } from "../../src/state/layout.js";
-import { shoal } from "../helpers/cli.js";
+import { destroyAllFleets, shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
 import { fingerprints, waitForIdentity } from "../helpers/identity.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
@@ -32,6 +32,8 @@ const images: Record<string, ImageMeta> = {};
 
 beforeAll(async () => {
   state = stateDir();
+  // As a host's state directory is: dnsmasq reads the fleet's files as user nobody.
+  await chmod(state, 0o755);
   for (const [name, extra] of [
     ["debian", []],
     ["debian-hook", ["--hook", "initramfs-tools"]],
@@ -55,6 +57,8 @@ beforeAll(async () => {
 
 afterEach(killAllVms);
 afterAll(async () => {
+  // Whatever a failed test left goes (VMs, networks); the state directory itself is removed after.
+  await destroyAllFleets(state);
   await killQemusMentioning(state);
 });
 

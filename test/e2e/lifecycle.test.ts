@@ -1,11 +1,12 @@
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { watch } from "node:fs";
-import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
-import { SHOAL, shoal } from "../helpers/cli.js";
+import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
 import { fingerprints, waitForIdentity } from "../helpers/identity.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { GuestConsole, killQemusMentioning, qemuPidsMentioning, sha256 } from "../helpers/vm.js";
@@ -15,6 +16,7 @@ import { GuestConsole, killQemusMentioning, qemuPidsMentioning, sha256 } from ".
  * down in real QEMU (software emulation). The tests of one fleet build on each other, in order.
  */
 
+const exec = promisify(execFile);
 const stateDir = useFileTempDir("shoal-life-");
 const fleetDir = useFileTempDir("shoal-life-fleets-");
 let state: string;
@@ -34,12 +36,15 @@ async function buildImage(name: string) {
 
 beforeAll(async () => {
   state = stateDir();
+  // As a host's state directory is: dnsmasq reads the fleet's files as user nobody.
+  await chmod(state, 0o755);
   await buildImage("tiny");
   await buildImage("tiny-next");
 });
 
 afterAll(async () => {
-  // Whatever a failed test left running goes; the state directory itself is removed after this.
+  // Whatever a failed test left goes (VMs, networks); the state directory itself is removed after.
+  await destroyAllFleets(state);
   await killQemusMentioning(state);
 });
 
@@ -159,6 +164,30 @@ describe("a fleet of 8 tiny VMs", () => {
     expect((await qemuPidsMentioning(state)).length).toBe(8);
   });
 
+  it("gives each VM its planned address by DHCP, in a network namespace of the fleet's own, where VMs reach each other", async () => {
+    const plan = JSON.parse((await run(["plan", "-f", file, "--json"])).stdout) as {
+      name: string;
+      ip: string;
+    }[];
+    const guest = await attach(fleet, "vm-1");
+    for (const vm of plan.slice(0, 3)) {
+      const other = vm.name === "vm-1" ? guest : await attach(fleet, vm.name);
+      // udhcpc runs in the background from boot: wait for its lease.
+      const address = await other.sh(
+        "for i in $(seq 60); do ip -4 -o addr show eth0 | grep -q inet && break; sleep 1; done; ip -4 -o addr show eth0",
+      );
+      expect(address.out).toContain(`inet ${vm.ip}/16`);
+      if (other !== guest) other.detach();
+    }
+    const lookup = await guest.sh("nslookup vm-2 10.77.0.1");
+    expect(lookup.out).toContain(plan[1]?.ip);
+    expect((await guest.sh(`ping -c 1 -W 5 ${plan[1]?.ip}`)).code).toBe(0);
+    guest.detach();
+    // The fleet's bridge and dnsmasq are in its own namespace; the host's has no trace of them.
+    expect((await exec("ip", ["netns", "list"])).stdout).toContain(`shoal-${fleet}`);
+    await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
+  });
+
   it("`console` types into a VM's serial console and shows its answer; `logs` has it afterwards", async () => {
     const console = spawn(
       process.execPath,
@@ -237,6 +266,7 @@ describe("a fleet of 8 tiny VMs", () => {
     expect(result.code, result.stderr).toBe(0);
     expect(await qemuPidsMentioning(state)).toEqual([]);
     expect(await readdir(stateLayout(state).fleets)).toEqual([]);
+    expect((await exec("ip", ["netns", "list"])).stdout).not.toContain(`shoal-${fleet}`);
     const gone = await run(["ps", "--fleet", fleet]);
     expect(gone.code).toBe(2);
   });

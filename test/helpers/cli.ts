@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { readdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 
 export const SHOAL = fileURLToPath(new URL("../../bin/shoal.js", import.meta.url));
@@ -31,4 +32,14 @@ export function shoal(
     child.on("error", reject);
     child.on("close", (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/**
+ * Destroys every fleet a test left in `stateDir` (VMs, layers, network namespace, dnsmasq), with
+ * shoal itself; for afterAll, whether the tests passed or not.
+ */
+export async function destroyAllFleets(stateDir: string): Promise<void> {
+  for (const fleet of await readdir(`${stateDir}/fleets`).catch(() => [] as string[])) {
+    await shoal(["--state-dir", stateDir, "destroy", "--fleet", fleet, "--yes"]);
+  }
 }

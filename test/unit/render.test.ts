@@ -174,6 +174,29 @@ describe("QEMU argv", () => {
     ]);
   });
 
+  it("runs QEMU inside the fleet's network namespace, where its tap is", () => {
+    const argv = renderQemuArgv({
+      fleet: "lab",
+      vm: diskVm,
+      boot,
+      files,
+      tap: "tap1",
+      namespace: "shoal-lab",
+      accel: "tcg",
+    });
+    expect(argv.slice(0, 5)).toEqual(["ip", "netns", "exec", "shoal-lab", "qemu-system-x86_64"]);
+    expect(() =>
+      renderQemuArgv({
+        fleet: "lab",
+        vm: diskVm,
+        boot,
+        files,
+        namespace: "x; rm -rf /",
+        accel: "tcg",
+      }),
+    ).toThrow(/^internal: namespace/);
+  });
+
   it("refuses a comma in a path, which QEMU would read as the next option", () => {
     expect(() =>
       renderQemuArgv({

@@ -9,7 +9,7 @@ import { type Accelerator, renderQemuArgv } from "../../core/render/qemu.js";
 import { ShoalError } from "../../errors.js";
 import type { Runner } from "../../host/runner.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
-import type { Backend, BackendVm, Presence } from "../backend.js";
+import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 import { QmpClient } from "./qmp.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -42,10 +42,12 @@ export class QemuBackend implements Backend {
     private readonly accel: (kernel: string) => Promise<Accelerator>,
   ) {}
 
-  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles): Promise<void> {
+  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
     const argv = renderQemuArgv({
       fleet: vm.fleet,
       vm: spec,
+      tap: nic.tap,
+      ...(nic.namespace === undefined ? {} : { namespace: nic.namespace }),
       boot,
       files: {
         seed: vm.paths.seed,

@@ -23,6 +23,8 @@ export interface QemuInput {
   readonly files: QemuFiles;
   /** The VM's tap device; without one the VM has no network. */
   readonly tap?: string;
+  /** The network namespace QEMU runs in (the fleet's), so that it finds its tap there. */
+  readonly namespace?: string;
   readonly accel: Accelerator;
 }
 
@@ -38,6 +40,10 @@ export function renderQemuArgv(input: QemuInput): string[] {
     assertRenderable("socket path", socket, socket.length <= UNIX_SOCKET_PATH_MAX);
   }
   if (input.tap !== undefined) assertRenderable("tap name", input.tap, isInterfaceName(input.tap));
+  const inNamespace = input.namespace === undefined ? [] : ["ip", "netns", "exec", input.namespace];
+  if (input.namespace !== undefined) {
+    assertRenderable("namespace", input.namespace, /^shoal-[a-z0-9-]{1,63}$/.test(input.namespace));
+  }
   const network =
     input.tap === undefined
       ? ["-nic", "none"]
@@ -60,6 +66,7 @@ export function renderQemuArgv(input: QemuInput): string[] {
     throw new Error(`internal: ${vm.name} has a disk layer but no layer path`);
   }
   return [
+    ...inNamespace,
     "qemu-system-x86_64",
     "-name",
     domainName(input.fleet, vm.name),
