@@ -102,13 +102,12 @@ export class FleetNetwork {
     await writeFileAtomic(this.paths.dhcpHosts, hosts[0], 0o644);
     await writeFileAtomic(this.paths.dnsHosts, hosts[1], 0o644);
     await writeFileAtomic(this.paths.conf, conf, 0o644);
-    const pid = await this.dnsmasqPid();
-    if (pid !== undefined && before[0] !== conf) await this.stopDnsmasq();
-    const running = pid !== undefined && before[0] === conf;
-    if (running) {
-      if (before[1] !== hosts[0] || before[2] !== hosts[1]) process.kill(pid, "SIGHUP");
-      return;
-    }
+    const changed = before[0] !== conf || before[1] !== hosts[0] || before[2] !== hosts[1];
+    if (!changed && (await this.dnsmasqPid()) !== undefined) return;
+    // A restart, not SIGHUP: dnsmasq would keep the leases of VMs that are gone, and refuses to
+    // start at all when it holds more leases than dhcp-lease-max (the fleet shrank).
+    await this.stopDnsmasq();
+    await this.keepLeasesOf(spec.vms.map((vm) => vm.mac));
     await rm(this.paths.pid, { force: true });
     await this.runner.run({
       argv: ["ip", "netns", "exec", this.namespace, "dnsmasq", `--conf-file=${this.paths.conf}`],
@@ -137,6 +136,15 @@ export class FleetNetwork {
         );
       }
     }
+  }
+
+  /** Drops the leases of MACs the fleet no longer has (lines: expiry mac ip hostname client-id). */
+  private async keepLeasesOf(macs: readonly string[]): Promise<void> {
+    const leases = await readFile(this.paths.leases, "utf8").catch(() => undefined);
+    if (leases === undefined) return;
+    const known = new Set(macs);
+    const kept = leases.split("\n").filter((line) => known.has(line.split(" ")[1] ?? ""));
+    await writeFileAtomic(this.paths.leases, kept.map((line) => `${line}\n`).join(""), 0o644);
   }
 
   /** The running dnsmasq of this fleet: its pid file's process, started with this config. */

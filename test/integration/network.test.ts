@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { chmod, readFile, stat } from "node:fs/promises";
+import { chmod, readFile, stat, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
 import { makeSubnet, parseIpv4 } from "../../src/core/ipv4.js";
@@ -82,6 +82,22 @@ describe("a fleet's network", () => {
     );
     // Nothing of it in the host's namespace.
     await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
+  });
+
+  it("keeps serving a fleet that shrank, forgetting the leases of its removed VMs", async () => {
+    const { net, fleet, paths } = await network(3);
+    await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
+    // The leases dnsmasq wrote for three running VMs (infinite leases have expiry 0).
+    await writeFile(
+      paths.leases,
+      fleet.vms.map((vm) => `0 ${vm.mac} ${vm.ip} ${vm.name} 01:${vm.mac}\n`).join(""),
+    );
+    const smaller = fleet.vms.slice(0, 2);
+    await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: smaller });
+    expect(await net.dnsmasqPid()).toBeDefined();
+    expect((await readFile(paths.leases, "utf8")).trim().split("\n")).toEqual(
+      smaller.map((vm) => `0 ${vm.mac} ${vm.ip} ${vm.name} 01:${vm.mac}`),
+    );
   });
 
   it("takes more VMs without losing what runs, and is gone after remove", async () => {

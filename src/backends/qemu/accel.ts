@@ -64,7 +64,8 @@ async function probeKvm(runner: Runner, kernel: string): Promise<AccelChoice> {
       (error: unknown) => ({
         booted: false,
         detail:
-          error instanceof CommandFailed && (error.code === null || error.code === 137)
+          // timeout(1) sends KILL to its whole process group, itself included.
+          error instanceof CommandFailed && (error.code === -1 || error.code === 137)
             ? `no answer within ${PROBE_TIMEOUT_MS / 1000} s`
             : error instanceof CommandFailed
               ? `QEMU exited with ${error.code}: ${error.stderrTail.trim().split("\n").at(-1) ?? ""}`
