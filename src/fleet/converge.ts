@@ -1,5 +1,6 @@
 import pLimit from "p-limit";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { MAX_BRIDGE_PORTS } from "../core/net.js";
 import { type Goal, planFleet, type VmAction, type VmPlan } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { formatSize } from "../core/size.js";
@@ -63,6 +64,12 @@ export async function converge(
   bootOf: (vm: VmSpec) => BootFiles,
   options: ConvergeOptions,
 ): Promise<VmOutcome[]> {
+  if (fleet.vms.length > MAX_BRIDGE_PORTS) {
+    throw new UserError(
+      `fleet ${fleet.name} has ${fleet.vms.length} VMs; its network is one Linux bridge, which takes at most ${MAX_BRIDGE_PORTS}`,
+      "split it into several fleets (each gets its own network)",
+    );
+  }
   const recorded = recordedSpecs(session.book.record);
   const observed = await observeAll(session, [...recorded.keys()]);
   const plan = planFleet({

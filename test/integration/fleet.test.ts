@@ -148,6 +148,16 @@ describe("bad input to fleet commands", () => {
     await expect(stat(stateLayout(state).fleet("dry").dir)).rejects.toThrow();
   });
 
+  it("a fleet larger than one bridge takes: exit 2 before anything is made", async () => {
+    const file = await fleet("huge", "count: 1024\n");
+    const result = await run(["create", "-f", file]);
+    expect(result.code).toBe(2);
+    expect(result.stderr.trim()).toBe(
+      "shoal: fleet huge has 1024 VMs; its network is one Linux bridge, which takes at most 1023; split it into several fleets (each gets its own network)",
+    );
+    await expect(stat(stateLayout(state).fleet("huge").state)).rejects.toThrow();
+  });
+
   it("SHOAL_ACCEL with an unknown value", async () => {
     const file = await fleet("accel", "count: 1\n");
     const result = await shoal(["--state-dir", state, "create", "-f", file], {
