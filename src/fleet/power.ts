@@ -13,26 +13,18 @@ function messageOf(error: unknown): string {
   return error instanceof ShoalError ? error.message : String(error);
 }
 
-/** Shuts VMs down in parallel: power button, then forced after `timeoutMs` (0: forced at once). */
-export async function stopVms(
-  session: FleetSession,
+/** Runs `work` for each VM, `workers` at a time; a VM's failure is its own outcome, not the others'. */
+function eachVm(
   names: readonly string[],
-  timeoutMs: number,
   workers: number,
+  work: (name: string) => Promise<Omit<PowerOutcome, "name">>,
 ): Promise<PowerOutcome[]> {
   const limit = pLimit(workers);
   return Promise.all(
     names.map((name) =>
       limit(() =>
-        session.stop(name, timeoutMs).then(
-          (outcome): PowerOutcome => ({
-            name,
-            ok: true,
-            detail:
-              outcome === "forced" && timeoutMs > 0
-                ? `forced after ${Math.round(timeoutMs / 1000)} s`
-                : outcome,
-          }),
+        work(name).then(
+          (outcome): PowerOutcome => ({ name, ...outcome }),
           (error: unknown): PowerOutcome => ({ name, ok: false, detail: messageOf(error) }),
         ),
       ),
@@ -40,25 +32,33 @@ export async function stopVms(
   );
 }
 
+/** Shuts VMs down in parallel: power button, then forced after `timeoutMs` (0: forced at once). */
+export function stopVms(
+  session: FleetSession,
+  names: readonly string[],
+  timeoutMs: number,
+  workers: number,
+): Promise<PowerOutcome[]> {
+  return eachVm(names, workers, async (name) => {
+    const outcome = await session.stop(name, timeoutMs);
+    const forcedAfter = outcome === "forced" && timeoutMs > 0;
+    return {
+      ok: true,
+      detail: forcedAfter ? `forced after ${Math.round(timeoutMs / 1000)} s` : outcome,
+    };
+  });
+}
+
 /** Starts created VMs in parallel and waits for each to boot (at most `bootTimeoutMs`). */
-export async function startVms(
+export function startVms(
   session: FleetSession,
   names: readonly string[],
   bootTimeoutMs: number | undefined,
   workers: number,
 ): Promise<PowerOutcome[]> {
-  const limit = pLimit(workers);
-  return Promise.all(
-    names.map((name) =>
-      limit(() =>
-        session.start(name, bootTimeoutMs).then(
-          (result): PowerOutcome =>
-            result.ready
-              ? { name, ok: true, detail: bootTimeoutMs === undefined ? "started" : "booted" }
-              : { name, ok: false, detail: result.why },
-          (error: unknown): PowerOutcome => ({ name, ok: false, detail: messageOf(error) }),
-        ),
-      ),
-    ),
-  );
+  return eachVm(names, workers, async (name) => {
+    const result = await session.start(name, bootTimeoutMs);
+    if (!result.ready) return { ok: false, detail: result.why };
+    return { ok: true, detail: bootTimeoutMs === undefined ? "started" : "booted" };
+  });
 }

@@ -2,9 +2,9 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { stateLayout } from "../../src/state/layout.js";
-import { emptyRecord, writeFleetRecord } from "../../src/state/store.js";
+import { writeFleetRecord } from "../../src/state/store.js";
 import { type CliResult, shoal } from "../helpers/cli.js";
-import { fleetOf } from "../helpers/fleet.js";
+import { createdRecord, fleetOf } from "../helpers/fleet.js";
 import { useTempDirs } from "../helpers/tmp.js";
 
 const tempDir = useTempDirs();
@@ -171,15 +171,7 @@ describe("shoal plan", () => {
     const { path, state } = await fleetFile("name: lab\ncount: 3\n");
     const layout = stateLayout(state);
     const recorded = fleetOf("name: lab\ncount: 4\nvms: [{ name: vm-2, memory: 64M }]\n");
-    const record = emptyRecord(recorded);
-    for (const vm of recorded.vms)
-      record.vms[vm.name] = {
-        spec: vm,
-        createdAt: "t",
-        updatedAt: "t",
-        phase: "created",
-        running: false,
-      };
+    const record = createdRecord(recorded);
     await writeFleetRecord(layout, record);
     for (const name of ["vm-1", "vm-2", "vm-4"])
       await mkdir(layout.fleet("lab").vm(name).dir, { recursive: true });

@@ -8,7 +8,7 @@ import { createLayer, listLayerChanges, readLayerFile } from "../../src/layer/la
 import { stateLayout } from "../../src/state/layout.js";
 import { emptyRecord, writeFleetRecord } from "../../src/state/store.js";
 import { shoal } from "../helpers/cli.js";
-import { fleetOf } from "../helpers/fleet.js";
+import { createdRecord, fleetOf } from "../helpers/fleet.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 import { sha256 } from "../helpers/vm.js";
 
@@ -295,15 +295,7 @@ describe("shoal image rm", () => {
     expect((await shoal(["--state-dir", state, "image", "import", "base", tinyTree])).code).toBe(0);
     const meta = await inspect(state, "base");
     const fleet = fleetOf("name: lab\nimage: base\ncount: 1\n");
-    const record = emptyRecord(fleet);
-    for (const vm of fleet.vms)
-      record.vms[vm.name] = {
-        spec: vm,
-        createdAt: "t",
-        updatedAt: "t",
-        phase: "created",
-        running: false,
-      };
+    const record = createdRecord(fleet);
     await writeFleetRecord(stateLayout(state), record);
     const refused = await shoal(["--state-dir", state, "image", "rm", "base"]);
     expect(refused.code).toBe(2);

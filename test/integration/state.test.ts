@@ -7,13 +7,8 @@ import { ProcessRunner } from "../../src/host/runner.js";
 import { removeStaleTempFiles, writeFileAtomic } from "../../src/state/atomic.js";
 import { checkSocketPaths, stateLayout } from "../../src/state/layout.js";
 import { acquireLock, FleetLocked } from "../../src/state/lock.js";
-import {
-  emptyRecord,
-  readFleetRecord,
-  recordedSpecs,
-  writeFleetRecord,
-} from "../../src/state/store.js";
-import { fleetOf } from "../helpers/fleet.js";
+import { readFleetRecord, recordedSpecs, writeFleetRecord } from "../../src/state/store.js";
+import { createdRecord, fleetOf } from "../helpers/fleet.js";
 import { useTempDirs } from "../helpers/tmp.js";
 
 const tempDir = useTempDirs();
@@ -215,16 +210,8 @@ describe("the fleet record", () => {
     const layout = stateLayout(await tempDir());
     expect(await readFleetRecord(layout, "lab")).toBeUndefined();
     const fleet = fleetOf("name: lab\ncount: 2\n");
-    const record = emptyRecord(fleet);
     const stamp = "2026-01-01T00:00:00.000Z";
-    for (const vm of fleet.vms)
-      record.vms[vm.name] = {
-        spec: vm,
-        createdAt: stamp,
-        updatedAt: stamp,
-        phase: "created",
-        running: false,
-      };
+    const record = createdRecord(fleet, stamp);
     await writeFleetRecord(layout, record);
     const read = await readFleetRecord(layout, "lab");
     expect(read).toEqual(record);
