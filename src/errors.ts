@@ -67,3 +67,14 @@ export class SpecError extends ShoalError {
     return this.problems.map(formatProblem);
   }
 }
+
+/** The exit status of a command the user ran through shoal (`shoal ssh VM CMD`), passed on silently. */
+export class PassedOnExit extends ShoalError {
+  constructor(code: number) {
+    super(`the command exited with code ${code}`, { exitCode: code });
+  }
+
+  override lines(): string[] {
+    return [];
+  }
+}

@@ -1,7 +1,6 @@
 import { Command } from "@commander-js/extra-typings";
-import { UserError } from "../errors.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
+import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
 
 /** Ctrl-], as in telnet and virsh console. */
 const ESCAPE = 0x1d;
@@ -15,9 +14,7 @@ export function consoleCommand() {
     .addOption(fleetNameOption())
     .action(async (name, options, command) => {
       await withFleet(command, options, undefined, async ({ session }) => {
-        const [vm] = selectVms([name], session.recordedNames());
-        if (vm === undefined || vm !== name)
-          throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
+        const vm = oneVm(session, name);
         const console = await session.backend.openConsole(session.vm(vm));
         const terminal = process.stdin.isTTY === true;
         if (terminal) {

@@ -46,3 +46,16 @@ export function makeContext(options: GlobalOptions): Context {
 export function contextOf(command: { optsWithGlobals(): object }): Context {
   return makeContext(command.optsWithGlobals() as GlobalOptions);
 }
+
+/**
+ * The words after `--` on shoal's command line, or undefined without one. commander hands them over
+ * merged into the verb's operands, so a verb that takes names before `--` and a command after it
+ * needs to know where they split.
+ */
+export function wordsAfterDoubleDash(command: { readonly parent: unknown }): string[] | undefined {
+  let root: { readonly parent: unknown } = command;
+  while (root.parent) root = root.parent as { readonly parent: unknown };
+  const raw = (root as { readonly rawArgs?: readonly string[] }).rawArgs ?? [];
+  const dashes = raw.indexOf("--");
+  return dashes === -1 ? undefined : raw.slice(dashes + 1);
+}

@@ -25,9 +25,9 @@ export function fleetNameOption() {
   );
 }
 
-export function workersOption() {
+export function workersOption(defaultCount = 8) {
   return new Option("--workers <n>", "how many VMs to work on at once")
-    .default(8)
+    .default(defaultCount)
     .argParser((value) => positiveInteger("--workers", value));
 }
 
@@ -169,6 +169,14 @@ export function selectVms(patterns: readonly string[], known: readonly string[])
     for (const name of matches) selected.add(name);
   }
   return known.filter((name) => selected.has(name));
+}
+
+/** The one VM a verb like `console` or `ssh` acts on: a name, not a pattern. */
+export function oneVm(session: FleetSession, name: string): string {
+  const [vm] = selectVms([name], session.recordedNames());
+  if (vm === undefined || vm !== name)
+    throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
+  return vm;
 }
 
 /** Every image the fleet file names, found before anything changes; a missing one is bad input. */

@@ -2,7 +2,7 @@ import { open } from "node:fs/promises";
 import { Command } from "@commander-js/extra-typings";
 import { UserError } from "../errors.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
+import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -15,9 +15,7 @@ export function logsCommand() {
     .option("-f, --follow", "keep printing what the VM writes, until Ctrl-C")
     .action(async (name, options, command) => {
       await withFleet(command, options, undefined, async ({ session }) => {
-        const [vm] = selectVms([name], session.recordedNames());
-        if (vm === undefined || vm !== name)
-          throw new UserError(`give one VM name, not ${JSON.stringify(name)}`);
+        const vm = oneVm(session, name);
         const log = await open(session.paths.vm(vm).serialLog, "r").catch(() => undefined);
         if (!log) {
           throw new UserError(

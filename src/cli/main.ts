@@ -3,19 +3,25 @@ import { Command, CommanderError } from "@commander-js/extra-typings";
 import { ExitCode, ShoalError, SpecError } from "../errors.js";
 import { consoleCommand } from "./console.js";
 import { globalOptions } from "./context.js";
+import { cpCommand } from "./cp.js";
 import { createCommand } from "./create.js";
 import { destroyCommand } from "./destroy.js";
 import { downCommand } from "./down.js";
+import { execCommand } from "./exec.js";
+import { exportCommand } from "./export.js";
+import { forwardCommand } from "./forward.js";
 import { imageCommand } from "./image.js";
 import { logsCommand } from "./logs.js";
 import { planCommand } from "./plan.js";
 import { psCommand } from "./ps.js";
 import { restartCommand } from "./restart.js";
 import { schemaCommand } from "./schema.js";
+import { sshCommand } from "./ssh.js";
 import { startCommand } from "./start.js";
 import { stopCommand } from "./stop.js";
 import { upCommand } from "./up.js";
 import { validateCommand } from "./validate.js";
+import { waitCommand } from "./wait.js";
 
 const packageJson = JSON.parse(
   readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
@@ -41,8 +47,14 @@ function buildProgram() {
     destroyCommand(),
     consoleCommand(),
     logsCommand(),
+    sshCommand(),
+    execCommand(),
+    cpCommand(),
+    forwardCommand(),
+    waitCommand(),
     validateCommand(),
     planCommand(),
+    exportCommand(),
     imageCommand(),
     schemaCommand(),
   ]) {

@@ -37,10 +37,19 @@ export interface VmSpec extends VmIdentity {
   readonly kernelArgs: readonly string[];
 }
 
+/**
+ * Where the VMs' network interfaces go: the fleet's own network (a namespace with bridge, DHCP and
+ * DNS, optionally masqueraded to the outside), or a bridge of the host's that the user runs.
+ */
+export type NetworkMode =
+  | { readonly kind: "isolated"; readonly nat: boolean }
+  | { readonly kind: "host-bridge"; readonly bridge: string };
+
 export interface FleetSpec {
   readonly name: string;
   readonly backend: BackendName;
   readonly subnet: Subnet;
+  readonly network: NetworkMode;
   readonly authorizedKeys: readonly string[];
   readonly vms: readonly VmSpec[];
 }

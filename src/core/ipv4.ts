@@ -91,6 +91,14 @@ export function makeSubnet(network: number, prefix: number, gateway: number = ne
   };
 }
 
+/** Whether two subnets share any address (one holds the other, or they are the same). */
+export function subnetsOverlap(
+  a: Pick<Subnet, "network" | "broadcast">,
+  b: Pick<Subnet, "network" | "broadcast">,
+): boolean {
+  return a.network <= b.broadcast && b.network <= a.broadcast;
+}
+
 export function slotAddress(subnet: Subnet, slot: number): number {
   const address = subnet.network + slot;
   return address >= subnet.gateway ? address + 1 : address;

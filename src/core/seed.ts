@@ -12,7 +12,7 @@ export interface SeedFile {
   /** Relative to the VM's root. */
   readonly path: string;
   readonly mode: number;
-  readonly content: string;
+  readonly content: string | Buffer;
 }
 
 export const HOST_KEY_PATH = "etc/ssh/ssh_host_ed25519_key";
@@ -21,7 +21,11 @@ export interface SeedInput {
   readonly vm: Pick<VmIdentity, "name" | "hostname" | "machineId">;
   readonly fleet: string;
   /** The VM's host key files as shoal keeps them on the host. */
-  readonly hostKey: { readonly privateKey: string; readonly publicKey: string };
+  readonly hostKey: {
+    readonly privateKey: string;
+    readonly publicKey: string;
+    readonly dropbearKey: Buffer;
+  };
   readonly authorizedKeys: readonly string[];
 }
 
@@ -56,6 +60,12 @@ export function seedFiles(input: SeedInput): SeedFile[] {
       path: "etc/ssh/sshd_config.d/shoal-host-key.conf",
       mode: 0o644,
       content: `# Written by shoal at every boot: this VM's identity is managed by shoal (fleet ${input.fleet}).\nHostKey /${HOST_KEY_PATH}\n`,
+    },
+    {
+      // The same key for images whose SSH server is dropbear (shoal's tiny image).
+      path: "etc/dropbear/dropbear_ed25519_host_key",
+      mode: 0o600,
+      content: input.hostKey.dropbearKey,
     },
     {
       path: "root/.ssh/authorized_keys",

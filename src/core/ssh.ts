@@ -78,6 +78,15 @@ export function privateKeyFile(key: Ed25519Key, comment: string, checkInt: numbe
   ].join("\n");
 }
 
+/**
+ * The same key as dropbear's own host key file (dropbear cannot read OpenSSH's format): the key
+ * type, then the seed and the public key as one string.
+ */
+export function dropbearPrivateKey(key: Ed25519Key): Buffer {
+  checkKey(key);
+  return Buffer.concat([sshString(ED25519), sshString(Buffer.concat([key.seed, key.publicKey]))]);
+}
+
 export interface KnownHost {
   /** The names and addresses the VM answers to. */
   readonly hosts: readonly string[];

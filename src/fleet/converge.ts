@@ -84,7 +84,9 @@ export async function converge(
     checkLayerChange(vm.name, recorded.get(vm.name), vm.spec);
   }
 
-  await session.recordSubnet(fleet.subnet);
+  await session.recordNetwork(fleet.subnet, fleet.network, {
+    willStart: plan.some((vm) => vm.actions.includes("start")),
+  });
   const limit = pLimit(options.workers);
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
   const fail = (vm: VmPlan, error: unknown) => {
@@ -115,6 +117,10 @@ export async function converge(
   const created = plan.filter((vm) => vm.actions.includes("create")).map((vm) => vm.spec);
   await session.create(created, bootOf, fleet.authorizedKeys, (work) => limit(work));
   await session.writeKnownHosts();
+  // Also when no VM needs starting: a dead dnsmasq is restarted, a changed NAT setting applied.
+  if (options.goal === "running" && session.recordedNames().length > 0) {
+    await session.ensureNetwork();
+  }
   await each(plan, "start", async (vm) => {
     const result = await session.start(vm.name, options.bootTimeoutMs);
     if (!result.ready) outcomes.set(vm.name, { plan: vm, ok: false, detail: result.why });

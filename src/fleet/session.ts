@@ -1,15 +1,27 @@
 import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
 import type { Backend, BackendVm, VmNic } from "../backends/backend.js";
-import type { FleetSpec, VmSpec } from "../core/fleet.js";
-import { formatIpv4, makeSubnet, parseCidr, parseIpv4, type Subnet } from "../core/ipv4.js";
-import { FLEET_BRIDGE, tapName } from "../core/net.js";
+import type { FleetSpec, NetworkMode, VmSpec } from "../core/fleet.js";
+import {
+  formatIpv4,
+  makeSubnet,
+  parseCidr,
+  parseIpv4,
+  type Subnet,
+  subnetsOverlap,
+} from "../core/ipv4.js";
 import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { seedFiles } from "../core/seed.js";
 import { type KnownHost, renderKnownHosts } from "../core/ssh.js";
 import { ShoalError, UserError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
-import { makeHostKey, readHostKey, writeSeed } from "../identity/identity.js";
+import {
+  type ClientKey,
+  ensureClientKey,
+  makeHostKey,
+  readHostKey,
+  writeSeed,
+} from "../identity/identity.js";
 import { createLayer } from "../layer/layer.js";
 import { FleetNetwork } from "../net/network.js";
 import { removeStaleTempFiles, writeFileAtomic } from "../state/atomic.js";
@@ -67,8 +79,8 @@ const FATAL_LINE = /shoal: FATAL: ([^\r\n]*)/;
 export class FleetSession {
   readonly paths: FleetPaths;
 
-  readonly network: FleetNetwork;
   private networkReady: Promise<void> | undefined;
+  private clientKeyReady: Promise<ClientKey> | undefined;
 
   private constructor(
     private readonly deps: SessionDeps,
@@ -77,7 +89,6 @@ export class FleetSession {
     readonly book: RecordBook,
   ) {
     this.paths = deps.layout.fleet(fleet);
-    this.network = new FleetNetwork(deps.runner, this.paths.net, fleet);
   }
 
   static async open(
@@ -98,26 +109,81 @@ export class FleetSession {
     return new FleetSession(deps, fleet.name, backend, new RecordBook(deps.layout, record));
   }
 
-  /** Where a VM's network interface goes. */
-  nic(spec: Pick<VmSpec, "index">): VmNic {
-    return { tap: tapName(spec.index), bridge: FLEET_BRIDGE, namespace: this.network.namespace };
+  /** The fleet's network as last recorded; the fleet's own, isolated one if none is. */
+  get network(): FleetNetwork {
+    const recorded = this.book.record.network;
+    return this.networkIn(
+      recorded?.bridge === undefined
+        ? { kind: "isolated", nat: recorded?.nat ?? false }
+        : { kind: "host-bridge", bridge: recorded.bridge },
+    );
   }
 
-  /** Records the fleet's subnet, which the network is built from. */
-  async recordSubnet(subnet: Subnet): Promise<void> {
-    const network = { subnet: subnet.cidr, gateway: formatIpv4(subnet.gateway) };
+  private networkIn(mode: NetworkMode): FleetNetwork {
+    return new FleetNetwork(this.deps.runner, this.paths.net, this.fleet, mode);
+  }
+
+  /** Where a VM's network interface goes. */
+  nic(spec: Pick<VmSpec, "index">): VmNic {
+    const network = this.network;
+    const nic = { tap: network.tap(spec.index), bridge: network.bridge };
+    return network.namespace === undefined ? nic : { ...nic, namespace: network.namespace };
+  }
+
+  /**
+   * Records the fleet's network, which it is built from. Its VMs cannot move between the fleet's
+   * own network and a host bridge in place (their taps and QEMU's namespace are set at creation);
+   * on host bridges, whose addresses share the host's routing, fleets' subnets must not overlap.
+   */
+  async recordNetwork(
+    subnet: Subnet,
+    mode: NetworkMode,
+    options: { readonly willStart: boolean },
+  ): Promise<void> {
+    const network: NonNullable<FleetRecord["network"]> = {
+      subnet: subnet.cidr,
+      gateway: formatIpv4(subnet.gateway),
+      ...(mode.kind === "host-bridge" ? { bridge: mode.bridge } : mode.nat ? { nat: true } : {}),
+    };
     const recorded = this.book.record.network;
-    if (recorded?.subnet === network.subnet && recorded.gateway === network.gateway) return;
+    const where = (bridge: string | undefined) =>
+      bridge === undefined ? "its own network" : `host bridge ${bridge}`;
+    if (recorded?.bridge !== network.bridge && Object.keys(this.book.record.vms).length > 0) {
+      throw new UserError(
+        `fleet ${this.fleet}'s VMs are on ${where(recorded?.bridge)}; network.bridge cannot move them to ${where(network.bridge)} in place`,
+        "`shoal destroy` the fleet first, or keep network.bridge as it was",
+      );
+    }
+    if (mode.kind === "host-bridge") await this.checkHostSubnet(subnet);
+    // A missing bridge is found before any VM is made, not when each one fails to start.
+    if (options.willStart) await this.networkIn(mode).checkBridge();
+    if (JSON.stringify(recorded) === JSON.stringify(network)) return;
     await this.book.update((record) => {
       record.network = network;
     });
+  }
+
+  private async checkHostSubnet(subnet: Subnet): Promise<void> {
+    const others = await readdir(this.deps.layout.fleets).catch(() => [] as string[]);
+    for (const other of others.filter((name) => name !== this.fleet).sort()) {
+      const network = (await readFleetRecord(this.deps.layout, other).catch(() => undefined))
+        ?.network;
+      const cidr = network?.bridge === undefined ? undefined : parseCidr(network.subnet);
+      if (!cidr?.ok) continue;
+      if (subnetsOverlap(subnet, makeSubnet(cidr.network, cidr.prefix))) {
+        throw new UserError(
+          `network.subnet ${subnet.cidr} overlaps fleet ${other}'s ${network?.subnet} on host bridge ${network?.bridge}`,
+          "fleets on host bridges share the host's routing and DHCP: give each its own subnet",
+        );
+      }
+    }
   }
 
   /**
    * The fleet's network with a reservation for every VM the record holds, made or repaired once
    * per command (a host reboot removes the namespace; dnsmasq may have died).
    */
-  private ensureNetwork(): Promise<void> {
+  ensureNetwork(): Promise<void> {
     this.networkReady ??= (async () => {
       const recorded = this.book.record.network;
       const cidr = recorded ? parseCidr(recorded.subnet) : undefined;
@@ -229,11 +295,22 @@ export class FleetSession {
 
   private async writeIdentity(spec: VmSpec, authorizedKeys: readonly string[]): Promise<void> {
     const paths = this.paths.vm(spec.name);
-    const hostKey = await readHostKey(paths.hostKeys);
+    const [hostKey, clientKey] = await Promise.all([readHostKey(paths.hostKeys), this.clientKey()]);
     await writeSeed(
       paths.seed,
-      seedFiles({ vm: spec, fleet: this.fleet, hostKey, authorizedKeys }),
+      seedFiles({
+        vm: spec,
+        fleet: this.fleet,
+        hostKey,
+        authorizedKeys: [clientKey.publicKey, ...authorizedKeys],
+      }),
     );
+  }
+
+  /** The key `shoal ssh` and `exec` log in with; every VM of the fleet authorizes it. */
+  clientKey(): Promise<ClientKey> {
+    this.clientKeyReady ??= ensureClientKey(this.paths.clientKeys, `shoal@${this.fleet}`);
+    return this.clientKeyReady;
   }
 
   /** Rewrites a stopped VM's definition and identity for a changed spec; its layer and host key stay. */

@@ -21,7 +21,16 @@ export interface Command {
    */
   readonly probe?: boolean;
   /** Exit codes that are answers, not failures (for example flock's 1 for "held by another"). */
-  readonly okCodes?: readonly number[];
+  readonly okCodes?: readonly number[] | "any";
+  /** Sees the output as it comes (it is still collected), for commands whose output is shown live. */
+  readonly onOutput?: (stream: "stdout" | "stderr", chunk: Buffer) => void;
+  /**
+   * The command talks to the user directly (ssh): it gets shoal's stdin and stdout, and its stderr
+   * is shown as it comes while its tail is kept for the result.
+   */
+  readonly attached?: boolean;
+  /** Ends the command (SIGTERM) when aborted: for commands that run until the user stops them. */
+  readonly signal?: AbortSignal;
 }
 
 export interface CommandResult {
@@ -84,7 +93,9 @@ export function requireSuccess(
   command: Command,
   result: CommandResult & { reason?: string },
 ): CommandResult {
-  if (result.code !== 0 && !command.okCodes?.includes(result.code)) {
+  const answer =
+    command.okCodes === "any" ? result.code >= 0 : command.okCodes?.includes(result.code);
+  if (result.code !== 0 && !answer) {
     throw new CommandFailed(command.argv, result.code, result.stderr, result.reason);
   }
   return result;
@@ -94,19 +105,31 @@ function execute(command: Command): Promise<CommandResult & { reason?: string }>
   const [file, ...args] = command.argv;
   return new Promise((resolve, reject) => {
     // With an fd3 the stdio array is not a literal tuple, so TypeScript cannot see the three pipes.
+    const passed = command.attached ? "inherit" : "pipe";
     const child = spawn(file, args, {
       ...(command.cwd === undefined ? {} : { cwd: command.cwd }),
       env: { ...process.env, ...command.env, LANG: "C", LC_ALL: "C" },
-      stdio: ["pipe", "pipe", "pipe", ...(command.fd3 === undefined ? [] : [command.fd3])],
+      stdio: [passed, passed, "pipe", ...(command.fd3 === undefined ? [] : [command.fd3])],
       ...(command.timeoutMs === undefined
         ? {}
         : { timeout: command.timeoutMs, killSignal: "SIGKILL" as const }),
+      ...(command.signal === undefined ? {} : { signal: command.signal }),
     }) as ChildProcessWithoutNullStreams;
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
-    child.stdout.on("data", (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
+    // Attached, stdout is the user's terminal and not ours to read.
+    child.stdout?.on("data", (chunk: Buffer) => {
+      stdout.push(chunk);
+      command.onOutput?.("stdout", chunk);
+    });
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr.push(chunk);
+      if (command.attached) process.stderr.write(chunk);
+      command.onOutput?.("stderr", chunk);
+    });
     child.on("error", (error: NodeJS.ErrnoException) => {
+      // An abort is the caller's own stop; "close" reports how the command ended.
+      if (error.name === "AbortError") return;
       const reason =
         error.code === "ENOENT" ? `${file} is not installed or not on PATH` : error.message;
       reject(new CommandFailed(command.argv, null, "", reason));
@@ -123,6 +146,7 @@ function execute(command: Command): Promise<CommandResult & { reason?: string }>
       }
       resolve({ code, stdout: Buffer.concat(stdout).toString(), stderr: err });
     });
+    if (!child.stdin) return;
     child.stdin.on("error", () => {
       // The command may exit without reading its input; its exit status tells what happened.
     });

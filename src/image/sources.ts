@@ -15,13 +15,18 @@ export function tinySource(runner: Runner, staging: string): Promise<string> {
 // The suites shoal has been tested with (the host's own release); others may need a newer mmdebstrap.
 export const DEBIAN_SUITES = ["bookworm"] as const;
 
-/** What every Debian image has: systemd, SSH, networkd with the MAC as DHCP client id, a kernel. */
+/**
+ * What every Debian image has: systemd, SSH (and scp, for `shoal cp`), networkd with the MAC as
+ * DHCP client id, resolved for the fleet's names, ping to check them, a kernel.
+ */
 const DEBIAN_PACKAGES = [
   "systemd-sysv",
   "systemd-resolved",
   "udev",
   "openssh-server",
+  "openssh-client",
   "iproute2",
+  "iputils-ping",
   "e2fsprogs",
   "linux-image-amd64",
 ];
@@ -35,6 +40,8 @@ DHCP=ipv4
 [DHCPv4]
 # The MAC, not the machine-id: a clone must never get another clone's lease.
 ClientIdentifier=mac
+# The fleet's domain as search domain: resolved then asks DNS for a bare VM name (vm-1.FLEET).
+UseDomains=yes
 `;
 
 /**

@@ -1,5 +1,6 @@
 import { chmod, copyFile, mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { parseLdd } from "../core/ldd.js";
 import {
   loadOrder,
   parseModuleIndex,
@@ -13,8 +14,12 @@ import { newestKernel } from "./kernel.js";
 
 /**
  * shoal's tiny image: static busybox (a shell and networking tools) with the host's Debian kernel
- * and only the modules it needs. It boots in seconds, for demos and fast tests.
+ * and only the modules it needs, plus the host's dropbear and scp so that `shoal ssh`, `exec` and
+ * `cp` reach it as they reach a Debian VM. It boots in seconds, for demos and fast tests.
  */
+
+/** The SSH server and scp's receiving end, copied from the host with the libraries they load. */
+const SSH_PROGRAMS = ["/usr/sbin/dropbear", "/usr/bin/scp"];
 
 const FILES: Record<string, string> = {
   "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
@@ -25,6 +30,7 @@ const FILES: Record<string, string> = {
   "etc/os-release": 'NAME="shoal tiny"\nID=shoal-tiny\nPRETTY_NAME="shoal tiny (busybox)"\n',
   "etc/machine-id": "",
   "etc/resolv.conf": "",
+  "etc/shells": "/bin/sh\n",
 };
 
 const SCRIPTS: Record<string, string> = {
@@ -54,6 +60,29 @@ async function hostKernel(runner: Runner): Promise<string> {
   return installed;
 }
 
+/** Copies host programs into the image at the same paths, with every library they load. */
+async function copyPrograms(runner: Runner, root: string, programs: readonly string[]) {
+  const files = new Set<string>();
+  for (const program of programs) {
+    const ldd = await runner.run({ argv: ["ldd", program], probe: true, okCodes: [1] });
+    const libraries = parseLdd(ldd.stdout);
+    if (ldd.code !== 0 || !libraries.ok) {
+      const why = libraries.ok ? ldd.stderr.trim() : `it needs ${libraries.missing.join(", ")}`;
+      throw new ShoalError(`cannot put ${program} into the tiny image: ${why}`, {
+        hint: "scripts/setup installs dropbear-bin and openssh-client",
+      });
+    }
+    files.add(program);
+    for (const path of libraries.paths) files.add(path);
+  }
+  for (const file of files) {
+    await mkdir(dirname(join(root, file)), { recursive: true });
+    // copyFile follows the host's symlinks (libz.so.1 -> libz.so.1.2.13): one file per name.
+    await copyFile(file, join(root, file));
+    await chmod(join(root, file), 0o755);
+  }
+}
+
 export async function buildTinyTree(runner: Runner, root: string): Promise<void> {
   const version = await hostKernel(runner);
   for (const dir of [
@@ -64,6 +93,7 @@ export async function buildTinyTree(runner: Runner, root: string): Promise<void>
     "etc/init.d",
     "etc/acpi/PWRF",
     "etc/ssh",
+    "etc/dropbear",
     "proc",
     "sys",
     "dev",
@@ -93,6 +123,7 @@ export async function buildTinyTree(runner: Runner, root: string): Promise<void>
     await copyFile(join(GUEST_DIR, source), join(root, path));
     await chmod(join(root, path), source.endsWith("inittab") ? 0o644 : 0o755);
   }
+  await copyPrograms(runner, root, SSH_PROGRAMS);
   await copyFile(`/boot/vmlinuz-${version}`, join(root, `boot/vmlinuz-${version}`));
 
   const hostModules = `/lib/modules/${version}`;

@@ -1,10 +1,23 @@
 import { access, mkdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname } from "node:path";
-import type { VmIdentity } from "../core/fleet.js";
+import type { NetworkMode, VmIdentity } from "../core/fleet.js";
 import type { Subnet } from "../core/ipv4.js";
 import { formatIpv4 } from "../core/ipv4.js";
-import { FLEET_BRIDGE, namespaceName, tapName } from "../core/net.js";
+import {
+  FLEET_BRIDGE,
+  hostTapName,
+  inNamespace,
+  namespaceName,
+  natLink,
+  tapName,
+} from "../core/net.js";
 import { renderDhcpHosts, renderDnsHosts, renderDnsmasqConf } from "../core/render/dnsmasq.js";
+import {
+  renderFleetNat,
+  renderHostNat,
+  renderNatRemoval,
+  upstreamNameservers,
+} from "../core/render/nft.js";
 import { ShoalError, UserError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
@@ -25,39 +38,75 @@ export interface FleetNetworkSpec {
  * host's own namespace, so the host's routing never changes and fleets cannot see each other.
  * Every step checks what is there first, so a run cut short is finished by the next.
  */
+/**
+ * Where the host's DNS servers are: systemd-resolved's list of its real upstream servers first
+ * (the host's resolv.conf then names 127.0.0.53, which a fleet's namespace cannot reach).
+ */
+const RESOLV_CONFS = ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"];
+
+export async function hostNameservers(): Promise<string[]> {
+  for (const path of RESOLV_CONFS) {
+    const servers = upstreamNameservers(await readFile(path, "utf8").catch(() => ""));
+    if (servers.length > 0) return servers;
+  }
+  return [];
+}
+
 export class FleetNetwork {
-  readonly namespace: string;
+  /** The fleet's own namespace; undefined on a host bridge, which is in the host's. */
+  readonly namespace: string | undefined;
+  readonly bridge: string;
 
   constructor(
     private readonly runner: Runner,
     private readonly paths: NetworkPaths,
     private readonly fleet: string,
+    readonly mode: NetworkMode,
   ) {
-    this.namespace = namespaceName(fleet);
+    this.namespace = mode.kind === "isolated" ? namespaceName(fleet) : undefined;
+    this.bridge = mode.kind === "isolated" ? FLEET_BRIDGE : mode.bridge;
+  }
+
+  /** The VM's tap device by its address slot. */
+  tap(index: number): string {
+    return this.mode.kind === "isolated" ? tapName(index) : hostTapName(this.fleet, index);
+  }
+
+  private ipArgv(args: readonly string[]): [string, ...string[]] {
+    return this.namespace === undefined ? ["ip", ...args] : ["ip", "-n", this.namespace, ...args];
   }
 
   private ip(...args: string[]) {
-    return this.runner.run({ argv: ["ip", "-n", this.namespace, ...args] });
+    return this.runner.run({ argv: this.ipArgv(args) });
   }
 
   private async linkExists(name: string): Promise<boolean> {
     const result = await this.runner.run({
-      argv: ["ip", "-n", this.namespace, "link", "show", "dev", name],
+      argv: this.ipArgv(["link", "show", "dev", name]),
       probe: true,
       okCodes: [1],
     });
     return result.code === 0;
   }
 
+  /** Whether the fleet's namespace is there (a host bridge is the user's, and always counts). */
   async exists(): Promise<boolean> {
+    if (this.namespace === undefined) return true;
     return access(`/run/netns/${this.namespace}`).then(
       () => true,
       () => false,
     );
   }
 
-  /** Makes the namespace, bridge and dnsmasq, or brings them in line with `spec`. */
+  /**
+   * Makes the namespace, bridge and dnsmasq, or brings them in line with `spec`. A host bridge is
+   * only checked: it is the user's, with the user's DHCP server.
+   */
   async ensure(spec: FleetNetworkSpec): Promise<void> {
+    if (this.namespace === undefined) {
+      await this.checkBridge();
+      return;
+    }
     await mkdir(this.paths.dir, { recursive: true, mode: 0o755 });
     await this.checkReachableByOthers();
     if (!(await this.exists())) {
@@ -75,10 +124,72 @@ export class FleetNetwork {
       FLEET_BRIDGE,
     );
     await this.ip("link", "set", FLEET_BRIDGE, "up");
-    await this.ensureDnsmasq(spec);
+    if (this.mode.kind === "isolated" && this.mode.nat) await this.ensureNat(this.namespace);
+    else await this.removeNat();
+    await this.ensureDnsmasq(spec, this.mode.kind === "isolated" && this.mode.nat);
   }
 
-  private async ensureDnsmasq(spec: FleetNetworkSpec): Promise<void> {
+  /**
+   * Outbound NAT (`network.nat`): a veth pair from the fleet's namespace to the host's, VM traffic
+   * masqueraded at both ends (isolated fleets may share a subnet, so the host never routes to it),
+   * and forwarding on in both namespaces. The host's own routes are not touched.
+   */
+  private async ensureNat(namespace: string): Promise<void> {
+    const link = natLink(this.fleet);
+    const host = (...args: string[]) => this.runner.run({ argv: ["ip", ...args] });
+    const hostLinkExists = await this.runner.run({
+      argv: ["ip", "link", "show", "dev", link.hostSide],
+      probe: true,
+      okCodes: [1],
+    });
+    if (hostLinkExists.code !== 0 || !(await this.linkExists(link.fleetSide))) {
+      await host("link", "del", link.hostSide).catch(() => undefined);
+      await host(
+        "link",
+        "add",
+        link.hostSide,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        link.fleetSide,
+        "netns",
+        namespace,
+      );
+    }
+    await host("addr", "replace", `${link.hostAddress}/30`, "dev", link.hostSide);
+    await host("link", "set", link.hostSide, "up");
+    await this.ip("addr", "replace", `${link.fleetAddress}/30`, "dev", link.fleetSide);
+    await this.ip("link", "set", link.fleetSide, "up");
+    await this.ip("route", "replace", "default", "via", link.hostAddress);
+    const forwarding = ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"] as const;
+    await this.runner.run({ argv: inNamespace(namespace, forwarding) });
+    await this.runner.run({
+      argv: inNamespace(namespace, ["nft", "-f", "-"]),
+      input: renderFleetNat(link),
+    });
+    await this.runner.run({ argv: [...forwarding] });
+    await this.runner.run({ argv: ["nft", "-f", "-"], input: renderHostNat(link) });
+  }
+
+  /** Takes a fleet's NAT away (turned off, or the fleet destroyed); nothing to do if it had none. */
+  private async removeNat(): Promise<void> {
+    const link = natLink(this.fleet);
+    const hostLink = await this.runner.run({
+      argv: ["ip", "link", "show", "dev", link.hostSide],
+      probe: true,
+      okCodes: [1],
+    });
+    // The host's table goes first: the veth is what says a table may be there.
+    if (hostLink.code !== 0) return;
+    await this.runner.run({ argv: ["nft", "-f", "-"], input: renderNatRemoval(link) });
+    await this.runner.run({ argv: ["ip", "link", "del", link.hostSide] });
+    if (this.namespace !== undefined && (await this.exists())) {
+      await this.ip("route", "del", "default").catch(() => undefined);
+    }
+  }
+
+  private async ensureDnsmasq(spec: FleetNetworkSpec, forwardNames: boolean): Promise<void> {
     const conf = renderDnsmasqConf({
       fleet: spec.fleet,
       subnet: spec.subnet,
@@ -91,6 +202,7 @@ export class FleetNetwork {
         log: this.paths.log,
       },
       vmCount: spec.vms.length,
+      upstream: forwardNames ? await hostNameservers() : [],
     });
     const hosts = [renderDhcpHosts(spec.vms), renderDnsHosts(spec.fleet, spec.vms)] as const;
     const before = await Promise.all(
@@ -110,7 +222,7 @@ export class FleetNetwork {
     await this.keepLeasesOf(spec.vms.map((vm) => vm.mac));
     await rm(this.paths.pid, { force: true });
     await this.runner.run({
-      argv: ["ip", "netns", "exec", this.namespace, "dnsmasq", `--conf-file=${this.paths.conf}`],
+      argv: inNamespace(this.namespace, ["dnsmasq", `--conf-file=${this.paths.conf}`]),
     });
     const deadline = Date.now() + DNSMASQ_START_MS;
     while ((await this.dnsmasqPid()) === undefined) {
@@ -120,6 +232,23 @@ export class FleetNetwork {
         });
       }
       await sleep(50);
+    }
+  }
+
+  /** A host bridge must be there and be a bridge; the fleet's own is made when needed. */
+  async checkBridge(): Promise<void> {
+    if (this.mode.kind === "isolated") return;
+    const bridge = this.mode.bridge;
+    const shown = await this.runner.run({
+      argv: ["ip", "-d", "-o", "link", "show", "dev", bridge],
+      probe: true,
+      okCodes: [1],
+    });
+    if (shown.code !== 0 || !/\\\s+bridge /.test(shown.stdout)) {
+      throw new UserError(
+        `network.bridge ${bridge} ${shown.code === 0 ? "is not a bridge" : "does not exist on this host"}`,
+        `make it first (\`ip link add ${bridge} type bridge\`), or leave out bridge: for the fleet's own network`,
+      );
     }
   }
 
@@ -168,24 +297,25 @@ export class FleetNetwork {
 
   /** The VM's tap device on the fleet's bridge, made if missing. */
   async ensureTap(index: number): Promise<string> {
-    const tap = tapName(index);
+    const tap = this.tap(index);
     if (!(await this.linkExists(tap))) {
       await this.ip("tuntap", "add", "dev", tap, "mode", "tap");
     }
-    await this.ip("link", "set", tap, "master", FLEET_BRIDGE, "up");
+    await this.ip("link", "set", tap, "master", this.bridge, "up");
     return tap;
   }
 
   async removeTap(index: number): Promise<void> {
-    if ((await this.exists()) && (await this.linkExists(tapName(index)))) {
-      await this.ip("link", "del", tapName(index));
+    if ((await this.exists()) && (await this.linkExists(this.tap(index)))) {
+      await this.ip("link", "del", this.tap(index));
     }
   }
 
-  /** dnsmasq, the namespace with every link in it, and the network's files. */
+  /** dnsmasq, NAT, the namespace with every link in it, and the network's files; never a host bridge. */
   async remove(): Promise<void> {
     await this.stopDnsmasq();
-    if (await this.exists()) {
+    if (this.namespace !== undefined) await this.removeNat();
+    if (this.namespace !== undefined && (await this.exists())) {
       await this.runner.run({ argv: ["ip", "netns", "del", this.namespace] });
     }
     await rm(this.paths.dir, { recursive: true, force: true });

@@ -245,6 +245,10 @@ export function resolveFleet(checked: CheckedFleetFile): {
       name: file.name,
       backend,
       subnet,
+      network:
+        file.network?.bridge === undefined
+          ? { kind: "isolated", nat: file.network?.nat ?? false }
+          : { kind: "host-bridge", bridge: file.network.bridge },
       authorizedKeys: file.ssh?.authorized_keys ?? [],
       vms,
     },

@@ -8,6 +8,7 @@ import {
   isImageName,
   parseNamePattern,
 } from "../core/names.js";
+import { isInterfaceName } from "../core/render/boot.js";
 import { MiB, parseSize, SIZE_REGEX_SOURCE, SIZE_SYNTAX } from "../core/size.js";
 import { checkAuthorizedKey, checkKernelParam } from "../core/syntax.js";
 import { DEFAULTS } from "./defaults.js";
@@ -121,6 +122,12 @@ const vmEntry = z
   })
   .meta({ description: "One VM: a name and the settings that differ from `vm:`." });
 
+const interfaceName = checkedString((value) =>
+  isInterfaceName(value)
+    ? undefined
+    : `"${value}" is not a network interface name: 1 to 15 letters, digits, or . _ -`,
+);
+
 const cidr = checkedString((value) => {
   const result = parseCidr(value);
   return result.ok ? undefined : result.message;
@@ -134,8 +141,33 @@ const network = z
     gateway: ipv4
       .optional()
       .meta({ description: "The gateway address; the first host address unless given." }),
+    bridge: interfaceName.optional().meta({
+      description:
+        "Attach the VMs to this existing bridge of the host (xenbr0, br0) instead of the fleet's own network; needs managed: false. Your DHCP server gives the addresses: `shoal export dhcp`.",
+    }),
+    managed: z.boolean().optional().meta({
+      description:
+        "true (the default): shoal makes the fleet's network, isolated in a network namespace, with DHCP and DNS. false: the bridge: is yours.",
+    }),
+    nat: z.boolean().optional().meta({
+      default: false,
+      description:
+        "Let the fleet's VMs reach outside networks through the host (masqueraded). Off by default: the fleet reaches only itself.",
+    }),
   })
-  .meta({ description: "The fleet's network." });
+  .meta({ description: "The fleet's network." })
+  .check((ctx) => {
+    const { bridge, managed, nat } = ctx.value;
+    const problem =
+      bridge !== undefined && managed !== false
+        ? "bridge: attaches VMs to a bridge shoal does not manage; add managed: false"
+        : bridge === undefined && managed === false
+          ? "managed: false needs the bridge: to attach the VMs to"
+          : bridge !== undefined && nat === true
+            ? "nat: is for the fleet's own network; on your bridge, your network decides what VMs reach"
+            : undefined;
+    if (problem) ctx.issues.push({ code: "custom", message: problem, input: ctx.value });
+  });
 
 const ssh = z
   .strictObject({

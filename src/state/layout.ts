@@ -19,6 +19,7 @@ import { UserError } from "../errors.js";
  *       lock                   flock(2) lock; holds the pid and command of its holder
  *       state.json             what shoal created, with the spec each VM was made from
  *       known_hosts            every VM's SSH host key
+ *       ssh/id_ed25519         the key shoal logs in to the VMs with (0600), in every VM's authorized_keys
  *       net/                   the fleet network's dnsmasq: config, reservations, leases, pid, log
  *       vms/VM/
  *         layer.img            the VM's private writable layer (disk layers)
@@ -26,7 +27,7 @@ import { UserError } from "../errors.js";
  *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered
  *         serial.log           the serial console, kept on the host
  *         console.sock qmp.sock qemu.pid
- *         ssh/                 the VM's host keys (0700, private keys 0600)
+ *         ssh/                 the VM's host keys, OpenSSH's and dropbear's (0700, private keys 0600)
  */
 
 export const DEFAULT_STATE_DIR = "/var/lib/shoal";
@@ -59,6 +60,8 @@ export interface FleetPaths {
   readonly lock: string;
   readonly state: string;
   readonly knownHosts: string;
+  /** The fleet's client key's directory (0700). */
+  readonly clientKeys: string;
   readonly net: NetworkPaths;
   readonly vms: string;
   vm(name: string): VmPaths;
@@ -119,6 +122,7 @@ export function stateLayout(stateDir: string): StateLayout {
         lock: join(dir, "lock"),
         state: join(dir, "state.json"),
         knownHosts: join(dir, "known_hosts"),
+        clientKeys: join(dir, "ssh"),
         net: {
           dir: join(dir, "net"),
           conf: join(dir, "net", "dnsmasq.conf"),

@@ -36,8 +36,18 @@ const fleetRecord = z.object({
   version: z.literal(STATE_VERSION),
   fleet: z.string(),
   backend: z.enum(["qemu", "xl"]),
-  /** The fleet network's subnet and gateway, for commands that run without the fleet file. */
-  network: z.object({ subnet: z.string(), gateway: z.string() }).optional(),
+  /**
+   * The fleet network as the fleet file last set it, for commands that run without the file: its
+   * subnet and gateway, and the host bridge its VMs are on or whether its own network is NATed.
+   */
+  network: z
+    .object({
+      subnet: z.string(),
+      gateway: z.string(),
+      bridge: z.string().optional(),
+      nat: z.boolean().optional(),
+    })
+    .optional(),
   vms: z.record(
     z.string(),
     z.object({

@@ -13,10 +13,25 @@ export interface CliResult {
 /** Runs the built shoal binary as a user would, with its own state directory. */
 export function shoal(
   args: readonly string[],
-  options: { cwd?: string; env?: Record<string, string> } = {},
+  options: { cwd?: string; env?: Record<string, string>; namespace?: string } = {},
 ): Promise<CliResult> {
+  // In a test's network namespace, that namespace is the host shoal sees. nsenter, not `ip netns
+  // exec`: that one gives the command a mount namespace of its own, where the namespaces shoal
+  // makes (bind mounts under /run/netns) would not be seen by the next command.
+  const argv =
+    options.namespace === undefined
+      ? [process.execPath, SHOAL, ...args]
+      : [
+          "nsenter",
+          `--net=/run/netns/${options.namespace}`,
+          "--",
+          process.execPath,
+          SHOAL,
+          ...args,
+        ];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [SHOAL, ...args], {
+    const [file = "", ...rest] = argv;
+    const child = spawn(file, rest, {
       cwd: options.cwd,
       env: { ...process.env, ...options.env },
       stdio: ["ignore", "pipe", "pipe"],

@@ -243,3 +243,8 @@ export async function killQemusMentioning(text: string): Promise<void> {
   const deadline = Date.now() + 10_000;
   while ((await qemuPidsMentioning(text)).length > 0 && Date.now() < deadline) await sleep(100);
 }
+
+/** Whether a process runs: a zombie nobody reaps (a container's init may not) has an empty cmdline. */
+export async function isRunning(pid: number): Promise<boolean> {
+  return (await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "")) !== "";
+}

@@ -3,6 +3,7 @@ import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
+import { hostTapName } from "../../src/core/net.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
@@ -53,6 +54,11 @@ describe("shoal create", () => {
     ]);
     const fleetPaths = stateLayout(state).fleet("made");
     const knownHosts = (await readFile(fleetPaths.knownHosts, "utf8")).trim().split("\n");
+    const clientKeyFile = join(fleetPaths.clientKeys, "id_ed25519");
+    expect((await stat(clientKeyFile)).mode & 0o777).toBe(0o600);
+    const clientPublic = await readFile(`${clientKeyFile}.pub`, "utf8");
+    expect((await exec("ssh-keygen", ["-y", "-f", clientKeyFile])).stdout).toBe(clientPublic);
+    const clientKey = clientPublic.replace(/ shoal@made\n$/, "\n");
     expect(knownHosts).toHaveLength(3);
     for (const [i, name] of ["vm-1", "vm-2", "vm-3"].entries()) {
       const paths = fleetPaths.vm(name);
@@ -70,8 +76,18 @@ describe("shoal create", () => {
       const listing = (await exec("tar", ["-tvf", paths.seed])).stdout;
       expect(listing).toMatch(/^-rw------- root\/root .* etc\/ssh\/ssh_host_ed25519_key$/m);
       expect(listing).toMatch(/^-rw------- root\/root .* root\/\.ssh\/authorized_keys$/m);
+      expect(listing).toMatch(
+        /^-rw------- root\/root .* etc\/dropbear\/dropbear_ed25519_host_key$/m,
+      );
+      // dropbear's own converter turns the OpenSSH key into exactly the file shoal seeds.
+      const converted = join(await tempDir(), "dropbear-key");
+      await exec("dropbearconvert", ["openssh", "dropbear", privateKey, converted]);
+      expect(await readFile(join(paths.hostKeys, "dropbear_ed25519_host_key"))).toEqual(
+        await readFile(converted),
+      );
+      // The fleet's own key first (`shoal ssh` logs in with it), then the fleet file's keys.
       const seeded = (await exec("tar", ["-xOf", paths.seed, "root/.ssh/authorized_keys"])).stdout;
-      expect(seeded).toBe(`${KEY}\n`);
+      expect(seeded).toBe(`${clientKey}${KEY}\n`);
       expect((await exec("tar", ["-xOf", paths.seed, "etc/hostname"])).stdout).toBe(`${name}\n`);
       const argv = JSON.parse(await readFile(paths.qemuArgv, "utf8")) as string[];
       expect(argv).toContain("tcg");
@@ -219,5 +235,55 @@ describe("shoal destroy", () => {
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout.trim()).toBe("destroyed 2 VMs and fleet gone");
     await expect(stat(stateLayout(state).fleet("gone").dir)).rejects.toThrow();
+  });
+});
+
+describe("fleets on a host bridge", () => {
+  const BRIDGED = "network: { subnet: 10.79.0.0/24, bridge: br-test, managed: false }\n";
+
+  it("get host-wide tap names and no namespace of their own", async () => {
+    const file = await fleet("hbone", `count: 2\n${BRIDGED}`);
+    const created = await run(["create", "-f", file]);
+    expect(created.code, created.stderr).toBe(0);
+    const argv = JSON.parse(
+      await readFile(stateLayout(state).fleet("hbone").vm("vm-2").qemuArgv, "utf8"),
+    ) as string[];
+    // QEMU runs in the host's namespace, on a tap named for the fleet.
+    expect(argv[0]).toBe("qemu-system-x86_64");
+    expect(argv).toContain(`tap,id=net0,ifname=${hostTapName("hbone", 2)},script=no,downscript=no`);
+  });
+
+  it("refuse an overlapping subnet on a host bridge, a move between networks and a missing bridge, before anything is written", async () => {
+    const overlapping = await fleet(
+      "hbtwo",
+      "network: { subnet: 10.79.0.128/25, bridge: br-other, managed: false }\n",
+    );
+    const refused = await run(["create", "-f", overlapping]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr.trim().split("\n")).toEqual([
+      "shoal: network.subnet 10.79.0.128/25 overlaps fleet hbone's 10.79.0.0/24 on host bridge br-test; fleets on host bridges share the host's routing and DHCP: give each its own subnet",
+    ]);
+    await expect(stat(stateLayout(state).fleet("hbtwo").state)).rejects.toThrow();
+    // A fleet's own network is a namespace of its own: the same subnet is fine there.
+    const isolated = await fleet("hbiso", "count: 1\nnetwork: { subnet: 10.79.0.0/24 }\n");
+    expect((await run(["create", "-f", isolated])).code).toBe(0);
+
+    const record = await readFile(stateLayout(state).fleet("hbone").state, "utf8");
+    const moved = await fleet("hbone", "count: 2\nnetwork: { subnet: 10.79.0.0/24 }\n");
+    const move = await run(["create", "-f", moved]);
+    expect(move.code).toBe(2);
+    expect(move.stderr).toContain(
+      "fleet hbone's VMs are on host bridge br-test; network.bridge cannot move them to its own network in place",
+    );
+    // br-test exists nowhere: `up` says so before starting anything.
+    const up = await run(["up", "-f", await fleet("hbone", `count: 2\n${BRIDGED}`)]);
+    expect(up.code).toBe(2);
+    expect(up.stderr.trim()).toBe(
+      "shoal: network.bridge br-test does not exist on this host; make it first (`ip link add br-test type bridge`), or leave out bridge: for the fleet's own network",
+    );
+    expect(await readFile(stateLayout(state).fleet("hbone").state, "utf8")).toBe(record);
+    for (const name of ["hbone", "hbiso"]) {
+      expect((await run(["destroy", "--fleet", name, "--yes"])).code).toBe(0);
+    }
   });
 });

@@ -1,6 +1,7 @@
 import { chmod, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { formatSize } from "../../src/core/size.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import { Ext4Image } from "../../src/image/ext4.js";
 import type { ImageMeta } from "../../src/image/store.js";
@@ -96,6 +97,19 @@ describe("shoal image build --from busybox", () => {
         module,
       ).toBe(true);
     }
+    // The host's dropbear and scp, with every library they load, for `shoal ssh`, `exec` and `cp`.
+    const base = new Ext4Image(runner, paths.base);
+    for (const [dir, name] of [
+      ["/usr/sbin", "dropbear"],
+      ["/usr/bin", "scp"],
+      ["/lib64", "ld-linux-x86-64.so.2"],
+      ["/lib/x86_64-linux-gnu", "libtomcrypt.so.1"],
+    ]) {
+      expect(
+        (await base.list(dir ?? "/"))?.map((entry) => entry.name),
+        name,
+      ).toContain(name);
+    }
   });
 
   it("lists, inspects and refuses a second image of the same name", async () => {
@@ -103,7 +117,10 @@ describe("shoal image build --from busybox", () => {
     expect((JSON.parse(list.stdout) as ImageMeta[]).map((image) => image.name)).toContain("tiny");
     const table = await shoal(["--state-dir", sharedState, "image", "ls"]);
     expect(table.stdout).toMatch(
-      new RegExp(`^tiny +${tiny.id.slice(0, 12)} +50M +${tiny.kernelVersion} +busybox`, "m"),
+      new RegExp(
+        `^tiny +${tiny.id.slice(0, 12)} +${formatSize(tiny.size)} +${tiny.kernelVersion} +busybox`,
+        "m",
+      ),
     );
     const again = await buildTiny();
     expect(again.code).toBe(2);

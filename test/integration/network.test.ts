@@ -30,12 +30,13 @@ async function network(count: number) {
   // The state directory of a host: others may enter it (dnsmasq reads its files as nobody).
   await chmod(dir, 0o755);
   const layout = stateLayout(dir);
-  const net = new FleetNetwork(runner, layout.fleet(name).net, name);
+  const net = new FleetNetwork(runner, layout.fleet(name).net, name, fleet.network);
   made.push(net);
   return { net, fleet, paths: layout.fleet(name).net };
 }
 
-async function inNamespace(namespace: string, ...argv: string[]) {
+async function inNamespace(namespace: string | undefined, ...argv: string[]) {
+  if (namespace === undefined) throw new Error("the fleet's network has no namespace");
   return (await exec("ip", ["netns", "exec", namespace, ...argv])).stdout;
 }
 
@@ -47,9 +48,9 @@ describe("a fleet's network", () => {
   it("refuses a state directory dnsmasq (user nobody) could not enter, before making anything", async () => {
     const name = `closed${process.pid}`;
     const dir = await tempDir();
-    const net = new FleetNetwork(runner, stateLayout(dir).fleet(name).net, name);
-    made.push(net);
     const fleet = fleetOf(`name: ${name}\ncount: 1\n`);
+    const net = new FleetNetwork(runner, stateLayout(dir).fleet(name).net, name, fleet.network);
+    made.push(net);
     const closed = net.ensure({ fleet: name, subnet: fleet.subnet, vms: fleet.vms });
     await expect(closed).rejects.toThrow(
       `dnsmasq, which runs as user nobody, cannot reach ${stateLayout(dir).fleet(name).net.dir}: ${dir} is closed to other users`,

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { parseLdd } from "../../src/core/ldd.js";
 import { loadOrder, moduleName, parseModuleIndex } from "../../src/core/modules.js";
 
 const DEP = `kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
@@ -61,6 +62,33 @@ describe("kernel modules", () => {
     expect(loadOrder(parseModuleIndex(DEP), ["overlay", "zfs", "btrfs"])).toEqual({
       ok: false,
       missing: ["zfs", "btrfs"],
+    });
+  });
+});
+
+describe("the libraries a program the tiny image carries loads", () => {
+  it("takes each resolved library and the loader, not the vDSO", () => {
+    const output = [
+      "\tlinux-vdso.so.1 (0x00007ffd1d5f2000)",
+      "\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f7228c94000)",
+      "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f7228a76000)",
+      "\t/lib64/ld-linux-x86-64.so.2 (0x00007f7228df2000)",
+      "",
+    ].join("\n");
+    expect(parseLdd(output)).toEqual({
+      ok: true,
+      paths: [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+      ],
+    });
+  });
+
+  it("names a library the host lacks", () => {
+    expect(parseLdd("\tlibtomcrypt.so.1 => not found\n")).toEqual({
+      ok: false,
+      missing: ["libtomcrypt.so.1 => not found"],
     });
   });
 });

@@ -430,6 +430,30 @@ describe("field rules", () => {
     );
   });
 
+  it("put VMs on the fleet's own network unless a host bridge is given, with managed: false", () => {
+    expect(fleetOf("name: a\n").network).toEqual({ kind: "isolated", nat: false });
+    expect(fleetOf("name: a\nnetwork: { nat: true }\n").network).toEqual({
+      kind: "isolated",
+      nat: true,
+    });
+    expect(fleetOf("name: a\nnetwork: { bridge: xenbr0, managed: false }\n").network).toEqual({
+      kind: "host-bridge",
+      bridge: "xenbr0",
+    });
+    expect(one("name: a\nnetwork: { bridge: br0 }\n")).toContain(
+      "bridge: attaches VMs to a bridge shoal does not manage; add managed: false",
+    );
+    expect(one("name: a\nnetwork: { managed: false }\n")).toContain(
+      "managed: false needs the bridge: to attach the VMs to",
+    );
+    expect(one("name: a\nnetwork: { bridge: br0, managed: false, nat: true }\n")).toContain(
+      "nat: is for the fleet's own network",
+    );
+    expect(one("name: a\nnetwork: { bridge: 'br0; reboot', managed: false }\n")).toContain(
+      "is not a network interface name",
+    );
+  });
+
   it("check fixed MACs", () => {
     const base = "name: a\nvms:\n";
     expect(one(`${base}  - { name: x, mac: "01:00:5e:00:00:01" }\n`)).toContain(

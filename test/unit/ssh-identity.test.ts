@@ -1,9 +1,16 @@
 import { describe, expect, it } from "vitest";
 import { kvmProbeArgv } from "../../src/backends/qemu/accel.js";
 import { selectVms } from "../../src/cli/fleet.js";
+import { makeSubnet, parseCidr, subnetsOverlap } from "../../src/core/ipv4.js";
+import { hostTapName } from "../../src/core/net.js";
 import { seedFiles } from "../../src/core/seed.js";
 import { formatUsage } from "../../src/core/size.js";
-import { privateKeyFile, publicKeyLine, renderKnownHosts } from "../../src/core/ssh.js";
+import {
+  dropbearPrivateKey,
+  privateKeyFile,
+  publicKeyLine,
+  renderKnownHosts,
+} from "../../src/core/ssh.js";
 
 // RFC 8032, section 7.1, test 1: a published ed25519 key pair.
 const key = {
@@ -58,6 +65,13 @@ describe("OpenSSH key files", () => {
     expect([...padding]).toEqual(Array.from({ length: padding.length }, (_, i) => i + 1));
   });
 
+  it("writes dropbear's host key file: the key type, then seed and public key as one string", () => {
+    const [fields, rest] = sshStrings(dropbearPrivateKey(key), 2);
+    expect(rest.length).toBe(0);
+    expect(String(fields[0])).toBe("ssh-ed25519");
+    expect(fields[1]).toEqual(Buffer.concat([key.seed, key.publicKey]));
+  });
+
   it("refuses a key of the wrong size", () => {
     expect(() => publicKeyLine({ seed: key.seed, publicKey: key.publicKey.subarray(1) })).toThrow(
       /^internal/,
@@ -89,7 +103,11 @@ describe("the identity seed", () => {
   const input = {
     vm: { name: "vm-1", hostname: "vm-1", machineId: "0123456789abcdef0123456789abcdef" },
     fleet: "lab",
-    hostKey: { privateKey: privateKeyFile(key, "root@vm-1", 7), publicKey: PUBLIC },
+    hostKey: {
+      privateKey: privateKeyFile(key, "root@vm-1", 7),
+      publicKey: PUBLIC,
+      dropbearKey: dropbearPrivateKey(key),
+    },
     authorizedKeys: [`${PUBLIC} alice@laptop`],
   };
 
@@ -101,6 +119,7 @@ describe("the identity seed", () => {
       ["etc/ssh/ssh_host_ed25519_key", "600"],
       ["etc/ssh/ssh_host_ed25519_key.pub", "644"],
       ["etc/ssh/sshd_config.d/shoal-host-key.conf", "644"],
+      ["etc/dropbear/dropbear_ed25519_host_key", "600"],
       ["root/.ssh/authorized_keys", "600"],
     ]);
     const content = Object.fromEntries(files.map((file) => [file.path, file.content]));
@@ -110,6 +129,7 @@ describe("the identity seed", () => {
     expect(content["etc/ssh/sshd_config.d/shoal-host-key.conf"]).toContain(
       "\nHostKey /etc/ssh/ssh_host_ed25519_key\n",
     );
+    expect(content["etc/dropbear/dropbear_ed25519_host_key"]).toEqual(dropbearPrivateKey(key));
     expect(content["root/.ssh/authorized_keys"]).toBe(`${PUBLIC} alice@laptop\n`);
   });
 
@@ -175,5 +195,30 @@ describe("the KVM probe", () => {
       "-append",
       "console=ttyS0 panic=-1",
     ]);
+  });
+});
+
+describe("tap devices on a host bridge", () => {
+  it("carry the fleet (hashed) and the slot, in at most 15 bytes, distinct between fleets", () => {
+    expect(hostTapName("lab", 1)).toMatch(/^s[0-9a-f]{5}-1$/);
+    expect(hostTapName("lab", 2 ** 24 - 1).length).toBeLessThanOrEqual(15);
+    expect(hostTapName("lab", 7)).not.toBe(hostTapName("lab2", 7));
+    expect(hostTapName("lab", 7)).toBe(hostTapName("lab", 7));
+  });
+});
+
+describe("subnets of fleets on host bridges", () => {
+  const subnet = (cidr: string) => {
+    const parsed = parseCidr(cidr);
+    if (!parsed.ok) throw new Error(cidr);
+    return makeSubnet(parsed.network, parsed.prefix);
+  };
+
+  it("overlap when they share any address", () => {
+    expect(subnetsOverlap(subnet("10.77.0.0/16"), subnet("10.77.3.0/24"))).toBe(true);
+    expect(subnetsOverlap(subnet("10.77.3.0/24"), subnet("10.77.0.0/16"))).toBe(true);
+    expect(subnetsOverlap(subnet("10.77.0.0/24"), subnet("10.77.0.0/24"))).toBe(true);
+    expect(subnetsOverlap(subnet("10.77.0.0/24"), subnet("10.77.1.0/24"))).toBe(false);
+    expect(subnetsOverlap(subnet("10.76.0.0/16"), subnet("10.77.0.0/16"))).toBe(false);
   });
 });

@@ -7,7 +7,7 @@ import { assertSafePaths, isInterfaceName } from "./boot.js";
 
 type Reservation = Pick<VmIdentity, "name" | "hostname" | "mac" | "ip">;
 
-function checkReservation(vm: Reservation): void {
+export function checkReservation(vm: Reservation): void {
   assertRenderable("hostname", vm.hostname, isDnsLabel(vm.hostname));
   assertRenderable("MAC", vm.mac, parseMac(vm.mac) === vm.mac);
   assertRenderable("IPv4 address", vm.ip, parseIpv4(vm.ip) !== undefined);
@@ -51,12 +51,14 @@ export interface DnsmasqInput {
   };
   /** How many VMs the fleet has: the most leases dnsmasq hands out. */
   readonly vmCount: number;
+  /** DNS servers for outside names, for a NATed fleet; none: only the fleet's names are answered. */
+  readonly upstream: readonly string[];
 }
 
 /**
  * dnsmasq for one fleet: DHCP for exactly the reserved MACs (an unknown MAC gets nothing, there is
- * no dynamic pool) and DNS for `<vm>` and `<vm>.<fleet>`, answered from the fleet's own files and
- * never forwarded anywhere.
+ * no dynamic pool) and DNS for `<vm>` and `<vm>.<fleet>`, answered from the fleet's own files. Other
+ * names are forwarded only for a NATed fleet, which can reach the servers.
  */
 export function renderDnsmasqConf(input: DnsmasqInput): string {
   const { subnet, files } = input;
@@ -79,9 +81,19 @@ export function renderDnsmasqConf(input: DnsmasqInput): string {
     `dhcp-option=option:router,${gateway}`,
     `dhcp-option=option:dns-server,${gateway}`,
     `domain=${input.fleet}`,
-    // Every name is answered from the fleet's files and nothing is forwarded: no AAAA query for
-    // a VM's name is left hanging (REFUSED) for want of an upstream server.
-    "local=/#/",
+    ...(input.upstream.length === 0
+      ? // Every name is answered from the fleet's files and nothing is forwarded: no AAAA query
+        // for a VM's name is left hanging (REFUSED) for want of an upstream server.
+        ["local=/#/"]
+      : [
+          `local=/${input.fleet}/`,
+          // A bare VM name is the fleet's to answer, never the outside's.
+          "domain-needed",
+          ...input.upstream.map((server) => {
+            assertRenderable("DNS server", server, parseIpv4(server) !== undefined);
+            return `server=${server}`;
+          }),
+        ]),
     `addn-hosts=${files.dnsHosts}`,
     "no-hosts",
     "no-resolv",

@@ -1,5 +1,6 @@
 import { renderKernelCmdline } from "../cmdline.js";
 import type { VmSpec } from "../fleet.js";
+import { inNamespace } from "../net.js";
 import { assertRenderable, UNIX_SOCKET_PATH_MAX } from "../syntax.js";
 import { assertSafePaths, type BootFiles, domainName, isInterfaceName } from "./boot.js";
 
@@ -40,10 +41,6 @@ export function renderQemuArgv(input: QemuInput): string[] {
     assertRenderable("socket path", socket, socket.length <= UNIX_SOCKET_PATH_MAX);
   }
   if (input.tap !== undefined) assertRenderable("tap name", input.tap, isInterfaceName(input.tap));
-  const inNamespace = input.namespace === undefined ? [] : ["ip", "netns", "exec", input.namespace];
-  if (input.namespace !== undefined) {
-    assertRenderable("namespace", input.namespace, /^shoal-[a-z0-9-]{1,63}$/.test(input.namespace));
-  }
   const network =
     input.tap === undefined
       ? ["-nic", "none"]
@@ -65,8 +62,7 @@ export function renderQemuArgv(input: QemuInput): string[] {
   if (vm.layer.type === "disk" && files.layer === undefined) {
     throw new Error(`internal: ${vm.name} has a disk layer but no layer path`);
   }
-  return [
-    ...inNamespace,
+  return inNamespace(input.namespace, [
     "qemu-system-x86_64",
     "-name",
     domainName(input.fleet, vm.name),
@@ -112,5 +108,5 @@ export function renderQemuArgv(input: QemuInput): string[] {
     "-pidfile",
     files.pidFile,
     "-daemonize",
-  ];
+  ]);
 }

@@ -1,0 +1,74 @@
+import { mkdir, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { Command } from "@commander-js/extra-typings";
+import pLimit from "p-limit";
+import { parseCopyEnd } from "../core/reach.js";
+import { ShoalError, UserError } from "../errors.js";
+import { FleetReach } from "../fleet/reach.js";
+import { fleetFileOption } from "./context.js";
+import { createdVms, fleetNameOption, notice, withFleet, workersOption } from "./fleet.js";
+
+export function cpCommand() {
+  return new Command("cp")
+    .description(
+      "copy files and directories to or from VMs with scp: VM:/path, where VM may be a pattern ('*:/opt/' is every VM)",
+    )
+    .argument("<source>", "a local path, or VM:/path")
+    .argument("<destination>", "VM:/path (VM a name or pattern), or a local path")
+    .addOption(workersOption(16))
+    .addOption(fleetFileOption())
+    .addOption(fleetNameOption())
+    .action(async (source, destination, options, command) => {
+      const from = parseCopyEnd(source);
+      const to = parseCopyEnd(destination);
+      if (from.kind === to.kind) {
+        throw new UserError(
+          from.kind === "vm"
+            ? "copy between a VM and this host, not between two VMs"
+            : `neither ${JSON.stringify(source)} nor ${JSON.stringify(destination)} names a VM`,
+          "write a VM's path as VM:/path",
+        );
+      }
+      const remote = from.kind === "vm" ? from : to.kind === "vm" ? to : undefined;
+      const local = from.kind === "local" ? from : to.kind === "local" ? to : undefined;
+      if (!remote || !local) throw new Error("internal: cp ends");
+      await withFleet(command, options, undefined, async ({ context, session }) => {
+        const vms = createdVms(session, [remote.pattern]);
+        const reach = await FleetReach.open(context.runner, session);
+        for (const vm of vms) await reach.requireRunning(vm);
+        const limit = pLimit(options.workers);
+        const downloadOfMany = from.kind === "vm" && vms.length > 1;
+        if (downloadOfMany) {
+          // From many VMs: one directory per VM under the destination, so no copy overwrites another.
+          const existing = await stat(local.path).catch(() => undefined);
+          if (existing && !existing.isDirectory()) {
+            throw new UserError(
+              `${local.path} is not a directory; copies from ${vms.length} VMs go into DIR/VM/`,
+            );
+          }
+        }
+        const results = await Promise.allSettled(
+          vms.map((vm) =>
+            limit(async () => {
+              const there = { target: reach.target(vm), path: remote.path };
+              if (from.kind === "local") return reach.copy(local.path, there);
+              const here = downloadOfMany ? join(local.path, vm) : local.path;
+              if (downloadOfMany) await mkdir(here, { recursive: true });
+              return reach.copy(there, here);
+            }),
+          ),
+        );
+        const failures = results.flatMap((result) =>
+          result.status === "rejected"
+            ? [result.reason instanceof Error ? result.reason.message : String(result.reason)]
+            : [],
+        );
+        if (failures.length > 0) {
+          throw new ShoalError(
+            `cp failed on ${failures.length} of ${vms.length} VMs: ${failures.join("; ")}`,
+          );
+        }
+        if (vms.length > 1) notice(`cp: copied on all ${vms.length} VMs`);
+      });
+    });
+}
