@@ -110,6 +110,11 @@ export async function converge(
     }
   }
   await each(plan, "delete", (vm) => session.delete(vm.name));
+  if (await session.setAuthorizedKeys(fleet.authorizedKeys)) {
+    session.notice(
+      "ssh.authorized_keys changed: each VM takes the new keys at its next boot (`shoal restart` now)",
+    );
+  }
   await each(plan, "recreate", async (vm) => {
     await session.stop(vm.name, options.stopTimeoutMs);
     await session.redefine(vm.spec, bootOf(vm.spec), fleet.authorizedKeys);

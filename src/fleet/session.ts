@@ -313,6 +313,24 @@ export class FleetSession {
     return this.clientKeyReady;
   }
 
+  /**
+   * Gives every created VM the fleet file's authorized_keys: their seeds are rewritten, and each VM
+   * takes them at its next boot. Says whether they changed.
+   */
+  async setAuthorizedKeys(keys: readonly string[]): Promise<boolean> {
+    const recorded = this.book.record.authorizedKeys;
+    if (recorded !== undefined && JSON.stringify(recorded) === JSON.stringify(keys)) return false;
+    const created = this.recordedNames()
+      .map((name) => this.book.vm(name))
+      .filter((entry) => entry?.phase === "created");
+    for (const entry of created) if (entry) await this.writeIdentity(entry.spec, keys);
+    if (created.length > 0) await this.sync();
+    await this.book.update((record) => {
+      record.authorizedKeys = [...keys];
+    });
+    return recorded !== undefined;
+  }
+
   /** Rewrites a stopped VM's definition and identity for a changed spec; its layer and host key stay. */
   async redefine(spec: VmSpec, boot: BootFiles, authorizedKeys: readonly string[]): Promise<void> {
     await this.writeIdentity(spec, authorizedKeys);

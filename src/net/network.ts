@@ -116,13 +116,18 @@ export class FleetNetwork {
     if (!(await this.linkExists(FLEET_BRIDGE))) {
       await this.ip("link", "add", FLEET_BRIDGE, "type", "bridge");
     }
-    await this.ip(
-      "addr",
-      "replace",
-      `${formatIpv4(spec.subnet.gateway)}/${spec.subnet.prefix}`,
-      "dev",
-      FLEET_BRIDGE,
-    );
+    const gateway = `${formatIpv4(spec.subnet.gateway)}/${spec.subnet.prefix}`;
+    await this.ip("addr", "replace", gateway, "dev", FLEET_BRIDGE);
+    // The gateway of a subnet the fleet had before goes, or VMs could still route through it.
+    const addresses = await this.runner.run({
+      argv: this.ipArgv(["-o", "-4", "addr", "show", "dev", FLEET_BRIDGE]),
+      probe: true,
+    });
+    for (const [, stale] of addresses.stdout.matchAll(/ inet (\S+) /g)) {
+      if (stale !== undefined && stale !== gateway) {
+        await this.ip("addr", "del", stale, "dev", FLEET_BRIDGE);
+      }
+    }
     await this.ip("link", "set", FLEET_BRIDGE, "up");
     if (this.mode.kind === "isolated" && this.mode.nat) await this.ensureNat(this.namespace);
     else await this.removeNat();

@@ -48,6 +48,8 @@ const fleetRecord = z.object({
       nat: z.boolean().optional(),
     })
     .optional(),
+  /** `ssh.authorized_keys` as the VMs' identity seeds hold them. */
+  authorizedKeys: z.array(z.string()).optional(),
   vms: z.record(
     z.string(),
     z.object({

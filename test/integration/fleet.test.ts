@@ -100,6 +100,23 @@ describe("shoal create", () => {
         expect(layer.mode & 0o777).toBe(0o600);
       }
     }
+    // New keys in the fleet file reach every VM's seed, for its next boot.
+    const other = KEY.replace("alice@laptop", "bob@desk");
+    await writeFile(
+      file,
+      `name: made\ncount: 3\nssh: { authorized_keys: ["${other}"] }\nvms: [{ name: vm-3, layer: { type: tmpfs } }]\n`,
+    );
+    const rekeyed = await run(["create", "-f", file]);
+    expect(rekeyed.code, rekeyed.stderr).toBe(0);
+    expect(rekeyed.stderr).toContain(
+      "ssh.authorized_keys changed: each VM takes the new keys at its next boot",
+    );
+    for (const name of ["vm-1", "vm-2", "vm-3"]) {
+      const seed = fleetPaths.vm(name).seed;
+      expect((await exec("tar", ["-xOf", seed, "root/.ssh/authorized_keys"])).stdout).toBe(
+        `${clientKey}${other}\n`,
+      );
+    }
     const ps = await run(["ps", "-f", file]);
     expect(ps.stdout).toMatch(/^vm-1\s+stopped\s+qemu\s+10\.77\.0\.\d+\s+-\s+0B$/m);
     const again = await run(["create", "-f", file, "--json"]);

@@ -101,7 +101,7 @@ describe("a fleet's network", () => {
     );
   });
 
-  it("takes more VMs without losing what runs, and is gone after remove", async () => {
+  it("takes more VMs without losing what runs, moves to a new subnet, and is gone after remove", async () => {
     const { net, fleet, paths } = await network(2);
     await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
     await net.ensureTap(1);
@@ -115,6 +115,14 @@ describe("a fleet's network", () => {
     );
     const answer = await inNamespace(net.namespace, "busybox", "nslookup", "vm-3", "10.99.0.1");
     expect(answer).toContain(bigger.vms[2]?.ip);
+    // A new subnet: the bridge holds its gateway only, and dnsmasq serves it.
+    const moved = fleetOf(`name: ${fleet.name}\ncount: 3\nnetwork: { subnet: 10.98.0.0/24 }\n`);
+    await net.ensure({ fleet: fleet.name, subnet: moved.subnet, vms: moved.vms });
+    const addresses = await inNamespace(net.namespace, "ip", "-o", "-4", "addr", "show", "shoal0");
+    expect([...addresses.matchAll(/ inet (\S+) /g)].map((match) => match[1])).toEqual([
+      "10.98.0.1/24",
+    ]);
+    expect(await readFile(paths.conf, "utf8")).toContain("listen-address=10.98.0.1\n");
     const pid = await net.dnsmasqPid();
     await net.remove();
     expect(await net.exists()).toBe(false);
