@@ -37,9 +37,11 @@ export function cpCommand() {
         const reach = await FleetReach.open(context.runner, session);
         for (const vm of vms) await reach.requireRunning(vm);
         const limit = pLimit(options.workers);
-        const downloadOfMany = from.kind === "vm" && vms.length > 1;
+        // From a pattern (however many VMs it matches today): one directory per VM under the
+        // destination, so no copy overwrites another and the layout does not depend on the count.
+        const downloadOfMany =
+          from.kind === "vm" && !(vms.length === 1 && vms[0] === remote.pattern);
         if (downloadOfMany) {
-          // From many VMs: one directory per VM under the destination, so no copy overwrites another.
           const existing = await stat(local.path).catch(() => undefined);
           if (existing && !existing.isDirectory()) {
             throw new UserError(

@@ -65,16 +65,13 @@ function targets(session: FleetSession, patterns: readonly string[], all: boolea
 
 async function runOn(
   reach: FleetReach,
-  session: FleetSession,
   name: string,
   command: readonly string[],
   live: boolean,
   timeoutMs: number | undefined,
 ): Promise<VmOutcome> {
-  const { state } = await session.status(name);
-  if (state !== "running") {
-    return { name, exitCode: null, stdout: "", stderr: "", error: `the VM is ${state}` };
-  }
+  const notRunning = await reach.notRunning(name);
+  if (notRunning) return { name, exitCode: null, stdout: "", stderr: "", error: notRunning };
   const out = new PrefixedLines(`${name}: `, process.stdout);
   const err = new PrefixedLines(`${name}: `, process.stderr);
   const result = await reach.run(name, command, {
@@ -135,7 +132,7 @@ export function execCommand() {
         const limit = pLimit(options.workers);
         const outcomes = await Promise.all(
           vms.map((name) =>
-            limit(() => runOn(reach, session, name, words, options.json !== true, timeoutMs)),
+            limit(() => runOn(reach, name, words, options.json !== true, timeoutMs)),
           ),
         );
         if (options.json) context.print(JSON.stringify(outcomes, null, 2));

@@ -1,10 +1,9 @@
 import { open } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "@commander-js/extra-typings";
 import { UserError } from "../errors.js";
 import { fleetFileOption } from "./context.js";
 import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export function logsCommand() {
   return new Command("logs")

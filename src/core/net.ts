@@ -29,7 +29,7 @@ export function tapName(index: number): string {
 }
 
 /** A short tag of the fleet for host-wide interface names, which take at most 15 bytes. */
-function fleetTag(fleet: string): string {
+export function fleetTag(fleet: string): string {
   assertRenderable("fleet name", fleet, isDnsLabel(fleet));
   return `s${createHash("sha256").update(fleet).digest("hex").slice(0, 5)}`;
 }

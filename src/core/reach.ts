@@ -155,14 +155,17 @@ export interface PortForward {
   readonly vmPort: number;
 }
 
+function isPort(port: number): boolean {
+  return Number.isInteger(port) && port >= 1 && port <= 65_535;
+}
+
 /** `8080:80` (this host's port, the VM's) or `80` (the same on both); undefined if neither. */
 export function parsePortForward(text: string): PortForward | undefined {
   const match = /^(?:(\d{1,5}):)?(\d{1,5})$/.exec(text);
   if (!match?.[2]) return undefined;
   const vmPort = Number(match[2]);
   const hostPort = match[1] === undefined ? vmPort : Number(match[1]);
-  const valid = (port: number) => port >= 1 && port <= 65_535;
-  return valid(hostPort) && valid(vmPort) ? { hostPort, vmPort } : undefined;
+  return isPort(hostPort) && isPort(vmPort) ? { hostPort, vmPort } : undefined;
 }
 
 /**
@@ -178,11 +181,7 @@ export function forwardArgv(
 ): [string, ...string[]] {
   if (forwards.length === 0) throw new Error("internal: nothing to forward");
   for (const { hostPort, vmPort } of forwards) {
-    assertRenderable(
-      "port",
-      `${hostPort}:${vmPort}`,
-      [hostPort, vmPort].every((port) => Number.isInteger(port) && port >= 1 && port <= 65_535),
-    );
+    assertRenderable("port", `${hostPort}:${vmPort}`, isPort(hostPort) && isPort(vmPort));
   }
   const proxy =
     access.namespace === undefined

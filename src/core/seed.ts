@@ -1,6 +1,6 @@
 import type { VmIdentity } from "./fleet.js";
 import { isDnsLabel } from "./names.js";
-import { ED25519 } from "./ssh.js";
+import { dropbearPrivateKey, ED25519, parsePrivateKeyFile, publicKeyLine } from "./ssh.js";
 import { assertRenderable, checkAuthorizedKey } from "./syntax.js";
 
 /**
@@ -21,11 +21,7 @@ export interface SeedInput {
   readonly vm: Pick<VmIdentity, "name" | "hostname" | "machineId">;
   readonly fleet: string;
   /** The VM's host key files as shoal keeps them on the host. */
-  readonly hostKey: {
-    readonly privateKey: string;
-    readonly publicKey: string;
-    readonly dropbearKey: Buffer;
-  };
+  readonly hostKey: { readonly privateKey: string; readonly publicKey: string };
   readonly authorizedKeys: readonly string[];
 }
 
@@ -41,6 +37,10 @@ export function seedFiles(input: SeedInput): SeedFile[] {
   );
   for (const key of input.authorizedKeys)
     assertRenderable("authorized key", key, checkAuthorizedKey(key) === undefined);
+  const parsed = parsePrivateKeyFile(input.hostKey.privateKey);
+  if (!parsed || publicKeyLine(parsed) !== input.hostKey.publicKey) {
+    throw new Error(`internal: ${vm.name}'s host key files do not hold one ed25519 key pair`);
+  }
   const comment = `root@${vm.hostname}`;
   return [
     { path: "etc/hostname", mode: 0o644, content: `${vm.hostname}\n` },
@@ -65,7 +65,7 @@ export function seedFiles(input: SeedInput): SeedFile[] {
       // The same key for images whose SSH server is dropbear (shoal's tiny image).
       path: "etc/dropbear/dropbear_ed25519_host_key",
       mode: 0o600,
-      content: input.hostKey.dropbearKey,
+      content: dropbearPrivateKey(parsed),
     },
     {
       path: "root/.ssh/authorized_keys",

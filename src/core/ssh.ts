@@ -78,6 +78,46 @@ export function privateKeyFile(key: Ed25519Key, comment: string, checkInt: numbe
   ].join("\n");
 }
 
+/** Reads SSH wire strings off the front of `data`; undefined if it does not hold them. */
+function readStrings(data: Buffer, count: number): { fields: Buffer[]; rest: Buffer } | undefined {
+  const fields: Buffer[] = [];
+  let rest = data;
+  for (let i = 0; i < count; i++) {
+    if (rest.length < 4) return undefined;
+    const length = rest.readUInt32BE(0);
+    if (rest.length < 4 + length) return undefined;
+    fields.push(rest.subarray(4, 4 + length));
+    rest = rest.subarray(4 + length);
+  }
+  return { fields, rest };
+}
+
+/**
+ * The key in an unencrypted OpenSSH ed25519 private key file (as `privateKeyFile` writes it), or
+ * undefined for anything else.
+ */
+export function parsePrivateKeyFile(text: string): Ed25519Key | undefined {
+  const body = text
+    .replace("-----BEGIN OPENSSH PRIVATE KEY-----", "")
+    .replace("-----END OPENSSH PRIVATE KEY-----", "")
+    .replace(/\s+/g, "");
+  const data = Buffer.from(body, "base64");
+  const magic = Buffer.from("openssh-key-v1\0");
+  if (!data.subarray(0, magic.length).equals(magic)) return undefined;
+  const header = readStrings(data.subarray(magic.length), 3);
+  // Encrypted keys (cipher, kdf) are not shoal's.
+  if (header?.fields.map(String).join(",") !== "none,none," || header.rest.length < 4) {
+    return undefined;
+  }
+  const sections = readStrings(header.rest.subarray(4), 2);
+  const section = sections?.fields[1];
+  if (!section || section.length < 8) return undefined;
+  const keys = readStrings(section.subarray(8), 3);
+  const [type, publicKey, both] = keys?.fields ?? [];
+  if (String(type) !== ED25519 || publicKey?.length !== 32 || both?.length !== 64) return undefined;
+  return { seed: both.subarray(0, 32), publicKey };
+}
+
 /**
  * The same key as dropbear's own host key file (dropbear cannot read OpenSSH's format): the key
  * type, then the seed and the public key as one string.

@@ -1,4 +1,5 @@
 import { access as fileAccess } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   forwardArgv,
   type PortForward,
@@ -11,9 +12,8 @@ import {
 } from "../core/reach.js";
 import { ShoalError, UserError } from "../errors.js";
 import type { CommandResult, Runner } from "../host/runner.js";
+import { readClientKey } from "../identity/identity.js";
 import type { FleetSession } from "./session.js";
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Long enough for a VM under software emulation to accept a connection; short enough to retry. */
 const CONNECT_TIMEOUT_S = 10;
@@ -45,14 +45,17 @@ export class FleetReach {
   ) {}
 
   static async open(runner: Runner, session: FleetSession): Promise<FleetReach> {
-    const key = await session.clientKey();
+    const key = await readClientKey(session.paths.clientKeys);
     const knownHosts = session.paths.knownHosts;
     const made = await fileAccess(knownHosts).then(
       () => true,
       () => false,
     );
-    if (!made) {
-      throw new UserError(`fleet ${session.fleet} has no VMs yet`, "`shoal up` creates them");
+    if (!made || !key) {
+      throw new UserError(
+        `fleet ${session.fleet} has ${made ? "no SSH key of its own yet" : "no VMs yet"}`,
+        "`shoal up` makes it",
+      );
     }
     return new FleetReach(runner, session, {
       knownHosts,
@@ -67,12 +70,20 @@ export class FleetReach {
     return { name, ip: entry.spec.ip };
   }
 
+  /** Why a VM cannot answer (`it is stopped`), or undefined for a running one. */
+  async notRunning(name: string): Promise<string | undefined> {
+    const { state } = await this.session.status(name);
+    return state === "running" ? undefined : `it is ${state}`;
+  }
+
   /** Refuses a VM that is not running, before ssh waits for a connection that cannot come. */
   async requireRunning(name: string): Promise<void> {
-    const { state } = await this.session.status(name);
-    if (state !== "running") {
-      throw new UserError(`VM ${name} is ${state}`, `\`shoal start ${name}\` starts it`);
-    }
+    const why = await this.notRunning(name);
+    if (why)
+      throw new UserError(
+        `VM ${name} cannot be reached: ${why}`,
+        `\`shoal start ${name}\` starts it`,
+      );
   }
 
   /** An interactive session or one command with the user's terminal, as `ssh VM CMD` would. */
@@ -85,7 +96,8 @@ export class FleetReach {
     if (result.code === SSH_FAILED && isHostKeyMismatch(result.stderr)) {
       throw hostKeyError(name);
     }
-    return result.code;
+    // ssh ended by a signal has no exit code to pass on.
+    return result.code < 0 ? 1 : result.code;
   }
 
   /** Forwards ports of this host's loopback to the VM until `stop` is aborted. */
@@ -138,13 +150,13 @@ export class FleetReach {
   /** Waits until a VM accepts an SSH login, or the deadline; a VM that stops ends the wait. */
   async waitForLogin(name: string, deadline: number): Promise<void> {
     for (;;) {
+      const notRunning = await this.notRunning(name);
+      if (notRunning) throw new ShoalError(notRunning);
       const result = await this.run(name, ["true"], {
         timeoutMs: (CONNECT_TIMEOUT_S + 5) * 1000,
       });
       if (result.code === 0) return;
       if (isHostKeyMismatch(result.stderr)) throw hostKeyError(name);
-      const { state } = await this.session.status(name);
-      if (state !== "running") throw new ShoalError(`it is ${state}`);
       if (Date.now() >= deadline) {
         throw new ShoalError(`no SSH login yet: ${lastLine(result.stderr) || "no answer"}`);
       }

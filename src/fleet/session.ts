@@ -1,4 +1,5 @@
 import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Backend, BackendVm, VmNic } from "../backends/backend.js";
 import type { FleetSpec, NetworkMode, VmSpec } from "../core/fleet.js";
 import {
@@ -9,6 +10,7 @@ import {
   type Subnet,
   subnetsOverlap,
 } from "../core/ipv4.js";
+import { fleetTag, natLink } from "../core/net.js";
 import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { seedFiles } from "../core/seed.js";
@@ -28,7 +30,6 @@ import { removeStaleTempFiles, writeFileAtomic } from "../state/atomic.js";
 import type { FleetPaths, StateLayout } from "../state/layout.js";
 import { emptyRecord, type FleetRecord, RecordBook, readFleetRecord } from "../state/store.js";
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const POLL_MS = 250;
 const PRESS_AGAIN_MS = 10_000;
 
@@ -111,12 +112,7 @@ export class FleetSession {
 
   /** The fleet's network as last recorded; the fleet's own, isolated one if none is. */
   get network(): FleetNetwork {
-    const recorded = this.book.record.network;
-    return this.networkIn(
-      recorded?.bridge === undefined
-        ? { kind: "isolated", nat: recorded?.nat ?? false }
-        : { kind: "host-bridge", bridge: recorded.bridge },
-    );
+    return this.networkIn(modeOfRecord(this.book.record.network));
   }
 
   private networkIn(mode: NetworkMode): FleetNetwork {
@@ -154,7 +150,7 @@ export class FleetSession {
         "`shoal destroy` the fleet first, or keep network.bridge as it was",
       );
     }
-    if (mode.kind === "host-bridge") await this.checkHostSubnet(subnet);
+    await this.checkOtherFleets(subnet, mode);
     // A missing bridge is found before any VM is made, not when each one fails to start.
     if (options.willStart) await this.networkIn(mode).checkBridge();
     if (JSON.stringify(recorded) === JSON.stringify(network)) return;
@@ -163,17 +159,42 @@ export class FleetSession {
     });
   }
 
-  private async checkHostSubnet(subnet: Subnet): Promise<void> {
+  /**
+   * What this fleet puts into the host's namespace must not clash with another fleet's: subnets of
+   * fleets on host bridges (shared routing), and the host-wide names and NAT links made from a
+   * short hash of the fleet's name (a collision is unlikely, but would break both fleets quietly).
+   */
+  private async checkOtherFleets(subnet: Subnet, mode: NetworkMode): Promise<void> {
+    const inHost = (kind: NetworkMode) => kind.kind === "host-bridge" || kind.nat;
+    if (!inHost(mode)) return;
     const others = await readdir(this.deps.layout.fleets).catch(() => [] as string[]);
     for (const other of others.filter((name) => name !== this.fleet).sort()) {
       const network = (await readFleetRecord(this.deps.layout, other).catch(() => undefined))
         ?.network;
-      const cidr = network?.bridge === undefined ? undefined : parseCidr(network.subnet);
-      if (!cidr?.ok) continue;
-      if (subnetsOverlap(subnet, makeSubnet(cidr.network, cidr.prefix))) {
+      if (!network) continue;
+      const theirs = modeOfRecord(network);
+      const cidr = parseCidr(network.subnet);
+      if (
+        mode.kind === "host-bridge" &&
+        theirs.kind === "host-bridge" &&
+        cidr.ok &&
+        subnetsOverlap(subnet, makeSubnet(cidr.network, cidr.prefix))
+      ) {
         throw new UserError(
-          `network.subnet ${subnet.cidr} overlaps fleet ${other}'s ${network?.subnet} on host bridge ${network?.bridge}`,
+          `network.subnet ${subnet.cidr} overlaps fleet ${other}'s ${network.subnet} on host bridge ${theirs.bridge}`,
           "fleets on host bridges share the host's routing and DHCP: give each its own subnet",
+        );
+      }
+      const clash =
+        inHost(theirs) &&
+        (fleetTag(other) === fleetTag(this.fleet) ||
+          (mode.kind === "isolated" &&
+            theirs.kind === "isolated" &&
+            natLink(other).transit === natLink(this.fleet).transit));
+      if (clash) {
+        throw new UserError(
+          `fleet names ${this.fleet} and ${other} hash to the same host interface names or NAT link`,
+          "rename one of the fleets",
         );
       }
     }
@@ -275,7 +296,7 @@ export class FleetSession {
           await rm(paths.dir, { recursive: true, force: true });
           await mkdir(paths.dir, { recursive: true, mode: 0o700 });
           await makeHostKey(paths.hostKeys, `root@${spec.hostname}`);
-          await this.writeIdentity(spec, authorizedKeys);
+          await this.writeIdentity(spec, authorizedKeys, "new");
           if (spec.layer.type === "disk") await createLayer(paths.layer, spec.layer.sizeBytes);
           await this.backend.define(this.vm(spec.name), spec, bootOf(spec), this.nic(spec));
         }),
@@ -293,7 +314,11 @@ export class FleetSession {
     for (const spec of specs) this.deps.event({ vm: spec.name, phase: "created" });
   }
 
-  private async writeIdentity(spec: VmSpec, authorizedKeys: readonly string[]): Promise<void> {
+  private async writeIdentity(
+    spec: VmSpec,
+    authorizedKeys: readonly string[],
+    how: "new" | "replace",
+  ): Promise<void> {
     const paths = this.paths.vm(spec.name);
     const [hostKey, clientKey] = await Promise.all([readHostKey(paths.hostKeys), this.clientKey()]);
     await writeSeed(
@@ -304,11 +329,15 @@ export class FleetSession {
         hostKey,
         authorizedKeys: [clientKey.publicKey, ...authorizedKeys],
       }),
+      how,
     );
   }
 
-  /** The key `shoal ssh` and `exec` log in with; every VM of the fleet authorizes it. */
-  clientKey(): Promise<ClientKey> {
+  /**
+   * The key `shoal ssh` and `exec` log in with; every VM of the fleet authorizes it. Made on first
+   * use, so only by commands that hold the fleet's lock (they write seeds).
+   */
+  private clientKey(): Promise<ClientKey> {
     this.clientKeyReady ??= ensureClientKey(this.paths.clientKeys, `shoal@${this.fleet}`);
     return this.clientKeyReady;
   }
@@ -323,17 +352,18 @@ export class FleetSession {
     const created = this.recordedNames()
       .map((name) => this.book.vm(name))
       .filter((entry) => entry?.phase === "created");
-    for (const entry of created) if (entry) await this.writeIdentity(entry.spec, keys);
+    for (const entry of created) if (entry) await this.writeIdentity(entry.spec, keys, "replace");
     if (created.length > 0) await this.sync();
     await this.book.update((record) => {
       record.authorizedKeys = [...keys];
     });
-    return recorded !== undefined;
+    // A fleet made before keys were recorded also gets the fleet's own key in its VMs' seeds.
+    return created.length > 0;
   }
 
   /** Rewrites a stopped VM's definition and identity for a changed spec; its layer and host key stay. */
   async redefine(spec: VmSpec, boot: BootFiles, authorizedKeys: readonly string[]): Promise<void> {
-    await this.writeIdentity(spec, authorizedKeys);
+    await this.writeIdentity(spec, authorizedKeys, "replace");
     await this.backend.define(this.vm(spec.name), spec, boot, this.nic(spec));
     await this.sync();
     await this.book.update((record) => {
@@ -516,4 +546,11 @@ async function readFrom(path: string, offset: number): Promise<string> {
   } finally {
     await handle.close();
   }
+}
+
+/** The network mode a fleet's record holds; the fleet's own, isolated network if none. */
+function modeOfRecord(network: FleetRecord["network"]): NetworkMode {
+  return network?.bridge === undefined
+    ? { kind: "isolated", nat: network?.nat ?? false }
+    : { kind: "host-bridge", bridge: network.bridge };
 }

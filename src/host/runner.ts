@@ -20,7 +20,10 @@ export interface Command {
    * plans from the real state of the host. Everything else is printed instead of run.
    */
   readonly probe?: boolean;
-  /** Exit codes that are answers, not failures (for example flock's 1 for "held by another"). */
+  /**
+   * Exit codes that are answers, not failures (for example flock's 1 for "held by another").
+   * "any": every ending is an answer, a timeout or signal too (code -1).
+   */
   readonly okCodes?: readonly number[] | "any";
   /** Sees the output as it comes (it is still collected), for commands whose output is shown live. */
   readonly onOutput?: (stream: "stdout" | "stderr", chunk: Buffer) => void;
@@ -93,8 +96,7 @@ export function requireSuccess(
   command: Command,
   result: CommandResult & { reason?: string },
 ): CommandResult {
-  const answer =
-    command.okCodes === "any" ? result.code >= 0 : command.okCodes?.includes(result.code);
+  const answer = command.okCodes === "any" || command.okCodes?.includes(result.code);
   if (result.code !== 0 && !answer) {
     throw new CommandFailed(command.argv, result.code, result.stderr, result.reason);
   }

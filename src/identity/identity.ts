@@ -3,7 +3,8 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pack } from "tar-stream";
 import type { SeedFile } from "../core/seed.js";
-import { dropbearPrivateKey, type Ed25519Key, privateKeyFile, publicKeyLine } from "../core/ssh.js";
+import { type Ed25519Key, privateKeyFile, publicKeyLine } from "../core/ssh.js";
+import { writeFileAtomic } from "../state/atomic.js";
 
 /**
  * A VM's identity on the host: its SSH host key, made here so shoal knows every VM's public key
@@ -14,12 +15,9 @@ export interface HostKeyFiles {
   readonly privateKey: string;
   /** `ssh-ed25519 BASE64`, without a comment. */
   readonly publicKey: string;
-  /** The private key in dropbear's format, for images whose SSH server is dropbear. */
-  readonly dropbearKey: Buffer;
 }
 
 const HOST_KEY_FILE = "ssh_host_ed25519_key";
-const DROPBEAR_KEY_FILE = "dropbear_ed25519_host_key";
 const CLIENT_KEY_FILE = "id_ed25519";
 
 function fromBase64Url(value: string | undefined): Buffer {
@@ -49,22 +47,17 @@ async function readPublicKey(dir: string, file: string): Promise<string> {
   return line.split(" ").slice(0, 2).join(" ");
 }
 
-/** Makes a VM's ed25519 host key in `dir`: OpenSSH's files and dropbear's, private ones 0600. */
-export async function makeHostKey(dir: string, comment: string): Promise<HostKeyFiles> {
-  const key = newKey();
-  const files = await writeKeyPair(dir, HOST_KEY_FILE, key, comment);
-  const dropbearKey = dropbearPrivateKey(key);
-  await writeFile(join(dir, DROPBEAR_KEY_FILE), dropbearKey, { mode: 0o600 });
-  return { ...files, dropbearKey };
+/** Makes a VM's ed25519 host key in `dir`, as ssh-keygen would (the private key 0600). */
+export function makeHostKey(dir: string, comment: string): Promise<HostKeyFiles> {
+  return writeKeyPair(dir, HOST_KEY_FILE, newKey(), comment);
 }
 
 export async function readHostKey(dir: string): Promise<HostKeyFiles> {
-  const [privateKey, publicKey, dropbearKey] = await Promise.all([
+  const [privateKey, publicKey] = await Promise.all([
     readFile(join(dir, HOST_KEY_FILE), "utf8"),
     readPublicKey(dir, HOST_KEY_FILE),
-    readFile(join(dir, DROPBEAR_KEY_FILE)),
   ]);
-  return { privateKey, publicKey, dropbearKey };
+  return { privateKey, publicKey };
 }
 
 /** The key shoal logs in to a fleet's VMs with: its private key file and its public key line. */
@@ -77,12 +70,29 @@ export function clientKeyPath(dir: string): string {
   return join(dir, CLIENT_KEY_FILE);
 }
 
-/** The fleet's client key in `dir`, made on first use. */
+/** The fleet's client key in `dir`, or undefined before the fleet has one. */
+export async function readClientKey(dir: string): Promise<ClientKey | undefined> {
+  const publicKey = await readPublicKey(dir, CLIENT_KEY_FILE).catch(() => undefined);
+  return publicKey === undefined ? undefined : { privateKeyPath: clientKeyPath(dir), publicKey };
+}
+
+/**
+ * The fleet's client key in `dir`, made on first use. Each file is replaced atomically and the
+ * public one written last, so a killed shoal never leaves a public key without its private key.
+ */
 export async function ensureClientKey(dir: string, comment: string): Promise<ClientKey> {
+  const existing = await readClientKey(dir);
+  if (existing) return existing;
+  const key = newKey();
+  const publicKey = publicKeyLine(key);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const privateKeyPath = clientKeyPath(dir);
-  const existing = await readPublicKey(dir, CLIENT_KEY_FILE).catch(() => undefined);
-  if (existing !== undefined) return { privateKeyPath, publicKey: existing };
-  const { publicKey } = await writeKeyPair(dir, CLIENT_KEY_FILE, newKey(), comment);
+  await writeFileAtomic(
+    privateKeyPath,
+    privateKeyFile(key, comment, randomBytes(4).readUInt32BE()),
+    0o600,
+  );
+  await writeFileAtomic(`${privateKeyPath}.pub`, `${publicKey} ${comment}\n`, 0o644);
   return { privateKeyPath, publicKey };
 }
 
@@ -91,7 +101,11 @@ export async function ensureClientKey(dir: string, comment: string): Promise<Cli
  * filesystem driver and its 512-byte blocks make a valid block device. Only files are archived, so
  * unpacking never changes the mode or owner of a directory the image already has.
  */
-export async function writeSeed(path: string, files: readonly SeedFile[]): Promise<void> {
+export async function writeSeed(
+  path: string,
+  files: readonly SeedFile[],
+  how: "new" | "replace" = "new",
+): Promise<void> {
   const archive = pack();
   const chunks: Buffer[] = [];
   archive.on("data", (chunk: unknown) => chunks.push(chunk as Buffer));
@@ -115,5 +129,7 @@ export async function writeSeed(path: string, files: readonly SeedFile[]): Promi
   }
   archive.finalize();
   await finished;
-  await writeFile(path, Buffer.concat(chunks), { mode: 0o600 });
+  // A seed replaced under a VM that may boot from it must never be seen half-written.
+  if (how === "replace") await writeFileAtomic(path, Buffer.concat(chunks), 0o600);
+  else await writeFile(path, Buffer.concat(chunks), { mode: 0o600 });
 }

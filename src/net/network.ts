@@ -1,5 +1,6 @@
 import { access, mkdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { NetworkMode, VmIdentity } from "../core/fleet.js";
 import type { Subnet } from "../core/ipv4.js";
 import { formatIpv4 } from "../core/ipv4.js";
@@ -19,11 +20,10 @@ import {
   upstreamNameservers,
 } from "../core/render/nft.js";
 import { ShoalError, UserError } from "../errors.js";
-import type { Runner } from "../host/runner.js";
+import { CommandFailed, type Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import type { NetworkPaths } from "../state/layout.js";
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const DNSMASQ_START_MS = 5000;
 
 export interface FleetNetworkSpec {
@@ -80,9 +80,11 @@ export class FleetNetwork {
     return this.runner.run({ argv: this.ipArgv(args) });
   }
 
-  private async linkExists(name: string): Promise<boolean> {
+  /** Whether a link is in the fleet's network (`where: "host"`: in the host's namespace). */
+  private async linkExists(name: string, where: "fleet" | "host" = "fleet"): Promise<boolean> {
+    const args = ["link", "show", "dev", name];
     const result = await this.runner.run({
-      argv: this.ipArgv(["link", "show", "dev", name]),
+      argv: where === "host" ? ["ip", ...args] : this.ipArgv(args),
       probe: true,
       okCodes: [1],
     });
@@ -117,8 +119,8 @@ export class FleetNetwork {
       await this.ip("link", "add", FLEET_BRIDGE, "type", "bridge");
     }
     const gateway = `${formatIpv4(spec.subnet.gateway)}/${spec.subnet.prefix}`;
-    await this.ip("addr", "replace", gateway, "dev", FLEET_BRIDGE);
-    // The gateway of a subnet the fleet had before goes, or VMs could still route through it.
+    // A gateway the fleet had before goes first: added beside it, the new one would be its
+    // secondary address, and deleting a primary deletes its secondaries too.
     const addresses = await this.runner.run({
       argv: this.ipArgv(["-o", "-4", "addr", "show", "dev", FLEET_BRIDGE]),
       probe: true,
@@ -128,6 +130,7 @@ export class FleetNetwork {
         await this.ip("addr", "del", stale, "dev", FLEET_BRIDGE);
       }
     }
+    await this.ip("addr", "replace", gateway, "dev", FLEET_BRIDGE);
     await this.ip("link", "set", FLEET_BRIDGE, "up");
     if (this.mode.kind === "isolated" && this.mode.nat) await this.ensureNat(this.namespace);
     else await this.removeNat();
@@ -142,13 +145,10 @@ export class FleetNetwork {
   private async ensureNat(namespace: string): Promise<void> {
     const link = natLink(this.fleet);
     const host = (...args: string[]) => this.runner.run({ argv: ["ip", ...args] });
-    const hostLinkExists = await this.runner.run({
-      argv: ["ip", "link", "show", "dev", link.hostSide],
-      probe: true,
-      okCodes: [1],
-    });
-    if (hostLinkExists.code !== 0 || !(await this.linkExists(link.fleetSide))) {
-      await host("link", "del", link.hostSide).catch(() => undefined);
+    const hostSide = await this.linkExists(link.hostSide, "host");
+    if (!hostSide || !(await this.linkExists(link.fleetSide))) {
+      // Half a pair (a shoal killed in between, a namespace remade) is made anew.
+      if (hostSide) await host("link", "del", link.hostSide);
       await host(
         "link",
         "add",
@@ -180,18 +180,16 @@ export class FleetNetwork {
   /** Takes a fleet's NAT away (turned off, or the fleet destroyed); nothing to do if it had none. */
   private async removeNat(): Promise<void> {
     const link = natLink(this.fleet);
-    const hostLink = await this.runner.run({
-      argv: ["ip", "link", "show", "dev", link.hostSide],
-      probe: true,
-      okCodes: [1],
-    });
-    // The host's table goes first: the veth is what says a table may be there.
-    if (hostLink.code !== 0) return;
-    await this.runner.run({ argv: ["nft", "-f", "-"], input: renderNatRemoval(link) });
-    await this.runner.run({ argv: ["ip", "link", "del", link.hostSide] });
-    if (this.namespace !== undefined && (await this.exists())) {
-      await this.ip("route", "del", "default").catch(() => undefined);
+    // The fleet's end, and the default route through it, go with the host's end.
+    if (await this.linkExists(link.hostSide, "host")) {
+      await this.runner.run({ argv: ["ip", "link", "del", link.hostSide] });
     }
+    // The table may outlive the veth (a shoal killed between the two). Without nft, there is none.
+    await this.runner
+      .run({ argv: ["nft", "-f", "-"], input: renderNatRemoval(link) })
+      .catch((error: unknown) => {
+        if (!(error instanceof CommandFailed && error.code === null)) throw error;
+      });
   }
 
   private async ensureDnsmasq(spec: FleetNetworkSpec, forwardNames: boolean): Promise<void> {

@@ -27,7 +27,7 @@ import { UserError } from "../errors.js";
  *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered
  *         serial.log           the serial console, kept on the host
  *         console.sock qmp.sock qemu.pid
- *         ssh/                 the VM's host keys, OpenSSH's and dropbear's (0700, private keys 0600)
+ *         ssh/                 the VM's host key (0700, the private key 0600)
  */
 
 export const DEFAULT_STATE_DIR = "/var/lib/shoal";

@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
-import { hostTapName } from "../../src/core/net.js";
+import { fleetTag, hostTapName } from "../../src/core/net.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
@@ -82,9 +82,12 @@ describe("shoal create", () => {
       // dropbear's own converter turns the OpenSSH key into exactly the file shoal seeds.
       const converted = join(await tempDir(), "dropbear-key");
       await exec("dropbearconvert", ["openssh", "dropbear", privateKey, converted]);
-      expect(await readFile(join(paths.hostKeys, "dropbear_ed25519_host_key"))).toEqual(
-        await readFile(converted),
+      const seededDropbear = await exec(
+        "tar",
+        ["-xOf", paths.seed, "etc/dropbear/dropbear_ed25519_host_key"],
+        { encoding: "buffer" },
       );
+      expect(seededDropbear.stdout).toEqual(await readFile(converted));
       // The fleet's own key first (`shoal ssh` logs in with it), then the fleet file's keys.
       const seeded = (await exec("tar", ["-xOf", paths.seed, "root/.ssh/authorized_keys"])).stdout;
       expect(seeded).toBe(`${clientKey}${KEY}\n`);
@@ -302,5 +305,29 @@ describe("fleets on a host bridge", () => {
     for (const name of ["hbone", "hbiso"]) {
       expect((await run(["destroy", "--fleet", name, "--yes"])).code).toBe(0);
     }
+  });
+
+  it("refuse a fleet whose name hashes to the host interface names of another's", async () => {
+    const seen = new Map<string, string>();
+    let pair: [string, string] | undefined;
+    for (let i = 0; pair === undefined; i++) {
+      const name = `tag${i}`;
+      const other = seen.get(fleetTag(name));
+      if (other === undefined) seen.set(fleetTag(name), name);
+      else pair = [other, name];
+    }
+    const [first, second] = pair;
+    const natted = await fleet(first, "count: 1\nnetwork: { nat: true }\n");
+    expect((await run(["create", "-f", natted])).code).toBe(0);
+    const bridged = await fleet(
+      second,
+      "count: 1\nnetwork: { subnet: 10.120.0.0/24, bridge: br-x, managed: false }\n",
+    );
+    const refused = await run(["create", "-f", bridged]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain(
+      `fleet names ${second} and ${first} hash to the same host interface names or NAT link; rename one of the fleets`,
+    );
+    expect((await run(["destroy", "--fleet", first, "--yes"])).code).toBe(0);
   });
 });

@@ -115,7 +115,15 @@ describe("a fleet's network", () => {
     );
     const answer = await inNamespace(net.namespace, "busybox", "nslookup", "vm-3", "10.99.0.1");
     expect(answer).toContain(bigger.vms[2]?.ip);
-    // A new subnet: the bridge holds its gateway only, and dnsmasq serves it.
+    // A new gateway in the same subnet, then a new subnet: the bridge holds the current gateway
+    // only, and dnsmasq serves it.
+    const regated = fleetOf(
+      `name: ${fleet.name}\ncount: 3\nnetwork: { subnet: 10.99.0.0/24, gateway: 10.99.0.254 }\n`,
+    );
+    await net.ensure({ fleet: fleet.name, subnet: regated.subnet, vms: regated.vms });
+    expect(await inNamespace(net.namespace, "ip", "-o", "-4", "addr", "show", "shoal0")).toMatch(
+      /^[^\n]* inet 10\.99\.0\.254\/24 [^\n]*\n$/,
+    );
     const moved = fleetOf(`name: ${fleet.name}\ncount: 3\nnetwork: { subnet: 10.98.0.0/24 }\n`);
     await net.ensure({ fleet: fleet.name, subnet: moved.subnet, vms: moved.vms });
     const addresses = await inNamespace(net.namespace, "ip", "-o", "-4", "addr", "show", "shoal0");

@@ -7,6 +7,7 @@ import { seedFiles } from "../../src/core/seed.js";
 import { formatUsage } from "../../src/core/size.js";
 import {
   dropbearPrivateKey,
+  parsePrivateKeyFile,
   privateKeyFile,
   publicKeyLine,
   renderKnownHosts,
@@ -72,6 +73,17 @@ describe("OpenSSH key files", () => {
     expect(fields[1]).toEqual(Buffer.concat([key.seed, key.publicKey]));
   });
 
+  it("reads back the key of a private key file it wrote, and nothing else", () => {
+    expect(parsePrivateKeyFile(privateKeyFile(key, "root@vm-1", 99))).toEqual(key);
+    expect(parsePrivateKeyFile("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n")).toBeUndefined();
+    // The same file with a cipher named: an encrypted key is not one shoal made.
+    const lines = privateKeyFile(key, "x", 1).trim().split("\n");
+    const data = Buffer.from(lines.slice(1, -1).join(""), "base64");
+    data.write("aes2", data.indexOf("none"));
+    const encrypted = [lines[0], data.toString("base64"), lines.at(-1)].join("\n");
+    expect(parsePrivateKeyFile(encrypted)).toBeUndefined();
+  });
+
   it("refuses a key of the wrong size", () => {
     expect(() => publicKeyLine({ seed: key.seed, publicKey: key.publicKey.subarray(1) })).toThrow(
       /^internal/,
@@ -103,11 +115,7 @@ describe("the identity seed", () => {
   const input = {
     vm: { name: "vm-1", hostname: "vm-1", machineId: "0123456789abcdef0123456789abcdef" },
     fleet: "lab",
-    hostKey: {
-      privateKey: privateKeyFile(key, "root@vm-1", 7),
-      publicKey: PUBLIC,
-      dropbearKey: dropbearPrivateKey(key),
-    },
+    hostKey: { privateKey: privateKeyFile(key, "root@vm-1", 7), publicKey: PUBLIC },
     authorizedKeys: [`${PUBLIC} alice@laptop`],
   };
 
@@ -143,6 +151,11 @@ describe("the identity seed", () => {
     expect(() =>
       seedFiles({ ...input, hostKey: { ...input.hostKey, publicKey: "ssh-rsa AAAA" } }),
     ).toThrow(/^internal/);
+    // A public key that is not the private key's.
+    const other = { ...key, publicKey: Buffer.alloc(32, 1) };
+    expect(() =>
+      seedFiles({ ...input, hostKey: { ...input.hostKey, publicKey: publicKeyLine(other) } }),
+    ).toThrow(/^internal: vm-1's host key files/);
   });
 });
 

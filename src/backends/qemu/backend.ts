@@ -1,6 +1,7 @@
 import { readFile, stat, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import type { Duplex } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
 import type { VmSpec } from "../../core/fleet.js";
 import type { BootFiles } from "../../core/render/boot.js";
@@ -11,8 +12,6 @@ import type { Runner } from "../../host/runner.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 import { QmpClient } from "./qmp.js";
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const QMP_TIMEOUT_MS = 3000;
 const TERM_GRACE_MS = 5000;

@@ -20,11 +20,15 @@ function checkLink(link: NatLink): void {
   );
 }
 
-function table(link: NatLink, rule: string): string {
+/** Declaring the table first makes the delete succeed whether or not the table was there. */
+function removal(link: NatLink): string[] {
   checkLink(link);
+  return [`table ip ${link.table} {}`, `delete table ip ${link.table}`];
+}
+
+function table(link: NatLink, rule: string): string {
   return [
-    `table ip ${link.table} {}`,
-    `delete table ip ${link.table}`,
+    ...removal(link),
     `table ip ${link.table} {`,
     "  chain postrouting {",
     "    type nat hook postrouting priority srcnat; policy accept;",
@@ -47,8 +51,7 @@ export function renderHostNat(link: NatLink): string {
 
 /** Removes the fleet's table, whether or not it is there. */
 export function renderNatRemoval(link: NatLink): string {
-  checkLink(link);
-  return `table ip ${link.table} {}\ndelete table ip ${link.table}\n`;
+  return `${removal(link).join("\n")}\n`;
 }
 
 /**
