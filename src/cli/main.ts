@@ -6,6 +6,7 @@ import { globalOptions } from "./context.js";
 import { cpCommand } from "./cp.js";
 import { createCommand } from "./create.js";
 import { destroyCommand } from "./destroy.js";
+import { doctorCommand } from "./doctor.js";
 import { downCommand } from "./down.js";
 import { execCommand } from "./exec.js";
 import { exportCommand } from "./export.js";
@@ -53,6 +54,7 @@ function buildProgram() {
     forwardCommand(),
     waitCommand(),
     validateCommand(),
+    doctorCommand(),
     planCommand(),
     exportCommand(),
     imageCommand(),

@@ -112,9 +112,6 @@ function execute(command: Command): Promise<CommandResult & { reason?: string }>
       ...(command.cwd === undefined ? {} : { cwd: command.cwd }),
       env: { ...process.env, ...command.env, LANG: "C", LC_ALL: "C" },
       stdio: [passed, passed, "pipe", ...(command.fd3 === undefined ? [] : [command.fd3])],
-      ...(command.timeoutMs === undefined
-        ? {}
-        : { timeout: command.timeoutMs, killSignal: "SIGKILL" as const }),
       ...(command.signal === undefined ? {} : { signal: command.signal }),
     }) as ChildProcessWithoutNullStreams;
     const stdout: Buffer[] = [];
@@ -129,7 +126,18 @@ function execute(command: Command): Promise<CommandResult & { reason?: string }>
       if (command.attached) process.stderr.write(chunk);
       command.onOutput?.("stderr", chunk);
     });
+    // Not spawn's own timeout: its timer outlives a program that could not start, and keeps
+    // shoal from exiting until it fires.
+    let timedOut = false;
+    const timer =
+      command.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            timedOut = true;
+            child.kill("SIGKILL");
+          }, command.timeoutMs);
     child.on("error", (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
       // An abort is the caller's own stop; "close" reports how the command ended.
       if (error.name === "AbortError") return;
       const reason =
@@ -137,12 +145,10 @@ function execute(command: Command): Promise<CommandResult & { reason?: string }>
       reject(new CommandFailed(command.argv, null, "", reason));
     });
     child.on("close", (code, signal) => {
+      clearTimeout(timer);
       const err = Buffer.concat(stderr).toString();
       if (code === null) {
-        const reason =
-          child.killed && command.timeoutMs !== undefined
-            ? `timed out after ${command.timeoutMs} ms`
-            : `killed by ${signal}`;
+        const reason = timedOut ? `timed out after ${command.timeoutMs} ms` : `killed by ${signal}`;
         resolve({ code: -1, stdout: Buffer.concat(stdout).toString(), stderr: err, reason });
         return;
       }

@@ -1,0 +1,89 @@
+import { access } from "node:fs/promises";
+import { Command, Option } from "@commander-js/extra-typings";
+import type { CheckResult } from "../core/doctor.js";
+import { verdict } from "../core/doctor.js";
+import type { BackendName, FleetSpec } from "../core/fleet.js";
+import { ShoalError, UserError } from "../errors.js";
+import { checkQemuHost, checkTools, checkXenHost } from "../host/doctor.js";
+import { FleetNetwork } from "../net/network.js";
+import { DEFAULT_FLEET_FILE, loadFleetFile } from "../spec/load.js";
+import { contextOf, fleetFileOption } from "./context.js";
+import { formatTable } from "./table.js";
+
+const LEVEL_LABEL = { ok: "ok", warn: "WARN", fail: "FAIL" } as const;
+
+/** The fleet file, when there is one: the default file may simply not exist here. */
+async function fleetIfAny(file: string): Promise<FleetSpec | undefined> {
+  if (file === DEFAULT_FLEET_FILE) {
+    const present = await access(file).then(
+      () => true,
+      () => false,
+    );
+    if (!present) return undefined;
+  }
+  return loadFleetFile(file);
+}
+
+export function doctorCommand() {
+  return new Command("doctor")
+    .description(
+      "check that this host can run the fleet's backend: tools and versions, KVM, Xen dom0, memory; one line per check, with the fix",
+    )
+    .addOption(
+      new Option(
+        "--backend <backend>",
+        "check for this backend instead of the fleet file's",
+      ).choices(["qemu", "xl"] as const),
+    )
+    .addOption(fleetFileOption())
+    .action(async (options, command) => {
+      const context = contextOf(command);
+      const fleet = await fleetIfAny(options.file);
+      const backend: BackendName = options.backend ?? fleet?.backend ?? "qemu";
+      const results: CheckResult[] = await checkTools(context.runner, backend);
+      if (backend === "qemu") {
+        results.push(...(await checkQemuHost(context.runner, context.layout().accelCache)));
+      } else {
+        const memory = fleet?.vms.reduce((sum, vm) => sum + vm.memoryMiB, 0);
+        results.push(...(await checkXenHost(context.runner, memory)));
+      }
+      const hostBridge = fleet?.network.kind === "host-bridge" ? fleet.network : undefined;
+      if (fleet && hostBridge) {
+        const net = context.layout().fleet(fleet.name).net;
+        const network = new FleetNetwork(context.runner, net, fleet.name, hostBridge);
+        results.push(
+          await network.checkBridge().then(
+            (): CheckResult => ({ name: "bridge", level: "ok", detail: hostBridge.bridge }),
+            (error: unknown): CheckResult => {
+              if (!(error instanceof UserError)) throw error;
+              return {
+                name: "bridge",
+                level: "fail",
+                detail: error.message,
+                ...(error.hint ? { fix: error.hint } : {}),
+              };
+            },
+          ),
+        );
+      }
+      context.print(`shoal doctor: backend ${backend}${fleet ? ` (fleet ${fleet.name})` : ""}`);
+      context.print(
+        formatTable(
+          ["CHECK", "RESULT", "DETAIL"],
+          results.flatMap((result) => [
+            [result.name, LEVEL_LABEL[result.level], result.detail],
+            ...(result.fix && result.level !== "ok" ? [["", "", `fix: ${result.fix}`]] : []),
+          ]),
+        ),
+      );
+      if (!verdict(results)) {
+        const failed = results
+          .filter((result) => result.level === "fail")
+          .map((result) => result.name);
+        throw new ShoalError(
+          `backend ${backend} cannot run VMs on this host: ${failed.join(", ")}`,
+        );
+      }
+      context.print(`backend ${backend} can run VMs on this host`);
+    });
+}

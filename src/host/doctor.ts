@@ -1,0 +1,166 @@
+import { constants } from "node:fs";
+import { access, readdir, readFile } from "node:fs/promises";
+import { chooseAccel } from "../backends/qemu/accel.js";
+import {
+  type CheckResult,
+  missingTool,
+  parseXlInfo,
+  type ToolRequirement,
+  toolsFor,
+  versionLine,
+} from "../core/doctor.js";
+import type { BackendName } from "../core/fleet.js";
+import { newestKernel } from "../image/kernel.js";
+import { CommandFailed, type Runner } from "./runner.js";
+
+/**
+ * The host checks behind `shoal doctor`: they only look (probes), never change anything, and each
+ * says what it found and, when something is wrong, how to fix it.
+ */
+
+async function checkTool(runner: Runner, tool: ToolRequirement): Promise<CheckResult> {
+  try {
+    const result = await runner.run({
+      argv: tool.versionArgv,
+      probe: true,
+      okCodes: "any",
+      timeoutMs: 10_000,
+    });
+    const version = tool.name === "xl" ? "" : versionLine(`${result.stdout}\n${result.stderr}`);
+    return { name: tool.name, level: "ok", detail: version || "installed" };
+  } catch (error) {
+    if (error instanceof CommandFailed && error.code === null) return missingTool(tool);
+    throw error;
+  }
+}
+
+export function checkTools(runner: Runner, backend: BackendName): Promise<CheckResult[]> {
+  return Promise.all(toolsFor(backend).map((tool) => checkTool(runner, tool)));
+}
+
+async function exists(path: string, mode = constants.F_OK): Promise<boolean> {
+  return access(path, mode).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** The names of the programs running on this host, from /proc/PID/comm. */
+async function runningPrograms(): Promise<Set<string>> {
+  const names = new Set<string>();
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const comm = await readFile(`/proc/${entry}/comm`, "utf8").catch(() => "");
+    if (comm) names.add(comm.trim());
+  }
+  return names;
+}
+
+/** QEMU: tap devices, and whether KVM really runs a guest (the probe `up` uses, cached per boot). */
+export async function checkQemuHost(runner: Runner, accelCache: string): Promise<CheckResult[]> {
+  const results: CheckResult[] = [];
+  results.push(
+    (await exists("/dev/net/tun"))
+      ? { name: "/dev/net/tun", level: "ok", detail: "tap devices can be made" }
+      : {
+          name: "/dev/net/tun",
+          level: "fail",
+          detail: "missing: VMs cannot get network interfaces",
+          fix: "modprobe tun",
+        },
+  );
+  const version = newestKernel(
+    await readdir("/boot").catch(() => [] as string[]),
+    await readdir("/lib/modules").catch(() => [] as string[]),
+  );
+  if (version === undefined) {
+    results.push({
+      name: "KVM",
+      level: "warn",
+      detail: "not probed: no kernel in /boot to boot a test guest with",
+      fix: "apt-get install linux-image-amd64",
+    });
+    return results;
+  }
+  const choice = await chooseAccel(runner, `/boot/vmlinuz-${version}`, accelCache);
+  results.push(
+    choice.reason === undefined
+      ? { name: "KVM", level: "ok", detail: "works: VMs run with hardware virtualisation" }
+      : {
+          name: "KVM",
+          level: "warn",
+          detail: `${choice.reason}: VMs run under software emulation (TCG), much slower`,
+          fix: "enable virtualisation (VT-x/AMD-V, or nested virtualisation for a VM host)",
+        },
+  );
+  return results;
+}
+
+/**
+ * Xen: shoal must run in dom0 of a host booted through the Xen hypervisor, with xenstored (xl
+ * create hangs without it) and xenconsoled (consoles and logs), loop devices for file-backed disks,
+ * and enough free memory in Xen for the fleet.
+ */
+export async function checkXenHost(
+  runner: Runner,
+  neededMemoryMiB: number | undefined,
+): Promise<CheckResult[]> {
+  const capabilities = await readFile("/proc/xen/capabilities", "utf8").catch(() => undefined);
+  if (capabilities === undefined || !capabilities.includes("control_d")) {
+    const why =
+      capabilities === undefined
+        ? (await exists("/sys/hypervisor/type"))
+          ? "/proc/xen/capabilities is missing (xenfs not mounted?)"
+          : "the machine was not booted through the Xen hypervisor (no /proc/xen, no /sys/hypervisor)"
+        : "this is a Xen guest (domU), not the control domain";
+    return [
+      {
+        name: "Xen dom0",
+        level: "fail",
+        detail: `this host is not a Xen dom0, so backend xl cannot run VMs here: ${why}`,
+        fix: "boot the host into Xen (Debian: apt-get install xen-system-amd64, reboot) and run shoal in dom0, or use backend: qemu",
+      },
+    ];
+  }
+  const results: CheckResult[] = [{ name: "Xen dom0", level: "ok", detail: "control domain" }];
+  const programs = await runningPrograms();
+  const daemon = (name: string, found: boolean, why: string): CheckResult =>
+    found
+      ? { name, level: "ok", detail: "running" }
+      : { name, level: "fail", detail: `not running: ${why}`, fix: "/etc/init.d/xen start" };
+  results.push(
+    daemon(
+      "xenstored",
+      programs.has("xenstored") || programs.has("oxenstored"),
+      "xl create hangs without it",
+    ),
+    daemon("xenconsoled", programs.has("xenconsoled"), "no console or console log for domUs"),
+  );
+  results.push(
+    (await exists("/dev/loop-control"))
+      ? { name: "loop devices", level: "ok", detail: "/dev/loop-control" }
+      : {
+          name: "loop devices",
+          level: "fail",
+          detail: "missing: Xen's block script attaches file-backed disks through loop devices",
+          fix: "modprobe loop",
+        },
+  );
+  const info = await runner
+    .run({ argv: ["xl", "info"], probe: true })
+    .then((result) => parseXlInfo(result.stdout))
+    .catch(() => undefined);
+  const free = Number(info?.get("free_memory"));
+  if (!info || !Number.isFinite(free)) {
+    results.push({ name: "Xen memory", level: "fail", detail: "`xl info` did not answer" });
+  } else {
+    const short = neededMemoryMiB !== undefined && free < neededMemoryMiB;
+    results.push({
+      name: "Xen memory",
+      level: short ? "fail" : "ok",
+      detail: `Xen ${info.get("xen_version") ?? "?"}, ${free} MiB free${neededMemoryMiB === undefined ? "" : `, the fleet needs ${neededMemoryMiB} MiB`}`,
+      ...(short ? { fix: "free memory (fewer or smaller domUs, a smaller dom0_mem)" } : {}),
+    });
+  }
+  return results;
+}

@@ -1,0 +1,54 @@
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { shoal } from "../helpers/cli.js";
+import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
+
+/** `shoal doctor` on this machine, which has QEMU (KVM or not) and is no Xen dom0. */
+
+const tempDir = useTempDirs();
+// One state directory, so that the KVM probe runs once (its answer is kept per host boot).
+const stateDir = useFileTempDir("shoal-doctor-");
+
+describe("shoal doctor", () => {
+  it("finds QEMU's tools with their versions and says whether KVM or software emulation will run VMs", async () => {
+    const result = await shoal(["--state-dir", stateDir(), "doctor"]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/^shoal doctor: backend qemu$/m);
+    expect(result.stdout).toMatch(/^qemu-system-x86_64 +ok +QEMU emulator version \d+\.\d+/m);
+    expect(result.stdout).toMatch(/^dnsmasq +ok +Dnsmasq version \d/m);
+    expect(result.stdout).toMatch(/^ssh +ok +OpenSSH_\d/m);
+    // The same probe `up` runs: KVM works, or it says why and that TCG will be used.
+    expect(result.stdout).toMatch(/^KVM +(ok +works|WARN +.*software emulation \(TCG\))/m);
+    expect(result.stdout.trim().split("\n").at(-1)).toBe("backend qemu can run VMs on this host");
+  });
+
+  it("says clearly that xl cannot run here and why, with the fix, and exits 1", async () => {
+    const result = await shoal(["--state-dir", stateDir(), "doctor", "--backend", "xl"]);
+    expect(result.code).toBe(1);
+    expect(result.stdout).toMatch(
+      /^Xen dom0 +FAIL +this host is not a Xen dom0, so backend xl cannot run VMs here: /m,
+    );
+    expect(result.stdout).toContain("fix: boot the host into Xen");
+    expect(result.stderr.trim()).toMatch(
+      /^shoal: backend xl cannot run VMs on this host: (xl, )?Xen dom0$/,
+    );
+  });
+
+  it("checks the fleet file's backend and its host bridge; a bad --backend is bad input", async () => {
+    const dir = await tempDir();
+    const file = join(dir, "shoal.yaml");
+    await writeFile(
+      file,
+      "name: doc\nnetwork: { subnet: 10.121.0.0/24, bridge: br-nosuch, managed: false }\n",
+    );
+    const result = await shoal(["--state-dir", stateDir(), "doctor", "-f", file]);
+    expect(result.code).toBe(1);
+    expect(result.stdout).toMatch(/^shoal doctor: backend qemu \(fleet doc\)$/m);
+    expect(result.stdout).toMatch(
+      /^bridge +FAIL +network\.bridge br-nosuch does not exist on this host$/m,
+    );
+    const bad = await shoal(["--state-dir", dir, "doctor", "--backend", "vbox"]);
+    expect(bad.code).toBe(2);
+  });
+});

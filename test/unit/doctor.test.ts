@@ -1,0 +1,56 @@
+import { describe, expect, it } from "vitest";
+import {
+  missingTool,
+  parseXlInfo,
+  TOOLS,
+  toolsFor,
+  verdict,
+  versionLine,
+} from "../../src/core/doctor.js";
+
+describe("shoal doctor's checks", () => {
+  it("take the line of a tool's output that names its version", () => {
+    expect(versionLine("\nQEMU emulator version 7.2.22 (Debian)\nCopyright (c) 2003-2022\n")).toBe(
+      "QEMU emulator version 7.2.22 (Debian)",
+    );
+    expect(versionLine("Usage: thing\nthing 1.4\n")).toBe("thing 1.4");
+    expect(versionLine("no version here\n")).toBe("no version here");
+    expect(versionLine("")).toBe("");
+  });
+
+  it("check the tools each backend needs, and only those", () => {
+    const qemu = toolsFor("qemu").map((tool) => tool.name);
+    const xl = toolsFor("xl").map((tool) => tool.name);
+    expect(qemu).toContain("qemu-system-x86_64");
+    expect(qemu).not.toContain("xl");
+    expect(xl).toContain("xl");
+    expect(xl).not.toContain("qemu-system-x86_64");
+    for (const name of ["dnsmasq", "ip", "ssh", "mkfs.ext4"]) {
+      expect(qemu).toContain(name);
+      expect(xl).toContain(name);
+    }
+  });
+
+  it("fail on a missing required tool and warn on an optional one, naming the package", () => {
+    const dnsmasq = TOOLS.find((tool) => tool.name === "dnsmasq");
+    const nft = TOOLS.find((tool) => tool.name === "nft");
+    if (!dnsmasq || !nft) throw new Error("tools missing from the table");
+    expect(missingTool(dnsmasq)).toEqual({
+      name: "dnsmasq",
+      level: "fail",
+      detail: "missing; needed for DHCP and DNS on fleet networks",
+      fix: "apt-get install dnsmasq-base",
+    });
+    expect(missingTool(nft).level).toBe("warn");
+    expect(verdict([missingTool(nft), { name: "x", level: "ok", detail: "" }])).toBe(true);
+    expect(verdict([missingTool(dnsmasq)])).toBe(false);
+  });
+
+  it("read xl info's fields", () => {
+    const info = parseXlInfo(
+      "host                   : dom0\nxen_version            : 4.17.5\nfree_memory            : 2913\n",
+    );
+    expect(info.get("free_memory")).toBe("2913");
+    expect(info.get("xen_version")).toBe("4.17.5");
+  });
+});
