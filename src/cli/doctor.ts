@@ -1,10 +1,10 @@
-import { access } from "node:fs/promises";
 import { Command, Option } from "@commander-js/extra-typings";
 import type { CheckResult } from "../core/doctor.js";
 import { verdict } from "../core/doctor.js";
 import type { BackendName, FleetSpec } from "../core/fleet.js";
 import { ShoalError, UserError } from "../errors.js";
 import { checkQemuHost, checkTools, checkXenHost } from "../host/doctor.js";
+import { pathExists } from "../host/paths.js";
 import { FleetNetwork } from "../net/network.js";
 import { DEFAULT_FLEET_FILE, loadFleetFile } from "../spec/load.js";
 import { contextOf, fleetFileOption } from "./context.js";
@@ -15,11 +15,7 @@ const LEVEL_LABEL = { ok: "ok", warn: "WARN", fail: "FAIL" } as const;
 /** The fleet file, when there is one: the default file may simply not exist here. */
 async function fleetIfAny(file: string): Promise<FleetSpec | undefined> {
   if (file === DEFAULT_FLEET_FILE) {
-    const present = await access(file).then(
-      () => true,
-      () => false,
-    );
-    if (!present) return undefined;
+    if (!(await pathExists(file))) return undefined;
   }
   return loadFleetFile(file);
 }

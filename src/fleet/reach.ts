@@ -1,4 +1,3 @@
-import { access as fileAccess } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   forwardArgv,
@@ -11,6 +10,7 @@ import {
   sshArgv,
 } from "../core/reach.js";
 import { ShoalError, UserError } from "../errors.js";
+import { pathExists } from "../host/paths.js";
 import type { CommandResult, Runner } from "../host/runner.js";
 import { readClientKey } from "../identity/identity.js";
 import type { FleetSession } from "./session.js";
@@ -47,10 +47,7 @@ export class FleetReach {
   static async open(runner: Runner, session: FleetSession): Promise<FleetReach> {
     const key = await readClientKey(session.paths.clientKeys);
     const knownHosts = session.paths.knownHosts;
-    const made = await fileAccess(knownHosts).then(
-      () => true,
-      () => false,
-    );
+    const made = await pathExists(knownHosts);
     if (!made || !key) {
       throw new UserError(
         `fleet ${session.fleet} has ${made ? "no SSH key of its own yet" : "no VMs yet"}`,

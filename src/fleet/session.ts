@@ -16,6 +16,7 @@ import type { BootFiles } from "../core/render/boot.js";
 import { seedFiles } from "../core/seed.js";
 import { type KnownHost, renderKnownHosts } from "../core/ssh.js";
 import { ShoalError, UserError } from "../errors.js";
+import { pathExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
 import {
   type ClientKey,
@@ -253,10 +254,7 @@ export class FleetSession {
       case "powered-off":
         return { state: "stopped" };
       case "absent": {
-        const defined = await stat(this.paths.vm(name).dir).then(
-          () => true,
-          () => false,
-        );
+        const defined = await pathExists(this.paths.vm(name).dir);
         if (!defined) return { state: "missing" };
         return { state: recorded.running ? "crashed" : "stopped" };
       }

@@ -1,5 +1,4 @@
-import { constants } from "node:fs";
-import { access, readdir, readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { chooseAccel } from "../backends/qemu/accel.js";
 import {
   type CheckResult,
@@ -11,6 +10,7 @@ import {
 } from "../core/doctor.js";
 import type { BackendName } from "../core/fleet.js";
 import { newestKernel } from "../image/kernel.js";
+import { pathExists } from "./paths.js";
 import { CommandFailed, type Runner } from "./runner.js";
 
 /**
@@ -38,13 +38,6 @@ export function checkTools(runner: Runner, backend: BackendName): Promise<CheckR
   return Promise.all(toolsFor(backend).map((tool) => checkTool(runner, tool)));
 }
 
-async function exists(path: string, mode = constants.F_OK): Promise<boolean> {
-  return access(path, mode).then(
-    () => true,
-    () => false,
-  );
-}
-
 /** The names of the programs running on this host, from /proc/PID/comm. */
 async function runningPrograms(): Promise<Set<string>> {
   const names = new Set<string>();
@@ -60,7 +53,7 @@ async function runningPrograms(): Promise<Set<string>> {
 export async function checkQemuHost(runner: Runner, accelCache: string): Promise<CheckResult[]> {
   const results: CheckResult[] = [];
   results.push(
-    (await exists("/dev/net/tun"))
+    (await pathExists("/dev/net/tun"))
       ? { name: "/dev/net/tun", level: "ok", detail: "tap devices can be made" }
       : {
           name: "/dev/net/tun",
@@ -109,7 +102,7 @@ export async function checkXenHost(
   if (capabilities === undefined || !capabilities.includes("control_d")) {
     const why =
       capabilities === undefined
-        ? (await exists("/sys/hypervisor/type"))
+        ? (await pathExists("/sys/hypervisor/type"))
           ? "/proc/xen/capabilities is missing (xenfs not mounted?)"
           : "the machine was not booted through the Xen hypervisor (no /proc/xen, no /sys/hypervisor)"
         : "this is a Xen guest (domU), not the control domain";
@@ -137,7 +130,7 @@ export async function checkXenHost(
     daemon("xenconsoled", programs.has("xenconsoled"), "no console or console log for domUs"),
   );
   results.push(
-    (await exists("/dev/loop-control"))
+    (await pathExists("/dev/loop-control"))
       ? { name: "loop devices", level: "ok", detail: "/dev/loop-control" }
       : {
           name: "loop devices",

@@ -1,7 +1,8 @@
-import { access, chmod, copyFile, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ShoalError } from "../errors.js";
+import { pathExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
 import type { Ext4Image } from "./ext4.js";
 import type { ImageKernel } from "./kernel.js";
@@ -74,10 +75,7 @@ export async function buildInitramfs(
   await chmod(join(root, "init"), 0o755);
   await copyFile(join(GUEST_DIR, "union-root.sh"), join(root, "lib/shoal/union-root.sh"));
 
-  const busybox = await access("/bin/busybox").then(
-    () => true,
-    () => false,
-  );
+  const busybox = await pathExists("/bin/busybox");
   if (!busybox)
     throw new ShoalError("/bin/busybox is missing", {
       hint: "install busybox-static (scripts/setup does)",

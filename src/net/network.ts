@@ -1,4 +1,4 @@
-import { access, mkdir, readFile, rm, stat } from "node:fs/promises";
+import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { NetworkMode, VmIdentity } from "../core/fleet.js";
@@ -20,6 +20,7 @@ import {
   upstreamNameservers,
 } from "../core/render/nft.js";
 import { ShoalError, UserError } from "../errors.js";
+import { pathExists } from "../host/paths.js";
 import { CommandFailed, type Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import type { NetworkPaths } from "../state/layout.js";
@@ -94,10 +95,7 @@ export class FleetNetwork {
   /** Whether the fleet's namespace is there (a host bridge is the user's, and always counts). */
   async exists(): Promise<boolean> {
     if (this.namespace === undefined) return true;
-    return access(`/run/netns/${this.namespace}`).then(
-      () => true,
-      () => false,
-    );
+    return pathExists(`/run/netns/${this.namespace}`);
   }
 
   /**

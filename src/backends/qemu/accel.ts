@@ -1,8 +1,9 @@
 import { constants } from "node:fs";
-import { access, mkdir, readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { z } from "zod";
 import type { Accelerator } from "../../core/render/qemu.js";
+import { pathExists } from "../../host/paths.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
@@ -52,9 +53,7 @@ export function kvmProbeArgv(kernel: string): [string, ...string[]] {
 }
 
 async function probeKvm(runner: Runner, kernel: string): Promise<AccelChoice> {
-  try {
-    await access("/dev/kvm", constants.R_OK | constants.W_OK);
-  } catch {
+  if (!(await pathExists("/dev/kvm", constants.R_OK | constants.W_OK))) {
     return { accel: "tcg", reason: "/dev/kvm is missing or not accessible" };
   }
   const result = await runner
