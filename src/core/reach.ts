@@ -100,6 +100,13 @@ export interface RemotePath {
   readonly path: string;
 }
 
+/** The VM's end of a copy; one end must be a VM's. */
+export function remoteEnd(from: string | RemotePath, to: string | RemotePath): RemotePath {
+  const remote = typeof from === "string" ? to : from;
+  if (typeof remote === "string") throw new Error("internal: a copy between two local paths");
+  return remote;
+}
+
 /**
  * scp in its original protocol (-O): the VM needs only an scp program, not an SFTP server, which
  * the tiny image's dropbear lacks. Directories are copied whole (-r); times and modes are kept (-p).
@@ -110,8 +117,7 @@ export function scpArgv(
   to: string | RemotePath,
   options: SshOptions,
 ): [string, ...string[]] {
-  const remote = typeof from === "string" ? to : from;
-  if (typeof remote === "string") throw new Error("internal: scp between two local paths");
+  const remote = remoteEnd(from, to);
   const spell = (end: string | RemotePath) => {
     if (typeof end === "string") {
       assertRenderable("local path", end, end !== "" && !end.includes("\n"));

@@ -3,6 +3,7 @@ import {
   forwardArgv,
   type PortForward,
   type RemotePath,
+  remoteEnd,
   type SshAccess,
   type SshOptions,
   type SshTarget,
@@ -131,8 +132,7 @@ export class FleetReach {
 
   /** Copies between this host and a VM with scp; a failure names the VM and what scp said. */
   async copy(from: string | RemotePath, to: string | RemotePath): Promise<void> {
-    const remote = typeof from === "string" ? to : from;
-    if (typeof remote === "string") throw new Error("internal: a copy between two local paths");
+    const remote = remoteEnd(from, to);
     const result = await this.runner.run({
       argv: scpArgv(this.access, from, to, BATCH),
       okCodes: "any",

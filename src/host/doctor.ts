@@ -49,18 +49,26 @@ async function runningPrograms(): Promise<Set<string>> {
   return names;
 }
 
+/** A device node a backend needs; a missing one comes with its kernel module. */
+async function deviceCheck(
+  name: string,
+  path: string,
+  text: { readonly present: string; readonly missing: string; readonly module: string },
+): Promise<CheckResult> {
+  return (await pathExists(path))
+    ? { name, level: "ok", detail: text.present }
+    : { name, level: "fail", detail: `missing: ${text.missing}`, fix: `modprobe ${text.module}` };
+}
+
 /** QEMU: tap devices, and whether KVM really runs a guest (the probe `up` uses, cached per boot). */
 export async function checkQemuHost(runner: Runner, accelCache: string): Promise<CheckResult[]> {
   const results: CheckResult[] = [];
   results.push(
-    (await pathExists("/dev/net/tun"))
-      ? { name: "/dev/net/tun", level: "ok", detail: "tap devices can be made" }
-      : {
-          name: "/dev/net/tun",
-          level: "fail",
-          detail: "missing: VMs cannot get network interfaces",
-          fix: "modprobe tun",
-        },
+    await deviceCheck("/dev/net/tun", "/dev/net/tun", {
+      present: "tap devices can be made",
+      missing: "VMs cannot get network interfaces",
+      module: "tun",
+    }),
   );
   const version = newestKernel(
     await readdir("/boot").catch(() => [] as string[]),
@@ -130,14 +138,11 @@ export async function checkXenHost(
     daemon("xenconsoled", programs.has("xenconsoled"), "no console or console log for domUs"),
   );
   results.push(
-    (await pathExists("/dev/loop-control"))
-      ? { name: "loop devices", level: "ok", detail: "/dev/loop-control" }
-      : {
-          name: "loop devices",
-          level: "fail",
-          detail: "missing: Xen's block script attaches file-backed disks through loop devices",
-          fix: "modprobe loop",
-        },
+    await deviceCheck("loop devices", "/dev/loop-control", {
+      present: "/dev/loop-control",
+      missing: "Xen's block script attaches file-backed disks through loop devices",
+      module: "loop",
+    }),
   );
   const info = await runner
     .run({ argv: ["xl", "info"], probe: true })
