@@ -35,6 +35,11 @@ export type Presence =
  */
 export interface Backend {
   readonly name: BackendName;
+  /**
+   * `tap`: shoal makes the VM's tap on the bridge before starting it; `vif`: the hypervisor makes
+   * the VM's interface and its hotplug script puts it on the bridge.
+   */
+  readonly nic: "tap" | "vif";
   /** Writes the VM's hypervisor definition (vm.qemu, vm.xl.cfg) from its spec and boot files. */
   define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   /** Starts the VM from its definition; it keeps running after shoal exits. */
@@ -44,6 +49,8 @@ export interface Backend {
   requestShutdown(vm: BackendVm): Promise<void>;
   /** Ends the VM at once, whatever its state, and waits until the hypervisor let go of it. */
   destroy(vm: BackendVm): Promise<void>;
+  /** Removes what the hypervisor keeps of a destroyed VM outside the VM's directory (logs). */
+  forget(vm: BackendVm): Promise<void>;
   /** The VM's serial console, both ways. */
   openConsole(vm: BackendVm): Promise<Duplex>;
 }

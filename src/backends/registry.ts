@@ -1,10 +1,10 @@
 import type { BackendName } from "../core/fleet.js";
-import { UserError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 import type { StateLayout } from "../state/layout.js";
 import type { Backend } from "./backend.js";
 import { chooseAccel } from "./qemu/accel.js";
 import { QemuBackend } from "./qemu/backend.js";
+import { XlBackend } from "./xl/backend.js";
 
 export interface BackendDeps {
   readonly runner: Runner;
@@ -31,18 +31,11 @@ function qemu(deps: BackendDeps): Backend {
   });
 }
 
-const BACKENDS: Record<BackendName, ((deps: BackendDeps) => Backend) | undefined> = {
+const BACKENDS: Record<BackendName, (deps: BackendDeps) => Backend> = {
   qemu,
-  xl: undefined,
+  xl: (deps) => new XlBackend(deps.runner),
 };
 
 export function backendFor(name: BackendName, deps: BackendDeps): Backend {
-  const make = BACKENDS[name];
-  if (!make) {
-    throw new UserError(
-      `backend ${name} cannot run VMs in this version of shoal`,
-      "use `backend: qemu` in the fleet file",
-    );
-  }
-  return make(deps);
+  return BACKENDS[name](deps);
 }

@@ -20,6 +20,8 @@ export interface ToolRequirement {
   readonly name: string;
   /** Prints the tool's version; any exit code will do, only a missing program fails. */
   readonly versionArgv: readonly [string, ...string[]];
+  /** The tool prints no version of its own: only whether it is there counts. */
+  readonly versionless?: true;
   readonly debianPackage: string;
   /** What shoal needs it for, shown when it is missing. */
   readonly neededFor: string;
@@ -42,8 +44,17 @@ export const TOOLS: readonly ToolRequirement[] = [
     // xl's version comes from the hypervisor (`xl info`), checked with the dom0.
     name: "xl",
     versionArgv: ["xl", "help"],
+    versionless: true,
     debianPackage: "xen-utils-4.17",
     neededFor: "running Xen domUs",
+    backends: ["xl"],
+  },
+  {
+    name: "xenstore-read",
+    versionArgv: ["xenstore-read", "--help"],
+    versionless: true,
+    debianPackage: "xenstore-utils",
+    neededFor: "putting domUs on the fleet's bridge, reaching their consoles",
     backends: ["xl"],
   },
   {

@@ -400,7 +400,7 @@ export class FleetSession {
       const spec = this.book.vm(name)?.spec;
       if (!spec) throw new Error(`internal: ${name} has no record`);
       await this.ensureNetwork();
-      await this.network.ensureTap(spec.index);
+      if (this.backend.nic === "tap") await this.network.ensureTap(spec.index);
       await this.backend.start(vm);
     } catch (error) {
       // It never ran: a VM that could not start is stopped, not crashed.
@@ -496,7 +496,8 @@ export class FleetSession {
     const vm = this.vm(name);
     await this.backend.destroy(vm);
     const index = this.book.vm(name)?.spec.index;
-    if (index !== undefined) await this.network.removeTap(index);
+    if (index !== undefined && this.backend.nic === "tap") await this.network.removeTap(index);
+    await this.backend.forget(vm);
     if (this.book.vm(name)) {
       await this.book.update((record) => {
         const entry = record.vms[name];

@@ -11,7 +11,9 @@ import {
 import type { BackendName } from "../core/fleet.js";
 import { newestKernel } from "../image/kernel.js";
 import { pathExists } from "./paths.js";
+import { processArgvs } from "./processes.js";
 import { CommandFailed, type Runner } from "./runner.js";
+import { consoleLogDir, XENCONSOLED_FIX } from "./xen.js";
 
 /**
  * The host checks behind `shoal doctor`: they only look (probes), never change anything, and each
@@ -26,7 +28,7 @@ async function checkTool(runner: Runner, tool: ToolRequirement): Promise<CheckRe
       okCodes: "any",
       timeoutMs: 10_000,
     });
-    const version = tool.name === "xl" ? "" : versionLine(`${result.stdout}\n${result.stderr}`);
+    const version = tool.versionless ? "" : versionLine(`${result.stdout}\n${result.stderr}`);
     return { name: tool.name, level: "ok", detail: version || "installed" };
   } catch (error) {
     if (error instanceof CommandFailed && error.code === null) return missingTool(tool);
@@ -39,16 +41,6 @@ export function checkTools(runner: Runner, backend: BackendName): Promise<CheckR
 }
 
 /** The names of the programs running on this host, from /proc/PID/comm. */
-async function runningPrograms(): Promise<Set<string>> {
-  const names = new Set<string>();
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    const comm = await readFile(`/proc/${entry}/comm`, "utf8").catch(() => "");
-    if (comm) names.add(comm.trim());
-  }
-  return names;
-}
-
 /** A device node a backend needs; a missing one comes with its kernel module. */
 async function deviceCheck(
   name: string,
@@ -124,7 +116,7 @@ export async function checkXenHost(
     ];
   }
   const results: CheckResult[] = [{ name: "Xen dom0", level: "ok", detail: "control domain" }];
-  const programs = await runningPrograms();
+  const running = async (name: string) => (await processArgvs(name)).length > 0;
   const daemon = (name: string, found: boolean, why: string): CheckResult =>
     found
       ? { name, level: "ok", detail: "running" }
@@ -132,11 +124,29 @@ export async function checkXenHost(
   results.push(
     daemon(
       "xenstored",
-      programs.has("xenstored") || programs.has("oxenstored"),
+      (await running("xenstored")) || (await running("oxenstored")),
       "xl create hangs without it",
     ),
-    daemon("xenconsoled", programs.has("xenconsoled"), "no console or console log for domUs"),
   );
+  if (await running("xenconsoled")) {
+    results.push(
+      await consoleLogDir().then(
+        (dir): CheckResult => ({
+          name: "xenconsoled",
+          level: "ok",
+          detail: `running, logs guest consoles in ${dir}`,
+        }),
+        (): CheckResult => ({
+          name: "xenconsoled",
+          level: "fail",
+          detail: "running without --log=guest: shoal reads each VM's boot from its console log",
+          fix: XENCONSOLED_FIX,
+        }),
+      ),
+    );
+  } else {
+    results.push(daemon("xenconsoled", false, "no console or console log for domUs"));
+  }
   results.push(
     await deviceCheck("loop devices", "/dev/loop-control", {
       present: "/dev/loop-control",

@@ -1,3 +1,5 @@
+import { readdir, readFile } from "node:fs/promises";
+
 /** Whether a process exists; a process of another user counts (kill answers EPERM). */
 export function isProcessAlive(pid: number): boolean {
   try {
@@ -6,4 +8,18 @@ export function isProcessAlive(pid: number): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === "EPERM";
   }
+}
+
+/** The command lines of the running processes named `comm` (as in /proc/PID/comm). */
+export async function processArgvs(comm: string): Promise<string[][]> {
+  const found: string[][] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const name = await readFile(`/proc/${entry}/comm`, "utf8").catch(() => "");
+    if (name.trim() !== comm) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+    // A zombie has an empty command line: it does not run.
+    if (cmdline) found.push(cmdline.replace(/\0$/, "").split("\0"));
+  }
+  return found;
 }

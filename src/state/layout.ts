@@ -25,7 +25,9 @@ import { UserError } from "../errors.js";
  *         layer.img            the VM's private writable layer (disk layers)
  *         identity.tar         its identity seed: hostname, machine-id, host key (0600)
  *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered
- *         serial.log           the serial console, kept on the host
+ *         vif-hotplug          xl: the script that puts the VM's vif on the fleet's bridge
+ *         serial.log           the serial console, kept on the host (xl: xenconsoled writes it
+ *                              through a link in its log directory)
  *         console.sock qmp.sock qemu.pid
  *         ssh/                 the VM's host key (0700, the private key 0600)
  */
@@ -37,6 +39,7 @@ export interface VmPaths {
   readonly layer: string;
   readonly seed: string;
   readonly xlConfig: string;
+  readonly vifHotplug: string;
   readonly qemuArgv: string;
   readonly serialLog: string;
   readonly consoleSocket: string;
@@ -140,6 +143,7 @@ export function stateLayout(stateDir: string): StateLayout {
             layer: join(vmDir, "layer.img"),
             seed: join(vmDir, "identity.tar"),
             xlConfig: join(vmDir, "vm.xl.cfg"),
+            vifHotplug: join(vmDir, "vif-hotplug"),
             qemuArgv: join(vmDir, "vm.qemu"),
             serialLog: join(vmDir, "serial.log"),
             consoleSocket: join(vmDir, "console.sock"),

@@ -29,12 +29,20 @@ export function shoal(
           SHOAL,
           ...args,
         ];
+  return collect(argv, { cwd: options.cwd, env: { ...process.env, ...options.env } });
+}
+
+/** Runs a program to its end with `input` on its stdin; its exit code and whole output. */
+export function collect(
+  argv: readonly string[],
+  options: { cwd?: string | undefined; env?: NodeJS.ProcessEnv; input?: string } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const [file = "", ...rest] = argv;
     const child = spawn(file, rest, {
       cwd: options.cwd,
-      env: { ...process.env, ...options.env },
-      stdio: ["ignore", "pipe", "pipe"],
+      env: options.env ?? process.env,
+      stdio: ["pipe", "pipe", "pipe"],
     });
     let stdout = "";
     let stderr = "";
@@ -46,6 +54,7 @@ export function shoal(
     });
     child.on("error", reject);
     child.on("close", (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(options.input ?? "");
   });
 }
 

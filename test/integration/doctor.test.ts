@@ -31,7 +31,7 @@ describe("shoal doctor", () => {
     );
     expect(result.stdout).toContain("fix: boot the host into Xen");
     expect(result.stderr.trim()).toMatch(
-      /^shoal: backend xl cannot run VMs on this host: (xl, )?Xen dom0$/,
+      /^shoal: backend xl cannot run VMs on this host: (xl, )?(xenstore-read, )?Xen dom0$/,
     );
   });
 

@@ -34,6 +34,7 @@ const savedArgv = z.array(z.string()).min(1);
  */
 export class QemuBackend implements Backend {
   readonly name = "qemu" as const;
+  readonly nic = "tap" as const;
 
   constructor(
     private readonly runner: Runner,
@@ -137,6 +138,10 @@ export class QemuBackend implements Backend {
       }
       await sleep(50);
     }
+  }
+
+  async forget(): Promise<void> {
+    // Everything QEMU wrote is in the VM's directory.
   }
 
   async openConsole(vm: BackendVm): Promise<Duplex> {

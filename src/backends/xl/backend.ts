@@ -1,0 +1,179 @@
+import { constants, openSync } from "node:fs";
+import { readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Duplex } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { ReadStream } from "node:tty";
+import { fileURLToPath } from "node:url";
+import type { VmSpec } from "../../core/fleet.js";
+import type { BootFiles } from "../../core/render/boot.js";
+import { domainName } from "../../core/render/boot.js";
+import { renderVifHotplug, renderXlConfig } from "../../core/render/xl.js";
+import {
+  guestConsoleLog,
+  parseXlList,
+  parseXlUptimeSeconds,
+  type XlDomainState,
+} from "../../core/xen.js";
+import { ShoalError } from "../../errors.js";
+import { pathExists } from "../../host/paths.js";
+import { CommandFailed, type Runner } from "../../host/runner.js";
+import { consoleLogDir } from "../../host/xen.js";
+import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
+
+/** shoal's vif hotplug script, from dist/backends/xl/ and src/backends/xl/ alike. */
+const VIF_HOTPLUG = fileURLToPath(new URL("../../../src/net/xen-vif-hotplug", import.meta.url));
+/** Where `xl create`'s monitor process logs, one file per domain name. */
+const XL_LOG_DIR = "/var/log/xen";
+const GONE_WAIT_MS = 30_000;
+const MONITOR_GRACE_MS = 10_000;
+const POLL_MS = 250;
+
+/**
+ * Xen through xl: one PV domU per VM, named FLEET.VM. xl's monitor process (forked by `xl create`)
+ * carries out on_poweroff/on_reboot after shoal exits; the domain's console is logged by xenconsoled
+ * into the VM's serial.log through a link in xenconsoled's log directory.
+ */
+export class XlBackend implements Backend {
+  readonly name = "xl" as const;
+  readonly nic = "vif" as const;
+
+  constructor(private readonly runner: Runner) {}
+
+  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
+    await writeFile(
+      vm.paths.vifHotplug,
+      renderVifHotplug({
+        script: VIF_HOTPLUG,
+        bridge: nic.bridge,
+        ...(nic.namespace === undefined ? {} : { namespace: nic.namespace }),
+      }),
+      { mode: 0o755 },
+    );
+    const config = renderXlConfig({
+      fleet: vm.fleet,
+      vm: spec,
+      boot,
+      seed: vm.paths.seed,
+      ...(spec.layer.type === "disk" ? { layer: vm.paths.layer } : {}),
+      bridge: nic.bridge,
+      vifScript: vm.paths.vifHotplug,
+    });
+    await writeFile(vm.paths.xlConfig, config, { mode: 0o600 });
+  }
+
+  async start(vm: BackendVm): Promise<void> {
+    if (!(await pathExists(vm.paths.xlConfig))) {
+      throw new ShoalError(`VM ${vm.name} has no xl definition (${vm.paths.xlConfig})`, {
+        hint: "`shoal up` writes it again",
+      });
+    }
+    const link = guestConsoleLog(await consoleLogDir(), this.domain(vm));
+    await rm(link, { force: true });
+    await symlink(vm.paths.serialLog, link);
+    // xl returns once the domain runs; its monitor process stays behind, detached.
+    await this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig] });
+  }
+
+  private domain(vm: BackendVm): string {
+    return domainName(vm.fleet, vm.name);
+  }
+
+  /** The domain as `xl list` shows it; undefined when Xen does not know it. */
+  private async state(domain: string): Promise<XlDomainState | undefined> {
+    const argv = ["xl", "list", domain] as const;
+    const result = await this.runner.run({ argv, probe: true, okCodes: [0, 1] });
+    if (result.code !== 0) {
+      if (/invalid domain identifier/i.test(result.stderr)) return undefined;
+      throw new CommandFailed(argv, result.code, result.stderr);
+    }
+    const state = parseXlList(result.stdout, domain);
+    if (!state)
+      throw new CommandFailed(argv, 0, result.stdout, `no state for ${domain} in its output`);
+    return state;
+  }
+
+  async presence(vm: BackendVm): Promise<Presence> {
+    const domain = this.domain(vm);
+    const state = await this.state(domain);
+    if (state === undefined) return { kind: "absent" };
+    if (state.kind === "crashed") return state;
+    // A dying domain is on its way out, held by Xen until its devices are gone.
+    if (state.kind !== "running") return { kind: "powered-off" };
+    const uptime = await this.runner
+      .run({ argv: ["xl", "uptime", domain], probe: true })
+      .then((result) => parseXlUptimeSeconds(result.stdout, domain))
+      .catch(() => undefined);
+    return uptime === undefined
+      ? { kind: "running" }
+      : { kind: "running", since: new Date(Date.now() - uptime * 1000) };
+  }
+
+  async requestShutdown(vm: BackendVm): Promise<void> {
+    // Writes the domain's control/shutdown; a PV Linux guest then runs its poweroff.
+    await this.runner.run({ argv: ["xl", "shutdown", this.domain(vm)] });
+  }
+
+  async destroy(vm: BackendVm): Promise<void> {
+    const domain = this.domain(vm);
+    const state = await this.state(domain);
+    if (state === undefined) return;
+    // A domain that shut down is taken away by xl's monitor (on_poweroff): a second destroy
+    // beside it races it through the hotplug scripts. A monitor that is gone leaves it to us.
+    if (
+      (state.kind === "shut-down" || state.kind === "dying") &&
+      (await this.gone(domain, MONITOR_GRACE_MS))
+    ) {
+      return;
+    }
+    await this.runner.run({ argv: ["xl", "destroy", domain], okCodes: [0, 1] });
+    if (!(await this.gone(domain, GONE_WAIT_MS))) {
+      throw new ShoalError(`Xen still holds domain ${domain} after \`xl destroy\``, {
+        hint: "see `xl list` and /var/log/xen/xl-*.log",
+      });
+    }
+  }
+
+  /** Whether the domain vanishes within `waitMs`. */
+  private async gone(domain: string, waitMs: number): Promise<boolean> {
+    const deadline = Date.now() + waitMs;
+    while ((await this.state(domain)) !== undefined) {
+      if (Date.now() > deadline) return false;
+      await sleep(POLL_MS);
+    }
+    return true;
+  }
+
+  async forget(vm: BackendVm): Promise<void> {
+    const domain = this.domain(vm);
+    const logDir = await consoleLogDir().catch(() => undefined);
+    if (logDir !== undefined) await rm(guestConsoleLog(logDir, domain), { force: true });
+    // xl keeps its monitor's log per domain name, the older ones numbered: xl-NAME.log.1, ...
+    const own = new RegExp(`^xl-${domain.replaceAll(".", "\\.")}\\.log(\\.\\d+)?$`);
+    for (const entry of await readdir(XL_LOG_DIR).catch(() => [] as string[])) {
+      if (own.test(entry)) await rm(join(XL_LOG_DIR, entry), { force: true });
+    }
+  }
+
+  /** The domain's console pty, as `xl console` opens it (xenconsoled holds the other end). */
+  async openConsole(vm: BackendVm): Promise<Duplex> {
+    const domain = this.domain(vm);
+    const notRunning = new ShoalError(`VM ${vm.name}'s console is not there`, {
+      hint: "is it running? (`shoal ps`)",
+    });
+    const domid = await this.runner
+      .run({ argv: ["xl", "domid", domain], probe: true })
+      .then((result) => result.stdout.trim())
+      .catch(() => {
+        throw notRunning;
+      });
+    const tty = await this.runner
+      .run({ argv: ["xenstore-read", `/local/domain/${domid}/console/tty`], probe: true })
+      .then((result) => result.stdout.trim())
+      .catch(() => {
+        throw notRunning;
+      });
+    // A tty stream, not a file stream: a blocking read of a pty would hold shoal open after detaching.
+    return new ReadStream(openSync(tty, constants.O_RDWR | constants.O_NOCTTY));
+  }
+}

@@ -1,0 +1,100 @@
+import { describe, expect, it } from "vitest";
+import { XlBackend } from "../../src/backends/xl/backend.js";
+import type { Command, CommandResult } from "../../src/host/runner.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { RecordingRunner } from "../helpers/recording-runner.js";
+
+const vm = {
+  fleet: "lab",
+  name: "vm-1",
+  paths: stateLayout("/var/lib/shoal").fleet("lab").vm("vm-1"),
+};
+
+const header = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n";
+const listed = (state: string): Partial<CommandResult> => ({
+  stdout: `${header}lab.vm-1                                     7   128     1     ${state}       2.0\n`,
+});
+const unknown: Partial<CommandResult> = {
+  code: 1,
+  stderr: "lab.vm-1 is an invalid domain identifier (rc=-6)\n",
+};
+
+/** A runner whose `xl list` answers come from `states` in turn (the last one repeats). */
+function xl(states: Partial<CommandResult>[], uptime = " 0:02:03") {
+  let listings = 0;
+  return new RecordingRunner((command: Command) => {
+    if (command.argv[1] === "list") return states[Math.min(listings++, states.length - 1)] ?? {};
+    if (command.argv[1] === "uptime")
+      return { stdout: `Name                                ID Uptime\nlab.vm-1   7 ${uptime}\n` };
+    return {};
+  });
+}
+
+describe("xl backend", () => {
+  it("asks `xl list` by domain name; an unknown domain is absent", async () => {
+    const runner = xl([unknown]);
+    expect(await new XlBackend(runner).presence(vm)).toEqual({ kind: "absent" });
+    expect(runner.argvs).toEqual([["xl", "list", "lab.vm-1"]]);
+  });
+
+  it("reads a running domain's start from `xl uptime`", async () => {
+    const runner = xl([listed("-b----")]);
+    const before = Date.now();
+    const presence = await new XlBackend(runner).presence(vm);
+    expect(presence.kind).toBe("running");
+    const since = presence.kind === "running" ? (presence.since?.getTime() ?? 0) : 0;
+    expect(before - since).toBeGreaterThanOrEqual(123_000);
+    expect(before - since).toBeLessThan(124_000);
+    expect(runner.argvs).toEqual([
+      ["xl", "list", "lab.vm-1"],
+      ["xl", "uptime", "lab.vm-1"],
+    ]);
+  });
+
+  it("reports a crashed domain Xen keeps (on_crash=preserve) and a powered-off one", async () => {
+    expect(await new XlBackend(xl([listed("---sc-")])).presence(vm)).toEqual({
+      kind: "crashed",
+      reason: "Xen reports a crash",
+    });
+    expect(await new XlBackend(xl([listed("--ps--")])).presence(vm)).toEqual({
+      kind: "powered-off",
+    });
+  });
+
+  it("fails on an `xl list` error other than an unknown domain", async () => {
+    const runner = xl([{ code: 1, stderr: "libxl: error: cannot connect to xenstored\n" }]);
+    await expect(new XlBackend(runner).presence(vm)).rejects.toThrow(/xl list lab\.vm-1/);
+  });
+
+  it("presses the power button with `xl shutdown`", async () => {
+    const runner = xl([]);
+    await new XlBackend(runner).requestShutdown(vm);
+    expect(runner.argvs).toEqual([["xl", "shutdown", "lab.vm-1"]]);
+  });
+
+  it("destroys a running domain and waits until Xen let go of it", async () => {
+    const runner = xl([listed("-b----"), listed("-b---d"), unknown]);
+    await new XlBackend(runner).destroy(vm);
+    expect(runner.argvs).toEqual([
+      ["xl", "list", "lab.vm-1"],
+      ["xl", "destroy", "lab.vm-1"],
+      ["xl", "list", "lab.vm-1"],
+      ["xl", "list", "lab.vm-1"],
+    ]);
+  });
+
+  it("leaves a powered-off domain to xl's monitor, which destroys it", async () => {
+    const runner = xl([listed("--ps--"), unknown]);
+    await new XlBackend(runner).destroy(vm);
+    expect(runner.argvs).toEqual([
+      ["xl", "list", "lab.vm-1"],
+      ["xl", "list", "lab.vm-1"],
+    ]);
+  });
+
+  it("does nothing to a domain Xen does not have", async () => {
+    const runner = xl([unknown]);
+    await new XlBackend(runner).destroy(vm);
+    expect(runner.argvs).toEqual([["xl", "list", "lab.vm-1"]]);
+  });
+});
