@@ -1,19 +1,10 @@
 import { rm } from "node:fs/promises";
-import { createInterface } from "node:readline/promises";
 import { Command } from "@commander-js/extra-typings";
 import pLimit from "p-limit";
 import { UserError } from "../errors.js";
+import { confirm } from "./confirm.js";
 import { fleetFileOption } from "./context.js";
 import { fleetNameOption, selectVms, withFleet, workersOption } from "./fleet.js";
-
-async function confirm(question: string): Promise<boolean> {
-  const prompt = createInterface({ input: process.stdin, output: process.stderr });
-  try {
-    return /^y(es)?$/i.test((await prompt.question(`${question} [y/N] `)).trim());
-  } finally {
-    prompt.close();
-  }
-}
 
 export function destroyCommand() {
   return new Command("destroy")

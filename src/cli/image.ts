@@ -1,6 +1,8 @@
+import { access } from "node:fs/promises";
 import { Command } from "@commander-js/extra-typings";
 import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
+import { committedSource, derivedSource } from "../image/derive.js";
 import {
   checkPackages,
   DEBIAN_SUITES,
@@ -9,7 +11,8 @@ import {
   tinySource,
 } from "../image/sources.js";
 import { type ImageMeta, ImageStore } from "../image/store.js";
-import { contextOf } from "./context.js";
+import { contextOf, fleetFileOption } from "./context.js";
+import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
 import { step } from "./progress.js";
 import { formatTable } from "./table.js";
 
@@ -141,6 +144,87 @@ function removeCommand() {
     });
 }
 
+function deriveCommand() {
+  return new Command("derive")
+    .description(
+      "make a new image from another: run a command or script in a copy of its root (as root, in a chroot with the host's network), then seal it",
+    )
+    .argument("<name>", "the new image's name")
+    .requiredOption("--from <image>", "the image to start from (it is not changed)")
+    .option("--run <command>", "a shell command line, run by the image's /bin/sh")
+    .option("--script <file>", "a script (any interpreter the image has) copied in and run")
+    .action(async (name, options, command) => {
+      const { context, store } = storeOf(command);
+      if ((options.run === undefined) === (options.script === undefined)) {
+        throw new UserError(
+          "give exactly one of --run and --script",
+          "--run 'apt-get install -y curl'",
+        );
+      }
+      const change =
+        options.script !== undefined ? { script: options.script } : { run: options.run ?? "" };
+      if ("script" in change) {
+        await access(change.script).catch(() => {
+          throw new UserError(`cannot read script ${change.script}`, "give a file that exists");
+        });
+      }
+      const from = await store.get(options.from);
+      const image = await store.add(
+        {
+          name,
+          source: `${from.name} (${from.id.slice(0, 12)}) + ${"run" in change ? `--run ${change.run}` : `--script ${change.script}`}`,
+          ...(from.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+        },
+        (staging) =>
+          derivedSource(
+            context.runner,
+            staging,
+            context.layout().image(from.id).base,
+            change,
+            (chunk) => process.stderr.write(chunk),
+          ),
+        step,
+      );
+      context.print(`${describe(image)} (derived from ${from.name})`);
+    });
+}
+
+function commitCommand() {
+  return new Command("commit")
+    .description(
+      "make a new image from a stopped VM: its layer folded into a copy of its base (its identity files left out), then sealed",
+    )
+    .argument("<name>", "the new image's name")
+    .requiredOption("--from-vm <vm>", "the VM whose changes the new image takes")
+    .addOption(fleetFileOption())
+    .addOption(fleetNameOption())
+    .action(async (name, options, command) => {
+      await withFleet(command, options, "image commit", async ({ context, session }) => {
+        const vm = oneVm(session, options.fromVm);
+        const stopped = await session.stoppedLayer(vm);
+        if (!stopped) {
+          throw new UserError(
+            `VM ${vm} never booted: it has no changes to commit`,
+            "its image is what it would give",
+          );
+        }
+        const store = new ImageStore(context.runner, context.layout());
+        const baseId = stopped.base.split("/").at(-2) ?? "";
+        const from = (await store.list()).find((image) => image.id === baseId);
+        const image = await store.add(
+          {
+            name,
+            source: `VM ${vm} of fleet ${session.fleet} over ${from?.name ?? "image"} (${baseId.slice(0, 12)})`,
+            ...(from?.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+          },
+          (staging) => committedSource(context.runner, staging, stopped.base, stopped.layer),
+          step,
+        );
+        context.print(`${describe(image)} (from VM ${vm})`);
+      });
+    });
+}
+
 export function imageCommand() {
   const image = new Command("image").description(
     "build, import, list, inspect and remove base images",
@@ -148,6 +232,8 @@ export function imageCommand() {
   for (const sub of [
     buildCommand(),
     importCommand(),
+    deriveCommand(),
+    commitCommand(),
     listCommand(),
     inspectCommand(),
     removeCommand(),

@@ -6,6 +6,8 @@ import { globalOptions } from "./context.js";
 import { cpCommand } from "./cp.js";
 import { createCommand } from "./create.js";
 import { destroyCommand } from "./destroy.js";
+import { dfCommand } from "./df.js";
+import { diffCommand } from "./diff.js";
 import { doctorCommand } from "./doctor.js";
 import { downCommand } from "./down.js";
 import { execCommand } from "./exec.js";
@@ -15,6 +17,7 @@ import { imageCommand } from "./image.js";
 import { logsCommand } from "./logs.js";
 import { planCommand } from "./plan.js";
 import { psCommand } from "./ps.js";
+import { resetCommand } from "./reset.js";
 import { restartCommand } from "./restart.js";
 import { schemaCommand } from "./schema.js";
 import { sshCommand } from "./ssh.js";
@@ -53,6 +56,9 @@ function buildProgram() {
     cpCommand(),
     forwardCommand(),
     waitCommand(),
+    diffCommand(),
+    resetCommand(),
+    dfCommand(),
     validateCommand(),
     doctorCommand(),
     planCommand(),

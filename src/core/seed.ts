@@ -17,6 +17,20 @@ export interface SeedFile {
 
 export const HOST_KEY_PATH = "etc/ssh/ssh_host_ed25519_key";
 
+/**
+ * Every file the seed writes into the VM's root at each boot (relative to /): identity, not the
+ * VM's own changes, so `shoal diff` leaves them out and `shoal reset` gets them back at next boot.
+ */
+export const SEED_PATHS = [
+  "etc/hostname",
+  "etc/machine-id",
+  HOST_KEY_PATH,
+  `${HOST_KEY_PATH}.pub`,
+  "etc/ssh/sshd_config.d/shoal-host-key.conf",
+  "etc/dropbear/dropbear_ed25519_host_key",
+  "root/.ssh/authorized_keys",
+] as const;
+
 export interface SeedInput {
   readonly vm: Pick<VmIdentity, "name" | "hostname" | "machineId">;
   readonly fleet: string;

@@ -53,8 +53,8 @@ export const XENCONSOLED_DEFAULT_LOG_DIR = "/var/log/xen/console";
 
 /**
  * Whether a running xenconsoled (its argv) writes each guest's console to `DIR/guest-NAME.log`,
- * and where: it does with `--log=guest` or `--log=all` (xenconsoled has long options only; a value
- * may also be the next argument).
+ * and where: it does with `--log=guest` or `--log=all` (these two have no short forms; a value may
+ * also be the next argument). Abbreviations such as `--log-d` are not recognised.
  */
 export function xenconsoledGuestLogDir(argv: readonly string[]): string | undefined {
   let log = "none";

@@ -25,7 +25,16 @@ import {
   readHostKey,
   writeSeed,
 } from "../identity/identity.js";
-import { createLayer } from "../layer/layer.js";
+import {
+  createLayer,
+  type LayerChange,
+  layerBaseId,
+  layerFormatted,
+  listLayerChanges,
+  replaceLayer,
+  settleLayer,
+  withoutIdentity,
+} from "../layer/layer.js";
 import { FleetNetwork } from "../net/network.js";
 import { removeStaleTempFiles, writeFileAtomic } from "../state/atomic.js";
 import type { FleetPaths, StateLayout } from "../state/layout.js";
@@ -42,7 +51,8 @@ export type FleetPhase =
   | "failed"
   | "stopping"
   | "stopped"
-  | "deleted";
+  | "deleted"
+  | "reset";
 
 export interface FleetEvent {
   readonly vm: string;
@@ -514,6 +524,78 @@ export class FleetSession {
       });
     }
     this.deps.event({ vm: name, phase: "deleted" });
+  }
+
+  /**
+   * A created VM's disk layer, when no hypervisor holds it: reading it from the host (or replacing
+   * it) while the guest writes it would see, or cause, a torn filesystem.
+   */
+  private async idleDiskLayer(name: string): Promise<{ spec: VmSpec; layer: string }> {
+    const entry = this.book.vm(name);
+    if (entry?.phase !== "created") {
+      throw new UserError(`VM ${name} is not created`, "`shoal up` creates the fleet's VMs");
+    }
+    if (entry.spec.layer.type !== "disk") {
+      throw new UserError(
+        `VM ${name} has a tmpfs layer: its changes live in its memory and go when it stops`,
+        "only disk layers are kept, looked at and reset",
+      );
+    }
+    const presence = await this.backend.presence(this.vm(name));
+    if (presence.kind !== "absent") {
+      throw new UserError(
+        `VM ${name} is ${presence.kind}: its layer is in use`,
+        `\`shoal stop ${name}\` first`,
+      );
+    }
+    return { spec: entry.spec, layer: this.paths.vm(name).layer };
+  }
+
+  /**
+   * A stopped VM's layer, settled, and the base it was made over; no layer for a VM that never
+   * booted (its layer is still blank).
+   */
+  async stoppedLayer(name: string): Promise<{ layer: string; base: string } | undefined> {
+    const { layer } = await this.idleDiskLayer(name);
+    if (!(await layerFormatted(layer))) return undefined;
+    await settleLayer(this.deps.runner, layer);
+    const baseId = await layerBaseId(this.deps.runner, layer);
+    if (baseId === undefined) {
+      throw new ShoalError(`VM ${name}'s layer does not say which base it was made over`, {
+        hint: "it was not made by shoal's init; `shoal reset` starts it afresh",
+      });
+    }
+    const base = this.deps.layout.image(baseId).base;
+    if (!(await pathExists(base))) {
+      throw new UserError(
+        `VM ${name}'s layer was made over image ${baseId.slice(0, 12)}, which is no longer in the image store`,
+        "its changes cannot be told from that base's files without it",
+      );
+    }
+    return { layer, base };
+  }
+
+  /**
+   * What a stopped VM changed relative to the base its layer was made over, without its identity
+   * files; nothing for a VM that never booted.
+   */
+  async layerChanges(name: string): Promise<LayerChange[]> {
+    const stopped = await this.stoppedLayer(name);
+    if (!stopped) return [];
+    return withoutIdentity(await listLayerChanges(this.deps.runner, stopped.layer, stopped.base));
+  }
+
+  /**
+   * Throws away stopped VMs' changes; their identity (seed) stays and is applied at their next
+   * boot. Every VM is checked before any layer goes.
+   */
+  async resetLayers(names: readonly string[]): Promise<void> {
+    const layers = [];
+    for (const name of names) layers.push({ name, ...(await this.idleDiskLayer(name)) });
+    for (const { name, spec, layer } of layers) {
+      await replaceLayer(layer, spec.layer.sizeBytes);
+      this.deps.event({ vm: name, phase: "reset" });
+    }
   }
 
   /** The fleet's known_hosts: every created VM by name, name.fleet and address. */

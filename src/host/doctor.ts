@@ -11,7 +11,7 @@ import {
 import type { BackendName } from "../core/fleet.js";
 import { newestKernel } from "../image/kernel.js";
 import { pathExists } from "./paths.js";
-import { processArgvs } from "./processes.js";
+import { processesNamed } from "./processes.js";
 import { CommandFailed, type Runner } from "./runner.js";
 import { consoleLogDir, XENCONSOLED_FIX } from "./xen.js";
 
@@ -40,7 +40,6 @@ export function checkTools(runner: Runner, backend: BackendName): Promise<CheckR
   return Promise.all(toolsFor(backend).map((tool) => checkTool(runner, tool)));
 }
 
-/** The names of the programs running on this host, from /proc/PID/comm. */
 /** A device node a backend needs; a missing one comes with its kernel module. */
 async function deviceCheck(
   name: string,
@@ -116,7 +115,7 @@ export async function checkXenHost(
     ];
   }
   const results: CheckResult[] = [{ name: "Xen dom0", level: "ok", detail: "control domain" }];
-  const running = async (name: string) => (await processArgvs(name)).length > 0;
+  const running = async (name: string) => (await processesNamed(name)).length > 0;
   const daemon = (name: string, found: boolean, why: string): CheckResult =>
     found
       ? { name, level: "ok", detail: "running" }

@@ -10,16 +10,18 @@ export function isProcessAlive(pid: number): boolean {
   }
 }
 
-/** The command lines of the running processes named `comm` (as in /proc/PID/comm). */
-export async function processArgvs(comm: string): Promise<string[][]> {
-  const found: string[][] = [];
+/** The running processes named `comm` (as in /proc/PID/comm), with their command lines. */
+export async function processesNamed(
+  comm: string,
+): Promise<{ readonly pid: number; readonly argv: string[] }[]> {
+  const found: { pid: number; argv: string[] }[] = [];
   for (const entry of await readdir("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     const name = await readFile(`/proc/${entry}/comm`, "utf8").catch(() => "");
     if (name.trim() !== comm) continue;
     const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
     // A zombie has an empty command line: it does not run.
-    if (cmdline) found.push(cmdline.replace(/\0$/, "").split("\0"));
+    if (cmdline) found.push({ pid: Number(entry), argv: cmdline.replace(/\0$/, "").split("\0") });
   }
   return found;
 }

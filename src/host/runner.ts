@@ -34,6 +34,11 @@ export interface Command {
   readonly attached?: boolean;
   /** Ends the command (SIGTERM) when aborted: for commands that run until the user stops them. */
   readonly signal?: AbortSignal;
+  /**
+   * Runs the command in a session of its own, out of reach of the terminal's Ctrl-C: for a step
+   * that, cut halfway, leaves something the next run cannot tell from a working one.
+   */
+  readonly uninterruptible?: boolean;
 }
 
 export interface CommandResult {
@@ -113,6 +118,7 @@ function execute(command: Command): Promise<CommandResult & { reason?: string }>
       env: { ...process.env, ...command.env, LANG: "C", LC_ALL: "C" },
       stdio: [passed, passed, "pipe", ...(command.fd3 === undefined ? [] : [command.fd3])],
       ...(command.signal === undefined ? {} : { signal: command.signal }),
+      ...(command.uninterruptible ? { detached: true } : {}),
     }) as ChildProcessWithoutNullStreams;
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];

@@ -1,19 +1,19 @@
 import { xenconsoledGuestLogDir } from "../core/xen.js";
 import { ShoalError } from "../errors.js";
-import { processArgvs } from "./processes.js";
+import { processesNamed } from "./processes.js";
 
 export const XENCONSOLED_FIX =
   "start xenconsoled with --log=guest (Debian: XENCONSOLED_ARGS=--log=guest in /etc/default/xen, then /etc/init.d/xen restart)";
 
 /** Where xenconsoled writes guest consoles; an error that says how to fix it when it does not. */
 export async function consoleLogDir(): Promise<string> {
-  const daemons = await processArgvs("xenconsoled");
+  const daemons = await processesNamed("xenconsoled");
   if (daemons.length === 0) {
     throw new ShoalError("xenconsoled is not running: domUs would have no console or log", {
       hint: "/etc/init.d/xen start",
     });
   }
-  for (const argv of daemons) {
+  for (const { argv } of daemons) {
     const dir = xenconsoledGuestLogDir(argv);
     if (dir !== undefined) return dir;
   }

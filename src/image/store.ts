@@ -93,7 +93,8 @@ export class ImageStore {
     return target?.replace(/^\.\.\//, "");
   }
 
-  private async find(name: string): Promise<ImageMeta | undefined> {
+  /** The image a name points to; undefined for an unknown name. */
+  async find(name: string): Promise<ImageMeta | undefined> {
     const id = await this.idOf(name);
     if (id === undefined) return undefined;
     const path = this.layout.image(id).meta;

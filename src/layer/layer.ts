@@ -1,4 +1,5 @@
-import { open } from "node:fs/promises";
+import { open, rename, rm } from "node:fs/promises";
+import { SEED_PATHS } from "../core/seed.js";
 import type { Runner } from "../host/runner.js";
 import {
   type DirEntry,
@@ -38,6 +39,34 @@ export async function settleLayer(runner: Runner, layer: string): Promise<void> 
   await runner.run({ argv: ["e2fsck", "-E", "journal_only", "-p", layer], okCodes: [1] });
 }
 
+/** Whether the guest formatted the layer yet (ext4's magic number in its superblock). */
+export async function layerFormatted(path: string): Promise<boolean> {
+  const handle = await open(path, "r");
+  try {
+    const { buffer, bytesRead } = await handle.read({ buffer: Buffer.alloc(2), position: 0x438 });
+    return bytesRead === 2 && buffer.readUInt16LE(0) === 0xef53;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The id of the base the layer was made over, as the VM's init recorded it on the layer. */
+export async function layerBaseId(runner: Runner, layer: string): Promise<string | undefined> {
+  const id = (await new Ext4Image(runner, layer).readFile("/shoal/base-id"))?.trim();
+  return id !== undefined && /^[0-9a-f]{64}$/.test(id) ? id : undefined;
+}
+
+/**
+ * Replaces a layer by an empty one of `sizeBytes`, in one rename: a shoal killed meanwhile leaves
+ * either the old layer or the new one.
+ */
+export async function replaceLayer(path: string, sizeBytes: number): Promise<void> {
+  const fresh = `${path}.reset.shoal-tmp`;
+  await rm(fresh, { force: true });
+  await createLayer(fresh, sizeBytes);
+  await rename(fresh, path);
+}
+
 /** A file as the VM changed it, read from its layer without booting the VM; undefined if the VM did not change it. */
 export async function readLayerFile(
   runner: Runner,
@@ -46,6 +75,33 @@ export async function readLayerFile(
 ): Promise<string | undefined> {
   await settleLayer(runner, layer);
   return new Ext4Image(runner, layer).readFile(`${LAYER_UPPER}${path}`);
+}
+
+/**
+ * The changes that are the VM's own: without the identity files its seed writes at every boot,
+ * and without directories that hold nothing but those.
+ */
+export function withoutIdentity(changes: readonly LayerChange[]): LayerChange[] {
+  const identity = new Set(SEED_PATHS.map((path) => `/${path}`));
+  const holders = new Set(
+    SEED_PATHS.flatMap((path) =>
+      path
+        .split("/")
+        .slice(0, -1)
+        .map((_, i, parts) => `/${parts.slice(0, i + 1).join("/")}`),
+    ),
+  );
+  const isOwn = (change: LayerChange) => !identity.has(change.path);
+  return changes.filter((change) => {
+    if (!isOwn(change)) return false;
+    if (change.type !== "dir" || change.change !== "added" || !holders.has(change.path))
+      return true;
+    // An added directory on the way to an identity file counts if the VM put anything else in it.
+    return changes.some(
+      (other) =>
+        other.path.startsWith(`${change.path}/`) && isOwn(other) && !holders.has(other.path),
+    );
+  });
 }
 
 export type ChangeKind = "added" | "modified" | "deleted" | "replaced";

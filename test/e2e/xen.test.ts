@@ -36,7 +36,7 @@ async function inDom0(command: string): Promise<string> {
 
 async function shoalOk(...args: string[]): Promise<string> {
   const result = await theLab().shoal(args);
-  expect(result.code, `shoal ${args.join(" ")}\n${result.stderr}`).toBe(0);
+  expect(result.code, `shoal ${args.join(" ")}\n${result.stderr}\n${result.stdout}`).toBe(0);
   return result.stdout;
 }
 
@@ -83,11 +83,9 @@ beforeAll(async () => {
   ) as ImageMeta;
   basePath = `/var/lib/shoal/images/${image.id}/base.img`;
   baseSum = await sha256(stateLayout(state).image(image.id).base);
-  lab = await XenLab.start({
-    dir: labDir(),
-    images: state,
-    namespace: `shoal-xenlab-${process.pid}`,
-  });
+  // Assigned before it starts: afterAll stops whatever of it started, also after a timeout.
+  lab = new XenLab({ dir: labDir(), images: state, namespace: `shoal-xenlab-${process.pid}` });
+  await lab.start();
   const written = await theLab().ssh(`cat > ${FLEET_FILE}`, FLEET);
   expect(written.code, written.stderr).toBe(0);
 });

@@ -83,10 +83,11 @@ async function dom0Kernel(): Promise<{ version: string; kernel: string; initrd: 
 }
 
 export class XenLab {
-  private constructor(
-    private readonly options: XenLabOptions,
-    private readonly pid: number,
-  ) {}
+  constructor(private readonly options: XenLabOptions) {}
+
+  private get pidFile(): string {
+    return join(this.options.dir, "qemu.pid");
+  }
 
   get serialLog(): string {
     return join(this.options.dir, "serial.log");
@@ -96,65 +97,55 @@ export class XenLab {
     return join(this.options.dir, "lab-key");
   }
 
-  /** Builds dom0, boots Xen and waits until dom0 accepts SSH. */
-  static async start(options: XenLabOptions): Promise<XenLab> {
-    const { dir, namespace } = options;
+  /**
+   * Builds dom0, boots Xen and waits until dom0 accepts SSH. `stop` cleans up after it however
+   * far it got, also when the test gave up waiting for it.
+   */
+  async start(): Promise<void> {
+    const { dir, namespace } = this.options;
     const xen = await XenLab.fetchXen(dir);
     const kernel = await dom0Kernel();
-    const image = await XenLab.buildDom0(options, kernel.version);
+    const image = await XenLab.buildDom0(this.options, kernel.version);
     await quiet("ip", ["netns", "add", namespace]);
-    const pidFile = join(dir, "qemu.pid");
-    try {
-      await quiet("ip", ["-n", namespace, "link", "set", "lo", "up"]);
-      await quiet("ip", [
-        "netns",
-        "exec",
-        namespace,
-        "qemu-system-x86_64",
-        "-machine",
-        "q35",
-        "-accel",
-        "tcg",
-        // PV dom0 crashes with -cpu max under TCG (lab notes).
-        "-cpu",
-        "qemu64",
-        "-m",
-        "3072",
-        "-smp",
-        "2",
-        "-no-reboot",
-        "-display",
-        "none",
-        "-kernel",
-        xen,
-        "-append",
-        "dom0_mem=1024M,max:1024M console=com1 com1=115200",
-        "-initrd",
-        `${kernel.kernel} console=hvc0 root=/dev/vda rw net.ifnames=0,${kernel.initrd}`,
-        "-drive",
-        `file=${image},format=raw,if=virtio,cache=unsafe`,
-        "-netdev",
-        `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${SSH_PORT}-:22`,
-        "-device",
-        "virtio-net-pci,netdev=net0",
-        "-serial",
-        `file:${join(dir, "serial.log")}`,
-        "-pidfile",
-        pidFile,
-        "-daemonize",
-      ]);
-    } catch (error) {
-      await quiet("ip", ["netns", "del", namespace]).catch(() => undefined);
-      throw error;
-    }
-    const lab = new XenLab(options, Number((await readFile(pidFile, "utf8")).trim()));
-    try {
-      await lab.waitReady();
-    } catch (error) {
-      await lab.stop();
-      throw error;
-    }
-    return lab;
+    await quiet("ip", ["-n", namespace, "link", "set", "lo", "up"]);
+    await quiet("ip", [
+      "netns",
+      "exec",
+      namespace,
+      "qemu-system-x86_64",
+      "-machine",
+      "q35",
+      "-accel",
+      "tcg",
+      // PV dom0 crashes with -cpu max under TCG (lab notes).
+      "-cpu",
+      "qemu64",
+      "-m",
+      "3072",
+      "-smp",
+      "2",
+      "-no-reboot",
+      "-display",
+      "none",
+      "-kernel",
+      xen,
+      "-append",
+      "dom0_mem=1024M,max:1024M console=com1 com1=115200",
+      "-initrd",
+      `${kernel.kernel} console=hvc0 root=/dev/vda rw net.ifnames=0,${kernel.initrd}`,
+      "-drive",
+      `file=${image},format=raw,if=virtio,cache=unsafe`,
+      "-netdev",
+      `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${SSH_PORT}-:22`,
+      "-device",
+      "virtio-net-pci,netdev=net0",
+      "-serial",
+      `file:${join(dir, "serial.log")}`,
+      "-pidfile",
+      this.pidFile,
+      "-daemonize",
+    ]);
+    await this.waitReady();
   }
 
   /** Xen's multiboot binary from Debian's package, downloaded, not installed on the host. */
@@ -231,12 +222,21 @@ export class XenLab {
     return image;
   }
 
+  private async qemuPid(): Promise<number | undefined> {
+    const pid = Number((await readFile(this.pidFile, "utf8").catch(() => "")).trim());
+    if (!Number.isInteger(pid) || pid <= 0) return undefined;
+    // Not a zombie, and still QEMU (a pid may be reused).
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    return cmdline.includes(this.pidFile) ? pid : undefined;
+  }
+
   private async waitReady(): Promise<void> {
     const deadline = Date.now() + READY_TIMEOUT_MS;
     for (;;) {
       const log = await readFile(this.serialLog, "utf8").catch(() => "");
       if (log.includes("shoal-dom0: ready")) return;
-      if (log.includes("shoal-dom0: failed") || Date.now() > deadline) {
+      const ended = (await this.qemuPid()) === undefined;
+      if (ended || log.includes("shoal-dom0: failed") || Date.now() > deadline) {
         throw new Error(`dom0 did not come up; its console ends with:\n${log.slice(-3000)}`);
       }
       await sleep(1000);
@@ -280,17 +280,10 @@ export class XenLab {
 
   /** Ends Xen and everything in it, and removes the namespace; the directory is the caller's. */
   async stop(): Promise<void> {
-    try {
-      process.kill(this.pid, "SIGKILL");
-    } catch {
-      // Already gone.
-    }
-    for (
-      let i = 0;
-      i < 100 && (await readFile(`/proc/${this.pid}/cmdline`, "utf8").catch(() => ""));
-      i++
-    ) {
-      await sleep(100);
+    const pid = await this.qemuPid();
+    if (pid !== undefined) {
+      process.kill(pid, "SIGKILL");
+      for (let i = 0; i < 100 && (await this.qemuPid()) !== undefined; i++) await sleep(100);
     }
     await quiet("ip", ["netns", "del", this.options.namespace]).catch(() => undefined);
   }

@@ -331,3 +331,130 @@ describe("fleets on a host bridge", () => {
     expect((await run(["destroy", "--fleet", first, "--yes"])).code).toBe(0);
   });
 });
+
+describe("a stopped VM's layer: diff, reset, df", () => {
+  /** A layer as shoal's init leaves it after the VM ran: its base's id, and what the VM changed. */
+  async function bootedLayer(path: string, baseId: string): Promise<void> {
+    const tree = join(await tempDir(), "layer");
+    for (const dir of ["upper/root/.ssh", "upper/etc/dropbear", "upper/srv", "work", "shoal"])
+      await mkdir(join(tree, dir), { recursive: true });
+    await writeFile(join(tree, "shoal/base-id"), `${baseId}\n`);
+    await writeFile(join(tree, "upper/root/notes"), "mine\n");
+    await writeFile(join(tree, "upper/srv/data"), "x".repeat(5000));
+    // Written by the seed at every boot: identity, not the VM's changes.
+    await writeFile(join(tree, "upper/etc/hostname"), "vm-1\n");
+    await writeFile(join(tree, "upper/etc/dropbear/dropbear_ed25519_host_key"), "key");
+    await writeFile(join(tree, "upper/root/.ssh/authorized_keys"), `${KEY}\n`);
+    await exec("mknod", [join(tree, "upper/etc/os-release"), "c", "0", "0"]);
+    await exec("mkfs.ext4", ["-q", "-F", "-L", "shoal-layer", "-d", tree, path, "64M"]);
+  }
+
+  it("`diff` lists the VM's own changes with sizes; `reset` empties the layer and keeps the identity", async () => {
+    const file = await fleet("looked", "count: 2\nvm: { layer: { size: 64M } }\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const image = JSON.parse((await run(["image", "inspect", "tiny"])).stdout) as { id: string };
+    const vm1 = stateLayout(state).fleet("looked").vm("vm-1");
+    await bootedLayer(vm1.layer, image.id);
+
+    const diff = await run(["diff", "vm-1", "-f", file, "--json"]);
+    expect(diff.code, diff.stderr).toBe(0);
+    expect(JSON.parse(diff.stdout)).toEqual([
+      { path: "/etc/os-release", change: "deleted", type: "file", size: 67 },
+      { path: "/root/notes", change: "added", type: "file", size: 5 },
+      { path: "/srv", change: "added", type: "dir", size: 0 },
+      { path: "/srv/data", change: "added", type: "file", size: 5000 },
+    ]);
+    const table = await run(["diff", "vm-1", "-f", file]);
+    expect(table.stdout).toMatch(/^added\s+file\s+4\.9K\s+\/srv\/data$/m);
+    expect((await run(["diff", "vm-2", "-f", file])).stdout).toBe(
+      "VM vm-2 has no changes of its own\n",
+    );
+
+    const df = JSON.parse((await run(["df", "-f", file, "--json"])).stdout) as {
+      images: { name: string; vms: number; bytes: number }[];
+      vms: { name: string; layerBytes: number; otherBytes: number }[];
+      basesBytes: number;
+      totalBytes: number;
+      fullCopiesBytes: number;
+      ratio: number;
+    };
+    const baseBytes = (await stat(stateLayout(state).image(image.id).base)).blocks * 512;
+    expect(df.images).toEqual([{ name: "tiny", id: image.id, bytes: baseBytes, vms: 2 }]);
+    expect(df.vms.map((vm) => vm.name)).toEqual(["vm-1", "vm-2"]);
+    expect(df.vms[0]?.layerBytes).toBe((await stat(vm1.layer)).blocks * 512);
+    expect(df.vms[0]?.layerBytes).toBeGreaterThan(df.vms[1]?.layerBytes ?? 0);
+    const others = (df.vms[0]?.otherBytes ?? 0) + (df.vms[1]?.otherBytes ?? 0);
+    const layers = (df.vms[0]?.layerBytes ?? 0) + (df.vms[1]?.layerBytes ?? 0);
+    expect(df.totalBytes).toBe(baseBytes + layers + others);
+    expect(df.fullCopiesBytes).toBe(2 * baseBytes + others);
+    expect(df.ratio).toBeCloseTo(df.fullCopiesBytes / df.totalBytes, 6);
+    expect((await run(["df", "-f", file])).stdout).toMatch(
+      /^as full copies of the base: \S+ \(\d+\.\dx what shoal takes\)$/m,
+    );
+
+    const seed = await readFile(vm1.seed);
+    const reset = await run(["reset", "vm-1", "-f", file, "--yes"]);
+    expect(reset.code, reset.stderr).toBe(0);
+    const layer = await stat(vm1.layer);
+    expect(layer.size).toBe(64 * 1024 ** 2);
+    expect(layer.blocks).toBe(0);
+    expect(await readFile(vm1.seed)).toEqual(seed);
+    expect((await run(["diff", "vm-1", "-f", file])).stdout).toBe(
+      "VM vm-1 has no changes of its own\n",
+    );
+  });
+
+  it("`image commit` folds a stopped VM's layer into a new base, without its identity", async () => {
+    const file = await fleet("committed", "count: 2\nvm: { layer: { size: 64M } }\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const tiny = JSON.parse((await run(["image", "inspect", "tiny"])).stdout) as { id: string };
+    const vm1 = stateLayout(state).fleet("committed").vm("vm-1");
+    await bootedLayer(vm1.layer, tiny.id);
+    const layerSum = await exec("sha256sum", [vm1.layer]);
+
+    const never = await run(["image", "commit", "never", "--from-vm", "vm-2", "-f", file]);
+    expect(never.code).toBe(2);
+    expect(never.stderr).toContain("VM vm-2 never booted: it has no changes to commit");
+
+    const made = await run(["image", "commit", "vm1-image", "--from-vm", "vm-1", "-f", file]);
+    expect(made.code, made.stderr).toBe(0);
+    const image = JSON.parse((await run(["image", "inspect", "vm1-image"])).stdout) as {
+      id: string;
+      source: string;
+    };
+    expect(image.source).toMatch(/^VM vm-1 of fleet committed over tiny \([0-9a-f]{12}\)$/);
+    const read = (path: string) =>
+      exec("debugfs", ["-R", `cat ${path}`, stateLayout(state).image(image.id).base]).then(
+        (result) => (result.stderr.includes("not found") ? undefined : result.stdout),
+      );
+    expect(await read("/root/notes")).toBe("mine\n");
+    expect(await read("/srv/data")).toBe("x".repeat(5000));
+    expect(await read("/etc/os-release")).toBeUndefined();
+    // Identity stays with the VM: its hostname, host key and authorized_keys are not in the image.
+    expect(await read("/etc/hostname")).toBeUndefined();
+    expect(await read("/etc/dropbear/dropbear_ed25519_host_key")).toBeUndefined();
+    expect(await read("/root/.ssh/authorized_keys")).toBeUndefined();
+    expect(await read("/etc/inittab")).toContain("::sysinit:");
+    // The VM's layer is only read.
+    expect(await exec("sha256sum", [vm1.layer])).toEqual(layerSum);
+  });
+
+  it("refuses a tmpfs layer and an unknown VM, changing nothing", async () => {
+    const file = await fleet(
+      "refused",
+      "count: 2\nvms: [{ name: vm-2, layer: { type: tmpfs } }]\n",
+    );
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const tmpfs = await run(["diff", "vm-2", "-f", file]);
+    expect(tmpfs.code).toBe(2);
+    expect(tmpfs.stderr).toMatch(/VM vm-2 has a tmpfs layer: its changes live in its memory/);
+    const unknown = await run(["reset", "vm-9", "-f", file, "--yes"]);
+    expect(unknown.code).toBe(2);
+    // Every VM is checked before any layer goes: vm-1 keeps its layer when vm-2 cannot be reset.
+    const vm1 = stateLayout(state).fleet("refused").vm("vm-1");
+    await writeFile(vm1.layer, "not empty");
+    const both = await run(["reset", "vm-1", "vm-2", "-f", file, "--yes"]);
+    expect(both.code).toBe(2);
+    expect(await readFile(vm1.layer, "utf8")).toBe("not empty");
+  });
+});

@@ -430,3 +430,95 @@ describe("shoal's initramfs", () => {
     expect(order).toContain(`${tiny.kernelVersion}/kernel/fs/overlayfs/overlay.ko\n`);
   });
 });
+
+describe("shoal image derive", () => {
+  /** A state directory holding a copy of the shared tiny image, to derive from. */
+  async function stateWithTiny(): Promise<string> {
+    const state = await freshState();
+    await mkdir(state, { recursive: true });
+    await runner.run({ argv: ["cp", "-a", join(sharedState, "images"), join(state, "images")] });
+    return state;
+  }
+
+  const mountsUnder = async (dir: string) =>
+    (await readFile("/proc/self/mountinfo", "utf8"))
+      .split("\n")
+      .filter((line) => line.includes(dir));
+
+  it("runs a command in a copy of the base and seals the result; the old base is untouched", async () => {
+    const state = await stateWithTiny();
+    const result = await shoal([
+      "--state-dir",
+      state,
+      "image",
+      "derive",
+      "tiny-plus",
+      "--from",
+      "tiny",
+      "--run",
+      "echo derived > /etc/derived && rm /etc/os-release && echo running-inside-$(cat /proc/1/comm >/dev/null && echo chroot)",
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).toContain("running-inside-chroot");
+    const derived = await inspect(state, "tiny-plus");
+    expect(derived.id).not.toBe(tiny.id);
+    expect(derived.source).toMatch(/^tiny \([0-9a-f]{12}\) \+ --run echo derived/);
+    const base = new Ext4Image(runner, stateLayout(state).image(derived.id).base);
+    expect(await base.readFile("/etc/derived")).toBe("derived\n");
+    expect(await base.readFile("/etc/os-release")).toBeUndefined();
+    // Everything else is the old base's.
+    expect(await base.readFile("/etc/inittab")).toBe(
+      await new Ext4Image(runner, stateLayout(state).image(tiny.id).base).readFile("/etc/inittab"),
+    );
+    expect(await sha256(stateLayout(state).image(tiny.id).base)).toBe(
+      await sha256(stateLayout(sharedState).image(tiny.id).base),
+    );
+    expect(await mountsUnder(state)).toEqual([]);
+    expect(await leftovers(state)).toEqual([]);
+  });
+
+  it("runs a script file, which does not stay in the image", async () => {
+    const state = await stateWithTiny();
+    const script = join(await tempDir(), "change.sh");
+    await writeFile(script, "#!/bin/sh\nset -e\necho scripted > /etc/scripted\n");
+    const result = await shoal([
+      "--state-dir",
+      state,
+      "image",
+      "derive",
+      "tiny-scripted",
+      "--from",
+      "tiny",
+      "--script",
+      script,
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    const base = new Ext4Image(
+      runner,
+      stateLayout(state).image((await inspect(state, "tiny-scripted")).id).base,
+    );
+    expect(await base.readFile("/etc/scripted")).toBe("scripted\n");
+    expect(await base.list("/run")).toEqual([]);
+    expect(await base.list("/tmp")).toEqual([]);
+  });
+
+  it("makes no image when the command fails, and refuses unclear requests", async () => {
+    const state = await stateWithTiny();
+    const derive = (...args: string[]) =>
+      shoal(["--state-dir", state, "image", "derive", "broken", "--from", "tiny", ...args]);
+    const failed = await derive("--run", "echo trying; exit 3");
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain(
+      "shoal: the change failed in the copy of the image (exit code 3); no image was made",
+    );
+    expect(failed.stderr).toContain("trying");
+    expect((await shoal(["--state-dir", state, "image", "inspect", "broken"])).code).toBe(2);
+    expect(await leftovers(state)).toEqual([]);
+    expect(await mountsUnder(state)).toEqual([]);
+    expect((await derive()).code).toBe(2);
+    expect((await derive("--run", "true", "--script", "/etc/hostname")).code).toBe(2);
+    const missing = await derive("--script", "/nonexistent/script");
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain("cannot read script /nonexistent/script");
+  });
+});

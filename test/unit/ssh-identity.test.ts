@@ -3,7 +3,7 @@ import { kvmProbeArgv } from "../../src/backends/qemu/accel.js";
 import { selectVms } from "../../src/cli/fleet.js";
 import { makeSubnet, parseCidr, subnetsOverlap } from "../../src/core/ipv4.js";
 import { hostTapName } from "../../src/core/net.js";
-import { seedFiles } from "../../src/core/seed.js";
+import { SEED_PATHS, seedFiles } from "../../src/core/seed.js";
 import { formatUsage } from "../../src/core/size.js";
 import {
   dropbearPrivateKey,
@@ -130,6 +130,8 @@ describe("the identity seed", () => {
       ["etc/dropbear/dropbear_ed25519_host_key", "600"],
       ["root/.ssh/authorized_keys", "600"],
     ]);
+    // What `shoal diff` leaves out as identity is exactly what the seed writes.
+    expect(files.map((file) => file.path)).toEqual([...SEED_PATHS]);
     const content = Object.fromEntries(files.map((file) => [file.path, file.content]));
     expect(content["etc/hostname"]).toBe("vm-1\n");
     expect(content["etc/machine-id"]).toBe("0123456789abcdef0123456789abcdef\n");

@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { describe, expect, it } from "vitest";
 import { XlBackend } from "../../src/backends/xl/backend.js";
 import type { Command, CommandResult } from "../../src/host/runner.js";
@@ -41,10 +42,11 @@ describe("xl backend", () => {
     const runner = xl([listed("-b----")]);
     const before = Date.now();
     const presence = await new XlBackend(runner).presence(vm);
+    const after = Date.now();
     expect(presence.kind).toBe("running");
     const since = presence.kind === "running" ? (presence.since?.getTime() ?? 0) : 0;
-    expect(before - since).toBeGreaterThanOrEqual(123_000);
-    expect(before - since).toBeLessThan(124_000);
+    expect(since).toBeGreaterThanOrEqual(before - 123_000);
+    expect(since).toBeLessThanOrEqual(after - 123_000);
     expect(runner.argvs).toEqual([
       ["xl", "list", "lab.vm-1"],
       ["xl", "uptime", "lab.vm-1"],
@@ -72,10 +74,13 @@ describe("xl backend", () => {
     expect(runner.argvs).toEqual([["xl", "shutdown", "lab.vm-1"]]);
   });
 
+  const noMonitors = async () => [];
+
   it("destroys a running domain and waits until Xen let go of it", async () => {
-    const runner = xl([listed("-b----"), listed("-b---d"), unknown]);
-    await new XlBackend(runner).destroy(vm);
+    const runner = xl([listed("-b----"), listed("-b----"), listed("-b---d"), unknown]);
+    await new XlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
+      ["xl", "list", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],
       ["xl", "destroy", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],
@@ -85,16 +90,49 @@ describe("xl backend", () => {
 
   it("leaves a powered-off domain to xl's monitor, which destroys it", async () => {
     const runner = xl([listed("--ps--"), unknown]);
-    await new XlBackend(runner).destroy(vm);
+    await new XlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
+      ["xl", "list", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],
     ]);
   });
 
+  it("takes a domain whose name xl can no longer read as dying, one gone meanwhile as absent", async () => {
+    const runner = xl([
+      {
+        stdout: `${header}(null)                                       7   128     1     -b---d       2.0\n`,
+      },
+      { code: 1, stderr: "Error: Domain 'lab.vm-1' does not exist.\n" },
+    ]);
+    await new XlBackend(runner, noMonitors).destroy(vm);
+    expect(runner.argvs.every((argv) => argv[1] === "list")).toBe(true);
+  });
+
+  it("ends the VM's xl monitor, which would restart a rebooting guest, before destroying", async () => {
+    const monitor = spawn("sleep", ["60"]);
+    const others = spawn("sleep", ["60"]);
+    const processes = async () => [
+      { pid: monitor.pid ?? 0, argv: ["/usr/lib/xen-4.17/bin/xl", "create", vm.paths.xlConfig] },
+      { pid: others.pid ?? 0, argv: ["xl", "create", "/elsewhere/vm.xl.cfg"] },
+    ];
+    const ended = new Promise((resolve) => monitor.on("exit", (_code, signal) => resolve(signal)));
+    try {
+      await new XlBackend(xl([unknown]), processes).destroy(vm);
+      expect(await ended).toBe("SIGKILL");
+      expect(others.exitCode).toBeNull();
+    } finally {
+      monitor.kill("SIGKILL");
+      others.kill("SIGKILL");
+    }
+  });
+
   it("does nothing to a domain Xen does not have", async () => {
     const runner = xl([unknown]);
-    await new XlBackend(runner).destroy(vm);
-    expect(runner.argvs).toEqual([["xl", "list", "lab.vm-1"]]);
+    await new XlBackend(runner, noMonitors).destroy(vm);
+    expect(runner.argvs).toEqual([
+      ["xl", "list", "lab.vm-1"],
+      ["xl", "list", "lab.vm-1"],
+    ]);
   });
 });

@@ -1,5 +1,5 @@
 import { constants, openSync } from "node:fs";
-import { readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -17,11 +17,12 @@ import {
 } from "../../core/xen.js";
 import { ShoalError } from "../../errors.js";
 import { pathExists } from "../../host/paths.js";
+import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { consoleLogDir } from "../../host/xen.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 
-/** shoal's vif hotplug script, from dist/backends/xl/ and src/backends/xl/ alike. */
+/** shoal's vif hotplug script (copied per VM), from dist/backends/xl/ and src/backends/xl/ alike. */
 const VIF_HOTPLUG = fileURLToPath(new URL("../../../src/net/xen-vif-hotplug", import.meta.url));
 /** Where `xl create`'s monitor process logs, one file per domain name. */
 const XL_LOG_DIR = "/var/log/xen";
@@ -38,13 +39,19 @@ export class XlBackend implements Backend {
   readonly name = "xl" as const;
   readonly nic = "vif" as const;
 
-  constructor(private readonly runner: Runner) {}
+  private logDir: Promise<string> | undefined;
+
+  constructor(
+    private readonly runner: Runner,
+    /** Finds xl's monitor processes (a parameter so that unit tests see none). */
+    private readonly processes: typeof processesNamed = processesNamed,
+  ) {}
 
   async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
     await writeFile(
       vm.paths.vifHotplug,
       renderVifHotplug({
-        script: VIF_HOTPLUG,
+        script: await readFile(VIF_HOTPLUG, "utf8"),
         bridge: nic.bridge,
         ...(nic.namespace === undefined ? {} : { namespace: nic.namespace }),
       }),
@@ -68,11 +75,23 @@ export class XlBackend implements Backend {
         hint: "`shoal up` writes it again",
       });
     }
-    const link = guestConsoleLog(await consoleLogDir(), this.domain(vm));
+    const logDir = await this.consoleLogDir();
+    await mkdir(logDir, { recursive: true });
+    const link = guestConsoleLog(logDir, this.domain(vm));
     await rm(link, { force: true });
     await symlink(vm.paths.serialLog, link);
-    // xl returns once the domain runs; its monitor process stays behind, detached.
-    await this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig] });
+    // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it would
+    // leave a domain that looks alive and never runs. Its monitor process stays behind, detached.
+    await this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig], uninterruptible: true });
+  }
+
+  /** xenconsoled's log directory, looked up once per shoal run (a failed look is not kept). */
+  private consoleLogDir(): Promise<string> {
+    this.logDir ??= consoleLogDir().catch((error: unknown) => {
+      this.logDir = undefined;
+      throw error;
+    });
+    return this.logDir;
   }
 
   private domain(vm: BackendVm): string {
@@ -84,13 +103,12 @@ export class XlBackend implements Backend {
     const argv = ["xl", "list", domain] as const;
     const result = await this.runner.run({ argv, probe: true, okCodes: [0, 1] });
     if (result.code !== 0) {
-      if (/invalid domain identifier/i.test(result.stderr)) return undefined;
+      // Unknown, or gone between xl finding its id and reading its information.
+      if (/invalid domain identifier|does not exist/i.test(result.stderr)) return undefined;
       throw new CommandFailed(argv, result.code, result.stderr);
     }
-    const state = parseXlList(result.stdout, domain);
-    if (!state)
-      throw new CommandFailed(argv, 0, result.stdout, `no state for ${domain} in its output`);
-    return state;
+    // Listed without its name: its xenstore entries are already gone, the domain nearly so.
+    return parseXlList(result.stdout, domain) ?? { kind: "dying" };
   }
 
   async presence(vm: BackendVm): Promise<Presence> {
@@ -117,20 +135,33 @@ export class XlBackend implements Backend {
   async destroy(vm: BackendVm): Promise<void> {
     const domain = this.domain(vm);
     const state = await this.state(domain);
-    if (state === undefined) return;
     // A domain that shut down is taken away by xl's monitor (on_poweroff): a second destroy
-    // beside it races it through the hotplug scripts. A monitor that is gone leaves it to us.
-    if (
-      (state.kind === "shut-down" || state.kind === "dying") &&
-      (await this.gone(domain, MONITOR_GRACE_MS))
-    ) {
-      return;
+    // beside it races it through the hotplug scripts.
+    if (state?.kind === "shut-down" || state?.kind === "dying") {
+      await this.gone(domain, MONITOR_GRACE_MS);
     }
+    // Then no monitor may act any more: one that restarts a rebooting guest would bring the
+    // domain back after shoal ended it.
+    await this.stopMonitors(vm);
+    if ((await this.state(domain)) === undefined) return;
     await this.runner.run({ argv: ["xl", "destroy", domain], okCodes: [0, 1] });
     if (!(await this.gone(domain, GONE_WAIT_MS))) {
       throw new ShoalError(`Xen still holds domain ${domain} after \`xl destroy\``, {
         hint: "see `xl list` and /var/log/xen/xl-*.log",
       });
+    }
+  }
+
+  /** Kills the `xl create` monitor processes of this VM's definition. */
+  private async stopMonitors(vm: BackendVm): Promise<void> {
+    for (const { pid, argv } of await this.processes("xl")) {
+      if (argv.includes("create") && argv.includes(vm.paths.xlConfig)) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // It ended meanwhile.
+        }
+      }
     }
   }
 
@@ -146,7 +177,7 @@ export class XlBackend implements Backend {
 
   async forget(vm: BackendVm): Promise<void> {
     const domain = this.domain(vm);
-    const logDir = await consoleLogDir().catch(() => undefined);
+    const logDir = await this.consoleLogDir().catch(() => undefined);
     if (logDir !== undefined) await rm(guestConsoleLog(logDir, domain), { force: true });
     // xl keeps its monitor's log per domain name, the older ones numbered: xl-NAME.log.1, ...
     const own = new RegExp(`^xl-${domain.replaceAll(".", "\\.")}\\.log(\\.\\d+)?$`);
@@ -173,6 +204,8 @@ export class XlBackend implements Backend {
       .catch(() => {
         throw notRunning;
       });
+    // xenconsoled writes the pty's name once it has set it up.
+    if (!/^\/dev\/pts\/\d+$/.test(tty)) throw notRunning;
     // A tty stream, not a file stream: a blocking read of a pty would hold shoal open after detaching.
     return new ReadStream(openSync(tty, constants.O_RDWR | constants.O_NOCTTY));
   }

@@ -1,0 +1,28 @@
+import { Command } from "@commander-js/extra-typings";
+import { UserError } from "../errors.js";
+import { confirm } from "./confirm.js";
+import { fleetFileOption } from "./context.js";
+import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
+
+export function resetCommand() {
+  return new Command("reset")
+    .description(
+      "throw away stopped VMs' changes (their disk layers start empty again); hostname, machine-id and host keys stay",
+    )
+    .argument("<vms...>", "VM names or patterns such as 'web-*'")
+    .addOption(fleetFileOption())
+    .addOption(fleetNameOption())
+    .option("-y, --yes", "do not ask for confirmation")
+    .action(async (patterns, options, command) => {
+      await withFleet(command, options, "reset", async ({ context, session }) => {
+        const names = selectVms(patterns, session.recordedNames());
+        if (!options.yes && process.stdin.isTTY) {
+          if (!(await confirm(`Throw away every change of ${names.join(", ")}?`))) {
+            throw new UserError("nothing reset", "pass --yes to skip this question");
+          }
+        }
+        await session.resetLayers(names);
+        context.print(`reset ${names.length} VMs; they start from their base at their next boot`);
+      });
+    });
+}
