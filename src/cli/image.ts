@@ -1,7 +1,8 @@
-import { access } from "node:fs/promises";
+import { constants } from "node:fs";
 import { Command } from "@commander-js/extra-typings";
 import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
+import { pathExists } from "../host/paths.js";
 import { committedSource, derivedSource } from "../image/derive.js";
 import {
   checkPackages,
@@ -162,11 +163,9 @@ function deriveCommand() {
         );
       }
       const change =
-        options.script !== undefined ? { script: options.script } : { run: options.run ?? "" };
-      if ("script" in change) {
-        await access(change.script).catch(() => {
-          throw new UserError(`cannot read script ${change.script}`, "give a file that exists");
-        });
+        options.run !== undefined ? { run: options.run } : { script: options.script ?? "" };
+      if ("script" in change && !(await pathExists(change.script, constants.R_OK))) {
+        throw new UserError(`cannot read script ${change.script}`, "give a file that exists");
       }
       const from = await store.get(options.from);
       const image = await store.add(
@@ -209,7 +208,7 @@ function commitCommand() {
           );
         }
         const store = new ImageStore(context.runner, context.layout());
-        const baseId = stopped.base.split("/").at(-2) ?? "";
+        const { baseId } = stopped;
         const from = (await store.list()).find((image) => image.id === baseId);
         const image = await store.add(
           {

@@ -1,7 +1,7 @@
-import { stat } from "node:fs/promises";
 import { Command } from "@commander-js/extra-typings";
 import { formatUsage } from "../core/size.js";
 import { observeAll } from "../fleet/converge.js";
+import { allocatedBytes } from "../host/paths.js";
 import { fleetFileOption } from "./context.js";
 import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
 import { formatTable } from "./table.js";
@@ -38,10 +38,7 @@ export function psCommand() {
             const status = states.get(name) ?? { state: "missing" as const };
             const layer =
               vm?.layer.type === "disk" && status.state !== "missing"
-                ? await stat(session.paths.vm(name).layer).then(
-                    (info) => info.blocks * 512,
-                    () => undefined,
-                  )
+                ? await allocatedBytes(session.paths.vm(name).layer)
                 : undefined;
             return {
               name,

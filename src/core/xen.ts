@@ -30,6 +30,9 @@ export function parseXlList(text: string, domain: string): XlDomainState | undef
       if (state[4] === "r" || state[4] === "S") return { kind: "running" };
       return { kind: "shut-down" };
     }
+    // `xl create` builds a domain paused and unpauses it last: one left paused was cut short
+    // there (or paused by hand), and does not run shoal's VM.
+    if (state[2] === "p") return { kind: "crashed", reason: "it is paused (a start cut short?)" };
     return { kind: "running" };
   }
   return undefined;

@@ -555,7 +555,9 @@ export class FleetSession {
    * A stopped VM's layer, settled, and the base it was made over; no layer for a VM that never
    * booted (its layer is still blank).
    */
-  async stoppedLayer(name: string): Promise<{ layer: string; base: string } | undefined> {
+  async stoppedLayer(
+    name: string,
+  ): Promise<{ layer: string; base: string; baseId: string } | undefined> {
     const { layer } = await this.idleDiskLayer(name);
     if (!(await layerFormatted(layer))) return undefined;
     await settleLayer(this.deps.runner, layer);
@@ -572,7 +574,7 @@ export class FleetSession {
         "its changes cannot be told from that base's files without it",
       );
     }
-    return { layer, base };
+    return { layer, base, baseId };
   }
 
   /**

@@ -36,9 +36,11 @@ function inRoot(
     argv: [
       "unshare",
       "--mount",
+      "--pid",
       "--propagation",
       "private",
       "--fork",
+      "--kill-child",
       "--",
       "sh",
       WITH_ROOT,
@@ -121,19 +123,30 @@ export async function committedSource(
 ): Promise<string> {
   const raw = join(staging, "raw.img");
   await imageOfView(runner, join(staging, "root"), { base, layer }, raw);
-  const baseImage = new Ext4Image(runner, base);
-  const requests: string[] = [];
-  const kept: (readonly [string, string])[] = [];
-  for (const [i, relative] of SEED_PATHS.entries()) {
-    const path = `/${relative}`;
-    requests.push(`rm ${debugfsQuote(path)}`);
-    if ((await baseImage.readFile(path)) !== undefined)
-      kept.push([path, join(staging, `seed-${i}`)]);
-  }
-  await baseImage.dump(kept);
+  const paths = SEED_PATHS.map((relative) => `/${relative}`);
   const image = new Ext4Image(runner, raw);
-  // rm of a file the VM never had fails: each goes on its own so the others still run.
-  for (const request of requests) await image.edit([request]).catch(() => undefined);
-  await image.edit(kept.map(([path, host]) => `write ${debugfsQuote(host)} ${debugfsQuote(path)}`));
+  const [inImage, inBase] = await Promise.all(
+    [image, new Ext4Image(runner, base)].map((from) =>
+      from.each(paths.map((path) => `stat ${debugfsQuote(path)}`)),
+    ),
+  );
+  // The seed's files as the VM had them go; the base's own versions (if it had any) come back.
+  const kept = join(staging, "kept");
+  await mkdir(kept);
+  const restored = paths
+    .map((path, i) => ({
+      path,
+      host: join(kept, String(i)),
+      there: /Type: /.test(inBase?.[i] ?? ""),
+    }))
+    .filter((file) => file.there);
+  await new Ext4Image(runner, base).dump(restored.map(({ path, host }) => [path, host] as const));
+  await image.edit([
+    ...paths
+      .filter((_, i) => /Type: /.test(inImage?.[i] ?? ""))
+      .map((path) => `rm ${debugfsQuote(path)}`),
+    ...restored.map(({ path, host }) => `write ${debugfsQuote(host)} ${debugfsQuote(path)}`),
+  ]);
+  await rm(kept, { recursive: true, force: true });
   return raw;
 }

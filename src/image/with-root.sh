@@ -1,8 +1,10 @@
 #!/bin/sh
 # Runs one command with an image's root filesystem put together at ROOT, without ever writing to
 # the base: the base is mounted read-only, changes go to an overlayfs upper directory. shoal runs
-# this under `unshare --mount --fork`, so every mount here belongs to a mount namespace that ends
-# with this script however it ends (loop devices mounted with -o loop detach themselves then).
+# this as PID 1 of new mount and PID namespaces (`unshare --mount --pid --fork`): every mount here
+# ends with the mount namespace however this script ends (loop devices mounted with -o loop detach
+# themselves then), and every process the command leaves behind (a daemon a package's install
+# started) is killed with it.
 #
 #   with-root.sh ROOT BASE LAYER UPPER SYSTEM SHARE -- COMMAND...
 #     BASE    a raw ext4 base image
@@ -46,8 +48,9 @@ if [ "$system" = system ]; then
   mount -t proc proc "$root/proc"
   mount -t sysfs sysfs "$root/sys"
   mount --rbind /dev "$root/dev"
-  mount -t tmpfs tmpfs "$root/run"
-  mount -t tmpfs tmpfs "$root/tmp"
+  for dir in run tmp; do
+    if [ -d "$root/$dir" ]; then mount -t tmpfs tmpfs "$root/$dir"; fi
+  done
   # The host's resolver where the image looks for it, without writing it into the image: over
   # its own file, or in the empty /run where its link (systemd-resolved's stub) points.
   if [ -L "$root/etc/resolv.conf" ]; then
@@ -60,7 +63,9 @@ if [ "$system" = system ]; then
     /run/*) mkdir -p "$root${target%/*}" && cp /etc/resolv.conf "$root$target" ;;
     esac
   elif [ -f "$root/etc/resolv.conf" ] && [ -f /etc/resolv.conf ]; then
-    mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+    # A copy: a package script that rewrites the image's resolv.conf must not reach the host's.
+    cp /etc/resolv.conf "$scratch/resolv.conf"
+    mount --bind "$scratch/resolv.conf" "$root/etc/resolv.conf"
   fi
   if [ "$share" != - ]; then
     mkdir -p "$root/run/shoal"
@@ -70,10 +75,13 @@ fi
 
 status=0
 "$@" || status=$?
+# Whatever the command left running holds files under ROOT open: as PID 1 here, this ends them all.
+kill -KILL -1 2>/dev/null || true
 # Unmounted here, not left to the namespace's end: the upper directory and the images must be
 # complete when shoal reads them next.
 umount -R "$root"
 if mountpoint -q "$scratch/layer"; then umount "$scratch/layer"; fi
 umount "$scratch/base"
+rm -f "$scratch/resolv.conf"
 rmdir "$scratch/base" "$scratch/layer" "$scratch" "$root"
 exit "$status"

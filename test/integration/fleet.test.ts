@@ -435,8 +435,14 @@ describe("a stopped VM's layer: diff, reset, df", () => {
     expect(await read("/etc/dropbear/dropbear_ed25519_host_key")).toBeUndefined();
     expect(await read("/root/.ssh/authorized_keys")).toBeUndefined();
     expect(await read("/etc/inittab")).toContain("::sysinit:");
-    // The VM's layer is only read.
+    // The VM's layer is only read; the image holds its files and nothing else.
     expect(await exec("sha256sum", [vm1.layer])).toEqual(layerSum);
+    expect((await readdir(stateLayout(state).image(image.id).dir)).sort()).toEqual([
+      "base.img",
+      "image.json",
+      "initrd.img",
+      "vmlinuz",
+    ]);
   });
 
   it("refuses a tmpfs layer and an unknown VM, changing nothing", async () => {

@@ -502,6 +502,29 @@ describe("shoal image derive", () => {
     expect(await base.list("/tmp")).toEqual([]);
   });
 
+  it("ends what the command left running, and keeps the host's resolver out of its reach", async () => {
+    const state = await stateWithTiny();
+    const resolver = await readFile("/etc/resolv.conf", "utf8");
+    const started = Date.now();
+    const result = await shoal([
+      "--state-dir",
+      state,
+      "image",
+      "derive",
+      "tiny-daemon",
+      "--from",
+      "tiny",
+      "--run",
+      "sleep 600 & echo nameserver 192.0.2.53 > /etc/resolv.conf; echo left-running",
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(Date.now() - started).toBeLessThan(60_000);
+    const sleepers = await runner.run({ argv: ["pgrep", "-f", "^sleep 600$"], okCodes: [1] });
+    expect(sleepers.stdout).toBe("");
+    expect(await readFile("/etc/resolv.conf", "utf8")).toBe(resolver);
+    expect(await mountsUnder(state)).toEqual([]);
+  });
+
   it("makes no image when the command fails, and refuses unclear requests", async () => {
     const state = await stateWithTiny();
     const derive = (...args: string[]) =>

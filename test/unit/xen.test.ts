@@ -14,10 +14,17 @@ const listing = (state: string) =>
   ].join("\n");
 
 describe("xl list", () => {
-  it("reads running, blocked and paused domains as running", () => {
-    for (const state of ["r-----", "-b----", "--p---", "------"]) {
+  it("reads running and blocked domains as running", () => {
+    for (const state of ["r-----", "-b----", "------"]) {
       expect(parseXlList(listing(state), "lab.vm-1")).toEqual({ kind: "running" });
     }
+  });
+
+  it("takes a paused domain for a start cut short: not running", () => {
+    expect(parseXlList(listing("--p---"), "lab.vm-1")).toEqual({
+      kind: "crashed",
+      reason: "it is paused (a start cut short?)",
+    });
   });
 
   it("tells a powered-off domain from a crashed one by the shutdown reason", () => {

@@ -107,8 +107,11 @@ export class XlBackend implements Backend {
       if (/invalid domain identifier|does not exist/i.test(result.stderr)) return undefined;
       throw new CommandFailed(argv, result.code, result.stderr);
     }
+    const state = parseXlList(result.stdout, domain);
+    if (state) return state;
     // Listed without its name: its xenstore entries are already gone, the domain nearly so.
-    return parseXlList(result.stdout, domain) ?? { kind: "dying" };
+    if (parseXlList(result.stdout, "(null)")) return { kind: "dying" };
+    throw new CommandFailed(argv, 0, result.stdout, `no state for ${domain} in its output`);
   }
 
   async presence(vm: BackendVm): Promise<Presence> {
