@@ -1,6 +1,7 @@
 import { open, rename, rm } from "node:fs/promises";
 import { SEED_PATHS } from "../core/seed.js";
 import type { Runner } from "../host/runner.js";
+import { differingPaths } from "../image/compare.js";
 import {
   type DirEntry,
   debugfsQuote,
@@ -199,4 +200,32 @@ export async function listLayerChanges(
     level = next;
   }
   return changes.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/**
+ * The VM's own changes that hide what the new base changed: a file it modified, added or deleted
+ * that is not the same in both bases, or a directory it replaced whose contents differ. Moving the
+ * VM to the new base keeps its version, so the user must see these before.
+ */
+export async function upgradeConflicts(
+  runner: Runner,
+  layer: string,
+  oldBase: string,
+  newBase: string,
+): Promise<LayerChange[]> {
+  const changes = withoutIdentity(await listLayerChanges(runner, layer, oldBase));
+  const files = changes.filter((change) => change.type !== "dir").map((change) => change.path);
+  const differing = await differingPaths(runner, oldBase, newBase, files);
+  const replaced = changes.filter((change) => change.change === "replaced");
+  const [olds, news] = await Promise.all(
+    [oldBase, newBase].map((base) =>
+      new Ext4Image(runner, base).listMany(replaced.map((change) => change.path)),
+    ),
+  );
+  const listing = (entries: readonly DirEntry[] | undefined) =>
+    JSON.stringify((entries ?? []).map((entry) => [entry.name, entry.mode, entry.size]).sort());
+  replaced.forEach((change, i) => {
+    if (listing(olds?.[i]) !== listing(news?.[i])) differing.add(change.path);
+  });
+  return changes.filter((change) => differing.has(change.path));
 }

@@ -5,7 +5,12 @@ import { formatSize } from "../../src/core/size.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import { Ext4Image } from "../../src/image/ext4.js";
 import type { ImageMeta } from "../../src/image/store.js";
-import { createLayer, listLayerChanges, readLayerFile } from "../../src/layer/layer.js";
+import {
+  createLayer,
+  listLayerChanges,
+  readLayerFile,
+  upgradeConflicts,
+} from "../../src/layer/layer.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { emptyRecord, writeFleetRecord } from "../../src/state/store.js";
 import { shoal } from "../helpers/cli.js";
@@ -543,5 +548,49 @@ describe("shoal image derive", () => {
     const missing = await derive("--script", "/nonexistent/script");
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain("cannot read script /nonexistent/script");
+  });
+});
+
+describe("upgrade conflicts", () => {
+  it("are the VM's changes that hide files the new base changed", async () => {
+    const state = await freshState();
+    await mkdir(state, { recursive: true });
+    await runner.run({ argv: ["cp", "-a", join(sharedState, "images"), join(state, "images")] });
+    const derived = await shoal([
+      "--state-dir",
+      state,
+      "image",
+      "derive",
+      "tiny-next",
+      "--from",
+      "tiny",
+      "--run",
+      "echo '# next' >> /etc/inittab && echo new > /etc/motd && rm /etc/shells && echo same > /etc/same",
+    ]);
+    expect(derived.code, derived.stderr).toBe(0);
+    const next = await inspect(state, "tiny-next");
+    const tree = join(await tempDir(), "layer");
+    for (const dir of ["upper/etc", "upper/root", "work", "shoal"])
+      await mkdir(join(tree, dir), { recursive: true });
+    await writeFile(join(tree, "upper/etc/inittab"), "::sysinit:/bin/mine\n");
+    await writeFile(join(tree, "upper/etc/motd"), "the VM's own\n");
+    await writeFile(join(tree, "upper/etc/shells"), "/bin/sh\n/bin/ash\n");
+    await writeFile(join(tree, "upper/root/notes"), "mine\n");
+    await runner.run({ argv: ["mknod", join(tree, "upper/etc/os-release"), "c", "0", "0"] });
+    const layer = join(tree, "..", "layer.img");
+    await runner.run({ argv: ["mkfs.ext4", "-q", "-d", tree, layer, "16M"] });
+    const conflicts = await upgradeConflicts(
+      runner,
+      layer,
+      stateLayout(state).image(tiny.id).base,
+      stateLayout(state).image(next.id).base,
+    );
+    // inittab: changed in both; motd: added in both; shells: kept by the VM, removed by the base.
+    // Not: the VM's own notes, and os-release, deleted by the VM and the same in both bases.
+    expect(conflicts.map((change) => [change.path, change.change])).toEqual([
+      ["/etc/inittab", "modified"],
+      ["/etc/motd", "added"],
+      ["/etc/shells", "modified"],
+    ]);
   });
 });
