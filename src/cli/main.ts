@@ -24,6 +24,7 @@ import { sshCommand } from "./ssh.js";
 import { startCommand } from "./start.js";
 import { stopCommand } from "./stop.js";
 import { upCommand } from "./up.js";
+import { upgradeCommand } from "./upgrade.js";
 import { validateCommand } from "./validate.js";
 import { waitCommand } from "./wait.js";
 
@@ -59,6 +60,7 @@ function buildProgram() {
     diffCommand(),
     resetCommand(),
     dfCommand(),
+    upgradeCommand(),
     validateCommand(),
     doctorCommand(),
     planCommand(),

@@ -1,4 +1,6 @@
-import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readdir, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Backend, BackendVm, VmNic } from "../backends/backend.js";
 import type { FleetSpec, NetworkMode, VmSpec } from "../core/fleet.js";
@@ -33,6 +35,7 @@ import {
   listLayerChanges,
   replaceLayer,
   settleLayer,
+  upgradeConflicts,
   withoutIdentity,
 } from "../layer/layer.js";
 import { FleetNetwork } from "../net/network.js";
@@ -291,6 +294,7 @@ export class FleetSession {
           updatedAt: now,
           phase: "creating",
           running: false,
+          baseId: bootOf(spec).baseId,
         };
       }
     });
@@ -378,8 +382,19 @@ export class FleetSession {
       const entry = record.vms[spec.name];
       if (entry) {
         entry.spec = spec;
+        entry.baseId = boot.baseId;
         entry.updatedAt = new Date().toISOString();
       }
+    });
+  }
+
+  /** Records that an upgrade stopped this VM and owes it a start (or paid it). */
+  async markUpgrading(name: string, upgrading: boolean): Promise<void> {
+    await this.book.update((record) => {
+      const entry = record.vms[name];
+      if (!entry) return;
+      if (upgrading) entry.upgrading = true;
+      else delete entry.upgrading;
     });
   }
 
@@ -559,8 +574,17 @@ export class FleetSession {
     name: string,
   ): Promise<{ layer: string; base: string; baseId: string } | undefined> {
     const { layer } = await this.idleDiskLayer(name);
+    return this.settledWithBase(name, layer);
+  }
+
+  /** A layer file (the VM's, or a copy), settled, and the base it was made over. */
+  private async settledWithBase(
+    name: string,
+    layer: string,
+    copy = false,
+  ): Promise<{ layer: string; base: string } | undefined> {
     if (!(await layerFormatted(layer))) return undefined;
-    await settleLayer(this.deps.runner, layer);
+    await settleLayer(this.deps.runner, layer, copy);
     const baseId = await layerBaseId(this.deps.runner, layer);
     if (baseId === undefined) {
       throw new ShoalError(`VM ${name}'s layer does not say which base it was made over`, {
@@ -585,6 +609,34 @@ export class FleetSession {
     const stopped = await this.stoppedLayer(name);
     if (!stopped) return [];
     return withoutIdentity(await listLayerChanges(this.deps.runner, stopped.layer, stopped.base));
+  }
+
+  /**
+   * A VM's changes that hide files `newBase` has otherwise than its own base. A running VM's layer
+   * (or any, `readOnly`) is read from a copy, settled there: what the VM last wrote to its disk.
+   */
+  async conflictsWith(name: string, newBase: string, readOnly = false): Promise<LayerChange[]> {
+    const entry = this.book.vm(name);
+    if (entry?.phase !== "created" || entry.spec.layer.type !== "disk") return [];
+    if (!readOnly && (await this.backend.presence(this.vm(name))).kind === "absent") {
+      const stopped = await this.stoppedLayer(name);
+      return stopped
+        ? upgradeConflicts(this.deps.runner, stopped.layer, stopped.base, newBase)
+        : [];
+    }
+    const scratch = await mkdtemp(join(tmpdir(), "shoal-layer-"));
+    try {
+      const copy = join(scratch, "layer.img");
+      await this.deps.runner.run({
+        argv: ["cp", "--sparse=always", this.paths.vm(name).layer, copy],
+        probe: true,
+      });
+      const settled = await this.settledWithBase(name, copy, true);
+      // Awaited here: the copy goes in `finally`.
+      return settled ? await upgradeConflicts(this.deps.runner, copy, settled.base, newBase) : [];
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
   }
 
   /**

@@ -64,6 +64,13 @@ const fleetRecord = z.object({
       phase: z.enum(["creating", "created", "deleting"]).default("created"),
       /** Whether shoal last started it (and did not stop it): a VM meant to run that is gone crashed. */
       running: z.boolean().default(false),
+      /** The id of the base its definition boots from (absent in records older than upgrades). */
+      baseId: z.string().optional(),
+      /**
+       * Set while an upgrade has stopped it to move it to another base, cleared once it runs
+       * again: a VM left so by a killed upgrade is started by the next one.
+       */
+      upgrading: z.boolean().optional(),
     }),
   ),
 });

@@ -332,23 +332,23 @@ describe("fleets on a host bridge", () => {
   });
 });
 
-describe("a stopped VM's layer: diff, reset, df", () => {
-  /** A layer as shoal's init leaves it after the VM ran: its base's id, and what the VM changed. */
-  async function bootedLayer(path: string, baseId: string): Promise<void> {
-    const tree = join(await tempDir(), "layer");
-    for (const dir of ["upper/root/.ssh", "upper/etc/dropbear", "upper/srv", "work", "shoal"])
-      await mkdir(join(tree, dir), { recursive: true });
-    await writeFile(join(tree, "shoal/base-id"), `${baseId}\n`);
-    await writeFile(join(tree, "upper/root/notes"), "mine\n");
-    await writeFile(join(tree, "upper/srv/data"), "x".repeat(5000));
-    // Written by the seed at every boot: identity, not the VM's changes.
-    await writeFile(join(tree, "upper/etc/hostname"), "vm-1\n");
-    await writeFile(join(tree, "upper/etc/dropbear/dropbear_ed25519_host_key"), "key");
-    await writeFile(join(tree, "upper/root/.ssh/authorized_keys"), `${KEY}\n`);
-    await exec("mknod", [join(tree, "upper/etc/os-release"), "c", "0", "0"]);
-    await exec("mkfs.ext4", ["-q", "-F", "-L", "shoal-layer", "-d", tree, path, "64M"]);
-  }
+/** A layer as shoal's init leaves it after the VM ran: its base's id, and what the VM changed. */
+async function bootedLayer(path: string, baseId: string): Promise<void> {
+  const tree = join(await tempDir(), "layer");
+  for (const dir of ["upper/root/.ssh", "upper/etc/dropbear", "upper/srv", "work", "shoal"])
+    await mkdir(join(tree, dir), { recursive: true });
+  await writeFile(join(tree, "shoal/base-id"), `${baseId}\n`);
+  await writeFile(join(tree, "upper/root/notes"), "mine\n");
+  await writeFile(join(tree, "upper/srv/data"), "x".repeat(5000));
+  // Written by the seed at every boot: identity, not the VM's changes.
+  await writeFile(join(tree, "upper/etc/hostname"), "vm-1\n");
+  await writeFile(join(tree, "upper/etc/dropbear/dropbear_ed25519_host_key"), "key");
+  await writeFile(join(tree, "upper/root/.ssh/authorized_keys"), `${KEY}\n`);
+  await exec("mknod", [join(tree, "upper/etc/os-release"), "c", "0", "0"]);
+  await exec("mkfs.ext4", ["-q", "-F", "-L", "shoal-layer", "-d", tree, path, "64M"]);
+}
 
+describe("a stopped VM's layer: diff, reset, df", () => {
   it("`diff` lists the VM's own changes with sizes; `reset` empties the layer and keeps the identity", async () => {
     const file = await fleet("looked", "count: 2\nvm: { layer: { size: 64M } }\n");
     expect((await run(["create", "-f", file])).code).toBe(0);
@@ -462,5 +462,89 @@ describe("a stopped VM's layer: diff, reset, df", () => {
     const both = await run(["reset", "vm-1", "vm-2", "-f", file, "--yes"]);
     expect(both.code).toBe(2);
     expect(await readFile(vm1.layer, "utf8")).toBe("not empty");
+  });
+});
+
+describe("shoal upgrade, on stopped VMs", () => {
+  it("reports conflicts with --dry-run, changing nothing, then moves every VM to the new base", async () => {
+    const file = await fleet("moving", "count: 3\nvm: { layer: { size: 64M } }\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const derived = await run([
+      "image",
+      "derive",
+      "tiny-moved",
+      "--from",
+      "tiny",
+      "--run",
+      "echo '# moved' >> /etc/inittab",
+    ]);
+    expect(derived.code, derived.stderr).toBe(0);
+    const tiny = JSON.parse((await run(["image", "inspect", "tiny"])).stdout) as { id: string };
+    const moved = JSON.parse((await run(["image", "inspect", "tiny-moved"])).stdout) as {
+      id: string;
+    };
+    const paths = stateLayout(state).fleet("moving");
+    // vm-1 edited /etc/inittab, which the new base also changed; vm-2 only wrote its own files.
+    const tree = join(await tempDir(), "layer");
+    for (const dir of ["upper/etc", "work", "shoal"])
+      await mkdir(join(tree, dir), { recursive: true });
+    await writeFile(join(tree, "shoal/base-id"), `${tiny.id}\n`);
+    await writeFile(join(tree, "upper/etc/inittab"), "::sysinit:/bin/mine\n");
+    await exec("mkfs.ext4", [
+      "-q",
+      "-F",
+      "-L",
+      "shoal-layer",
+      "-d",
+      tree,
+      paths.vm("vm-1").layer,
+      "64M",
+    ]);
+    await bootedLayer(paths.vm("vm-2").layer, tiny.id);
+    const layerSum = (await exec("sha256sum", [paths.vm("vm-1").layer])).stdout;
+    const record = await readFile(paths.state, "utf8");
+
+    const dry = await run(["--dry-run", "upgrade", "-f", file, "--image", "tiny-moved"]);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toBe(
+      [
+        "vm-1: its layer hides 1 files the new base changed (proceed):",
+        "  modified /etc/inittab",
+        "vm-2: no conflicts",
+        "vm-3: no conflicts",
+        `would move 3 VMs to image tiny-moved (${moved.id.slice(0, 12)}), 1 at a time`,
+        "",
+      ].join("\n"),
+    );
+    expect(dry.stderr).toContain("the fleet file still names image tiny: change it to tiny-moved");
+    expect((await exec("sha256sum", [paths.vm("vm-1").layer])).stdout).toBe(layerSum);
+    expect(await readFile(paths.state, "utf8")).toBe(record);
+
+    const done = await run(["upgrade", "-f", file, "--image", "tiny-moved", "--json"]);
+    expect(done.code, done.stderr).toBe(0);
+    const reports = JSON.parse(done.stdout) as {
+      name: string;
+      outcome: string;
+      conflicts: { path: string }[];
+    }[];
+    expect(
+      reports.map((report) => [report.name, report.outcome, report.conflicts.map((c) => c.path)]),
+    ).toEqual([
+      ["vm-1", "upgraded", ["/etc/inittab"]],
+      ["vm-2", "upgraded", []],
+      ["vm-3", "upgraded", []],
+    ]);
+    const after = JSON.parse(await readFile(paths.state, "utf8")) as {
+      vms: Record<string, { baseId: string; spec: { image: string } }>;
+    };
+    for (const vm of ["vm-1", "vm-2", "vm-3"]) {
+      expect(after.vms[vm]?.baseId).toBe(moved.id);
+      expect(after.vms[vm]?.spec.image).toBe("tiny-moved");
+      expect(await readFile(paths.vm(vm).qemuArgv, "utf8")).toContain(`${moved.id}/base.img`);
+    }
+    // The layers are kept as they were.
+    expect((await exec("sha256sum", [paths.vm("vm-1").layer])).stdout).toBe(layerSum);
+    const again = await run(["upgrade", "-f", file, "--image", "tiny-moved"]);
+    expect(again.stdout).toBe("every VM of fleet moving boots from image tiny-moved already\n");
   });
 });
