@@ -1,5 +1,7 @@
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { changedFields } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
+import { ShoalError } from "../errors.js";
 import type { LayerChange } from "../layer/layer.js";
 import type { FleetSession } from "./session.js";
 
@@ -132,4 +134,46 @@ function conflictsOf(
 ): Promise<LayerChange[]> {
   if (vm.layer.type !== "disk") return Promise.resolve([]);
   return session.conflictsWith(vm.name, target.boot.base);
+}
+
+/**
+ * `up` after the fleet file's `image:` changed: the VMs whose only change is their image move the
+ * way `shoal upgrade` moves them, one at a time, keeping their layers; the rest is `up`'s usual
+ * work. Returns the names of the VMs it moved.
+ */
+export async function upgradeChangedImages(
+  session: FleetSession,
+  fleet: FleetSpec,
+  bootOf: (vm: VmSpec) => BootFiles,
+  options: Omit<UpgradeOptions, "maxUnavailable" | "policy">,
+): Promise<string[]> {
+  const moving = fleet.vms.filter((vm) => {
+    const recorded = session.book.vm(vm.name);
+    if (recorded?.phase !== "created") return false;
+    const changes = changedFields(recorded.spec, vm);
+    return changes.length === 1 && changes[0] === "image";
+  });
+  const moved: string[] = [];
+  for (const image of new Set(moving.map((vm) => vm.image))) {
+    const group = moving.filter((vm) => vm.image === image);
+    const [first] = group;
+    if (!first) continue;
+    const reports = await upgradeFleet(
+      session,
+      { ...fleet, vms: group },
+      { image, boot: bootOf(first) },
+      { ...options, maxUnavailable: 1, policy: "proceed" },
+    );
+    const failed = reports.find((report) => report.outcome === "failed");
+    if (failed) {
+      throw new ShoalError(
+        `VM ${failed.name} did not come back on image ${image}: the move to it stopped there`,
+        {
+          hint: "`shoal logs` shows its console; `shoal upgrade --dry-run` shows each VM's conflicts",
+        },
+      );
+    }
+    moved.push(...reports.map((report) => report.name));
+  }
+  return moved;
 }

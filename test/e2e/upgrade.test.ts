@@ -1,0 +1,166 @@
+import { spawn } from "node:child_process";
+import { chmod, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ImageMeta } from "../../src/image/store.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
+import { useFileTempDir } from "../helpers/tmp.js";
+import { killQemusMentioning, sha256 } from "../helpers/vm.js";
+
+/**
+ * A fleet of Debian VMs moved to a base with one more package, the way a user does it: derive the
+ * new base with apt-get, look at the conflicts, upgrade a few VMs at a time (real QEMU, software
+ * emulation), survive a SIGKILL half-way.
+ */
+
+const stateDir = useFileTempDir("shoal-upgrade-");
+let state: string;
+let file: string;
+let debSum: string;
+const images: Record<string, ImageMeta> = {};
+const VMS = ["up-1", "up-2", "up-3", "up-4"];
+/** A small package the base does not have, and the file it brings. */
+const PACKAGE = "tree";
+const PACKAGE_FILE = "/usr/bin/tree";
+
+async function ok(...args: string[]): Promise<string> {
+  const result = await shoal(["--state-dir", state, ...args]);
+  expect(result.code, `shoal ${args.join(" ")}\n${result.stderr}\n${result.stdout}`).toBe(0);
+  return result.stdout;
+}
+
+async function inspect(name: string): Promise<ImageMeta> {
+  images[name] = JSON.parse(await ok("image", "inspect", name)) as ImageMeta;
+  return images[name];
+}
+
+/** Each VM's answer to a shell line (over SSH). */
+async function answers(line: string): Promise<Record<string, string>> {
+  const outcomes = JSON.parse(await ok("exec", "-f", file, "--all", "--json", "--", line)) as {
+    name: string;
+    stdout: string;
+  }[];
+  return Object.fromEntries(outcomes.map((outcome) => [outcome.name, outcome.stdout.trim()]));
+}
+
+async function baseIds(): Promise<Record<string, string | undefined>> {
+  const record = JSON.parse(await readFile(stateLayout(state).fleet("upg").state, "utf8")) as {
+    vms: Record<string, { baseId?: string }>;
+  };
+  return Object.fromEntries(VMS.map((vm) => [vm, record.vms[vm]?.baseId]));
+}
+
+beforeAll(async () => {
+  state = stateDir();
+  await chmod(state, 0o755);
+  await ok("image", "build", "deb", "--from", "debian:bookworm");
+  debSum = await sha256(stateLayout(state).image((await inspect("deb")).id).base);
+  // The new base: one more package, and a setting the VMs' SSH server reads changed.
+  await ok(
+    "image",
+    "derive",
+    "deb-next",
+    "--from",
+    "deb",
+    "--run",
+    `apt-get update -q && apt-get install -y -q --no-install-recommends ${PACKAGE} && apt-get clean && echo '# deb-next' >> /etc/ssh/sshd_config`,
+  );
+  await inspect("deb-next");
+  file = join(state, "upg.yaml");
+  await writeFile(
+    file,
+    "name: upg\ncount: 4\nvm: { name: 'up-{n}', image: deb, memory: 512M, layer: { size: 1G } }\n",
+  );
+  await ok("up", "-f", file, "--workers", "4");
+  await ok("wait", "-f", file, "--timeout", "300");
+});
+
+afterAll(async () => {
+  await destroyAllFleets(state);
+  await killQemusMentioning(state);
+});
+
+describe("upgrading a fleet to a new base", () => {
+  it("`--dry-run` names the VM whose edited file the new base also changed, changing nothing", async () => {
+    await ok("exec", "-f", file, "--all", "--", "echo $(hostname) > /root/own && sync");
+    await ok(
+      "exec",
+      "-f",
+      file,
+      "up-2",
+      "--",
+      "echo 'ClientAliveInterval 30' >> /etc/ssh/sshd_config && sync",
+    );
+    const before = await baseIds();
+    const dry = await shoal([
+      "--state-dir",
+      state,
+      "--dry-run",
+      "upgrade",
+      "-f",
+      file,
+      "--image",
+      "deb-next",
+      "--json",
+    ]);
+    expect(dry.code, dry.stderr).toBe(0);
+    const rows = JSON.parse(dry.stdout) as { name: string; conflicts: { path: string }[] }[];
+    expect(rows.map((row) => [row.name, row.conflicts.map((c) => c.path)])).toEqual([
+      ["up-1", []],
+      ["up-2", ["/etc/ssh/sshd_config"]],
+      ["up-3", []],
+      ["up-4", []],
+    ]);
+    expect(await baseIds()).toEqual(before);
+    expect(Object.values(before).every((id) => id === images.deb?.id)).toBe(true);
+  });
+
+  it("a SIGKILL half-way leaves every VM on one base or the other; the next upgrade finishes", async () => {
+    const child = spawn(
+      process.execPath,
+      [SHOAL, "--state-dir", state, "upgrade", "-f", file, "--image", "deb-next"],
+      { stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let stderr = "";
+    await new Promise<void>((resolve) => {
+      child.stderr.on("data", (chunk) => {
+        stderr += chunk;
+        // The first VM is back on the new base; the second is on its way.
+        if (/ready[\s\S]*stopping/.test(stderr)) {
+          child.kill("SIGKILL");
+          resolve();
+        }
+      });
+      child.on("close", () => resolve());
+    });
+    const half = await baseIds();
+    for (const id of Object.values(half))
+      expect([images.deb?.id, images["deb-next"]?.id]).toContain(id);
+    expect(
+      Object.values(half).filter((id) => id === images["deb-next"]?.id).length,
+    ).toBeGreaterThan(0);
+
+    const reports = JSON.parse(
+      await ok("upgrade", "-f", file, "--image", "deb-next", "--timeout", "600", "--json"),
+    ) as { name: string; outcome: string }[];
+    expect(reports.every((report) => report.outcome === "upgraded")).toBe(true);
+    expect(Object.values(await baseIds())).toEqual(VMS.map(() => images["deb-next"]?.id));
+    const ps = JSON.parse(await ok("ps", "-f", file, "--json")) as { state: string }[];
+    expect(ps.map((row) => row.state)).toEqual(VMS.map(() => "running"));
+  });
+
+  it("every VM has the package from its base, kept its own files, and holds no copy of the package", async () => {
+    await ok("wait", "-f", file, "--timeout", "300");
+    expect(
+      await answers(
+        `test -x ${PACKAGE_FILE} && echo has-${PACKAGE}; cat /root/own; test -e /run/shoal/layer/upper${PACKAGE_FILE} && echo copied; grep -c ClientAliveInterval /etc/ssh/sshd_config || true`,
+      ),
+    ).toEqual(
+      Object.fromEntries(
+        VMS.map((vm) => [vm, `has-${PACKAGE}\n${vm}\n${vm === "up-2" ? "1" : "0"}`]),
+      ),
+    );
+    expect(await sha256(stateLayout(state).image(images.deb?.id ?? "").base)).toBe(debSum);
+  });
+});
