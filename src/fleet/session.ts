@@ -582,7 +582,7 @@ export class FleetSession {
     name: string,
     layer: string,
     copy = false,
-  ): Promise<{ layer: string; base: string } | undefined> {
+  ): Promise<{ layer: string; base: string; baseId: string } | undefined> {
     if (!(await layerFormatted(layer))) return undefined;
     await settleLayer(this.deps.runner, layer, copy);
     const baseId = await layerBaseId(this.deps.runner, layer);
