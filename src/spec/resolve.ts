@@ -55,7 +55,7 @@ function resolveSettings(file: Partial<FleetFile>, entry: VmSettings | undefined
     fallback: entry?.layer?.fallback ?? fleetVm.layer?.fallback ?? DEFAULTS.fallback,
   };
   return {
-    image: entry?.image ?? file.image ?? DEFAULTS.image,
+    image: entry?.image ?? fleetVm.image ?? file.image ?? DEFAULTS.image,
     memoryMiB: (parseSize(entry?.memory ?? fleetVm.memory ?? DEFAULTS.memory) ?? 0) / MiB,
     vcpus: entry?.vcpus ?? fleetVm.vcpus ?? DEFAULTS.vcpus,
     layer,

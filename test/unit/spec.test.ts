@@ -76,6 +76,16 @@ describe("built-in defaults", () => {
   });
 });
 
+describe("the image", () => {
+  it("is taken from a VM's entry, else from vm:, else from the fleet", () => {
+    const fleet = fleetOf(
+      "name: lab\ncount: 2\nimage: fleet-wide\nvm: { image: every-vm }\nvms: [{ name: vm-2, image: own }]\n",
+    );
+    expect(fleet.vms.map((vm) => vm.image)).toEqual(["every-vm", "own"]);
+    expect(fleetOf("name: lab\nimage: fleet-wide\n").vms[0]?.image).toBe("fleet-wide");
+  });
+});
+
 describe("per-VM overrides", () => {
   const fleet = fleetOf(`name: lab
 count: 3
