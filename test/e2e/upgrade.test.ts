@@ -154,7 +154,7 @@ describe("upgrading a fleet to a new base", () => {
     await ok("wait", "-f", file, "--timeout", "300");
     expect(
       await answers(
-        `test -x ${PACKAGE_FILE} && echo has-${PACKAGE}; cat /root/own; test -e /run/shoal/layer/upper${PACKAGE_FILE} && echo copied; grep -c ClientAliveInterval /etc/ssh/sshd_config || true`,
+        `test -x ${PACKAGE_FILE} && echo has-${PACKAGE}; cat /root/own; test -e /run/shoal/layer/upper${PACKAGE_FILE} && echo copied; grep -c '^ClientAliveInterval 30' /etc/ssh/sshd_config || true`,
       ),
     ).toEqual(
       Object.fromEntries(
