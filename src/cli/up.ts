@@ -2,7 +2,6 @@ import { Command } from "@commander-js/extra-typings";
 import type { Goal } from "../core/plan.js";
 import { ShoalError } from "../errors.js";
 import { converge, observeAll } from "../fleet/converge.js";
-import { upgradeChangedImages } from "../fleet/upgrade.js";
 import { contextOf, fleetFileOption } from "./context.js";
 import { bootFilesOf, selectVms, timeoutOption, withFleet, workersOption } from "./fleet.js";
 import { formatTable } from "./table.js";
@@ -44,16 +43,6 @@ export function convergeCommand(goal: Goal) {
           const names = spec.vms.map((vm) => vm.name);
           const only = patterns.length > 0 ? new Set(selectVms(patterns, names)) : undefined;
           const bootOf = await bootFilesOf(contextOf(command), spec.vms);
-          // A new image for a running fleet: moved as `shoal upgrade` moves it, one VM at a time.
-          const moved =
-            goal === "running"
-              ? await upgradeChangedImages(
-                  session,
-                  only ? { ...spec, vms: spec.vms.filter((vm) => only.has(vm.name)) } : spec,
-                  bootOf,
-                  { bootTimeoutMs: options.timeout * 1000, stopTimeoutMs: options.timeout * 1000 },
-                )
-              : [];
           const outcomes = await converge(session, spec, bootOf, {
             goal,
             workers: options.workers,
@@ -65,14 +54,14 @@ export function convergeCommand(goal: Goal) {
             session,
             outcomes.map((outcome) => outcome.plan.name),
           );
-          return { context, outcomes, states, moved: new Set(moved) };
+          return { context, outcomes, states };
         },
       );
       const rows = result.outcomes.map(({ plan, ok, detail }) => ({
         name: plan.name,
         ip: plan.spec.ip,
         state: result.states.get(plan.name)?.state ?? "missing",
-        done: result.moved.has(plan.name) ? ["upgrade", ...plan.actions] : plan.actions,
+        done: plan.actions,
         changes: plan.changes,
         ok,
         ...(detail === undefined ? {} : { error: detail }),

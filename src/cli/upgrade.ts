@@ -1,11 +1,13 @@
 import { Command, Option } from "@commander-js/extra-typings";
 import { ShoalError, UserError } from "../errors.js";
 import {
+  CONFLICT_OUTCOMES,
   CONFLICT_POLICIES,
   type UpgradeTarget,
   upgradeCandidates,
   upgradeFleet,
 } from "../fleet/upgrade.js";
+import type { LayerChange } from "../layer/layer.js";
 import { contextOf, fleetFileOption } from "./context.js";
 import { bootFilesOf, notice, positiveInteger, timeoutOption, withFleet } from "./fleet.js";
 import { formatTable } from "./table.js";
@@ -60,29 +62,40 @@ export function upgradeCommand() {
           }
           const candidates = upgradeCandidates(session, spec, target);
           if (dryRun) {
-            const rows = [];
+            const rows: { name: string; conflicts: LayerChange[]; error?: string }[] = [];
             for (const vm of candidates) {
-              rows.push({
-                name: vm.name,
-                conflicts: await session.conflictsWith(vm.name, boot.base, true),
-              });
+              try {
+                rows.push({
+                  name: vm.name,
+                  conflicts: await session.conflictsWith(vm.name, boot.base, true),
+                });
+              } catch (error) {
+                if (!(error instanceof ShoalError)) throw error;
+                rows.push({ name: vm.name, conflicts: [], error: error.message });
+              }
             }
             if (options.json) {
               context.print(JSON.stringify(rows, null, 2));
               return;
             }
             for (const row of rows) {
+              const count = row.conflicts.length;
               context.print(
-                row.conflicts.length === 0
-                  ? `${row.name}: no conflicts`
-                  : `${row.name}: its layer hides ${row.conflicts.length} files the new base changed (${options.conflicts}):`,
+                row.error !== undefined
+                  ? `${row.name}: its layer could not be read: ${row.error}`
+                  : count === 0
+                    ? `${row.name}: no conflicts`
+                    : `${row.name}: its layer hides ${count === 1 ? "1 file" : `${count} files`} the new base changed (--conflicts ${options.conflicts}: ${CONFLICT_OUTCOMES[options.conflicts]}):`,
               );
               for (const conflict of row.conflicts) {
                 context.print(`  ${conflict.change} ${conflict.path}`);
               }
             }
+            const moving = rows.filter(
+              (row) => options.conflicts !== "skip" || row.conflicts.length === 0,
+            ).length;
             context.print(
-              `would move ${candidates.length} VMs to image ${image} (${boot.baseId.slice(0, 12)}), ${options.maxUnavailable} at a time`,
+              `would move ${moving === 1 ? "1 VM" : `${moving} VMs`} to image ${image} (${boot.baseId.slice(0, 12)}), ${options.maxUnavailable} at a time`,
             );
             return;
           }

@@ -7,9 +7,11 @@ import type { VmSpec } from "./fleet.js";
  * - start / stop: run or shut down an existing VM;
  * - recreate: the definition changed (memory, image, address...): stop the VM if it runs and
  *   rebuild its definition; its layer is kept;
+ * - upgrade: only the image of a running VM changed: it moves to the new base as `shoal upgrade`
+ *   moves it (one VM of the fleet down at a time, started again and waited for);
  * - delete: remove a VM that is no longer in the fleet file, with its layer.
  */
-export type VmAction = "create" | "start" | "stop" | "recreate" | "delete";
+export type VmAction = "create" | "start" | "stop" | "recreate" | "upgrade" | "delete";
 
 export type ObservedState = "running" | "stopped" | "crashed" | "missing";
 
@@ -60,6 +62,9 @@ function planDesired(vm: VmSpec, input: PlanInput): VmPlan {
     return { name: vm.name, spec: vm, state, actions: ["create", ...start], changes: [] };
   }
   const changes = changedFields(recorded, vm);
+  if (state === "running" && changes.length === 1 && changes[0] === "image") {
+    return { name: vm.name, spec: vm, state, actions: ["upgrade"], changes };
+  }
   if (changes.length > 0) {
     const restart: VmAction[] = state === "running" ? ["start"] : start;
     return { name: vm.name, spec: vm, state, actions: ["recreate", ...restart], changes };

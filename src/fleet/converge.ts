@@ -7,6 +7,7 @@ import { formatSize } from "../core/size.js";
 import { ShoalError, UserError } from "../errors.js";
 import { recordedSpecs } from "../state/store.js";
 import type { FleetSession, VmStatus } from "./session.js";
+import { upgradeRunning } from "./upgrade.js";
 
 export interface ConvergeOptions {
   readonly goal: Goal;
@@ -125,6 +126,25 @@ export async function converge(
   // Also when no VM needs starting: a dead dnsmasq is restarted, a changed NAT setting applied.
   if (options.goal === "running" && session.recordedNames().length > 0) {
     await session.ensureNetwork();
+  }
+  // One VM at a time, after everything else is in place: the rest of the fleet keeps running.
+  const upgrading = plan.filter((vm) => vm.actions.includes("upgrade"));
+  const reports = await upgradeRunning(
+    session,
+    fleet,
+    upgrading.map((vm) => vm.spec),
+    bootOf,
+    { bootTimeoutMs: options.bootTimeoutMs, stopTimeoutMs: options.stopTimeoutMs },
+  );
+  for (const report of reports) {
+    const vm = upgrading.find((entry) => entry.name === report.name);
+    if (vm && report.outcome !== "upgraded") {
+      const detail =
+        report.outcome === "pending"
+          ? "not moved to its new image: an earlier VM did not come back on its new image"
+          : (report.detail ?? "it did not come back on its new image");
+      outcomes.set(vm.name, { plan: vm, ok: false, detail });
+    }
   }
   await each(plan, "start", async (vm) => {
     const result = await session.start(vm.name, options.bootTimeoutMs);

@@ -1,5 +1,4 @@
-import { mkdir, mkdtemp, open, readdir, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Backend, BackendVm, VmNic } from "../backends/backend.js";
@@ -39,7 +38,7 @@ import {
   withoutIdentity,
 } from "../layer/layer.js";
 import { FleetNetwork } from "../net/network.js";
-import { removeStaleTempFiles, writeFileAtomic } from "../state/atomic.js";
+import { removeStaleTempFiles, tempPathBeside, writeFileAtomic } from "../state/atomic.js";
 import type { FleetPaths, StateLayout } from "../state/layout.js";
 import { emptyRecord, type FleetRecord, RecordBook, readFleetRecord } from "../state/store.js";
 
@@ -398,6 +397,11 @@ export class FleetSession {
     });
   }
 
+  /** A start an upgrade owed this VM is paid. */
+  private async startOwed(name: string): Promise<void> {
+    if (this.book.vm(name)?.upgrading) await this.markUpgrading(name, false);
+  }
+
   /** Makes the files written so far durable before the record says they exist. */
   private async sync(): Promise<void> {
     await this.deps.runner.run({ argv: ["sync", "-f", this.paths.vms] });
@@ -410,7 +414,10 @@ export class FleetSession {
   async start(name: string, timeoutMs: number | undefined): Promise<StartResult> {
     const vm = this.vm(name);
     const presence = await this.backend.presence(vm);
-    if (presence.kind === "running") return { ready: true };
+    if (presence.kind === "running") {
+      await this.startOwed(name);
+      return { ready: true };
+    }
     // A guest that powered itself off, or crashed, is still held by the hypervisor.
     if (presence.kind !== "absent") await this.backend.destroy(vm);
     await this.book.update((record) => {
@@ -427,6 +434,7 @@ export class FleetSession {
       await this.ensureNetwork();
       if (this.backend.nic === "tap") await this.network.ensureTap(spec.index);
       await this.backend.start(vm);
+      await this.startOwed(name);
     } catch (error) {
       // It never ran: a VM that could not start is stopped, not crashed.
       await this.book.update((record) => {
@@ -474,12 +482,20 @@ export class FleetSession {
    * Stops a VM: the power button, then, after `timeoutMs` (0: at once), the hypervisor ends it.
    * Recorded as not meant to run first, so a stop that is cut short never reads as a crash.
    */
-  async stop(name: string, timeoutMs: number): Promise<"clean" | "forced" | "was stopped"> {
+  async stop(
+    name: string,
+    timeoutMs: number,
+    { forUpgrade = false } = {},
+  ): Promise<"clean" | "forced" | "was stopped"> {
     const vm = this.vm(name);
-    if (this.book.vm(name)?.running) {
+    const recorded = this.book.vm(name);
+    // A user's stop also cancels the start a killed upgrade owed this VM.
+    if (recorded?.running || (recorded?.upgrading && !forUpgrade)) {
       await this.book.update((record) => {
         const entry = record.vms[name];
-        if (entry) entry.running = false;
+        if (!entry) return;
+        entry.running = false;
+        if (!forUpgrade) delete entry.upgrading;
       });
     }
     const presence = await this.backend.presence(vm);
@@ -614,6 +630,8 @@ export class FleetSession {
   /**
    * A VM's changes that hide files `newBase` has otherwise than its own base. A running VM's layer
    * (or any, `readOnly`) is read from a copy, settled there: what the VM last wrote to its disk.
+   * The copy sits in the fleet's directory (not a possibly RAM-backed /tmp), named so that the
+   * next session removes it if this shoal is killed.
    */
   async conflictsWith(name: string, newBase: string, readOnly = false): Promise<LayerChange[]> {
     const entry = this.book.vm(name);
@@ -624,9 +642,8 @@ export class FleetSession {
         ? upgradeConflicts(this.deps.runner, stopped.layer, stopped.base, newBase)
         : [];
     }
-    const scratch = await mkdtemp(join(tmpdir(), "shoal-layer-"));
+    const copy = tempPathBeside(join(this.paths.dir, `layer-of-${name}`));
     try {
-      const copy = join(scratch, "layer.img");
       await this.deps.runner.run({
         argv: ["cp", "--sparse=always", this.paths.vm(name).layer, copy],
         probe: true,
@@ -635,7 +652,7 @@ export class FleetSession {
       // Awaited here: the copy goes in `finally`.
       return settled ? await upgradeConflicts(this.deps.runner, copy, settled.base, newBase) : [];
     } finally {
-      await rm(scratch, { recursive: true, force: true });
+      await rm(copy, { force: true });
     }
   }
 

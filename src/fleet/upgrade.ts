@@ -1,5 +1,4 @@
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
-import { changedFields } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { ShoalError } from "../errors.js";
 import type { LayerChange } from "../layer/layer.js";
@@ -9,11 +8,19 @@ import type { FleetSession } from "./session.js";
 export const CONFLICT_POLICIES = ["proceed", "skip", "reset"] as const;
 export type ConflictPolicy = (typeof CONFLICT_POLICIES)[number];
 
+/** What each policy does to a conflicting VM, in words for reports. */
+export const CONFLICT_OUTCOMES: Record<ConflictPolicy, string> = {
+  proceed: "it keeps its own versions",
+  skip: "it stays on its old base",
+  reset: "its layer is thrown away",
+};
+
 export interface UpgradeOptions {
   /** How many VMs are down at once. */
   readonly maxUnavailable: number;
   readonly policy: ConflictPolicy;
-  readonly bootTimeoutMs: number;
+  /** How long a restarted VM may take to boot; undefined: it is not waited for. */
+  readonly bootTimeoutMs: number | undefined;
   readonly stopTimeoutMs: number;
 }
 
@@ -27,7 +34,7 @@ export type UpgradeOutcome =
   | "upgraded"
   /** Left on its old base: its layer conflicts and the policy says skip. */
   | "skipped"
-  /** Moved, but it did not come back: the rollout stopped there. */
+  /** It did not come back, or could not be moved: the rollout stopped there. */
   | "failed"
   /** Not reached: an earlier VM failed. */
   | "pending";
@@ -39,7 +46,19 @@ export interface UpgradeReport {
   readonly detail?: string;
 }
 
-/** The fleet's created VMs that do not boot from the target base yet, in name order. */
+type VmEntry = NonNullable<ReturnType<FleetSession["book"]["vm"]>>;
+
+/** Whether a VM's definition boots from the target base (records from before upgrades: by name). */
+function onTarget(entry: VmEntry, target: UpgradeTarget): boolean {
+  return entry.baseId === undefined
+    ? entry.spec.image === target.image
+    : entry.baseId === target.boot.baseId && entry.spec.image === target.image;
+}
+
+/**
+ * The fleet's created VMs that do not boot from the target base yet, and those a killed upgrade
+ * stopped and still owes a start, in name order.
+ */
 export function upgradeCandidates(
   session: FleetSession,
   fleet: FleetSpec,
@@ -48,18 +67,16 @@ export function upgradeCandidates(
   return fleet.vms.filter((vm) => {
     const entry = session.book.vm(vm.name);
     if (entry?.phase !== "created") return false;
-    // Records from before upgrades know the image by name only.
-    return entry.baseId === undefined
-      ? entry.spec.image !== target.image
-      : entry.baseId !== target.boot.baseId;
+    return entry.upgrading === true || !onTarget(entry, target);
   });
 }
 
 /**
  * Moves VMs to a new base, `maxUnavailable` at a time: each is stopped, checked for conflicts,
- * redefined on the new base with its layer kept, and started again if it ran; the rollout stops
- * after a batch in which a VM did not come back, leaving the rest on the old base. Each step is
- * recorded, so a killed upgrade is finished by the next one (a VM it had stopped is started).
+ * redefined on the new base with its layer (and everything else it was made with) kept, and
+ * started again if it ran; the rollout stops after a batch in which a VM did not come back,
+ * leaving the rest on the old base. Each step is recorded, so a killed upgrade is finished by the
+ * next one (a VM it had stopped is started).
  */
 export async function upgradeFleet(
   session: FleetSession,
@@ -71,9 +88,19 @@ export async function upgradeFleet(
   const reports: UpgradeReport[] = [];
   for (let i = 0; i < pending.length; i += options.maxUnavailable) {
     const batch = pending.slice(i, i + options.maxUnavailable);
-    reports.push(
-      ...(await Promise.all(batch.map((vm) => upgradeOne(session, fleet, vm, target, options)))),
+    const settled = await Promise.allSettled(
+      batch.map((vm) => upgradeOne(session, fleet, vm.name, target, options)),
     );
+    settled.forEach((result, j) => {
+      if (result.status === "fulfilled") {
+        reports.push(result.value);
+        return;
+      }
+      // A bug is not a VM's failure: it goes up once the batch has settled.
+      if (!(result.reason instanceof ShoalError)) throw result.reason;
+      const name = batch[j]?.name ?? "";
+      reports.push({ name, outcome: "failed", conflicts: [], detail: result.reason.message });
+    });
     if (reports.some((report) => report.outcome === "failed")) {
       for (const vm of pending.slice(i + options.maxUnavailable)) {
         reports.push({ name: vm.name, outcome: "pending", conflicts: [] });
@@ -87,93 +114,108 @@ export async function upgradeFleet(
 async function upgradeOne(
   session: FleetSession,
   fleet: FleetSpec,
-  vm: VmSpec,
+  name: string,
   target: UpgradeTarget,
   options: UpgradeOptions,
 ): Promise<UpgradeReport> {
-  const entry = session.book.vm(vm.name);
-  const wasRunning = entry?.running === true || entry?.upgrading === true;
-  if (wasRunning) await session.markUpgrading(vm.name, true);
-  await session.stop(vm.name, options.stopTimeoutMs);
-  const conflicts = await conflictsOf(session, vm, target);
+  const entry = session.book.vm(name);
+  if (!entry) throw new Error(`internal: ${name} has no record`);
+  const wasRunning = entry.upgrading === true || (await session.status(name)).state === "running";
   const resume = async (): Promise<{ ok: boolean; detail?: string }> => {
     if (!wasRunning) return { ok: true };
-    const started = await session.start(vm.name, options.bootTimeoutMs);
-    await session.markUpgrading(vm.name, false);
+    const started = await session.start(name, options.bootTimeoutMs);
     return started.ready ? { ok: true } : { ok: false, detail: started.why };
   };
-  if (conflicts.length > 0 && options.policy === "skip") {
-    const resumed = await resume();
+  const report = (
+    outcome: "upgraded" | "skipped",
+    conflicts: readonly LayerChange[],
+    resumed: { ok: boolean; detail?: string },
+    detail?: string,
+  ): UpgradeReport => {
+    const said = resumed.ok ? detail : resumed.detail;
     return {
-      name: vm.name,
-      outcome: resumed.ok ? "skipped" : "failed",
+      name,
+      outcome: resumed.ok ? outcome : "failed",
       conflicts,
-      ...detailOf(resumed),
+      ...(said === undefined ? {} : { detail: said }),
     };
-  }
-  if (conflicts.length > 0 && options.policy === "reset") await session.resetLayers([vm.name]);
-  await session.redefine({ ...vm, image: target.image }, target.boot, fleet.authorizedKeys);
-  const resumed = await resume();
-  return {
-    name: vm.name,
-    outcome: resumed.ok ? "upgraded" : "failed",
-    conflicts,
-    ...detailOf(resumed),
   };
-}
-
-function detailOf(result: { detail?: string }): { detail?: string } {
-  return result.detail === undefined ? {} : { detail: result.detail };
+  // Stopped and moved by an upgrade that was killed before it started the VM again.
+  if (entry.upgrading && onTarget(entry, target)) return report("upgraded", [], await resume());
+  if (options.policy === "skip" && wasRunning && !entry.upgrading) {
+    // Looked at on a copy first, so that a VM that stays is not stopped for nothing.
+    const seen = await session.conflictsWith(name, target.boot.base, true);
+    if (seen.length > 0) return report("skipped", seen, { ok: true });
+  }
+  if (wasRunning) await session.markUpgrading(name, true);
+  let conflicts: LayerChange[];
+  let detail: string | undefined;
+  try {
+    await session.stop(name, options.stopTimeoutMs, { forUpgrade: true });
+    conflicts = await conflictsOf(session, entry, target);
+    if (conflicts.length > 0 && options.policy === "skip") {
+      return report("skipped", conflicts, await resume());
+    }
+    if (conflicts.length > 0 && options.policy === "reset") {
+      await session.resetLayers([name]);
+      detail = "its layer was reset";
+    }
+    if (entry.spec.layer.type === "disk" && entry.spec.layer.onBaseChange === "reset") {
+      detail = "its layer is reset at its first boot on the new base (on_base_change: reset)";
+    }
+    await session.redefine(
+      { ...entry.spec, image: target.image },
+      target.boot,
+      session.book.record.authorizedKeys ?? fleet.authorizedKeys,
+    );
+  } catch (error) {
+    // Not moved: it goes back to running on its old base (or stays marked for the next upgrade).
+    await resume().catch(() => undefined);
+    throw error;
+  }
+  return report("upgraded", conflicts, await resume(), detail);
 }
 
 /** A stopped VM's conflicts with the target base; none for a tmpfs layer or one never booted. */
 function conflictsOf(
   session: FleetSession,
-  vm: VmSpec,
+  entry: VmEntry,
   target: UpgradeTarget,
 ): Promise<LayerChange[]> {
-  if (vm.layer.type !== "disk") return Promise.resolve([]);
-  return session.conflictsWith(vm.name, target.boot.base);
+  if (entry.spec.layer.type !== "disk") return Promise.resolve([]);
+  return session.conflictsWith(entry.spec.name, target.boot.base);
 }
 
 /**
- * `up` after the fleet file's `image:` changed: the VMs whose only change is their image move the
- * way `shoal upgrade` moves them, one at a time, keeping their layers; the rest is `up`'s usual
- * work. Returns the names of the VMs it moved.
+ * `up`'s move of running VMs whose only change is their image: as `shoal upgrade` moves them, one
+ * at a time, conflicts proceeding; after a VM that does not come back, the rest are not reached.
  */
-export async function upgradeChangedImages(
+export async function upgradeRunning(
   session: FleetSession,
   fleet: FleetSpec,
+  vms: readonly VmSpec[],
   bootOf: (vm: VmSpec) => BootFiles,
   options: Omit<UpgradeOptions, "maxUnavailable" | "policy">,
-): Promise<string[]> {
-  const moving = fleet.vms.filter((vm) => {
-    const recorded = session.book.vm(vm.name);
-    if (recorded?.phase !== "created") return false;
-    const changes = changedFields(recorded.spec, vm);
-    return changes.length === 1 && changes[0] === "image";
-  });
-  const moved: string[] = [];
-  for (const image of new Set(moving.map((vm) => vm.image))) {
-    const group = moving.filter((vm) => vm.image === image);
+): Promise<UpgradeReport[]> {
+  const reports: UpgradeReport[] = [];
+  for (const image of new Set(vms.map((vm) => vm.image))) {
+    const group = vms.filter((vm) => vm.image === image);
     const [first] = group;
     if (!first) continue;
-    const reports = await upgradeFleet(
-      session,
-      { ...fleet, vms: group },
-      { image, boot: bootOf(first) },
-      { ...options, maxUnavailable: 1, policy: "proceed" },
-    );
-    const failed = reports.find((report) => report.outcome === "failed");
-    if (failed) {
-      throw new ShoalError(
-        `VM ${failed.name} did not come back on image ${image}: the move to it stopped there`,
-        {
-          hint: "`shoal logs` shows its console; `shoal upgrade --dry-run` shows each VM's conflicts",
-        },
+    if (reports.some((report) => report.outcome === "failed")) {
+      reports.push(
+        ...group.map((vm) => ({ name: vm.name, outcome: "pending" as const, conflicts: [] })),
       );
+      continue;
     }
-    moved.push(...reports.map((report) => report.name));
+    reports.push(
+      ...(await upgradeFleet(
+        session,
+        { ...fleet, vms: group },
+        { image, boot: bootOf(first) },
+        { ...options, maxUnavailable: 1, policy: "proceed" },
+      )),
+    );
   }
-  return moved;
+  return reports;
 }

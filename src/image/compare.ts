@@ -3,13 +3,15 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Runner } from "../host/runner.js";
-import { debugfsQuote, Ext4Image } from "./ext4.js";
+import { debugfsQuote, Ext4Image, S_IFDIR, S_IFMT } from "./ext4.js";
 
 /** A path in an image as debugfs's `stat` shows it; undefined output: no such path. */
 export interface EntryInfo {
   readonly type: string;
   readonly mode: string;
   readonly size: number;
+  /** uid:gid */
+  readonly owner: string;
   /** A symlink's target (fast links only; longer ones compare by content). */
   readonly target?: string;
 }
@@ -18,17 +20,19 @@ export function parseStat(output: string): EntryInfo | undefined {
   const type = /Type: (\S+)/.exec(output)?.[1];
   if (type === undefined) return undefined;
   const target = /Fast link dest: "(.*)"/.exec(output)?.[1];
+  const owner = /User:\s+(\d+)\s+Group:\s+(\d+)/.exec(output);
   return {
     type,
     mode: /Mode:\s+(\d+)/.exec(output)?.[1] ?? "",
+    owner: `${owner?.[1] ?? ""}:${owner?.[2] ?? ""}`,
     size: Number(/Size: (\d+)/.exec(output)?.[1] ?? -1),
     ...(target === undefined ? {} : { target }),
   };
 }
 
 /**
- * The paths whose file differs between two images: there in one only, another type, mode, size
- * or link target, or other content (compared by sha256 when all the rest is equal).
+ * The paths whose file differs between two images: there in one only, another type, mode, owner,
+ * size or link target, or other content (compared by sha256 when all the rest is equal).
  */
 export async function differingPaths(
   runner: Runner,
@@ -53,6 +57,7 @@ export async function differingPaths(
       !b ||
       a.type !== b.type ||
       a.mode !== b.mode ||
+      a.owner !== b.owner ||
       a.size !== b.size ||
       a.target !== b.target
     ) {
@@ -84,4 +89,51 @@ export async function differingPaths(
     }
   }
   return differing;
+}
+
+/**
+ * Every entry under each directory (path, mode, size), read level by level with one debugfs run
+ * per level; undefined for a directory the image does not have.
+ */
+async function treesOf(
+  image: Ext4Image,
+  roots: readonly string[],
+): Promise<(string | undefined)[]> {
+  const lines: (string[] | undefined)[] = roots.map(() => []);
+  let level = roots.map((dir, root) => ({ dir, root }));
+  while (level.length > 0) {
+    const listings = await image.listMany(level.map((item) => item.dir));
+    const next: typeof level = [];
+    level.forEach(({ dir, root }, i) => {
+      const entries = listings[i];
+      if (entries === undefined) {
+        if (dir === roots[root]) lines[root] = undefined;
+        return;
+      }
+      for (const entry of entries) {
+        const path = `${dir}/${entry.name}`;
+        lines[root]?.push(`${path} ${entry.mode.toString(8)} ${entry.size}`);
+        if ((entry.mode & S_IFMT) === S_IFDIR) next.push({ dir: path, root });
+      }
+    });
+    level = next;
+  }
+  return lines.map((tree) => tree?.sort().join("\n"));
+}
+
+/**
+ * The directories whose trees differ between two images (an entry added, removed, or of another
+ * mode or size anywhere below): what a layer that deleted or replaced the directory hides.
+ */
+export async function differingTrees(
+  runner: Runner,
+  oldImage: string,
+  newImage: string,
+  dirs: readonly string[],
+): Promise<Set<string>> {
+  const [olds, news] = await Promise.all([
+    treesOf(new Ext4Image(runner, oldImage), dirs),
+    treesOf(new Ext4Image(runner, newImage), dirs),
+  ]);
+  return new Set(dirs.filter((_, i) => olds[i] !== news[i]));
 }

@@ -1,7 +1,7 @@
 import { open, rename, rm } from "node:fs/promises";
 import { SEED_PATHS } from "../core/seed.js";
 import type { Runner } from "../host/runner.js";
-import { differingPaths } from "../image/compare.js";
+import { differingPaths, differingTrees } from "../image/compare.js";
 import {
   type DirEntry,
   debugfsQuote,
@@ -133,14 +133,13 @@ const join = (dir: string, name: string) => (dir === "/" ? `/${name}` : `${dir}/
  * What a layer changed relative to its base, without booting the VM: files added and modified,
  * files deleted (overlayfs whiteouts: character devices 0/0) and directories replaced (opaque
  * directories hide everything the base had in them). Reads both images level by level, one
- * debugfs run per image and level.
+ * debugfs run per image and level. The layer is read as it is: settle it (`settleLayer`) first.
  */
 export async function listLayerChanges(
   runner: Runner,
   layer: string,
   base: string,
 ): Promise<LayerChange[]> {
-  await settleLayer(runner, layer);
   const upper = new Ext4Image(runner, layer);
   const lower = new Ext4Image(runner, base);
   const changes: LayerChange[] = [];
@@ -209,8 +208,8 @@ export async function listLayerChanges(
 
 /**
  * The VM's own changes that hide what the new base changed: a file it modified, added or deleted
- * that is not the same in both bases, or a directory it replaced whose contents differ. Moving the
- * VM to the new base keeps its version, so the user must see these before.
+ * that is not the same in both bases, or a directory it deleted or replaced under which the bases
+ * differ. Moving the VM to the new base keeps its version, so the user must see these before.
  */
 export async function upgradeConflicts(
   runner: Runner,
@@ -220,17 +219,16 @@ export async function upgradeConflicts(
 ): Promise<LayerChange[]> {
   const changes = withoutIdentity(await listLayerChanges(runner, layer, oldBase));
   const files = changes.filter((change) => change.type !== "dir").map((change) => change.path);
-  const differing = await differingPaths(runner, oldBase, newBase, files);
-  const replaced = changes.filter((change) => change.change === "replaced");
-  const [olds, news] = await Promise.all(
-    [oldBase, newBase].map((base) =>
-      new Ext4Image(runner, base).listMany(replaced.map((change) => change.path)),
-    ),
-  );
-  const listing = (entries: readonly DirEntry[] | undefined) =>
-    JSON.stringify((entries ?? []).map((entry) => [entry.name, entry.mode, entry.size]).sort());
-  replaced.forEach((change, i) => {
-    if (listing(olds?.[i]) !== listing(news?.[i])) differing.add(change.path);
-  });
-  return changes.filter((change) => differing.has(change.path));
+  // A directory the VM deleted or replaced hides everything the new base has below it.
+  const hidden = changes
+    .filter(
+      (change) =>
+        change.type === "dir" && (change.change === "deleted" || change.change === "replaced"),
+    )
+    .map((change) => change.path);
+  const [differing, differingBelow] = await Promise.all([
+    differingPaths(runner, oldBase, newBase, files),
+    differingTrees(runner, oldBase, newBase, hidden),
+  ]);
+  return changes.filter((change) => differing.has(change.path) || differingBelow.has(change.path));
 }

@@ -14,6 +14,14 @@ async function fsyncDirectory(dir: string): Promise<void> {
   }
 }
 
+/** A unique scratch path beside `path` that `removeStaleTempFiles` removes once its shoal is gone. */
+export function tempPathBeside(path: string): string {
+  return join(
+    dirname(path),
+    `.${basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}${TEMP_SUFFIX}`,
+  );
+}
+
 /**
  * Replaces `path` so that after a crash or power loss it holds either the old or the new content,
  * never a mix: write a temporary file beside it, fsync it, rename it over, fsync the directory
@@ -25,10 +33,7 @@ export async function writeFileAtomic(
   mode = 0o644,
 ): Promise<void> {
   const dir = dirname(path);
-  const temp = join(
-    dir,
-    `.${basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}${TEMP_SUFFIX}`,
-  );
+  const temp = tempPathBeside(path);
   const handle = await open(temp, "wx", mode);
   try {
     // open() applies the umask; a secret must not end up wider than asked, nor a public file narrower.

@@ -303,8 +303,8 @@ describe("changing the fleet file", () => {
     );
     const moved = await up(file);
     expect(moved.map((row) => [row.name, row.done, row.changes])).toEqual([
-      ["vm-1", ["recreate", "start"], ["image"]],
-      ["vm-2", ["recreate", "start"], ["image"]],
+      ["vm-1", ["upgrade"], ["image"]],
+      ["vm-2", ["upgrade"], ["image"]],
       ["vm-3", ["stop", "delete"], []],
       ["vm-4", ["stop", "delete"], []],
     ]);
@@ -316,6 +316,103 @@ describe("changing the fleet file", () => {
     const log = await readFile(vmPaths(fleet, "vm-1").serialLog, "utf8");
     // The base-change policy (warn, the default) saw the layer move to the new base.
     expect(log).toContain(`now boots over ${images["tiny-next"]?.id}`);
+    const destroyed = await run(["destroy", "-f", file, "--yes"]);
+    expect(destroyed.code, destroyed.stderr).toBe(0);
+  });
+});
+
+describe("an upgrade to a base that does not boot", () => {
+  it("stops at the first VM that does not come back, leaves the rest running on the old base, and an upgrade back repairs it", async () => {
+    const fleet = "rollout";
+    const file = await fleetFile(fleet, "name: rollout\ncount: 3\nvm: { layer: { size: 64M } }\n");
+    await up(file);
+    const mine = await attach(fleet, "vm-1");
+    expect((await mine.sh("echo kept > /root/mine; sync")).code).toBe(0);
+    mine.detach();
+    // A kernel cut short: QEMU loads it, and it never gets as far as the union root.
+    const derived = await run([
+      "image",
+      "derive",
+      "tiny-broken",
+      "--from",
+      "tiny",
+      "--run",
+      "for k in /boot/vmlinuz-*; do head -c 1048576 $k > /tmp/k && cat /tmp/k > $k; done",
+    ]);
+    expect(derived.code, derived.stderr).toBe(0);
+    const broken = JSON.parse((await run(["image", "inspect", "tiny-broken"])).stdout) as ImageMeta;
+    const untouched = [await pidOf(fleet, "vm-2"), await pidOf(fleet, "vm-3")];
+
+    const failed = await run([
+      "upgrade",
+      "-f",
+      file,
+      "--image",
+      "tiny-broken",
+      "--timeout",
+      "20",
+      "--json",
+    ]);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain(
+      "VM vm-1 did not come back on image tiny-broken: the upgrade stopped there",
+    );
+    const reports = JSON.parse(failed.stdout) as {
+      name: string;
+      outcome: string;
+      detail?: string;
+    }[];
+    expect(reports.map((report) => [report.name, report.outcome])).toEqual([
+      ["vm-1", "failed"],
+      ["vm-2", "pending"],
+      ["vm-3", "pending"],
+    ]);
+    expect(reports[0]?.detail).toBeTruthy();
+    const record = JSON.parse(await readFile(stateLayout(state).fleet(fleet).state, "utf8")) as {
+      vms: Record<string, { baseId: string }>;
+    };
+    expect(Object.values(record.vms).map((vm) => vm.baseId)).toEqual([
+      broken.id,
+      images.tiny?.id,
+      images.tiny?.id,
+    ]);
+    expect([await pidOf(fleet, "vm-2"), await pidOf(fleet, "vm-3")]).toEqual(untouched);
+    expect((await ps(file)).slice(1).map((row) => row.state)).toEqual(["running", "running"]);
+
+    const back = await run(["upgrade", "-f", file, "--timeout", "20", "--json"]);
+    expect(back.code, back.stderr).toBe(0);
+    expect(
+      (JSON.parse(back.stdout) as { name: string; outcome: string }[]).map((report) => [
+        report.name,
+        report.outcome,
+      ]),
+    ).toEqual([["vm-1", "upgraded"]]);
+    const again = await attach(fleet, "vm-1");
+    expect((await again.sh("cat /root/mine")).out.trim()).toBe("kept");
+    again.detach();
+
+    // An upgrade killed after it moved vm-2 and before it started it again left it stopped and
+    // marked: the next upgrade starts it; a user's `stop` would have cancelled that start.
+    const marked = async (vms: string[]) => {
+      expect((await run(["stop", "-f", file, ...vms])).code).toBe(0);
+      const path = stateLayout(state).fleet(fleet).state;
+      const text = JSON.parse(await readFile(path, "utf8")) as {
+        vms: Record<string, { upgrading?: boolean }>;
+      };
+      for (const vm of vms) (text.vms[vm] ?? {}).upgrading = true;
+      await writeFile(path, JSON.stringify(text));
+    };
+    await marked(["vm-2", "vm-3"]);
+    expect((await run(["stop", "-f", file, "vm-3"])).code).toBe(0);
+    const owed = await run(["upgrade", "-f", file, "--json"]);
+    expect(owed.code, owed.stderr).toBe(0);
+    expect(
+      (JSON.parse(owed.stdout) as { name: string; outcome: string }[]).map((report) => [
+        report.name,
+        report.outcome,
+      ]),
+    ).toEqual([["vm-2", "upgraded"]]);
+    expect((await ps(file)).map((row) => row.state)).toEqual(["running", "running", "stopped"]);
     const destroyed = await run(["destroy", "-f", file, "--yes"]);
     expect(destroyed.code, destroyed.stderr).toBe(0);
   });

@@ -123,27 +123,24 @@ describe("upgrading a fleet to a new base", () => {
       { stdio: ["ignore", "ignore", "pipe"] },
     );
     let stderr = "";
-    await new Promise<void>((resolve) => {
-      child.stderr.on("data", (chunk) => {
-        stderr += chunk;
-        // The first VM is back on the new base; the second is on its way.
-        if (/ready[\s\S]*stopping/.test(stderr)) {
-          child.kill("SIGKILL");
-          resolve();
-        }
-      });
-      child.on("close", () => resolve());
+    child.stderr.on("data", (chunk) => {
+      stderr += chunk;
+      // The first VM is back on the new base; the second is on its way.
+      if (/ready[\s\S]*stopping/.test(stderr)) child.kill("SIGKILL");
     });
-    const half = await baseIds();
-    for (const id of Object.values(half))
-      expect([images.deb?.id, images["deb-next"]?.id]).toContain(id);
-    expect(
-      Object.values(half).filter((id) => id === images["deb-next"]?.id).length,
-    ).toBeGreaterThan(0);
+    const signal = await new Promise<NodeJS.Signals | null>((resolve) =>
+      child.on("close", (_code, signal) => resolve(signal)),
+    );
+    expect(signal, stderr).toBe("SIGKILL");
+    const half = Object.values(await baseIds());
+    for (const id of half) expect([images.deb?.id, images["deb-next"]?.id]).toContain(id);
+    expect(half.filter((id) => id === images["deb-next"]?.id).length).toBeGreaterThan(0);
+    expect(half.filter((id) => id === images.deb?.id).length).toBeGreaterThan(0);
 
     const reports = JSON.parse(
       await ok("upgrade", "-f", file, "--image", "deb-next", "--timeout", "600", "--json"),
     ) as { name: string; outcome: string }[];
+    expect(reports.length).toBeGreaterThan(0);
     expect(reports.every((report) => report.outcome === "upgraded")).toBe(true);
     expect(Object.values(await baseIds())).toEqual(VMS.map(() => images["deb-next"]?.id));
     const ps = JSON.parse(await ok("ps", "-f", file, "--json")) as { state: string }[];

@@ -466,9 +466,10 @@ describe("a stopped VM's layer: diff, reset, df", () => {
 });
 
 describe("shoal upgrade, on stopped VMs", () => {
-  it("reports conflicts with --dry-run, changing nothing, then moves every VM to the new base", async () => {
-    const file = await fleet("moving", "count: 3\nvm: { layer: { size: 64M } }\n");
-    expect((await run(["create", "-f", file])).code).toBe(0);
+  let tiny: string;
+  let moved: string;
+
+  beforeAll(async () => {
     const derived = await run([
       "image",
       "derive",
@@ -479,16 +480,21 @@ describe("shoal upgrade, on stopped VMs", () => {
       "echo '# moved' >> /etc/inittab",
     ]);
     expect(derived.code, derived.stderr).toBe(0);
-    const tiny = JSON.parse((await run(["image", "inspect", "tiny"])).stdout) as { id: string };
-    const moved = JSON.parse((await run(["image", "inspect", "tiny-moved"])).stdout) as {
-      id: string;
-    };
-    const paths = stateLayout(state).fleet("moving");
-    // vm-1 edited /etc/inittab, which the new base also changed; vm-2 only wrote its own files.
+    const idOf = async (name: string) =>
+      (JSON.parse((await run(["image", "inspect", name])).stdout) as { id: string }).id;
+    tiny = await idOf("tiny");
+    moved = await idOf("tiny-moved");
+  });
+
+  /** Three stopped VMs: vm-1 edited /etc/inittab (which the new base also changed), vm-2 only wrote its own files. */
+  async function conflictingFleet(name: string) {
+    const file = await fleet(name, "count: 3\nvm: { layer: { size: 64M } }\n");
+    expect((await run(["create", "-f", file])).code).toBe(0);
+    const paths = stateLayout(state).fleet(name);
     const tree = join(await tempDir(), "layer");
     for (const dir of ["upper/etc", "work", "shoal"])
       await mkdir(join(tree, dir), { recursive: true });
-    await writeFile(join(tree, "shoal/base-id"), `${tiny.id}\n`);
+    await writeFile(join(tree, "shoal/base-id"), `${tiny}\n`);
     await writeFile(join(tree, "upper/etc/inittab"), "::sysinit:/bin/mine\n");
     await exec("mkfs.ext4", [
       "-q",
@@ -500,19 +506,46 @@ describe("shoal upgrade, on stopped VMs", () => {
       paths.vm("vm-1").layer,
       "64M",
     ]);
-    await bootedLayer(paths.vm("vm-2").layer, tiny.id);
+    await bootedLayer(paths.vm("vm-2").layer, tiny);
     const layerSum = (await exec("sha256sum", [paths.vm("vm-1").layer])).stdout;
+    return { file, paths, layerSum };
+  }
+
+  async function upgradeReports(...args: string[]) {
+    const done = await run(["upgrade", ...args, "--image", "tiny-moved", "--json"]);
+    expect(done.code, done.stderr).toBe(0);
+    const reports = JSON.parse(done.stdout) as {
+      name: string;
+      outcome: string;
+      conflicts: { path: string }[];
+    }[];
+    return reports.map((report) => [
+      report.name,
+      report.outcome,
+      report.conflicts.map((c) => c.path),
+    ]);
+  }
+
+  async function recordedBases(paths: ReturnType<ReturnType<typeof stateLayout>["fleet"]>) {
+    const record = JSON.parse(await readFile(paths.state, "utf8")) as {
+      vms: Record<string, { baseId: string; spec: { image: string } }>;
+    };
+    return Object.entries(record.vms).map(([vm, entry]) => [vm, entry.spec.image, entry.baseId]);
+  }
+
+  it("reports conflicts with --dry-run, changing nothing, then moves every VM to the new base", async () => {
+    const { file, paths, layerSum } = await conflictingFleet("moving");
     const record = await readFile(paths.state, "utf8");
 
     const dry = await run(["--dry-run", "upgrade", "-f", file, "--image", "tiny-moved"]);
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toBe(
       [
-        "vm-1: its layer hides 1 files the new base changed (proceed):",
+        "vm-1: its layer hides 1 file the new base changed (--conflicts proceed: it keeps its own versions):",
         "  modified /etc/inittab",
         "vm-2: no conflicts",
         "vm-3: no conflicts",
-        `would move 3 VMs to image tiny-moved (${moved.id.slice(0, 12)}), 1 at a time`,
+        `would move 3 VMs to image tiny-moved (${moved.slice(0, 12)}), 1 at a time`,
         "",
       ].join("\n"),
     );
@@ -520,31 +553,44 @@ describe("shoal upgrade, on stopped VMs", () => {
     expect((await exec("sha256sum", [paths.vm("vm-1").layer])).stdout).toBe(layerSum);
     expect(await readFile(paths.state, "utf8")).toBe(record);
 
-    const done = await run(["upgrade", "-f", file, "--image", "tiny-moved", "--json"]);
-    expect(done.code, done.stderr).toBe(0);
-    const reports = JSON.parse(done.stdout) as {
-      name: string;
-      outcome: string;
-      conflicts: { path: string }[];
-    }[];
-    expect(
-      reports.map((report) => [report.name, report.outcome, report.conflicts.map((c) => c.path)]),
-    ).toEqual([
+    expect(await upgradeReports("-f", file)).toEqual([
       ["vm-1", "upgraded", ["/etc/inittab"]],
       ["vm-2", "upgraded", []],
       ["vm-3", "upgraded", []],
     ]);
-    const after = JSON.parse(await readFile(paths.state, "utf8")) as {
-      vms: Record<string, { baseId: string; spec: { image: string } }>;
-    };
+    expect(await recordedBases(paths)).toEqual(
+      ["vm-1", "vm-2", "vm-3"].map((vm) => [vm, "tiny-moved", moved]),
+    );
     for (const vm of ["vm-1", "vm-2", "vm-3"]) {
-      expect(after.vms[vm]?.baseId).toBe(moved.id);
-      expect(after.vms[vm]?.spec.image).toBe("tiny-moved");
-      expect(await readFile(paths.vm(vm).qemuArgv, "utf8")).toContain(`${moved.id}/base.img`);
+      expect(await readFile(paths.vm(vm).qemuArgv, "utf8")).toContain(`${moved}/base.img`);
     }
     // The layers are kept as they were.
     expect((await exec("sha256sum", [paths.vm("vm-1").layer])).stdout).toBe(layerSum);
     const again = await run(["upgrade", "-f", file, "--image", "tiny-moved"]);
     expect(again.stdout).toBe("every VM of fleet moving boots from image tiny-moved already\n");
+  });
+
+  it("--conflicts skip leaves a conflicting VM on its base; --conflicts reset empties its layer and moves it", async () => {
+    const { file, paths, layerSum } = await conflictingFleet("policies");
+    expect(await upgradeReports("-f", file, "--conflicts", "skip")).toEqual([
+      ["vm-1", "skipped", ["/etc/inittab"]],
+      ["vm-2", "upgraded", []],
+      ["vm-3", "upgraded", []],
+    ]);
+    expect(await recordedBases(paths)).toEqual([
+      ["vm-1", "tiny", tiny],
+      ["vm-2", "tiny-moved", moved],
+      ["vm-3", "tiny-moved", moved],
+    ]);
+    expect((await exec("sha256sum", [paths.vm("vm-1").layer])).stdout).toBe(layerSum);
+    expect(await readFile(paths.vm("vm-1").qemuArgv, "utf8")).toContain(`${tiny}/base.img`);
+
+    expect(await upgradeReports("-f", file, "--conflicts", "reset")).toEqual([
+      ["vm-1", "upgraded", ["/etc/inittab"]],
+    ]);
+    expect((await recordedBases(paths))[0]).toEqual(["vm-1", "tiny-moved", moved]);
+    const diff = await run(["diff", "vm-1", "-f", file]);
+    expect(diff.code, diff.stderr).toBe(0);
+    expect(diff.stdout).toContain("no changes of its own");
   });
 });

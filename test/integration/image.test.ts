@@ -565,7 +565,7 @@ describe("upgrade conflicts", () => {
       "--from",
       "tiny",
       "--run",
-      "echo '# next' >> /etc/inittab && echo new > /etc/motd && rm /etc/shells && echo same > /etc/same",
+      "echo '# next' >> /etc/inittab && echo new > /etc/motd && rm /etc/shells && echo same > /etc/same && echo new > /mnt/from-base && chown 1:1 /etc/group",
     ]);
     expect(derived.code, derived.stderr).toBe(0);
     const next = await inspect(state, "tiny-next");
@@ -576,7 +576,9 @@ describe("upgrade conflicts", () => {
     await writeFile(join(tree, "upper/etc/motd"), "the VM's own\n");
     await writeFile(join(tree, "upper/etc/shells"), "/bin/sh\n/bin/ash\n");
     await writeFile(join(tree, "upper/root/notes"), "mine\n");
-    await runner.run({ argv: ["mknod", join(tree, "upper/etc/os-release"), "c", "0", "0"] });
+    await writeFile(join(tree, "upper/etc/group"), "root:x:0:\n");
+    for (const deleted of ["etc/os-release", "mnt", "lib64"])
+      await runner.run({ argv: ["mknod", join(tree, "upper", deleted), "c", "0", "0"] });
     const layer = join(tree, "..", "layer.img");
     await runner.run({ argv: ["mkfs.ext4", "-q", "-d", tree, layer, "16M"] });
     const conflicts = await upgradeConflicts(
@@ -585,12 +587,15 @@ describe("upgrade conflicts", () => {
       stateLayout(state).image(tiny.id).base,
       stateLayout(state).image(next.id).base,
     );
-    // inittab: changed in both; motd: added in both; shells: kept by the VM, removed by the base.
-    // Not: the VM's own notes, and os-release, deleted by the VM and the same in both bases.
+    // inittab: changed in both; motd: added in both; shells: kept by the VM, removed by the base;
+    // group: only its owner changed in the base; /mnt: deleted by the VM, a file added below it.
+    // Not: the VM's own notes, os-release and /lib64, deleted by the VM and the same in both bases.
     expect(conflicts.map((change) => [change.path, change.change])).toEqual([
+      ["/etc/group", "modified"],
       ["/etc/inittab", "modified"],
       ["/etc/motd", "added"],
       ["/etc/shells", "modified"],
+      ["/mnt", "deleted"],
     ]);
   });
 });

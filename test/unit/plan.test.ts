@@ -129,6 +129,21 @@ describe("planning", () => {
     ]);
   });
 
+  it("upgrades a running VM whose only change is its image, recreates one with other changes too", () => {
+    const changed = specs(
+      "name: lab\ncount: 3\nimage: debian\nvms:\n  - { name: vm-2, memory: 512M }\n",
+    );
+    const observed = observedAs({ "vm-1": "running", "vm-2": "running", "vm-3": "stopped" });
+    for (const goal of ["running", "created"] as const) {
+      const plan = planFleet({ desired: changed, recorded: recordedAs(three), observed, goal });
+      expect(plan.map((vm) => [vm.name, vm.actions, vm.changes])).toEqual([
+        ["vm-1", ["upgrade"], ["image"]],
+        ["vm-2", ["recreate", "start"], ["image", "memory"]],
+        ["vm-3", goal === "running" ? ["recreate", "start"] : ["recreate"], ["image"]],
+      ]);
+    }
+  });
+
   it("keeps a changed VM stopped under create unless it was running", () => {
     const changed = specs("name: lab\ncount: 2\nvm: { memory: 256M }\n");
     const observed = observedAs({ "vm-1": "running", "vm-2": "stopped" });
