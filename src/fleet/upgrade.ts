@@ -143,8 +143,11 @@ async function upgradeOne(
   // Stopped and moved by an upgrade that was killed before it started the VM again.
   if (entry.upgrading && onTarget(entry, target)) return report("upgraded", [], await resume());
   if (options.policy === "skip" && wasRunning && !entry.upgrading) {
-    // Looked at on a copy first, so that a VM that stays is not stopped for nothing.
-    const seen = await session.conflictsWith(name, target.boot.base, true);
+    // Looked at on a copy first, so that a VM that stays is not stopped for nothing; a copy that
+    // cannot be read (caught mid-write) leaves the decision to the check after the stop.
+    const seen = await session
+      .conflictsWith(name, target.boot.base, true)
+      .catch((error: unknown) => (error instanceof ShoalError ? [] : Promise.reject(error)));
     if (seen.length > 0) return report("skipped", seen, { ok: true });
   }
   if (wasRunning) await session.markUpgrading(name, true);
