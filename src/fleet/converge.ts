@@ -15,7 +15,10 @@ export interface ConvergeOptions {
   readonly workers: number;
   /** How long to wait for each started VM to boot; undefined: do not wait. */
   readonly bootTimeoutMs: number | undefined;
-  /** How long a VM that must stop (to apply a change) gets to shut down cleanly. */
+  /**
+   * How long a VM that must stop (to apply a change) gets to shut down cleanly, and how long a VM
+   * moved to a new image gets to come back when `bootTimeoutMs` is undefined.
+   */
   readonly stopTimeoutMs: number;
   /** Only these VMs; undefined: the whole fleet, which also deletes VMs no longer in it. */
   readonly only?: ReadonlySet<string>;
@@ -86,7 +89,7 @@ export async function converge(
   }
 
   await session.recordNetwork(fleet.subnet, fleet.network, {
-    willStart: plan.some((vm) => vm.actions.includes("start")),
+    willStart: plan.some((vm) => vm.actions.includes("start") || vm.actions.includes("upgrade")),
   });
   const limit = pLimit(options.workers);
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
@@ -134,7 +137,11 @@ export async function converge(
     fleet,
     upgrading.map((vm) => vm.spec),
     bootOf,
-    { bootTimeoutMs: options.bootTimeoutMs, stopTimeoutMs: options.stopTimeoutMs },
+    // Waited for even under --no-wait: the next VM goes down only once this one is back.
+    {
+      bootTimeoutMs: options.bootTimeoutMs ?? options.stopTimeoutMs,
+      stopTimeoutMs: options.stopTimeoutMs,
+    },
   );
   for (const report of reports) {
     const vm = upgrading.find((entry) => entry.name === report.name);

@@ -40,7 +40,8 @@ export function stopVms(
   workers: number,
 ): Promise<PowerOutcome[]> {
   return eachVm(names, workers, async (name) => {
-    const outcome = await session.stop(name, timeoutMs);
+    // The user's stop also cancels the start a killed upgrade owed the VM.
+    const outcome = await session.stop(name, timeoutMs, { cancelsUpgrade: true });
     const forcedAfter = outcome === "forced" && timeoutMs > 0;
     return {
       ok: true,

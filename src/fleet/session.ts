@@ -397,9 +397,21 @@ export class FleetSession {
     });
   }
 
-  /** A start an upgrade owed this VM is paid. */
-  private async startOwed(name: string): Promise<void> {
-    if (this.book.vm(name)?.upgrading) await this.markUpgrading(name, false);
+  /**
+   * A start an upgrade owed this VM is paid once the VM is up; one that failed stays owed, so the
+   * next upgrade starts the VM again (also after it powered itself off).
+   */
+  private async paid(name: string, result: StartResult): Promise<StartResult> {
+    if (result.ready && this.book.vm(name)?.upgrading) await this.markUpgrading(name, false);
+    return result;
+  }
+
+  /**
+   * A scratch file or directory in the fleet's directory (beside the layers, not in a possibly
+   * RAM-backed /tmp), named so that the next session removes it if this shoal is killed.
+   */
+  private scratchPath(purpose: string): string {
+    return tempPathBeside(join(this.paths.dir, purpose));
   }
 
   /** Makes the files written so far durable before the record says they exist. */
@@ -414,10 +426,7 @@ export class FleetSession {
   async start(name: string, timeoutMs: number | undefined): Promise<StartResult> {
     const vm = this.vm(name);
     const presence = await this.backend.presence(vm);
-    if (presence.kind === "running") {
-      await this.startOwed(name);
-      return { ready: true };
-    }
+    if (presence.kind === "running") return this.paid(name, { ready: true });
     // A guest that powered itself off, or crashed, is still held by the hypervisor.
     if (presence.kind !== "absent") await this.backend.destroy(vm);
     await this.book.update((record) => {
@@ -434,7 +443,6 @@ export class FleetSession {
       await this.ensureNetwork();
       if (this.backend.nic === "tap") await this.network.ensureTap(spec.index);
       await this.backend.start(vm);
-      await this.startOwed(name);
     } catch (error) {
       // It never ran: a VM that could not start is stopped, not crashed.
       await this.book.update((record) => {
@@ -444,14 +452,14 @@ export class FleetSession {
       throw error;
     }
     this.deps.event({ vm: name, phase: "booting" });
-    if (timeoutMs === undefined) return { ready: true };
+    if (timeoutMs === undefined) return this.paid(name, { ready: true });
     const result = await this.waitReady(vm, offset, timeoutMs);
     this.deps.event(
       result.ready
         ? { vm: name, phase: "ready" }
         : { vm: name, phase: "failed", detail: result.why },
     );
-    return result;
+    return this.paid(name, result);
   }
 
   private async waitReady(vm: BackendVm, offset: number, timeoutMs: number): Promise<StartResult> {
@@ -485,17 +493,16 @@ export class FleetSession {
   async stop(
     name: string,
     timeoutMs: number,
-    { forUpgrade = false } = {},
+    { cancelsUpgrade = false } = {},
   ): Promise<"clean" | "forced" | "was stopped"> {
     const vm = this.vm(name);
     const recorded = this.book.vm(name);
-    // A user's stop also cancels the start a killed upgrade owed this VM.
-    if (recorded?.running || (recorded?.upgrading && !forUpgrade)) {
+    if (recorded?.running || (recorded?.upgrading && cancelsUpgrade)) {
       await this.book.update((record) => {
         const entry = record.vms[name];
         if (!entry) return;
         entry.running = false;
-        if (!forUpgrade) delete entry.upgrading;
+        if (cancelsUpgrade) delete entry.upgrading;
       });
     }
     const presence = await this.backend.presence(vm);
@@ -630,8 +637,6 @@ export class FleetSession {
   /**
    * A VM's changes that hide files `newBase` has otherwise than its own base. A running VM's layer
    * (or any, `readOnly`) is read from a copy, settled there: what the VM last wrote to its disk.
-   * The copy sits in the fleet's directory (not a possibly RAM-backed /tmp), named so that the
-   * next session removes it if this shoal is killed.
    */
   async conflictsWith(name: string, newBase: string, readOnly = false): Promise<LayerChange[]> {
     const entry = this.book.vm(name);
@@ -639,10 +644,16 @@ export class FleetSession {
     if (!readOnly && (await this.backend.presence(this.vm(name))).kind === "absent") {
       const stopped = await this.stoppedLayer(name);
       return stopped
-        ? upgradeConflicts(this.deps.runner, stopped.layer, stopped.base, newBase)
+        ? upgradeConflicts(
+            this.deps.runner,
+            stopped.layer,
+            stopped.base,
+            newBase,
+            this.scratchPath("compare"),
+          )
         : [];
     }
-    const copy = tempPathBeside(join(this.paths.dir, `layer-of-${name}`));
+    const copy = this.scratchPath(`layer-of-${name}`);
     try {
       await this.deps.runner.run({
         argv: ["cp", "--sparse=always", this.paths.vm(name).layer, copy],
@@ -650,7 +661,15 @@ export class FleetSession {
       });
       const settled = await this.settledWithBase(name, copy, true);
       // Awaited here: the copy goes in `finally`.
-      return settled ? await upgradeConflicts(this.deps.runner, copy, settled.base, newBase) : [];
+      return settled
+        ? await upgradeConflicts(
+            this.deps.runner,
+            copy,
+            settled.base,
+            newBase,
+            this.scratchPath("compare"),
+          )
+        : [];
     } finally {
       await rm(copy, { force: true });
     }

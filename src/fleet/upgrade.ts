@@ -120,7 +120,9 @@ async function upgradeOne(
 ): Promise<UpgradeReport> {
   const entry = session.book.vm(name);
   if (!entry) throw new Error(`internal: ${name} has no record`);
-  const wasRunning = entry.upgrading === true || (await session.status(name)).state === "running";
+  const running = (await session.status(name)).state === "running";
+  // Marked: a killed or failed upgrade stopped it (or it did not come back) and owes it a start.
+  const wasRunning = running || entry.upgrading === true;
   const resume = async (): Promise<{ ok: boolean; detail?: string }> => {
     if (!wasRunning) return { ok: true };
     const started = await session.start(name, options.bootTimeoutMs);
@@ -142,19 +144,23 @@ async function upgradeOne(
   };
   // Stopped and moved by an upgrade that was killed before it started the VM again.
   if (entry.upgrading && onTarget(entry, target)) return report("upgraded", [], await resume());
-  if (options.policy === "skip" && wasRunning && !entry.upgrading) {
+  if (options.policy === "skip" && running) {
     // Looked at on a copy first, so that a VM that stays is not stopped for nothing; a copy that
     // cannot be read (caught mid-write) leaves the decision to the check after the stop.
     const seen = await session
       .conflictsWith(name, target.boot.base, true)
       .catch((error: unknown) => (error instanceof ShoalError ? [] : Promise.reject(error)));
-    if (seen.length > 0) return report("skipped", seen, { ok: true });
+    if (seen.length > 0) {
+      // A mark on a running VM is stale (an upgrade killed before its stop): it owes nothing.
+      if (entry.upgrading) await session.markUpgrading(name, false);
+      return report("skipped", seen, { ok: true });
+    }
   }
   if (wasRunning) await session.markUpgrading(name, true);
   let conflicts: LayerChange[];
   let detail: string | undefined;
   try {
-    await session.stop(name, options.stopTimeoutMs, { forUpgrade: true });
+    await session.stop(name, options.stopTimeoutMs);
     conflicts = await conflictsOf(session, entry, target);
     if (conflicts.length > 0 && options.policy === "skip") {
       return report("skipped", conflicts, await resume());

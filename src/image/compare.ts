@@ -1,7 +1,8 @@
 import { createHash } from "node:crypto";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { createReadStream } from "node:fs";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
 import type { Runner } from "../host/runner.js";
 import { debugfsQuote, Ext4Image, S_IFDIR, S_IFMT } from "./ext4.js";
 
@@ -32,13 +33,15 @@ export function parseStat(output: string): EntryInfo | undefined {
 
 /**
  * The paths whose file differs between two images: there in one only, another type, mode, owner,
- * size or link target, or other content (compared by sha256 when all the rest is equal).
+ * size or link target, or other content (compared by sha256 when all the rest is equal). The
+ * files to hash are copied out into `scratch`, a directory made and removed here.
  */
 export async function differingPaths(
   runner: Runner,
   oldImage: string,
   newImage: string,
   paths: readonly string[],
+  scratch: string,
 ): Promise<Set<string>> {
   const before = new Ext4Image(runner, oldImage);
   const after = new Ext4Image(runner, newImage);
@@ -67,18 +70,19 @@ export async function differingPaths(
     }
   });
   if (sameShape.length > 0) {
-    const scratch = await mkdtemp(join(tmpdir(), "shoal-compare-"));
+    await mkdir(scratch, { recursive: true });
     try {
       const hashes = async (image: Ext4Image, tag: string) => {
         const files = sameShape.map((path, i) => [path, join(scratch, `${tag}-${i}`)] as const);
         await image.dump(files);
-        return Promise.all(
-          files.map(async ([, file]) =>
-            createHash("sha256")
-              .update(await readFile(file))
-              .digest("hex"),
-          ),
-        );
+        const digests: string[] = [];
+        // One file at a time, streamed: a base may hold files larger than memory.
+        for (const [, file] of files) {
+          const hash = createHash("sha256");
+          await pipeline(createReadStream(file), hash);
+          digests.push(hash.digest("hex"));
+        }
+        return digests;
       };
       const [a, b] = await Promise.all([hashes(before, "old"), hashes(after, "new")]);
       sameShape.forEach((path, i) => {
@@ -92,7 +96,7 @@ export async function differingPaths(
 }
 
 /**
- * Every entry under each directory (path, mode, size), read level by level with one debugfs run
+ * Every entry under each directory (path, mode, owner, size), read level by level with one debugfs run
  * per level; undefined for a directory the image does not have.
  */
 async function treesOf(
@@ -112,7 +116,7 @@ async function treesOf(
       }
       for (const entry of entries) {
         const path = `${dir}/${entry.name}`;
-        lines[root]?.push(`${path} ${entry.mode.toString(8)} ${entry.size}`);
+        lines[root]?.push(`${path} ${entry.mode.toString(8)} ${entry.owner} ${entry.size}`);
         if ((entry.mode & S_IFMT) === S_IFDIR) next.push({ dir: path, root });
       }
     });
@@ -123,7 +127,8 @@ async function treesOf(
 
 /**
  * The directories whose trees differ between two images (an entry added, removed, or of another
- * mode or size anywhere below): what a layer that deleted or replaced the directory hides.
+ * mode, owner or size anywhere below; contents of the same size are not compared): what a layer
+ * that deleted or replaced the directory hides.
  */
 export async function differingTrees(
   runner: Runner,

@@ -10,6 +10,8 @@ export interface DirEntry {
   readonly name: string;
   readonly inode: number;
   readonly mode: number;
+  /** uid:gid */
+  readonly owner: string;
   readonly size: number;
 }
 
@@ -40,11 +42,12 @@ function parseListing(output: string): DirEntry[] {
     .split("\n")
     .filter((line) => line.startsWith("/"))
     .map((line) => {
-      const [, inode, mode, , , name, size] = line.split("/");
+      const [, inode, mode, uid, gid, name, size] = line.split("/");
       return {
         name: name ?? "",
         inode: Number(inode),
         mode: Number.parseInt(mode ?? "0", 8),
+        owner: `${uid}:${gid}`,
         size: Number(size),
       };
     })

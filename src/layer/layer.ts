@@ -216,6 +216,7 @@ export async function upgradeConflicts(
   layer: string,
   oldBase: string,
   newBase: string,
+  scratch: string,
 ): Promise<LayerChange[]> {
   const changes = withoutIdentity(await listLayerChanges(runner, layer, oldBase));
   const files = changes.filter((change) => change.type !== "dir").map((change) => change.path);
@@ -227,7 +228,7 @@ export async function upgradeConflicts(
     )
     .map((change) => change.path);
   const [differing, differingBelow] = await Promise.all([
-    differingPaths(runner, oldBase, newBase, files),
+    differingPaths(runner, oldBase, newBase, files, scratch),
     differingTrees(runner, oldBase, newBase, hidden),
   ]);
   return changes.filter((change) => differing.has(change.path) || differingBelow.has(change.path));

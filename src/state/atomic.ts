@@ -55,7 +55,10 @@ export async function writeFileAtomic(
   await fsyncDirectory(dir);
 }
 
-/** Removes temporary files that a killed shoal left behind in `dir`; those of live processes stay. */
+/**
+ * Removes temporary files (and scratch directories) that a killed shoal left behind in `dir`; those
+ * of live processes stay.
+ */
 export async function removeStaleTempFiles(dir: string): Promise<string[]> {
   let names: string[];
   try {
@@ -69,6 +72,6 @@ export async function removeStaleTempFiles(dir: string): Promise<string[]> {
     const pid = Number(name.slice(0, -TEMP_SUFFIX.length).split(".").at(-2));
     return !Number.isInteger(pid) || !isProcessAlive(pid);
   });
-  await Promise.all(stale.map((name) => rm(join(dir, name), { force: true })));
+  await Promise.all(stale.map((name) => rm(join(dir, name), { force: true, recursive: true })));
   return stale;
 }

@@ -309,7 +309,17 @@ describe("changing the fleet file", () => {
       ["vm-4", ["stop", "delete"], []],
     ]);
     await expect(stat(stateLayout(state).fleet(fleet).vm("vm-3").dir)).rejects.toThrow();
-    expect((await ps(file)).map((row) => row.name)).toEqual(["vm-1", "vm-2"]);
+    expect((await ps(file)).map((row) => [row.name, row.state])).toEqual([
+      ["vm-1", "running"],
+      ["vm-2", "running"],
+    ]);
+    const record = JSON.parse(await readFile(stateLayout(state).fleet(fleet).state, "utf8")) as {
+      vms: Record<string, { baseId: string }>;
+    };
+    expect(Object.values(record.vms).map((vm) => vm.baseId)).toEqual([
+      images["tiny-next"]?.id,
+      images["tiny-next"]?.id,
+    ]);
     const after = await attach(fleet, "vm-1");
     expect((await after.sh("cat /root/mine")).out.trim()).toBe("before-upgrade");
     after.detach();
@@ -378,6 +388,12 @@ describe("an upgrade to a base that does not boot", () => {
     ]);
     expect([await pidOf(fleet, "vm-2"), await pidOf(fleet, "vm-3")]).toEqual(untouched);
     expect((await ps(file)).slice(1).map((row) => row.state)).toEqual(["running", "running"]);
+    // vm-1 never came back: the start the upgrade owes it stays owed, also once it is gone.
+    expect(await upgradingMarks(fleet)).toEqual({ "vm-1": true });
+    process.kill(await pidOf(fleet, "vm-1"), "SIGKILL");
+    await expect
+      .poll(async () => (await ps(file))[0]?.state, { timeout: 20_000 })
+      .not.toBe("running");
 
     const back = await run(["upgrade", "-f", file, "--timeout", "20", "--json"]);
     expect(back.code, back.stderr).toBe(0);
@@ -393,6 +409,7 @@ describe("an upgrade to a base that does not boot", () => {
 
     // An upgrade killed after it moved vm-2 and before it started it again left it stopped and
     // marked: the next upgrade starts it; a user's `stop` would have cancelled that start.
+    expect(await upgradingMarks(fleet)).toEqual({});
     const marked = async (vms: string[]) => {
       expect((await run(["stop", "-f", file, ...vms])).code).toBe(0);
       const path = stateLayout(state).fleet(fleet).state;
@@ -417,6 +434,16 @@ describe("an upgrade to a base that does not boot", () => {
     expect(destroyed.code, destroyed.stderr).toBe(0);
   });
 });
+
+/** The VMs whose record says an upgrade owes them a start. */
+async function upgradingMarks(fleet: string): Promise<Record<string, boolean>> {
+  const record = JSON.parse(await readFile(stateLayout(state).fleet(fleet).state, "utf8")) as {
+    vms: Record<string, { upgrading?: boolean }>;
+  };
+  return Object.fromEntries(
+    Object.entries(record.vms).flatMap(([name, vm]) => (vm.upgrading ? [[name, true]] : [])),
+  );
+}
 
 /** Runs `shoal ARGS`, SIGKILLs it as soon as `trigger` fires, and resolves once it is dead. */
 function killDuring(

@@ -44,11 +44,22 @@ async function answers(line: string): Promise<Record<string, string>> {
   return Object.fromEntries(outcomes.map((outcome) => [outcome.name, outcome.stdout.trim()]));
 }
 
+async function recorded() {
+  return (
+    JSON.parse(await readFile(stateLayout(state).fleet("upg").state, "utf8")) as {
+      vms: Record<string, { baseId?: string; upgrading?: boolean }>;
+    }
+  ).vms;
+}
+
 async function baseIds(): Promise<Record<string, string | undefined>> {
-  const record = JSON.parse(await readFile(stateLayout(state).fleet("upg").state, "utf8")) as {
-    vms: Record<string, { baseId?: string }>;
-  };
-  return Object.fromEntries(VMS.map((vm) => [vm, record.vms[vm]?.baseId]));
+  const vms = await recorded();
+  return Object.fromEntries(VMS.map((vm) => [vm, vms[vm]?.baseId]));
+}
+
+async function upgrading(): Promise<Record<string, boolean | undefined>> {
+  const vms = await recorded();
+  return Object.fromEntries(VMS.map((vm) => [vm, vms[vm]?.upgrading]));
 }
 
 beforeAll(async () => {
@@ -125,8 +136,8 @@ describe("upgrading a fleet to a new base", () => {
     let stderr = "";
     child.stderr.on("data", (chunk) => {
       stderr += chunk;
-      // The first VM is back on the new base; the second is on its way.
-      if (/ready[\s\S]*stopping/.test(stderr)) child.kill("SIGKILL");
+      // The first VM is back on the new base; the second is down.
+      if (/up-1: ready[\s\S]*up-2: stopped/.test(stderr)) child.kill("SIGKILL");
     });
     const signal = await new Promise<NodeJS.Signals | null>((resolve) =>
       child.on("close", (_code, signal) => resolve(signal)),
@@ -136,6 +147,10 @@ describe("upgrading a fleet to a new base", () => {
     for (const id of half) expect([images.deb?.id, images["deb-next"]?.id]).toContain(id);
     expect(half.filter((id) => id === images["deb-next"]?.id).length).toBeGreaterThan(0);
     expect(half.filter((id) => id === images.deb?.id).length).toBeGreaterThan(0);
+    // up-2 is down, and the record says the upgrade owes it a start.
+    expect((await upgrading())["up-2"]).toBe(true);
+    const down = JSON.parse(await ok("ps", "-f", file, "--json")) as { state: string }[];
+    expect(down.map((row) => row.state)).toEqual(["running", "stopped", "running", "running"]);
 
     const reports = JSON.parse(
       await ok("upgrade", "-f", file, "--image", "deb-next", "--timeout", "600", "--json"),
@@ -143,6 +158,7 @@ describe("upgrading a fleet to a new base", () => {
     expect(reports.length).toBeGreaterThan(0);
     expect(reports.every((report) => report.outcome === "upgraded")).toBe(true);
     expect(Object.values(await baseIds())).toEqual(VMS.map(() => images["deb-next"]?.id));
+    expect(Object.values(await upgrading())).toEqual(VMS.map(() => undefined));
     const ps = JSON.parse(await ok("ps", "-f", file, "--json")) as { state: string }[];
     expect(ps.map((row) => row.state)).toEqual(VMS.map(() => "running"));
   });

@@ -586,6 +586,7 @@ describe("upgrade conflicts", () => {
       layer,
       stateLayout(state).image(tiny.id).base,
       stateLayout(state).image(next.id).base,
+      join(await tempDir(), "scratch"),
     );
     // inittab: changed in both; motd: added in both; shells: kept by the VM, removed by the base;
     // group: only its owner changed in the base; /mnt: deleted by the VM, a file added below it.
