@@ -15,6 +15,7 @@ import { UserError } from "../errors.js";
  *         image.json           name, id, size, kernel version, source, creation time, sealing
  *       .staging-*             an image being made; removed when that fails or is killed
  *     host/accel.json          whether KVM works on this host, probed once per host boot
+ *     host/xl-create.lock      flock(2) lock: one `xl create` at a time on this host
  *     fleets/FLEET/
  *       lock                   flock(2) lock; holds the pid and command of its holder
  *       state.json             what shoal created, with the spec each VM was made from
@@ -84,6 +85,7 @@ export interface StateLayout {
   readonly imageLock: string;
   readonly imageNames: string;
   readonly accelCache: string;
+  readonly xlCreateLock: string;
   readonly fleets: string;
   image(id: string): ImagePaths;
   fleet(name: string): FleetPaths;
@@ -106,6 +108,7 @@ export function stateLayout(stateDir: string): StateLayout {
     imageLock: join(images, "lock"),
     imageNames: join(images, "by-name"),
     accelCache: join(root, "host", "accel.json"),
+    xlCreateLock: join(root, "host", "xl-create.lock"),
     fleets,
     image(id) {
       const dir = join(images, id);

@@ -5,11 +5,15 @@ import type { Command, CommandResult } from "../../src/host/runner.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { RecordingRunner } from "../helpers/recording-runner.js";
 
-const vm = {
-  fleet: "lab",
-  name: "vm-1",
-  paths: stateLayout("/var/lib/shoal").fleet("lab").vm("vm-1"),
-};
+const layout = stateLayout("/var/lib/shoal");
+const vm = { fleet: "lab", name: "vm-1", paths: layout.fleet("lab").vm("vm-1") };
+
+function xlBackend(
+  runner: RecordingRunner,
+  processes?: ConstructorParameters<typeof XlBackend>[2],
+) {
+  return new XlBackend(runner, layout.xlCreateLock, processes);
+}
 
 const header = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n";
 const listed = (state: string): Partial<CommandResult> => ({
@@ -34,14 +38,14 @@ function xl(states: Partial<CommandResult>[], uptime = " 0:02:03") {
 describe("xl backend", () => {
   it("asks `xl list` by domain name; an unknown domain is absent", async () => {
     const runner = xl([unknown]);
-    expect(await new XlBackend(runner).presence(vm)).toEqual({ kind: "absent" });
+    expect(await xlBackend(runner).presence(vm)).toEqual({ kind: "absent" });
     expect(runner.argvs).toEqual([["xl", "list", "lab.vm-1"]]);
   });
 
   it("reads a running domain's start from `xl uptime`", async () => {
     const runner = xl([listed("-b----")]);
     const before = Date.now();
-    const presence = await new XlBackend(runner).presence(vm);
+    const presence = await xlBackend(runner).presence(vm);
     const after = Date.now();
     expect(presence.kind).toBe("running");
     const since = presence.kind === "running" ? (presence.since?.getTime() ?? 0) : 0;
@@ -54,23 +58,23 @@ describe("xl backend", () => {
   });
 
   it("reports a crashed domain Xen keeps (on_crash=preserve) and a powered-off one", async () => {
-    expect(await new XlBackend(xl([listed("---sc-")])).presence(vm)).toEqual({
+    expect(await xlBackend(xl([listed("---sc-")])).presence(vm)).toEqual({
       kind: "crashed",
       reason: "Xen reports a crash",
     });
-    expect(await new XlBackend(xl([listed("--ps--")])).presence(vm)).toEqual({
+    expect(await xlBackend(xl([listed("--ps--")])).presence(vm)).toEqual({
       kind: "powered-off",
     });
   });
 
   it("fails on an `xl list` error other than an unknown domain", async () => {
     const runner = xl([{ code: 1, stderr: "libxl: error: cannot connect to xenstored\n" }]);
-    await expect(new XlBackend(runner).presence(vm)).rejects.toThrow(/xl list lab\.vm-1/);
+    await expect(xlBackend(runner).presence(vm)).rejects.toThrow(/xl list lab\.vm-1/);
   });
 
   it("presses the power button with `xl shutdown`", async () => {
     const runner = xl([]);
-    await new XlBackend(runner).requestShutdown(vm);
+    await xlBackend(runner).requestShutdown(vm);
     expect(runner.argvs).toEqual([["xl", "shutdown", "lab.vm-1"]]);
   });
 
@@ -78,7 +82,7 @@ describe("xl backend", () => {
 
   it("destroys a running domain and waits until Xen let go of it", async () => {
     const runner = xl([listed("-b----"), listed("-b----"), listed("-b---d"), unknown]);
-    await new XlBackend(runner, noMonitors).destroy(vm);
+    await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
       ["xl", "list", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],
@@ -90,7 +94,7 @@ describe("xl backend", () => {
 
   it("leaves a powered-off domain to xl's monitor, which destroys it", async () => {
     const runner = xl([listed("--ps--"), unknown]);
-    await new XlBackend(runner, noMonitors).destroy(vm);
+    await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
       ["xl", "list", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],
@@ -105,7 +109,7 @@ describe("xl backend", () => {
       },
       { code: 1, stderr: "Error: Domain 'lab.vm-1' does not exist.\n" },
     ]);
-    await new XlBackend(runner, noMonitors).destroy(vm);
+    await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs.every((argv) => argv[1] === "list")).toBe(true);
   });
 
@@ -118,7 +122,7 @@ describe("xl backend", () => {
     ];
     const ended = new Promise((resolve) => monitor.on("exit", (_code, signal) => resolve(signal)));
     try {
-      await new XlBackend(xl([unknown]), processes).destroy(vm);
+      await xlBackend(xl([unknown]), processes).destroy(vm);
       expect(await ended).toBe("SIGKILL");
       expect(others.exitCode).toBeNull();
     } finally {
@@ -129,7 +133,7 @@ describe("xl backend", () => {
 
   it("does nothing to a domain Xen does not have", async () => {
     const runner = xl([unknown]);
-    await new XlBackend(runner, noMonitors).destroy(vm);
+    await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
       ["xl", "list", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],

@@ -20,6 +20,7 @@ import { pathExists } from "../../host/paths.js";
 import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { consoleLogDir } from "../../host/xen.js";
+import { withLock } from "../../state/lock.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 
 /** shoal's vif hotplug script (copied per VM), from dist/backends/xl/ and src/backends/xl/ alike. */
@@ -29,6 +30,8 @@ const XL_LOG_DIR = "/var/log/xen";
 const GONE_WAIT_MS = 30_000;
 const MONITOR_GRACE_MS = 10_000;
 const POLL_MS = 250;
+/** Long enough for a queue of domain creations on a slow dom0. */
+const CREATE_LOCK_WAIT_S = 1800;
 
 /**
  * Xen through xl: one PV domU per VM, named FLEET.VM. xl's monitor process (forked by `xl create`)
@@ -43,6 +46,7 @@ export class XlBackend implements Backend {
 
   constructor(
     private readonly runner: Runner,
+    private readonly createLock: string,
     /** Finds xl's monitor processes (a parameter so that unit tests see none). */
     private readonly processes: typeof processesNamed = processesNamed,
   ) {}
@@ -80,9 +84,17 @@ export class XlBackend implements Backend {
     const link = guestConsoleLog(logDir, this.domain(vm));
     await rm(link, { force: true });
     await symlink(vm.paths.serialLog, link);
-    // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it would
-    // leave a domain that looks alive and never runs. Its monitor process stays behind, detached.
-    await this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig], uninterruptible: true });
+    // Xen's block hotplug script sets up each file-backed disk under one host-wide lock and libxl
+    // kills it after 40 s, waiting included: domains created side by side queue their disks
+    // behind each other until one times out. One creation at a time keeps the queue to its own.
+    await withLock(
+      this.runner,
+      this.createLock,
+      { subject: "Xen's domain creation", command: "xl create", waitSeconds: CREATE_LOCK_WAIT_S },
+      // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it would
+      // leave a domain that looks alive and never runs. Its monitor process stays behind, detached.
+      () => this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig], uninterruptible: true }),
+    );
   }
 
   /** xenconsoled's log directory, looked up once per shoal run (a failed look is not kept). */
