@@ -1,7 +1,8 @@
 import { Option } from "@commander-js/extra-typings";
 import { ProcessRunner, type Runner } from "../host/runner.js";
 import { DEFAULT_FLEET_FILE } from "../spec/load.js";
-import { DEFAULT_STATE_DIR, type StateLayout, stateLayout } from "../state/layout.js";
+import { DEFAULT_STATE_DIR, type StateLayout } from "../state/layout.js";
+import { openStateDir } from "../state/trust.js";
 
 /** The global options every verb sees, as commander hands them over. */
 export interface GlobalOptions {
@@ -27,16 +28,21 @@ export function fleetFileOption(short = true) {
 
 export interface Context {
   readonly dryRun: boolean;
-  readonly layout: () => StateLayout;
+  /** The state directory, checked on first use (see state/trust.ts). */
+  readonly layout: () => Promise<StateLayout>;
   readonly runner: Runner;
   readonly print: (text: string) => void;
 }
 
 export function makeContext(options: GlobalOptions): Context {
+  let layout: Promise<StateLayout> | undefined;
   return {
     dryRun: options.dryRun === true,
-    // Laid out on first use: commands that never touch state must not fail on a bad --state-dir.
-    layout: () => stateLayout(options.stateDir),
+    // Checked on first use: commands that never touch state must not fail on a bad --state-dir.
+    layout: () => {
+      layout ??= openStateDir(options.stateDir);
+      return layout;
+    },
     runner: new ProcessRunner({ dryRun: options.dryRun === true, trace: options.debug === true }),
     print: (text) => process.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
   };

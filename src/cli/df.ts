@@ -17,7 +17,7 @@ export function dfCommand() {
     .option("--json", "print the accounting as one object for scripts")
     .action(async (options, command) => {
       await withFleet(command, options, undefined, async ({ context, session }) => {
-        const store = new ImageStore(context.runner, context.layout());
+        const store = new ImageStore(context.runner, await context.layout());
         const names = session.recordedNames();
         const vms: VmUsage[] = await Promise.all(
           names.map(async (name) => {
@@ -38,7 +38,7 @@ export function dfCommand() {
         for (const name of new Set(vms.map((vm) => vm.image))) {
           const image = await store.find(name);
           if (image) {
-            const bytes = await allocatedBytes(context.layout().image(image.id).base);
+            const bytes = await allocatedBytes((await context.layout()).image(image.id).base);
             images.push({ name, id: image.id, bytes });
           }
         }

@@ -38,14 +38,14 @@ export function doctorCommand() {
       const backend: BackendName = options.backend ?? fleet?.backend ?? "qemu";
       const results: CheckResult[] = await checkTools(context.runner, backend);
       if (backend === "qemu") {
-        results.push(...(await checkQemuHost(context.runner, context.layout().accelCache)));
+        results.push(...(await checkQemuHost(context.runner, (await context.layout()).accelCache)));
       } else {
         const memory = fleet?.vms.reduce((sum, vm) => sum + vm.memoryMiB, 0);
         results.push(...(await checkXenHost(context.runner, memory)));
       }
       const hostBridge = fleet?.network.kind === "host-bridge" ? fleet.network : undefined;
       if (fleet && hostBridge) {
-        const net = context.layout().fleet(fleet.name).net;
+        const net = (await context.layout()).fleet(fleet.name).net;
         const network = new FleetNetwork(context.runner, net, fleet.name, hostBridge);
         results.push(
           await network.checkBridge().then(

@@ -82,7 +82,7 @@ async function fleetOf(
     if (!isDnsLabel(target.fleet)) {
       throw new UserError(`--fleet ${JSON.stringify(target.fleet)} is not a fleet name`);
     }
-    const record = await readFleetRecord(context.layout(), target.fleet);
+    const record = await readFleetRecord(await context.layout(), target.fleet);
     if (!record)
       throw new UserError(
         `there is no fleet ${target.fleet} on this host`,
@@ -112,7 +112,7 @@ export async function withFleet<T>(
       "`shoal plan` shows what `shoal up` would do to each VM",
     );
   }
-  const layout = context.layout();
+  const layout = await context.layout();
   const fleet = await fleetOf(context, target);
   if (fleet.spec) {
     checkSocketPaths(
@@ -184,11 +184,11 @@ export async function bootFilesOf(
   context: Context,
   vms: readonly VmSpec[],
 ): Promise<(vm: VmSpec) => BootFiles> {
-  const store = new ImageStore(context.runner, context.layout());
+  const store = new ImageStore(context.runner, await context.layout());
   const boots = new Map<string, BootFiles>();
   for (const name of new Set(vms.map((vm) => vm.image))) {
     const image = await store.get(name);
-    const paths = context.layout().image(image.id);
+    const paths = (await context.layout()).image(image.id);
     boots.set(name, {
       kernel: paths.kernel,
       initrd: paths.initrd,

@@ -17,9 +17,9 @@ import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
 import { step } from "./progress.js";
 import { formatTable } from "./table.js";
 
-function storeOf(command: { optsWithGlobals(): object }) {
+async function storeOf(command: { optsWithGlobals(): object }) {
   const context = contextOf(command);
-  return { context, store: new ImageStore(context.runner, context.layout()) };
+  return { context, store: new ImageStore(context.runner, await context.layout()) };
 }
 
 function describe(image: ImageMeta): string {
@@ -37,7 +37,7 @@ function buildCommand() {
       "also install the union root as an initramfs-tools script and boot with the image's own initramfs (initramfs-tools)",
     )
     .action(async (name, options, command) => {
-      const { context, store } = storeOf(command);
+      const { context, store } = await storeOf(command);
       const include = options.include?.split(",").filter(Boolean) ?? [];
       // Checked before any work starts; debianSource checks again where the names reach mmdebstrap.
       checkPackages(include);
@@ -85,7 +85,7 @@ function importCommand() {
     .argument("<name>", "the new image's name")
     .argument("<path>", "what to import")
     .action(async (name, path, _options, command) => {
-      const { context, store } = storeOf(command);
+      const { context, store } = await storeOf(command);
       let format = "";
       const image = await store.add(
         { name, source: `import ${path}` },
@@ -105,7 +105,7 @@ function listCommand() {
     .description("list the images")
     .option("--json", "print an array of image objects")
     .action(async (options, command) => {
-      const { context, store } = storeOf(command);
+      const { context, store } = await storeOf(command);
       const images = await store.list();
       if (options.json) {
         context.print(JSON.stringify(images, null, 2));
@@ -128,9 +128,11 @@ function inspectCommand() {
     .description("show an image's record and files, as JSON")
     .argument("<name>")
     .action(async (name, _options, command) => {
-      const { context, store } = storeOf(command);
+      const { context, store } = await storeOf(command);
       const image = await store.get(name);
-      context.print(JSON.stringify({ ...image, files: context.layout().image(image.id) }, null, 2));
+      context.print(
+        JSON.stringify({ ...image, files: (await context.layout()).image(image.id) }, null, 2),
+      );
     });
 }
 
@@ -139,7 +141,7 @@ function removeCommand() {
     .description("remove an image (refused while a fleet uses it)")
     .argument("<name>")
     .action(async (name, _options, command) => {
-      const { context, store } = storeOf(command);
+      const { context, store } = await storeOf(command);
       await store.remove(name);
       context.print(`removed image ${name}`);
     });
@@ -155,7 +157,7 @@ function deriveCommand() {
     .option("--run <command>", "a shell command line, run by the image's /bin/sh")
     .option("--script <file>", "a script (any interpreter the image has) copied in and run")
     .action(async (name, options, command) => {
-      const { context, store } = storeOf(command);
+      const { context, store } = await storeOf(command);
       if ((options.run === undefined) === (options.script === undefined)) {
         throw new UserError(
           "give exactly one of --run and --script",
@@ -168,6 +170,7 @@ function deriveCommand() {
         throw new UserError(`cannot read script ${change.script}`, "give a file that exists");
       }
       const from = await store.get(options.from);
+      const base = (await context.layout()).image(from.id).base;
       const image = await store.add(
         {
           name,
@@ -175,12 +178,8 @@ function deriveCommand() {
           ...(from.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
         },
         (staging) =>
-          derivedSource(
-            context.runner,
-            staging,
-            context.layout().image(from.id).base,
-            change,
-            (chunk) => process.stderr.write(chunk),
+          derivedSource(context.runner, staging, base, change, (chunk) =>
+            process.stderr.write(chunk),
           ),
         step,
       );
@@ -207,7 +206,7 @@ function commitCommand() {
             "its image is what it would give",
           );
         }
-        const store = new ImageStore(context.runner, context.layout());
+        const store = new ImageStore(context.runner, await context.layout());
         const { baseId } = stopped;
         const from = (await store.list()).find((image) => image.id === baseId);
         const image = await store.add(

@@ -58,7 +58,7 @@ export function planCommand() {
     .action(async (options, command) => {
       const context = contextOf(command);
       const fleet = await loadFleetFile(options.file);
-      const layout = context.layout();
+      const layout = await context.layout();
       checkSocketPaths(
         layout,
         fleet.name,

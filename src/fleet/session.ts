@@ -41,6 +41,7 @@ import { FleetNetwork } from "../net/network.js";
 import { removeStaleTempFiles, tempPathBeside, writeFileAtomic } from "../state/atomic.js";
 import type { FleetPaths, StateLayout } from "../state/layout.js";
 import { emptyRecord, type FleetRecord, RecordBook, readFleetRecord } from "../state/store.js";
+import { checkNoLinksIn, checkOwnDirectory } from "../state/trust.js";
 
 const POLL_MS = 250;
 const PRESS_AGAIN_MS = 10_000;
@@ -110,6 +111,14 @@ export class FleetSession {
     fleet: Pick<FleetSpec, "name" | "backend">,
     backend: Backend,
   ) {
+    const paths = deps.layout.fleet(fleet.name);
+    for (const dir of [deps.layout.fleets, paths.dir, paths.vms]) await checkOwnDirectory(dir);
+    for (const dir of [paths.net.dir, paths.clientKeys]) await checkNoLinksIn(dir);
+    for (const name of await readdir(paths.vms).catch(() => [] as string[])) {
+      const vm = paths.vm(name);
+      await checkNoLinksIn(vm.dir);
+      await checkNoLinksIn(vm.hostKeys);
+    }
     const record: FleetRecord =
       (await readFleetRecord(deps.layout, fleet.name)) ?? emptyRecord(fleet);
     if (record.backend !== backend.name) {
@@ -119,7 +128,7 @@ export class FleetSession {
       );
     }
     // A shoal killed while writing the record leaves its temporary file; the record is intact.
-    await removeStaleTempFiles(deps.layout.fleet(fleet.name).dir);
+    await removeStaleTempFiles(paths.dir);
     return new FleetSession(deps, fleet.name, backend, new RecordBook(deps.layout, record));
   }
 

@@ -19,9 +19,10 @@ import { isProcessAlive } from "../host/processes.js";
 import type { Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import { parseJsonOrUndefined } from "../state/json.js";
-import type { StateLayout } from "../state/layout.js";
+import { IMAGE_ID, type StateLayout } from "../state/layout.js";
 import { withLock } from "../state/lock.js";
 import { readFleetRecord } from "../state/store.js";
+import { checkNoLinksIn, checkOwnDirectory } from "../state/trust.js";
 import { Ext4Image } from "./ext4.js";
 import { buildInitramfs } from "./initramfs.js";
 import { findImageKernel } from "./kernel.js";
@@ -35,7 +36,7 @@ import { sealImage } from "./seal.js";
 
 const imageMeta = z.object({
   name: z.string(),
-  id: z.string(),
+  id: z.string().regex(IMAGE_ID),
   size: z.int(),
   kernelVersion: z.string(),
   source: z.string(),
@@ -87,21 +88,40 @@ export class ImageStore {
     return images.filter((image): image is ImageMeta => image !== undefined);
   }
 
-  /** The id a name points to; undefined for an unknown name. */
+  /**
+   * The id a name points to; undefined for an unknown name. shoal links a name to `../ID` and
+   * nowhere else: a link elsewhere was planted, and is never followed (nor its target removed).
+   */
   private async idOf(name: string): Promise<string | undefined> {
-    const target = await readlink(join(this.layout.imageNames, name)).catch(() => undefined);
-    return target?.replace(/^\.\.\//, "");
+    for (const dir of [this.layout.images, this.layout.imageNames]) await checkOwnDirectory(dir);
+    const link = join(this.layout.imageNames, name);
+    const target = await readlink(link).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return undefined;
+      throw new ShoalError(`the image name ${link} is not a link shoal made`, {
+        hint: "someone changed the image store: look at it, and remove what is not shoal's",
+      });
+    });
+    if (target === undefined) return undefined;
+    const id = /^\.\.\/([0-9a-f]{64})$/.exec(target)?.[1];
+    if (id === undefined) {
+      throw new ShoalError(
+        `the image name ${link} points to ${JSON.stringify(target.slice(0, 80))}, not to an image of this store`,
+        { hint: "someone changed the image store: remove the link; nothing it points to is used" },
+      );
+    }
+    return id;
   }
 
   /** The image a name points to; undefined for an unknown name. */
   async find(name: string): Promise<ImageMeta | undefined> {
     const id = await this.idOf(name);
     if (id === undefined) return undefined;
+    await checkNoLinksIn(this.layout.image(id).dir);
     const path = this.layout.image(id).meta;
     const meta = imageMeta.safeParse(
       parseJsonOrUndefined(await readFile(path, "utf8").catch(() => "")),
     );
-    if (!meta.success) {
+    if (!meta.success || meta.data.id !== id) {
       throw new ShoalError(`the record of image ${name} (${path}) is missing or unreadable`, {
         hint: `remove the image with \`shoal image rm ${name}\` and make it again`,
       });
@@ -142,7 +162,7 @@ export class ImageStore {
       await Promise.all((await readdir(this.layout.imageNames)).map((name) => this.idOf(name))),
     );
     for (const entry of await readdir(this.layout.images)) {
-      if (/^[0-9a-f]{64}$/.test(entry) && !named.has(entry)) {
+      if (IMAGE_ID.test(entry) && !named.has(entry)) {
         await rm(this.layout.image(entry).dir, { recursive: true, force: true });
       }
     }

@@ -1,6 +1,7 @@
 import { join, resolve } from "node:path";
+import { isDnsLabel } from "../core/names.js";
 import { isSafePath, SAFE_PATH_RULE, UNIX_SOCKET_PATH_MAX } from "../core/syntax.js";
-import { UserError } from "../errors.js";
+import { ShoalError, UserError } from "../errors.js";
 
 /**
  * The state directory, defined here and nowhere else (the README shows the same tree):
@@ -91,7 +92,23 @@ export interface StateLayout {
   fleet(name: string): FleetPaths;
 }
 
-/** Checks the state directory a user gave and lays out every path under it. */
+export const IMAGE_ID = /^[0-9a-f]{64}$/;
+
+/**
+ * Fleet and VM names and image ids also come back from records, links and layers, which someone
+ * may have edited: one that is not what shoal would have written never becomes a path.
+ */
+function component(what: string, value: string, valid: boolean): string {
+  if (!valid) {
+    throw new ShoalError(
+      `the state directory names ${what} ${JSON.stringify(value.slice(0, 80))}, which shoal never writes`,
+      { hint: "a record, link or layer was edited or damaged: look at it, it is not used" },
+    );
+  }
+  return value;
+}
+
+/** Checks the state directory's path and lays out every path under it (see trust.ts for its owner). */
 export function stateLayout(stateDir: string): StateLayout {
   const root = resolve(stateDir);
   if (!isSafePath(root)) {
@@ -111,7 +128,7 @@ export function stateLayout(stateDir: string): StateLayout {
     xlCreateLock: join(root, "host", "xl-create.lock"),
     fleets,
     image(id) {
-      const dir = join(images, id);
+      const dir = join(images, component("an image id", id, IMAGE_ID.test(id)));
       return {
         dir,
         base: join(dir, "base.img"),
@@ -121,7 +138,7 @@ export function stateLayout(stateDir: string): StateLayout {
       };
     },
     fleet(name) {
-      const dir = join(fleets, name);
+      const dir = join(fleets, component("a fleet", name, isDnsLabel(name)));
       const vms = join(dir, "vms");
       return {
         dir,
@@ -140,7 +157,7 @@ export function stateLayout(stateDir: string): StateLayout {
         },
         vms,
         vm(vmName) {
-          const vmDir = join(vms, vmName);
+          const vmDir = join(vms, component("a VM", vmName, isDnsLabel(vmName)));
           return {
             dir: vmDir,
             layer: join(vmDir, "layer.img"),

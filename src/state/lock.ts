@@ -1,3 +1,4 @@
+import { constants } from "node:fs";
 import { mkdir, open, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { ExitCode, ShoalError } from "../errors.js";
@@ -68,7 +69,17 @@ export async function acquireLock(
   options: LockOptions,
 ): Promise<FleetLock> {
   await mkdir(dirname(path), { recursive: true });
-  const handle = await open(path, "a+", 0o644);
+  // Never through a link: the holder's name is written into the file.
+  const handle = await open(
+    path,
+    constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW,
+    0o644,
+  ).catch((error: unknown) => {
+    if ((error as NodeJS.ErrnoException).code !== "ELOOP") throw error;
+    throw new ShoalError(`the lock ${path} is a symbolic link; shoal made a file there`, {
+      hint: "someone changed the state directory: look at it, and remove the link",
+    });
+  });
   const flock = async (...mode: string[]) => {
     const result = await runner.run({
       argv: ["flock", "--exclusive", ...mode, "3"],

@@ -1,10 +1,11 @@
 import { mkdir, readFile } from "node:fs/promises";
 import { z } from "zod";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { isDnsLabel } from "../core/names.js";
 import { ShoalError } from "../errors.js";
 import { writeFileAtomic } from "./atomic.js";
 import { parseJsonOrUndefined } from "./json.js";
-import type { StateLayout } from "./layout.js";
+import { IMAGE_ID, type StateLayout } from "./layout.js";
 
 /**
  * The recorded state of a fleet: which VMs shoal made and the spec each was made from. It is what
@@ -65,7 +66,7 @@ const fleetRecord = z.object({
       /** Whether shoal last started it (and did not stop it): a VM meant to run that is gone crashed. */
       running: z.boolean().default(false),
       /** The id of the base its definition boots from (absent in records older than upgrades). */
-      baseId: z.string().optional(),
+      baseId: z.string().regex(IMAGE_ID).optional(),
       /**
        * Set while an upgrade has stopped it to move it to another base, cleared once it runs
        * again: a VM left so by a killed upgrade is started by the next one.
@@ -95,7 +96,14 @@ export async function readFleetRecord(
     throw error;
   }
   const result = fleetRecord.safeParse(parseJsonOrUndefined(text));
-  if (!result.success) {
+  // Names become paths and host-wide names: one shoal would not have written is never used.
+  const foreign =
+    result.success &&
+    (result.data.fleet !== fleet ||
+      Object.entries(result.data.vms).some(
+        ([name, vm]) => !isDnsLabel(name) || vm.spec.name !== name,
+      ));
+  if (!result.success || foreign) {
     throw new ShoalError(`the state file ${path} is not one shoal can read`, {
       hint: "it was written by another shoal version or edited by hand; restore it: it is the index of the fleet's VMs and their layers",
     });
