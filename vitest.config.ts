@@ -16,7 +16,7 @@ export default defineConfig({
         test: {
           name: "e2e",
           include: ["test/e2e/**/*.test.ts"],
-          globalSetup: ["test/integration/build.ts"],
+          globalSetup: ["test/integration/build.ts", "test/e2e/image-cache.ts"],
           // Real VMs under software emulation: one file at a time, each VM given minutes.
           fileParallelism: false,
           testTimeout: 900_000,

@@ -12,6 +12,7 @@ import { stateLayout } from "../../src/state/layout.js";
 import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
 import { fingerprints, waitForIdentity } from "../helpers/identity.js";
+import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 import {
   isRunning,
@@ -39,16 +40,12 @@ beforeAll(async () => {
   state = stateDir();
   // As a host's state directory is: dnsmasq reads the fleet's files as user nobody.
   await chmod(state, 0o755);
-  for (const [name, extra] of [
-    ["debian", ["--from", "debian:bookworm"]],
-    ["debian-hook", ["--from", "debian:bookworm", "--hook", "initramfs-tools"]],
-    ["tiny", ["--from", "busybox"]],
+  for (const [name, build] of [
+    ["debian", { from: "debian:bookworm" }],
+    ["debian-hook", { from: "debian:bookworm", hook: "initramfs-tools" }],
+    ["tiny", { from: "busybox" }],
   ] as const) {
-    const built = await shoal(["--state-dir", state, "image", "build", name, ...extra]);
-    expect(built.code, built.stderr).toBe(0);
-    images[name] = JSON.parse(
-      (await shoal(["--state-dir", state, "image", "inspect", name])).stdout,
-    ) as ImageMeta;
+    images[name] = await sharedImage(state, name, build);
   }
 });
 

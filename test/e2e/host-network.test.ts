@@ -7,6 +7,7 @@ import { hostTapName } from "../../src/core/net.js";
 import { hostNameservers } from "../../src/net/network.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
+import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { isRunning, killQemusMentioning, qemuPidsMentioning } from "../helpers/vm.js";
 
@@ -37,8 +38,7 @@ const ipHost = async (...args: string[]) => (await exec("ip", ["-n", NAMESPACE, 
 beforeAll(async () => {
   state = stateDir();
   await chmod(state, 0o755);
-  const built = await shoal(["--state-dir", state, "image", "build", "tiny", "--from", "busybox"]);
-  expect(built.code, built.stderr).toBe(0);
+  await sharedImage(state, "tiny", { from: "busybox" });
   await exec("ip", ["netns", "add", NAMESPACE]);
   await ipHost("link", "set", "lo", "up");
   await ipHost("link", "add", "br0", "type", "bridge");

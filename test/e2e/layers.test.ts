@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { destroyAllFleets, shoal } from "../helpers/cli.js";
+import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { killQemusMentioning, sha256 } from "../helpers/vm.js";
 
@@ -51,8 +52,7 @@ beforeAll(async () => {
   state = stateDir();
   // As a host's state directory is: dnsmasq reads the fleet's files as user nobody.
   await chmod(state, 0o755);
-  await ok("image", "build", "tiny", "--from", "busybox");
-  image = JSON.parse(await ok("image", "inspect", "tiny")) as ImageMeta;
+  image = await sharedImage(state, "tiny", { from: "busybox" });
   baseSum = await sha256(stateLayout(state).image(image.id).base);
   file = join(state, "layers.yaml");
   await writeFile(file, `name: lay\ncount: ${COUNT}\nvm: { layer: { size: 256M } }\n`);

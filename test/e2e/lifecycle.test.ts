@@ -8,6 +8,7 @@ import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
 import { fingerprints, waitForIdentity } from "../helpers/identity.js";
+import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { GuestConsole, killQemusMentioning, qemuPidsMentioning, sha256 } from "../helpers/vm.js";
 
@@ -27,10 +28,8 @@ async function run(args: readonly string[]) {
   return shoal(["--state-dir", state, ...args]);
 }
 
-async function buildImage(name: string) {
-  const built = await run(["image", "build", name, "--from", "busybox"]);
-  expect(built.code, built.stderr).toBe(0);
-  images[name] = JSON.parse((await run(["image", "inspect", name])).stdout) as ImageMeta;
+async function buildImage(name: string, copy: number) {
+  images[name] = await sharedImage(state, name, { from: "busybox", copy });
   baseSums[name] = await sha256(stateLayout(state).image(images[name]?.id ?? "").base);
 }
 
@@ -38,8 +37,8 @@ beforeAll(async () => {
   state = stateDir();
   // As a host's state directory is: dnsmasq reads the fleet's files as user nobody.
   await chmod(state, 0o755);
-  await buildImage("tiny");
-  await buildImage("tiny-next");
+  await buildImage("tiny", 1);
+  await buildImage("tiny-next", 2);
 });
 
 afterAll(async () => {

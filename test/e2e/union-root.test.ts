@@ -8,6 +8,7 @@ import { createLayer, listLayerChanges, readLayerFile } from "../../src/layer/la
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
+import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
 
@@ -25,18 +26,15 @@ const images: Record<
   ImageMeta & { paths: ReturnType<ReturnType<typeof stateLayout>["image"]> }
 > = {};
 
-async function buildImage(name: string) {
-  const result = await shoal(["--state-dir", state, "image", "build", name, "--from", "busybox"]);
-  expect(result.code, result.stderr).toBe(0);
-  const inspect = await shoal(["--state-dir", state, "image", "inspect", name]);
-  const meta = JSON.parse(inspect.stdout) as ImageMeta;
+async function buildImage(name: string, copy: number) {
+  const meta = await sharedImage(state, name, { from: "busybox", copy });
   images[name] = { ...meta, paths: stateLayout(state).image(meta.id) };
 }
 
 beforeAll(async () => {
   state = stateDir();
-  await buildImage("tiny");
-  await buildImage("tiny-next");
+  await buildImage("tiny", 1);
+  await buildImage("tiny-next", 2);
 });
 
 afterEach(killAllVms);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
+import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { killQemusMentioning, sha256 } from "../helpers/vm.js";
 
@@ -65,7 +66,7 @@ async function upgrading(): Promise<Record<string, boolean | undefined>> {
 beforeAll(async () => {
   state = stateDir();
   await chmod(state, 0o755);
-  await ok("image", "build", "deb", "--from", "debian:bookworm");
+  await sharedImage(state, "deb", { from: "debian:bookworm" });
   debSum = await sha256(stateLayout(state).image((await inspect("deb")).id).base);
   // The new base: one more package, and a setting the VMs' SSH server reads changed.
   await ok(

@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
-import { shoal } from "../helpers/cli.js";
+import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { sha256 } from "../helpers/vm.js";
 import { XenLab } from "../helpers/xen-lab.js";
@@ -76,11 +75,7 @@ async function domains(): Promise<string[]> {
 
 beforeAll(async () => {
   const state = hostState();
-  const built = await shoal(["--state-dir", state, "image", "build", "tiny", "--from", "busybox"]);
-  expect(built.code, built.stderr).toBe(0);
-  const image = JSON.parse(
-    (await shoal(["--state-dir", state, "image", "inspect", "tiny"])).stdout,
-  ) as ImageMeta;
+  const image = await sharedImage(state, "tiny", { from: "busybox" });
   basePath = `/var/lib/shoal/images/${image.id}/base.img`;
   baseSum = await sha256(stateLayout(state).image(image.id).base);
   // Assigned before it starts: afterAll stops whatever of it started, also after a timeout.
