@@ -30,25 +30,73 @@ export interface ModuleIndex {
   readonly builtin: ReadonlySet<string>;
 }
 
-export function parseModuleIndex(modulesDep: string, modulesBuiltin = ""): ModuleIndex {
+/**
+ * A kernel release as `uname -r` prints it (at most 64 characters there): one path component
+ * under /lib/modules and /boot, so nothing else is allowed in it.
+ */
+export function isKernelVersion(version: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$/.test(version);
+}
+
+const MODULE_DIR = /^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,254}$/;
+const MODULE_FILE = /^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,240}\.ko(\.(xz|zst|gz))?$/;
+
+/**
+ * Whether a module path from an image's modules.dep or modules.builtin is one shoal may use to
+ * name a file: relative to /lib/modules/VERSION, plain directory names (no `..`, `.` or empty
+ * ones), a .ko file, compressed or not. depmod writes nothing else; anything else is refused.
+ */
+export function isModulePath(path: string): boolean {
+  const parts = path.split("/");
+  const file = parts.pop() ?? "";
+  return (
+    path.length <= 1024 && MODULE_FILE.test(file) && parts.every((dir) => MODULE_DIR.test(dir))
+  );
+}
+
+export interface BadModuleEntry {
+  readonly file: "modules.dep" | "modules.builtin";
+  /** 1-based */
+  readonly line: number;
+  readonly entry: string;
+}
+
+export type ParsedModules =
+  | { readonly ok: true; readonly index: ModuleIndex }
+  | { readonly ok: false; readonly bad: BadModuleEntry };
+
+/** The module index of a kernel; the first path that is not a module path makes it unusable. */
+export function parseModuleIndex(modulesDep: string, modulesBuiltin = ""): ParsedModules {
   const paths = new Map<string, string>();
   const deps = new Map<string, readonly string[]>();
-  for (const line of modulesDep.split("\n")) {
+  const depLines = modulesDep.split("\n");
+  for (const [i, line] of depLines.entries()) {
+    if (line.trim() === "") continue;
     const colon = line.indexOf(":");
-    if (colon <= 0) continue;
-    const path = line.slice(0, colon).trim();
+    const path = colon < 0 ? line.trim() : line.slice(0, colon).trim();
+    const needs =
+      colon < 0
+        ? []
+        : line
+            .slice(colon + 1)
+            .trim()
+            .split(/\s+/)
+            .filter(Boolean);
+    const bad = [path, ...needs].find((entry) => !isModulePath(entry));
+    if (colon < 0 || bad !== undefined)
+      return { ok: false, bad: { file: "modules.dep", line: i + 1, entry: bad ?? path } };
     paths.set(moduleName(path), path);
-    deps.set(
-      path,
-      line
-        .slice(colon + 1)
-        .trim()
-        .split(/\s+/)
-        .filter(Boolean),
-    );
+    deps.set(path, needs);
   }
-  const builtin = new Set(modulesBuiltin.split("\n").filter(Boolean).map(moduleName));
-  return { paths, deps, builtin };
+  const builtin = new Set<string>();
+  for (const [i, line] of modulesBuiltin.split("\n").entries()) {
+    const path = line.trim();
+    if (path === "") continue;
+    if (!isModulePath(path))
+      return { ok: false, bad: { file: "modules.builtin", line: i + 1, entry: path } };
+    builtin.add(moduleName(path));
+  }
+  return { ok: true, index: { paths, deps, builtin } };
 }
 
 export type LoadOrder = { ok: true; paths: string[] } | { ok: false; missing: string[] };

@@ -70,7 +70,8 @@ export async function differingPaths(
     }
   });
   if (sameShape.length > 0) {
-    await mkdir(scratch, { recursive: true });
+    // The copies hold what the images hold (a layer's /etc/shadow too): root's only.
+    await mkdir(scratch, { mode: 0o700 });
     try {
       const hashes = async (image: Ext4Image, tag: string) => {
         const files = sameShape.map((path, i) => [path, join(scratch, `${tag}-${i}`)] as const);

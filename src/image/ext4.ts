@@ -1,3 +1,4 @@
+import { chmod } from "node:fs/promises";
 import { ShoalError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 
@@ -117,15 +118,20 @@ export class Ext4Image {
     return errors.length > 0 ? undefined : stdout;
   }
 
-  /** Copies files out of the image, keeping their mode: [path in image, path on host]. */
-  async dump(files: readonly (readonly [string, string])[]): Promise<void> {
+  /**
+   * Copies files out of the image: [path in image, path on host], each host path one shoal chose
+   * in a directory of its own. The copies get `mode` and shoal's owner, never the image's: an
+   * image's setuid bits, owners and world-writable modes stay in the image.
+   */
+  async dump(files: readonly (readonly [string, string])[], mode = 0o600): Promise<void> {
     if (files.length === 0) return;
     const errors = await this.batch(
-      files.map(([from, to]) => `dump -p ${debugfsQuote(from)} ${debugfsQuote(to)}`),
+      files.map(([from, to]) => `dump ${debugfsQuote(from)} ${debugfsQuote(to)}`),
       false,
     );
     if (errors.length > 0)
       throw new ShoalError(`cannot read from image ${this.path}: ${errors[0]}`);
+    for (const [, to] of files) await chmod(to, mode);
   }
 
   /** Runs write requests (rm, punch, sif...) on the image. */

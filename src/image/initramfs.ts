@@ -1,6 +1,7 @@
 import { chmod, copyFile, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
-import { dirname, join, relative } from "node:path";
+import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
+import { isKernelVersion, isModulePath } from "../core/modules.js";
 import { ShoalError } from "../errors.js";
 import { pathExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
@@ -38,6 +39,21 @@ async function listTree(root: string, dir = root): Promise<string[]> {
 }
 
 /**
+ * Where a module taken from the image goes in the initramfs tree. Its path and the kernel version
+ * were read from the image: checked again here, where they become a host path, and the result
+ * must lie inside the tree.
+ */
+function moduleCopy(root: string, version: string, path: string): string {
+  const copy = resolve(root, "lib/modules", version, path);
+  if (!isKernelVersion(version) || !isModulePath(path) || !copy.startsWith(resolve(root) + sep)) {
+    throw new Error(
+      `internal: module ${JSON.stringify(path)} of kernel ${JSON.stringify(version)} would land outside the initramfs`,
+    );
+  }
+  return copy;
+}
+
+/**
  * Builds shoal's initramfs for an image's kernel: busybox, the union root's modules taken from
  * the image itself (decompressed, so busybox's insmod can load them), mke2fs for blank layers,
  * and the union-root init. Nothing in the image changes.
@@ -52,20 +68,21 @@ export async function buildInitramfs(
   const root = join(work, "initramfs");
   const moduleDir = `/lib/modules/${kernel.version}`;
   await mkdir(join(root, "lib/shoal"), { recursive: true });
-  const dumps = kernel.unionRootModules.map(
-    (path) => [`${moduleDir}/${path}`, join(root, moduleDir, path)] as const,
+  const modules = kernel.unionRootModules.map((path) => ({
+    path,
+    copy: moduleCopy(root, kernel.version, path),
+  }));
+  for (const { copy } of modules) await mkdir(dirname(copy), { recursive: true });
+  await image.dump(
+    modules.map(({ path, copy }) => [`${moduleDir}/${path}`, copy] as const),
+    0o644,
   );
-  for (const [, to] of dumps) await mkdir(dirname(to), { recursive: true });
-  await image.dump(dumps);
   const loaded: string[] = [];
-  for (const path of kernel.unionRootModules) {
+  for (const { path, copy } of modules) {
     const suffix = Object.keys(DECOMPRESSORS).find((s) => path.endsWith(s));
     if (suffix) {
       await runner.run({
-        argv: [...(DECOMPRESSORS[suffix] ?? []), join(root, moduleDir, path)] as [
-          string,
-          ...string[],
-        ],
+        argv: [...(DECOMPRESSORS[suffix] ?? []), copy] as [string, ...string[]],
       });
     }
     loaded.push(`${kernel.version}/${suffix ? path.slice(0, -suffix.length) : path}`);

@@ -1,17 +1,18 @@
 import {
+  isKernelVersion,
   loadOrder,
   type ModuleIndex,
   parseModuleIndex,
   UNION_ROOT_MODULES,
 } from "../core/modules.js";
 import { UserError } from "../errors.js";
-import type { Ext4Image } from "./ext4.js";
+import { type DirEntry, type Ext4Image, S_IFMT, S_IFREG } from "./ext4.js";
 
 export interface ImageKernel {
   readonly version: string;
   /** Path of the kernel inside the image. */
   readonly kernel: string;
-  /** Path of the image's own initramfs, when it has one. */
+  /** Path of the image's own initramfs, when it has one (a regular file). */
   readonly initrd?: string;
   readonly modules: ModuleIndex;
   /** The union root's modules in load order, relative to /lib/modules/VERSION. */
@@ -61,11 +62,25 @@ export async function findImageKernel(image: Ext4Image, label: string): Promise<
       "install a kernel in the image (linux-image-amd64 on Debian)",
     );
   }
+  if (!isKernelVersion(version)) {
+    throw new UserError(
+      `the kernel version ${JSON.stringify(version)} in ${label} is not one shoal takes`,
+      "a kernel version is letters, digits and . _ + ~ - (as uname -r prints it)",
+    );
+  }
   const dir = `/lib/modules/${version}`;
-  const modules = parseModuleIndex(
+  const parsed = parseModuleIndex(
     (await image.readFile(`${dir}/modules.dep`)) ?? "",
     (await image.readFile(`${dir}/modules.builtin`)) ?? "",
   );
+  if (!parsed.ok) {
+    const { file, line, entry } = parsed.bad;
+    throw new UserError(
+      `${dir}/${file} in ${label}, line ${line}: ${JSON.stringify(entry.slice(0, 200))} is not a module path`,
+      "modules are .ko files below /lib/modules/VERSION, named without . or .. (depmod writes them so)",
+    );
+  }
+  const modules = parsed.index;
   const order = loadOrder(modules, UNION_ROOT_MODULES);
   if (!order.ok) {
     const what = order.missing.includes("overlay")
@@ -76,12 +91,28 @@ export async function findImageKernel(image: Ext4Image, label: string): Promise<
       "shoal needs overlayfs, ext4 and virtio or Xen block drivers",
     );
   }
-  const initrd = boot.find((entry) => entry.name === `initrd.img-${version}`);
+  const kernel = `vmlinuz-${version}`;
+  if (!isRegularFile(boot, kernel)) {
+    throw new UserError(
+      `/boot/${kernel} in ${label} is not a regular file`,
+      "shoal copies the kernel out of the image as a file, never through a link",
+    );
+  }
+  const initrd = `initrd.img-${version}`;
   return {
     version,
-    kernel: `/boot/vmlinuz-${version}`,
-    ...(initrd ? { initrd: `/boot/${initrd.name}` } : {}),
+    kernel: `/boot/${kernel}`,
+    ...(isRegularFile(boot, initrd) ? { initrd: `/boot/${initrd}` } : {}),
     modules,
     unionRootModules: order.paths,
   };
+}
+
+/**
+ * Boot files are copied out of the image as regular files only: asked to copy a link, debugfs
+ * copies the link itself, not what it names.
+ */
+function isRegularFile(boot: readonly DirEntry[], name: string): boolean {
+  const entry = boot.find((candidate) => candidate.name === name);
+  return entry !== undefined && (entry.mode & S_IFMT) === S_IFREG;
 }

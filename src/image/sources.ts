@@ -1,7 +1,10 @@
-import { mkdir, open, readFile, stat, writeFile } from "node:fs/promises";
+import { constants, type Stats } from "node:fs";
+import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import { z } from "zod";
 import { UserError } from "../errors.js";
-import type { Runner } from "../host/runner.js";
+import { CommandFailed, type Runner } from "../host/runner.js";
+import { parseJsonOrUndefined } from "../state/json.js";
 import { GUEST_DIR } from "./initramfs.js";
 import { imageFromTree, rawFromTree } from "./mkfs.js";
 import { buildTinyTree } from "./tiny.js";
@@ -153,6 +156,126 @@ export function detectFormat(header: Buffer): Format | undefined {
   return undefined;
 }
 
+const IMPORT_HINT = "import takes a raw ext4 image, a directory, a tarball or a qcow2";
+
+function kindOf(info: Stats): string {
+  if (info.isBlockDevice()) return "a block device";
+  if (info.isCharacterDevice()) return "a character device";
+  if (info.isFIFO()) return "a FIFO";
+  if (info.isSocket()) return "a socket";
+  return "not a regular file";
+}
+
+/** What an image qemu-img reads takes from outside its own file; undefined when nothing. */
+export function qcow2Outside(info: unknown): string | undefined {
+  const parsed = qemuImgInfo.safeParse(info);
+  if (!parsed.success) return "an unexpected description (qemu-img info)";
+  const { data } = parsed;
+  const backing = data["backing-filename"] ?? data["full-backing-filename"];
+  if (backing !== undefined) return `a backing file ${JSON.stringify(backing.slice(0, 200))}`;
+  if (data["backing-filename-format"] !== undefined) return "a backing file";
+  const dataFile = data["format-specific"]?.data?.["data-file"];
+  if (dataFile !== undefined)
+    return `an external data file ${JSON.stringify(dataFile.slice(0, 200))}`;
+  if (data["format-specific"]?.data?.["data-file-raw"] !== undefined)
+    return "an external data file";
+  return undefined;
+}
+
+const qemuImgInfo = z.object({
+  format: z.literal("qcow2"),
+  "backing-filename": z.string().optional(),
+  "full-backing-filename": z.string().optional(),
+  "backing-filename-format": z.string().optional(),
+  "format-specific": z
+    .object({
+      data: z
+        .object({ "data-file": z.string().optional(), "data-file-raw": z.boolean().optional() })
+        .optional(),
+    })
+    .optional(),
+});
+
+/**
+ * A qcow2 as qemu-img opens it: as a qcow2 (never probed), from a plain file (never a protocol
+ * such as nbd: or json: in its name), and with no backing file, whatever its header names.
+ */
+function qcow2Spec(file: string): string {
+  return `json:${JSON.stringify({ driver: "qcow2", backing: null, file: { driver: "file", filename: file } })}`;
+}
+
+/**
+ * The raw image a qcow2 holds. A qcow2 that reads another file (a backing file, an external data
+ * file: a host's /dev/sda1, say) is refused: shoal imports what the file holds and nothing else.
+ * The checks and the conversion work on a copy only root can change, so what is checked is what
+ * is converted.
+ */
+async function rawFromQcow2(runner: Runner, staging: string, path: string, fd: number) {
+  const copy = join(staging, "source.qcow2");
+  const raw = join(staging, "raw.img");
+  await runner.run({ argv: ["cp", "--sparse=always", "/dev/fd/3", copy], fd3: fd });
+  const { stdout } = await runner.run({
+    argv: ["qemu-img", "info", "--output=json", qcow2Spec(copy)],
+    probe: true,
+  });
+  const outside = qcow2Outside(parseJsonOrUndefined(stdout));
+  if (outside !== undefined) {
+    throw new UserError(
+      `${path} reads ${outside}: shoal imports only what the qcow2 itself holds`,
+      "make it self-contained first if you trust what it reads (qemu-img convert -O qcow2 IN OUT)",
+    );
+  }
+  await runner.run({ argv: ["qemu-img", "convert", "-O", "raw", qcow2Spec(copy), raw] });
+  await rm(copy);
+  if (detectFormat(await readHeader(raw)) !== "ext4") {
+    throw new UserError(
+      `${path} holds no bare ext4 filesystem`,
+      "shoal takes a filesystem image, not a partitioned disk",
+    );
+  }
+  return raw;
+}
+
+/**
+ * Unpacks a tarball into a tree of the staging directory (root's only: the tree may hold device
+ * nodes and setuid programs). GNU tar as root keeps everything inside the tree: it skips members
+ * whose names hold `..`, strips a leading `/` from names and hard link targets, and makes links
+ * that point up or out only at the end, so no member is written through them. Those are its
+ * defaults; shoal never passes -P or --keep-directory-symlink, which would turn them off.
+ */
+async function rawFromTarball(runner: Runner, staging: string, path: string, fd: number) {
+  return rawFromTree(runner, staging, async (tree) => {
+    await runner
+      .run({
+        argv: [
+          "tar",
+          "-x",
+          "-f",
+          "/dev/fd/3",
+          "-C",
+          tree,
+          "--numeric-owner",
+          "--xattrs",
+          "--xattrs-include=*",
+          "--delay-directory-restore",
+        ],
+        fd3: fd,
+      })
+      .catch((error: unknown) => {
+        if (!(error instanceof CommandFailed)) throw error;
+        const why = error.stderrTail
+          .split("\n")
+          .find(
+            (line) => /^tar: /.test(line) && !/^tar: (Removing leading|Exiting with)/.test(line),
+          );
+        throw new UserError(
+          `cannot unpack ${path}: ${(why ?? `tar exited with code ${error.code}`).slice(0, 300)}`,
+          "shoal takes a tarball whose members all stay inside it (no .. in names, no links out to write through)",
+        );
+      });
+  });
+}
+
 /** An existing image: a raw ext4 image, a directory tree, a tarball, or a qcow2 (converted). */
 export async function importSource(
   runner: Runner,
@@ -162,50 +285,42 @@ export async function importSource(
   const source = resolve(path);
   const info = await stat(source).catch(() => undefined);
   if (!info) throw new UserError(`no such file or directory: ${path}`);
-  const raw = join(staging, "raw.img");
   if (info.isDirectory()) {
+    // mkfs.ext4 -d copies the tree's links as links; it never follows one to copy what it names.
+    const raw = join(staging, "raw.img");
     await imageFromTree(runner, source, raw);
     return { raw, format: "directory" };
   }
-  const format = detectFormat(await readHeader(source));
-  switch (format) {
-    case "ext4":
-      await runner.run({ argv: ["cp", "--sparse=always", source, raw] });
-      break;
-    case "qcow2":
-      await runner.run({ argv: ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", source, raw] });
-      if (detectFormat(await readHeader(raw)) !== "ext4") {
-        throw new UserError(
-          `${path} holds no bare ext4 filesystem`,
-          "shoal takes a filesystem image, not a partitioned disk",
-        );
-      }
-      break;
-    case "tar":
-    case "compressed":
-      await rawFromTree(runner, staging, async (tree) => {
-        const extract = [
-          "tar",
-          "-x",
-          "-f",
-          source,
-          "-C",
-          tree,
-          "--numeric-owner",
-          "--xattrs",
-          "--xattrs-include=*",
-        ] as const;
-        await runner.run({ argv: [...extract] });
-      });
-      break;
-    default:
-      throw new UserError(
-        `${path} is not a filesystem image`,
-        "import takes a raw ext4 image, a directory, a tarball or a qcow2",
-      );
+  if (!info.isFile()) throw new UserError(`${path} is ${kindOf(info)}`, IMPORT_HINT);
+  // Read from here on through this one descriptor only (tools get it as /dev/fd/3): a path swapped
+  // for a device or a FIFO after the check is never read. O_NONBLOCK: opening a FIFO must not hang.
+  const handle = await open(source, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  try {
+    const opened = await handle.stat();
+    if (!opened.isFile()) throw new UserError(`${path} is ${kindOf(opened)}`, IMPORT_HINT);
+    const header = Buffer.alloc(4096);
+    await handle.read(header, 0, header.length, 0);
+    const format = detectFormat(header);
+    let raw = join(staging, "raw.img");
+    switch (format) {
+      case "ext4":
+        await runner.run({ argv: ["cp", "--sparse=always", "/dev/fd/3", raw], fd3: handle.fd });
+        break;
+      case "qcow2":
+        raw = await rawFromQcow2(runner, staging, path, handle.fd);
+        break;
+      case "tar":
+      case "compressed":
+        raw = await rawFromTarball(runner, staging, path, handle.fd);
+        break;
+      default:
+        throw new UserError(`${path} is not a filesystem image`, IMPORT_HINT);
+    }
+    await runner.run({ argv: ["e2fsck", "-f", "-n", raw] });
+    return { raw, format: format === "compressed" ? "tar" : format };
+  } finally {
+    await handle.close();
   }
-  await runner.run({ argv: ["e2fsck", "-f", "-n", raw] });
-  return { raw, format: format === "compressed" ? "tar" : format };
 }
 
 async function readHeader(path: string): Promise<Buffer> {

@@ -187,7 +187,9 @@ export class ImageStore {
     await mkdir(this.layout.imageNames, { recursive: true });
     await this.removeStaleStaging();
     const staging = join(this.layout.images, `${STAGING_PREFIX}${process.pid}-${Date.now()}`);
-    await mkdir(staging, { recursive: true });
+    // Root's only while it is made: an image's tree may hold setuid programs and device nodes
+    // (a tarball's /dev/sda, mode 0666), which must never be within reach of another user.
+    await mkdir(staging, { mode: 0o700 });
     try {
       const raw = await step(`making ${request.name} from ${request.source}`, () =>
         produce(staging),
@@ -200,13 +202,14 @@ export class ImageStore {
         kernel: join(staging, "vmlinuz"),
         initrd: join(staging, "initrd.img"),
       };
-      await image.dump([[kernel.kernel, files.kernel]]);
+      await image.dump([[kernel.kernel, files.kernel]], 0o444);
       if (request.ownInitramfs) {
         if (!kernel.initrd)
           throw new UserError(
             `image ${request.name} has no initramfs for its kernel ${kernel.version}`,
+            `shoal takes it from the regular file /boot/initrd.img-${kernel.version}`,
           );
-        await image.dump([[kernel.initrd, files.initrd]]);
+        await image.dump([[kernel.initrd, files.initrd]], 0o444);
       } else {
         await step(`building shoal's initramfs for kernel ${kernel.version}`, () =>
           buildInitramfs(this.runner, image, kernel, staging, files.initrd),
@@ -230,6 +233,8 @@ export class ImageStore {
         `${JSON.stringify(meta, null, 2)}\n`,
         0o444,
       );
+      // Only the image's own files are left in it, read-only: the store shows them as before.
+      await chmod(staging, 0o755);
       return await this.locked("image add", async () => {
         // Another shoal may have taken the name while this one was building.
         if (await this.find(request.name))

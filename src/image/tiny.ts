@@ -129,10 +129,13 @@ export async function buildTinyTree(runner: Runner, root: string): Promise<void>
   const hostModules = `/lib/modules/${version}`;
   const dep = await readFile(join(hostModules, "modules.dep"), "utf8");
   const builtin = await readFile(join(hostModules, "modules.builtin"), "utf8");
-  const order = loadOrder(parseModuleIndex(dep, builtin), [
-    ...UNION_ROOT_MODULES,
-    ...TINY_IMAGE_MODULES,
-  ]);
+  const parsed = parseModuleIndex(dep, builtin);
+  if (!parsed.ok)
+    throw new ShoalError(
+      `${hostModules}/${parsed.bad.file} line ${parsed.bad.line} names no module file: ${JSON.stringify(parsed.bad.entry)}`,
+      { hint: "run depmod for that kernel" },
+    );
+  const order = loadOrder(parsed.index, [...UNION_ROOT_MODULES, ...TINY_IMAGE_MODULES]);
   if (!order.ok)
     throw new ShoalError(
       `the host kernel ${version} lacks the modules ${order.missing.join(", ")}`,
