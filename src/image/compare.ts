@@ -75,7 +75,7 @@ export async function differingPaths(
     try {
       const hashes = async (image: Ext4Image, tag: string) => {
         const files = sameShape.map((path, i) => [path, join(scratch, `${tag}-${i}`)] as const);
-        await image.dump(files);
+        await image.dump(files, 0o600);
         const digests: string[] = [];
         // One file at a time, streamed: a base may hold files larger than memory.
         for (const [, file] of files) {

@@ -1,4 +1,4 @@
-import { chmod } from "node:fs/promises";
+import { chmod, chown, stat } from "node:fs/promises";
 import { ShoalError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 
@@ -120,18 +120,23 @@ export class Ext4Image {
 
   /**
    * Copies files out of the image: [path in image, path on host], each host path one shoal chose
-   * in a directory of its own. The copies get `mode` and shoal's owner, never the image's: an
-   * image's setuid bits, owners and world-writable modes stay in the image.
+   * in a directory only root can enter. The copies are shoal's: owned by it, with `mode`; without
+   * one (a copy bound back into an image), with the image's permission bits but never its owner
+   * or its setuid, setgid and sticky bits.
    */
-  async dump(files: readonly (readonly [string, string])[], mode = 0o600): Promise<void> {
+  async dump(files: readonly (readonly [string, string])[], mode?: number): Promise<void> {
     if (files.length === 0) return;
+    const keep = mode === undefined ? "-p " : "";
     const errors = await this.batch(
-      files.map(([from, to]) => `dump ${debugfsQuote(from)} ${debugfsQuote(to)}`),
+      files.map(([from, to]) => `dump ${keep}${debugfsQuote(from)} ${debugfsQuote(to)}`),
       false,
     );
     if (errors.length > 0)
       throw new ShoalError(`cannot read from image ${this.path}: ${errors[0]}`);
-    for (const [, to] of files) await chmod(to, mode);
+    for (const [, to] of files) {
+      await chown(to, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
+      await chmod(to, mode ?? (await stat(to)).mode & 0o777);
+    }
   }
 
   /** Runs write requests (rm, punch, sif...) on the image. */

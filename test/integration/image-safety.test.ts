@@ -1,5 +1,6 @@
 import {
   chmod,
+  chown,
   lstat,
   mkdir,
   readdir,
@@ -349,7 +350,8 @@ describe("a tarball", () => {
     const tree = await tinyCopy();
     await runner.run({ argv: ["mknod", "-m", "666", join(tree, "dev/sda"), "b", "8", "0"] });
     await writeFile(join(tree, "bin/suid-shell"), "#!/bin/sh\n");
-    await chmod(join(tree, "bin/suid-shell"), 0o4755);
+    await chown(join(tree, "bin/suid-shell"), 1000, 1000);
+    await chmod(join(tree, "bin/suid-shell"), 0o6755);
     const tarball = join(await tempDir(), "root.tar");
     await runner.run({ argv: ["tar", "-C", tree, "-cf", tarball, "."] });
     // The staging directory's mode while the unpacked tree is in it, as another user meets it.
@@ -380,6 +382,12 @@ describe("a tarball", () => {
     const [device, suid] = await base.each(["stat /dev/sda", "stat /bin/suid-shell"]);
     expect(device).toMatch(/Type: block special/);
     expect(device).toMatch(/Device major\/minor number: 08:00/);
-    expect(suid).toMatch(/Mode: +04755/);
+    expect(suid).toMatch(/Mode: +06755/);
+    expect(suid).toMatch(/User: +1000 +Group: +1000 /);
+    // Copied out (as `image commit` does to put a base's file back), it is shoal's, not setuid.
+    const copy = join(await tempDir(), "copy");
+    await base.dump([["/bin/suid-shell", copy]]);
+    const copied = await stat(copy);
+    expect([copied.mode & 0o7777, copied.uid, copied.gid]).toEqual([0o755, 0, 0]);
   });
 });
