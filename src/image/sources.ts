@@ -210,9 +210,14 @@ function qcow2Spec(file: string): string {
  * The checks and the conversion work on a copy only root can change, so what is checked is what
  * is converted.
  */
-async function rawFromQcow2(runner: Runner, staging: string, path: string, fd: number) {
+async function rawFromQcow2(
+  runner: Runner,
+  staging: string,
+  path: string,
+  fd: number,
+  raw: string,
+): Promise<void> {
   const copy = join(staging, "source.qcow2");
-  const raw = join(staging, "raw.img");
   await runner.run({ argv: ["cp", "--sparse=always", "/dev/fd/3", copy], fd3: fd });
   const { stdout } = await runner.run({
     argv: ["qemu-img", "info", "--output=json", qcow2Spec(copy)],
@@ -233,7 +238,6 @@ async function rawFromQcow2(runner: Runner, staging: string, path: string, fd: n
       "shoal takes a filesystem image, not a partitioned disk",
     );
   }
-  return raw;
 }
 
 /**
@@ -243,7 +247,12 @@ async function rawFromQcow2(runner: Runner, staging: string, path: string, fd: n
  * that point up or out only at the end, so no member is written through them. Those are its
  * defaults; shoal never passes -P or --keep-directory-symlink, which would turn them off.
  */
-async function rawFromTarball(runner: Runner, staging: string, path: string, fd: number) {
+async function rawFromTarball(
+  runner: Runner,
+  staging: string,
+  path: string,
+  fd: number,
+): Promise<string> {
   return rawFromTree(runner, staging, async (tree) => {
     await runner
       .run({
@@ -301,17 +310,17 @@ export async function importSource(
     const header = Buffer.alloc(4096);
     await handle.read(header, 0, header.length, 0);
     const format = detectFormat(header);
-    let raw = join(staging, "raw.img");
+    const raw = join(staging, "raw.img");
     switch (format) {
       case "ext4":
         await runner.run({ argv: ["cp", "--sparse=always", "/dev/fd/3", raw], fd3: handle.fd });
         break;
       case "qcow2":
-        raw = await rawFromQcow2(runner, staging, path, handle.fd);
+        await rawFromQcow2(runner, staging, path, handle.fd, raw);
         break;
       case "tar":
       case "compressed":
-        raw = await rawFromTarball(runner, staging, path, handle.fd);
+        await rawFromTarball(runner, staging, path, handle.fd);
         break;
       default:
         throw new UserError(`${path} is not a filesystem image`, IMPORT_HINT);
