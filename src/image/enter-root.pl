@@ -2,8 +2,8 @@
 # The last step into a derive's sandbox (see with-root.sh), run from the image's root directory:
 # makes it the root with pivot_root(2), detaches the old root (the host's files) so nothing leads
 # back there, keeps only the capabilities package installs need in the bounding set, sets
-# no_new_privs, and runs COMMAND. One process does it all: after the detach no host program
-# can be started, and what is left to do is system calls.
+# no_new_privs, and runs COMMAND with an environment of its own. One process does it all: after
+# the detach no host program can be started, and what is left to do is system calls.
 #
 #   enter-root.pl COMMAND...
 use strict;
@@ -60,4 +60,12 @@ for my $cap (0 .. LAST_CAP) {
     or die "enter-root: dropping capability $cap: $!\n";
 }
 syscall(&SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 or die "enter-root: no_new_privs: $!\n";
+# Nothing of shoal's environment (its user's tokens, say) reaches the image's code. It runs
+# unattended: package installs ask nothing.
+%ENV = (
+  PATH => "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  HOME => "/root",
+  LANG => "C",
+  DEBIAN_FRONTEND => "noninteractive",
+);
 exec { $ARGV[0] } @ARGV or die "enter-root: $ARGV[0]: $!\n";

@@ -33,8 +33,8 @@ const DEV_FILE = "/dev/shoal-test-derive";
 /** A relative link target that climbs out of any root and then names `path` on the host. */
 const outOfRoot = (path: string) => `${"../".repeat(24)}${path.slice(1)}`;
 
-async function ok(args: readonly string[]) {
-  const result = await shoal(["--state-dir", state, ...args]);
+async function ok(args: readonly string[], env: Record<string, string> = {}) {
+  const result = await shoal(["--state-dir", state, ...args], { env });
   expect(result.code, result.stderr).toBe(0);
   return result;
 }
@@ -133,6 +133,7 @@ describe("shoal image derive with a hostile image", () => {
         "try user-namespace unshare -U -r true",
         "try write-share sh -c 'echo owned > /run/shoal/script'",
         "try see-host-sys sh -c 'test -n \"$(ls -A /sys)\"'",
+        "try read-host-env sh -c 'env | grep -q SHOAL_TEST_SECRET'",
         // What package installs do: owners, modes, links, and a deleted file of the base.
         "set -e",
         "echo conf > /etc/pkg.conf && chown 100:101 /etc/pkg.conf",
@@ -144,15 +145,10 @@ describe("shoal image derive with a hostile image", () => {
         "grep CapEff /proc/self/status",
       ].join("\n"),
     );
-    const result = await ok([
-      "image",
-      "derive",
-      "hostile-2b",
-      "--from",
-      "hostile",
-      "--script",
-      script,
-    ]);
+    const result = await ok(
+      ["image", "derive", "hostile-2b", "--from", "hostile", "--script", script],
+      { SHOAL_TEST_SECRET: "a token of shoal's user" },
+    );
     const attempts = Object.fromEntries(
       [...result.stderr.matchAll(/^([a-z-]+): (done|refused)$/gm)].map((match) => [
         match[1],
@@ -178,6 +174,7 @@ describe("shoal image derive with a hostile image", () => {
           "user-namespace",
           "write-share",
           "see-host-sys",
+          "read-host-env",
         ].map((name) => [name, "refused"]),
       ),
     );
