@@ -1,5 +1,4 @@
 import { mkdir, stat } from "node:fs/promises";
-import { join } from "node:path";
 import { Command } from "@commander-js/extra-typings";
 import pLimit from "p-limit";
 import { parseCopyEnd } from "../core/reach.js";
@@ -48,18 +47,27 @@ export function cpCommand() {
               `${local.path} is not a directory; copies from ${vms.length} VMs go into DIR/VM/`,
             );
           }
+          await mkdir(local.path, { recursive: true });
         }
+        // Ctrl-C ends the copies and lets them remove what they had received but not yet placed.
+        const interrupt = new AbortController();
+        const onSignal = () => interrupt.abort();
+        process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
         const results = await Promise.allSettled(
           vms.map((vm) =>
             limit(async () => {
+              if (interrupt.signal.aborted) throw new ShoalError("interrupted");
               const there = { target: reach.target(vm), path: remote.path };
-              if (from.kind === "local") return reach.copy(local.path, there);
-              const here = downloadOfMany ? join(local.path, vm) : local.path;
-              if (downloadOfMany) await mkdir(here, { recursive: true });
-              return reach.copy(there, here);
+              const signal = interrupt.signal;
+              if (from.kind === "local") return reach.copy(local.path, there, { signal });
+              return reach.copy(there, local.path, {
+                signal,
+                ...(downloadOfMany ? { subdirectory: vm } : {}),
+              });
             }),
           ),
-        );
+        ).finally(() => process.off("SIGINT", onSignal).off("SIGTERM", onSignal));
+        if (interrupt.signal.aborted) throw new ShoalError("cp interrupted");
         const failures = results.flatMap((result) =>
           result.status === "rejected"
             ? [result.reason instanceof Error ? result.reason.message : String(result.reason)]

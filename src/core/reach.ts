@@ -1,3 +1,5 @@
+import { posix } from "node:path";
+import picomatch from "picomatch";
 import shellQuote from "shell-quote";
 import { parseIpv4 } from "./ipv4.js";
 import { isDnsLabel } from "./names.js";
@@ -137,6 +139,19 @@ export function scpArgv(
     spell(from),
     spell(to),
   ]);
+}
+
+/**
+ * Whether a name a VM sent at the top of a copy is one the user asked for: the last part of the
+ * requested path, or a name it matches as a pattern (`*.log`, `{a,b}`; leading dots too). scp
+ * makes this check itself only without -r, and shoal always copies with -r: without it a guest
+ * asked for `app.log` could send `.bashrc` into the user's home directory.
+ */
+export function isAskedName(remotePath: string, name: string): boolean {
+  const asked = posix.basename(remotePath);
+  return (
+    name === asked || picomatch.isMatch(name, asked, { dot: true, nonegate: true, noextglob: true })
+  );
 }
 
 /** One side of `shoal cp`: `VM:/path` (VM a name or pattern) or a local path, as scp reads them. */

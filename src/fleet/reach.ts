@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   forwardArgv,
+  isAskedName,
   type PortForward,
   type RemotePath,
   remoteEnd,
@@ -11,6 +12,7 @@ import {
   sshArgv,
 } from "../core/reach.js";
 import { ShoalError, UserError } from "../errors.js";
+import { receiveUntrusted } from "../host/guest-files.js";
 import { pathExists } from "../host/paths.js";
 import type { CommandResult, Runner } from "../host/runner.js";
 import { readClientKey } from "../identity/identity.js";
@@ -130,12 +132,43 @@ export class FleetReach {
     });
   }
 
-  /** Copies between this host and a VM with scp; a failure names the VM and what scp said. */
-  async copy(from: string | RemotePath, to: string | RemotePath): Promise<void> {
+  /**
+   * Copies between this host and a VM with scp; a failure names the VM and what scp said. What
+   * comes from a VM lands only once checked (src/host/guest-files.ts), under `subdirectory` of the
+   * destination when given (one per VM).
+   */
+  async copy(
+    from: string | RemotePath,
+    to: string | RemotePath,
+    options: { readonly subdirectory?: string; readonly signal?: AbortSignal } = {},
+  ): Promise<void> {
+    if (typeof from === "string" || typeof to !== "string") {
+      return this.scp(from, to, options.signal);
+    }
+    return receiveUntrusted(
+      {
+        path: to,
+        ...(options.subdirectory === undefined ? {} : { subdirectory: options.subdirectory }),
+        asked: (name) => isAskedName(from.path, name),
+        from: from.target.name,
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      },
+      (inbox) => this.scp(from, inbox.path, options.signal, inbox.fd),
+    );
+  }
+
+  private async scp(
+    from: string | RemotePath,
+    to: string | RemotePath,
+    signal: AbortSignal | undefined,
+    fd3?: number,
+  ): Promise<void> {
     const remote = remoteEnd(from, to);
     const result = await this.runner.run({
       argv: scpArgv(this.access, from, to, BATCH),
       okCodes: "any",
+      ...(signal === undefined ? {} : { signal }),
+      ...(fd3 === undefined ? {} : { fd3 }),
     });
     if (result.code === 0) return;
     if (isHostKeyMismatch(result.stderr)) throw hostKeyError(remote.target.name);

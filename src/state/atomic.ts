@@ -14,6 +14,18 @@ async function fsyncDirectory(dir: string): Promise<void> {
   }
 }
 
+/** Whether a name is one of shoal's scratch files or directories (which stale sweeps remove). */
+export function isTempName(name: string): boolean {
+  return name.endsWith(TEMP_SUFFIX);
+}
+
+/** A scratch name whose shoal is gone: `.NAME.PID.RANDOM.shoal-tmp` with PID not running. */
+export function isStaleTempName(name: string): boolean {
+  if (!isTempName(name)) return false;
+  const pid = Number(name.slice(0, -TEMP_SUFFIX.length).split(".").at(-2));
+  return !Number.isInteger(pid) || !isProcessAlive(pid);
+}
+
 /** A unique scratch path beside `path` that `removeStaleTempFiles` removes once its shoal is gone. */
 export function tempPathBeside(path: string): string {
   return join(
@@ -67,11 +79,7 @@ export async function removeStaleTempFiles(dir: string): Promise<string[]> {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw error;
   }
-  const stale = names.filter((name) => {
-    if (!name.endsWith(TEMP_SUFFIX)) return false;
-    const pid = Number(name.slice(0, -TEMP_SUFFIX.length).split(".").at(-2));
-    return !Number.isInteger(pid) || !isProcessAlive(pid);
-  });
+  const stale = names.filter(isStaleTempName);
   await Promise.all(stale.map((name) => rm(join(dir, name), { force: true, recursive: true })));
   return stale;
 }

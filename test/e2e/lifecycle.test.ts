@@ -1,6 +1,6 @@
 import { execFile, spawn } from "node:child_process";
 import { watch } from "node:fs";
-import { chmod, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -185,6 +185,68 @@ describe("a fleet of 8 tiny VMs", () => {
     // The fleet's bridge and dnsmasq are in its own namespace; the host's has no trace of them.
     expect((await exec("ip", ["netns", "list"])).stdout).toContain(`shoal-${fleet}`);
     await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
+  });
+
+  it("`cp` from a guest lands no setuid bit, FIFO, device or link, and writes nothing outside the destination", async () => {
+    expect((await run(["wait", "-f", file, "vm-1", "vm-2"])).code).toBe(0);
+    const planted = await run([
+      "exec",
+      "-f",
+      file,
+      "vm-1",
+      "vm-2",
+      "--",
+      [
+        "set -e; rm -rf /root/hostile; mkdir -p /root/hostile/inside; cd /root/hostile",
+        "echo run-me > suid; chmod 4755 suid; chmod 2775 inside",
+        "echo x > inside/sgid; chmod 2755 inside/sgid; chmod 1777 inside",
+        "mkfifo fifo; mknod null c 1 3; ln -s /etc link",
+        "echo from-the-guest > /etc/shoal-e2e-canary",
+      ].join("; "),
+    ]);
+    expect(planted.code, planted.stderr).toBe(0);
+    const dest = join(fleetDir(), "fetched");
+    await mkdir(dest);
+    const fetched = await run(["cp", "-f", file, "vm-1:/root/hostile", dest]);
+    // The guest's scp itself skips what is not a file or a directory, and says so.
+    expect(fetched.code).toBe(1);
+    expect(fetched.stderr).toContain("not a regular file");
+    const landed = (await exec("find", [dest, "-mindepth", "1", "-printf", "%P %y %#m\\n"])).stdout
+      .trim()
+      .split("\n")
+      .sort();
+    expect(landed.filter((line) => !line.startsWith("hostile/link"))).toEqual([
+      "hostile d 0755",
+      "hostile/inside d 0777",
+      "hostile/inside/sgid f 0755",
+      "hostile/suid f 0755",
+    ]);
+    // The link was followed in the guest: the guest's /etc arrived as a plain directory.
+    expect(landed).toContainEqual(expect.stringMatching(/^hostile\/link d /));
+    expect(landed.every((line) => / [fd] 0[0-7]{3}$/.test(line))).toBe(true);
+    expect(await readFile(join(dest, "hostile", "link", "shoal-e2e-canary"), "utf8")).toBe(
+      "from-the-guest\n",
+    );
+    await expect(stat("/etc/shoal-e2e-canary")).rejects.toThrow();
+
+    // A link in the destination is not followed: not for a copy from one VM, nor for each VM's own
+    // directory of a copy from several.
+    const outside = join(fleetDir(), "outside");
+    await mkdir(outside);
+    const again = join(fleetDir(), "again");
+    await mkdir(join(again, "hostile"), { recursive: true });
+    await symlink(outside, join(again, "hostile", "inside"));
+    const refused = await run(["cp", "-f", file, "vm-1:/root/hostile", again]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("hostile/inside is a symbolic link");
+    const many = join(fleetDir(), "many");
+    await mkdir(many);
+    await symlink(outside, join(many, "vm-2"));
+    const fromBoth = await run(["cp", "-f", file, "vm-[12]:/root/hostile", many]);
+    expect(fromBoth.code).toBe(1);
+    expect(fromBoth.stderr).toContain("vm-2 is a symbolic link");
+    expect((await stat(join(many, "vm-1", "hostile", "suid"))).mode & 0o7777).toBe(0o755);
+    expect(await readdir(outside)).toEqual([]);
   });
 
   it("`console` types into a VM's serial console and shows its answer; `logs` has it afterwards", async () => {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   forwardArgv,
+  isAskedName,
   parseCopyEnd,
   parsePortForward,
   remoteCommand,
@@ -158,5 +159,20 @@ describe("port forwards", () => {
     );
     expect(direct.some((word) => word.startsWith("ProxyCommand="))).toBe(false);
     expect(() => forwardArgv(access, vm1, [], batch)).toThrow(/^internal/);
+  });
+});
+
+describe("the names a VM may send back", () => {
+  it("are the last part of the requested path, or what it matches as a pattern", () => {
+    expect(isAskedName("/var/log/app.log", "app.log")).toBe(true);
+    expect(isAskedName("/var/log/app.log", ".bashrc")).toBe(false);
+    expect(isAskedName("/etc/", "etc")).toBe(true);
+    expect(isAskedName("/var/log/*.log", ".hidden.log")).toBe(true);
+    expect(isAskedName("/var/log/*.log", "app.txt")).toBe(false);
+    expect(isAskedName("/srv/{a,b}", "b")).toBe(true);
+    expect(isAskedName("/srv/{a,b}", "c")).toBe(false);
+    expect(isAskedName("/srv/!x", "!x")).toBe(true);
+    expect(isAskedName("/srv/!x", "y")).toBe(false);
+    expect(isAskedName("/srv/file[12]", "file2")).toBe(true);
   });
 });
