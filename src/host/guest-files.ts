@@ -27,7 +27,9 @@ import { isStaleTempName, isTempName, tempPathBeside } from "../state/atomic.js"
 
 const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK, O_NOCTTY } = constants;
 
-/** What a guest may set on the host: permissions, never setuid, setgid or sticky. */
+/** What a guest may not set on the host: setuid, setgid, sticky. */
+const SPECIAL_MODE_BITS = 0o7000;
+/** What it may: the permission bits. */
 const KEPT_MODE_BITS = 0o777;
 
 /** Where the transfer writes inside the scratch directory (which is its fd 3). */
@@ -151,7 +153,8 @@ async function lstatIfThere(path: Buffer): Promise<Stats | undefined> {
 /**
  * Clears setuid, setgid and sticky bits below `dir` (and on it) and lists what is neither a
  * regular file of one name nor a directory. Changes go through descriptors opened without
- * following links, after the type was checked without opening (opening a device can act on it).
+ * following links, after the type was checked without opening (opening a device can act on it);
+ * a file without those bits is only looked at (10,000 files: one lstat each).
  */
 async function sanitize(dir: HeldDirectory, problems: string[]): Promise<void> {
   for (const name of await names(dir)) {
@@ -168,19 +171,24 @@ async function sanitize(dir: HeldDirectory, problems: string[]): Promise<void> {
         await inner.close();
       }
     } else if (info.isFile() && info.nlink === 1) {
-      const handle = await open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-      try {
-        const opened = await handle.stat();
-        if (opened.ino !== info.ino) throw new Error("internal: shoal's scratch changed");
-        await handle.chmod(opened.mode & KEPT_MODE_BITS);
-      } finally {
-        await handle.close();
-      }
+      if ((info.mode & SPECIAL_MODE_BITS) !== 0) await restrictFile(path, info);
     } else {
       problems.push(`${join(dir.shown, showName(name))} is ${kindOf(info)}`);
     }
   }
-  await dir.chmod((await dir.stat()).mode & KEPT_MODE_BITS);
+  const info = await dir.stat();
+  if ((info.mode & SPECIAL_MODE_BITS) !== 0) await dir.chmod(info.mode & KEPT_MODE_BITS);
+}
+
+async function restrictFile(path: Buffer, info: Stats): Promise<void> {
+  const handle = await open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+  try {
+    if ((await handle.stat()).ino !== info.ino)
+      throw new Error("internal: shoal's scratch changed");
+    await handle.chmod(info.mode & KEPT_MODE_BITS);
+  } finally {
+    await handle.close();
+  }
 }
 
 /**
