@@ -289,7 +289,7 @@ async function resolvePlace(landing: Landing): Promise<Place> {
     const parent = await realpath(dirname(landing.path)).catch(() => {
       throw new UserError(`${dirname(landing.path)} does not exist`);
     });
-    refuseScratchPath(parent);
+    refuseScratchPath(join(parent, name));
     return { dir: await HeldDirectory.open(parent, dirname(landing.path)), as: Buffer.from(name) };
   }
   refuseScratchPath(resolved);
@@ -337,16 +337,21 @@ export async function receiveUntrusted(
   try {
     await sweepStaleScratch(place.dir);
     const scratchName = Buffer.from(basename(tempPathBeside(join(place.dir.path, "cp"))));
-    await mkdir(place.dir.at(scratchName), { mode: 0o700 });
+    await mkdir(place.dir.at(scratchName), { mode: 0o700 }).catch((error: Error) => {
+      throw new UserError(`${place.dir.shown}: nothing can be copied there (${error.message})`);
+    });
     const scratch = await place.dir.child(scratchName);
     if (typeof scratch === "string") throw new ShoalError(`shoal's scratch directory: ${scratch}`);
     try {
       await checkFresh(scratch);
-      await receiveInto(scratch, place, landing, transfer);
+      try {
+        await receiveInto(scratch, place, landing, transfer);
+      } finally {
+        await empty(scratch);
+        await rmdir(place.dir.at(scratchName));
+      }
     } finally {
-      await empty(scratch);
       await scratch.close();
-      await rmdir(place.dir.at(scratchName));
     }
   } finally {
     await place.dir.close();

@@ -296,13 +296,17 @@ describe("where a copy lands", () => {
     expect((await readdir(dir)).sort()).toEqual(["file", "new"]);
   });
 
-  it("refuses a destination inside a scratch directory of shoal's", async () => {
+  it("refuses a destination inside a scratch directory of shoal's, or one where nothing can be made", async () => {
     const dir = await tempDir();
     const scratch = join(dir, ".cp.1.abcd.shoal-tmp");
     await mkdir(scratch);
-    const copy = fetchWith(arrives('echo hi > "$target/f"'), "/f", scratch);
-    await expect(copy).rejects.toThrow(/scratch/);
-    expect(await readdir(scratch)).toEqual([]);
+    for (const dest of [scratch, join(scratch, "new"), join(dir, ".cp.2.abcd.shoal-tmp")]) {
+      const copy = fetchWith(arrives('echo hi > "$target/f"'), "/f", dest);
+      await expect(copy).rejects.toThrow(/inside a scratch directory of shoal's/);
+    }
+    expect(await tree(dir)).toEqual({ ".cp.1.abcd.shoal-tmp": "drwxr-xr-x" });
+    const readOnly = fetchWith(arrives('echo hi > "$target/f"'), "/f", "/proc/sys/");
+    await expect(readOnly).rejects.toThrow(/\/proc\/sys\/: nothing can be copied there/);
   });
 
   it("receives into a private directory that only root can enter", async () => {
