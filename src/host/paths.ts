@@ -1,6 +1,6 @@
 import { constants } from "node:fs";
-import { access, lstat, readdir } from "node:fs/promises";
-import { join } from "node:path";
+import { access, lstat, readdir, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
 
 /** Whether a path exists (with `mode`: and may be used so), for checks that only look. */
 export function pathExists(path: string, mode: number = constants.F_OK): Promise<boolean> {
@@ -18,4 +18,15 @@ export async function allocatedBytes(path: string): Promise<number> {
   let total = info.blocks * 512;
   for (const entry of await readdir(path)) total += await allocatedBytes(join(path, entry));
   return total;
+}
+
+/**
+ * The first directory at or above `dir` that other users may not enter (no o+x), if any: what an
+ * unprivileged program (dnsmasq, QEMU) cannot get through to reach the files below.
+ */
+export async function closedToOthers(dir: string): Promise<string | undefined> {
+  for (let at = dir; ; at = dirname(at)) {
+    if (((await stat(at)).mode & 0o001) === 0) return at;
+    if (at === dirname(at)) return undefined;
+  }
 }

@@ -1,4 +1,5 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { closeSync, constants, openSync } from "node:fs";
 import shellQuote from "shell-quote";
 import { ShoalError } from "../errors.js";
 
@@ -47,8 +48,26 @@ export interface CommandResult {
   readonly stderr: string;
 }
 
+/** A program that keeps running after shoal exits (a VM's QEMU). */
+export interface LaunchCommand {
+  readonly argv: readonly [string, ...string[]];
+  /** The file its output (stdout and stderr) is appended to; made 0600, never through a link. */
+  readonly output: string;
+}
+
+export interface Launched {
+  readonly pid: number;
+  /** Settles with its exit code (-1: killed by a signal) if it ends while shoal still runs. */
+  readonly ended: Promise<number>;
+}
+
 export interface Runner {
   run(command: Command): Promise<CommandResult>;
+  /**
+   * Starts a program in a session of its own (out of reach of the terminal's Ctrl-C) with no
+   * input and returns once it runs; undefined in a dry run, which only prints it.
+   */
+  launch(command: LaunchCommand): Promise<Launched | undefined>;
 }
 
 /** How a command line looks when shown to a person: copy-pasteable into a shell. */
@@ -85,14 +104,62 @@ export interface ProcessRunnerOptions {
 export class ProcessRunner implements Runner {
   constructor(private readonly options: ProcessRunnerOptions = {}) {}
 
+  private log(line: string): void {
+    if (this.options.log) this.options.log(line);
+    else process.stderr.write(`${line}\n`);
+  }
+
   async run(command: Command): Promise<CommandResult> {
-    const log = this.options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+    const log = (line: string) => this.log(line);
     if (this.options.dryRun && !command.probe) {
       log(`would run: ${formatArgv(command.argv)}`);
       return { code: 0, stdout: "", stderr: "" };
     }
     if (this.options.trace) log(`+ ${formatArgv(command.argv)}`);
     return requireSuccess(command, await execute(command));
+  }
+
+  async launch(command: LaunchCommand): Promise<Launched | undefined> {
+    const log = (line: string) => this.log(line);
+    if (this.options.dryRun) {
+      log(`would run: ${formatArgv(command.argv)}`);
+      return undefined;
+    }
+    if (this.options.trace) log(`+ ${formatArgv(command.argv)} >>${command.output}`);
+    const output = openSync(
+      command.output,
+      constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW,
+      0o600,
+    );
+    try {
+      const [file, ...args] = command.argv;
+      const child = spawn(file, args, {
+        env: { ...process.env, LANG: "C", LC_ALL: "C" },
+        stdio: ["ignore", output, output],
+        detached: true,
+      });
+      const pid = await new Promise<number>((resolve, reject) => {
+        child.once("spawn", () => resolve(child.pid ?? -1));
+        child.once("error", (error: NodeJS.ErrnoException) =>
+          reject(
+            new CommandFailed(
+              command.argv,
+              null,
+              "",
+              error.code === "ENOENT" ? `${file} is not installed or not on PATH` : error.message,
+            ),
+          ),
+        );
+      });
+      const ended = new Promise<number>((resolve) =>
+        child.once("exit", (code) => resolve(code ?? -1)),
+      );
+      // It must not keep shoal from exiting.
+      child.unref();
+      return { pid, ended };
+    } finally {
+      closeSync(output);
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 import {
   type Command,
   type CommandResult,
+  type LaunchCommand,
+  type Launched,
   type Runner,
   requireSuccess,
 } from "../../src/host/runner.js";
@@ -11,12 +13,25 @@ import {
  */
 export class RecordingRunner implements Runner {
   readonly commands: Command[] = [];
+  readonly launches: LaunchCommand[] = [];
 
-  constructor(private readonly answer: (command: Command) => Partial<CommandResult> = () => ({})) {}
+  constructor(
+    private readonly answer: (command: Command) => Partial<CommandResult> = () => ({}),
+    /** What a launched program is: by default this test's own process, which never ends. */
+    private readonly launched: (command: LaunchCommand) => Launched = () => ({
+      pid: process.pid,
+      ended: new Promise(() => {}),
+    }),
+  ) {}
 
   async run(command: Command): Promise<CommandResult> {
     this.commands.push(command);
     return requireSuccess(command, { code: 0, stdout: "", stderr: "", ...this.answer(command) });
+  }
+
+  async launch(command: LaunchCommand): Promise<Launched> {
+    this.launches.push(command);
+    return this.launched(command);
   }
 
   get argvs(): string[][] {
