@@ -42,8 +42,12 @@ export interface Backend {
   readonly nic: "tap" | "vif";
   /** Writes the VM's hypervisor definition (vm.qemu, vm.xl.cfg) from its spec and boot files. */
   define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
-  /** Starts the VM from its definition; it keeps running after shoal exits. */
-  start(vm: BackendVm): Promise<void>;
+  /**
+   * Starts the VM; it keeps running after shoal exits. What runs is rendered again from the spec
+   * and boot files (the record's), never taken from a definition in the VM's directory, which is
+   * rewritten: a planted or edited definition does not run.
+   */
+  start(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   presence(vm: BackendVm): Promise<Presence>;
   /** Presses the VM's power button (ACPI) and returns without waiting. */
   requestShutdown(vm: BackendVm): Promise<void>;

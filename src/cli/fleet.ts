@@ -7,7 +7,7 @@ import type { BootFiles } from "../core/render/boot.js";
 import { ShoalError, UserError } from "../errors.js";
 import type { PowerOutcome } from "../fleet/power.js";
 import { FleetSession } from "../fleet/session.js";
-import { ImageStore } from "../image/store.js";
+import { ImageStore, imageBoot } from "../image/store.js";
 import { loadFleetFile } from "../spec/load.js";
 import { checkSocketPaths } from "../state/layout.js";
 import { withLock } from "../state/lock.js";
@@ -187,15 +187,7 @@ export async function bootFilesOf(
   const store = new ImageStore(context.runner, await context.layout());
   const boots = new Map<string, BootFiles>();
   for (const name of new Set(vms.map((vm) => vm.image))) {
-    const image = await store.get(name);
-    const paths = (await context.layout()).image(image.id);
-    boots.set(name, {
-      kernel: paths.kernel,
-      initrd: paths.initrd,
-      base: paths.base,
-      baseId: image.id,
-      ...(image.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
-    });
+    boots.set(name, imageBoot(await context.layout(), await store.get(name)));
   }
   return (vm) => {
     const boot = boots.get(vm.image);

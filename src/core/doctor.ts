@@ -58,6 +58,13 @@ export const TOOLS: readonly ToolRequirement[] = [
     backends: ["xl"],
   },
   {
+    name: "setpriv",
+    versionArgv: ["setpriv", "--version"],
+    debianPackage: "util-linux",
+    neededFor: "running QEMU unprivileged",
+    backends: ["qemu"],
+  },
+  {
     name: "qemu-img",
     versionArgv: ["qemu-img", "--version"],
     debianPackage: "qemu-utils",

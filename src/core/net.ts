@@ -28,6 +28,15 @@ export function tapName(index: number): string {
   return `tap${index}`;
 }
 
+/** The owner of a tap device as `ip -details -json link show` reports it (a name, or a uid). */
+export function tapOwner(json: string): string | undefined {
+  const links: unknown = JSON.parse(json);
+  const link = Array.isArray(links) ? (links[0] as Record<string, unknown> | undefined) : undefined;
+  const info = link?.linkinfo as { info_data?: { user?: unknown } } | undefined;
+  const user = info?.info_data?.user;
+  return typeof user === "string" || typeof user === "number" ? String(user) : undefined;
+}
+
 /** A short tag of the fleet for host-wide interface names, which take at most 15 bytes. */
 export function fleetTag(fleet: string): string {
   assertRenderable("fleet name", fleet, isDnsLabel(fleet));

@@ -26,6 +26,7 @@ import {
   readHostKey,
   writeSeed,
 } from "../identity/identity.js";
+import { ImageStore } from "../image/store.js";
 import {
   createLayer,
   type LayerChange,
@@ -447,11 +448,16 @@ export class FleetSession {
       () => 0,
     );
     try {
-      const spec = this.book.vm(name)?.spec;
-      if (!spec) throw new Error(`internal: ${name} has no record`);
+      const entry = this.book.vm(name);
+      if (!entry) throw new Error(`internal: ${name} has no record`);
+      const { spec } = entry;
       await this.ensureNetwork();
       if (this.backend.nic === "tap") await this.network.ensureTap(spec.index);
-      await this.backend.start(vm);
+      const boot = await new ImageStore(this.deps.runner, this.deps.layout).recordedBoot(
+        name,
+        entry,
+      );
+      await this.backend.start(vm, spec, boot, this.nic(spec));
     } catch (error) {
       // It never ran: a VM that could not start is stopped, not crashed.
       await this.book.update((record) => {

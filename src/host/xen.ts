@@ -6,8 +6,8 @@ export const XENCONSOLED_FIX =
   "start xenconsoled with --log=guest (Debian: XENCONSOLED_ARGS=--log=guest in /etc/default/xen, then /etc/init.d/xen restart)";
 
 /** Where xenconsoled writes guest consoles; an error that says how to fix it when it does not. */
-export async function consoleLogDir(): Promise<string> {
-  const daemons = await processesNamed("xenconsoled");
+export async function consoleLogDir(processes = processesNamed): Promise<string> {
+  const daemons = await processes("xenconsoled");
   if (daemons.length === 0) {
     throw new ShoalError("xenconsoled is not running: domUs would have no console or log", {
       hint: "/etc/init.d/xen start",

@@ -14,6 +14,7 @@ import {
 import { join } from "node:path";
 import { z } from "zod";
 import { IMAGE_NAME_RULE, isImageName } from "../core/names.js";
+import type { BootFiles } from "../core/render/boot.js";
 import { ShoalError, UserError } from "../errors.js";
 import { isProcessAlive } from "../host/processes.js";
 import type { Runner } from "../host/runner.js";
@@ -46,6 +47,18 @@ const imageMeta = z.object({
 });
 
 export type ImageMeta = z.infer<typeof imageMeta>;
+
+/** What a VM of `image` boots from. */
+export function imageBoot(layout: StateLayout, image: Pick<ImageMeta, "id" | "boot">): BootFiles {
+  const paths = layout.image(image.id);
+  return {
+    kernel: paths.kernel,
+    initrd: paths.initrd,
+    base: paths.base,
+    baseId: image.id,
+    ...(image.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+  };
+}
 
 export interface ImageRequest {
   readonly name: string;
@@ -112,21 +125,49 @@ export class ImageStore {
     return id;
   }
 
+  /** An image's record (image.json); undefined when it has none that parses and names this id. */
+  private async meta(id: string): Promise<ImageMeta | undefined> {
+    await checkNoLinksIn(this.layout.image(id).dir);
+    const meta = imageMeta.safeParse(
+      parseJsonOrUndefined(await readFile(this.layout.image(id).meta, "utf8").catch(() => "")),
+    );
+    return meta.success && meta.data.id === id ? meta.data : undefined;
+  }
+
   /** The image a name points to; undefined for an unknown name. */
   async find(name: string): Promise<ImageMeta | undefined> {
     const id = await this.idOf(name);
     if (id === undefined) return undefined;
-    await checkNoLinksIn(this.layout.image(id).dir);
-    const path = this.layout.image(id).meta;
-    const meta = imageMeta.safeParse(
-      parseJsonOrUndefined(await readFile(path, "utf8").catch(() => "")),
-    );
-    if (!meta.success || meta.data.id !== id) {
-      throw new ShoalError(`the record of image ${name} (${path}) is missing or unreadable`, {
-        hint: `remove the image with \`shoal image rm ${name}\` and make it again`,
-      });
+    const meta = await this.meta(id);
+    if (!meta) {
+      throw new ShoalError(
+        `the record of image ${name} (${this.layout.image(id).meta}) is missing or unreadable`,
+        { hint: `remove the image with \`shoal image rm ${name}\` and make it again` },
+      );
     }
-    return { ...meta.data, name };
+    return { ...meta, name };
+  }
+
+  /**
+   * What a VM boots from, as its record says: the base it was defined over (records older than
+   * upgrades name only the image).
+   */
+  async recordedBoot(
+    vm: string,
+    recorded: { readonly baseId?: string | undefined; readonly spec: { readonly image: string } },
+  ): Promise<BootFiles> {
+    const { baseId } = recorded;
+    if (baseId === undefined) return imageBoot(this.layout, await this.get(recorded.spec.image));
+    const meta = await this.meta(baseId);
+    if (!meta) {
+      throw new ShoalError(
+        `VM ${vm} boots from image ${baseId.slice(0, 12)}, which is no longer in the image store`,
+        {
+          hint: "`shoal image ls` lists the images; `shoal upgrade --image NAME` moves the fleet to one",
+        },
+      );
+    }
+    return imageBoot(this.layout, meta);
   }
 
   async get(name: string): Promise<ImageMeta> {

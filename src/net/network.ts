@@ -1,5 +1,4 @@
-import { mkdir, readFile, rm, stat } from "node:fs/promises";
-import { dirname } from "node:path";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { NetworkMode, VmIdentity } from "../core/fleet.js";
 import type { Subnet } from "../core/ipv4.js";
@@ -11,6 +10,7 @@ import {
   namespaceName,
   natLink,
   tapName,
+  tapOwner,
 } from "../core/net.js";
 import { renderDhcpHosts, renderDnsHosts, renderDnsmasqConf } from "../core/render/dnsmasq.js";
 import {
@@ -19,8 +19,9 @@ import {
   renderNatRemoval,
   upstreamNameservers,
 } from "../core/render/nft.js";
+import { QEMU_USER } from "../core/render/qemu.js";
 import { ShoalError, UserError } from "../errors.js";
-import { pathExists } from "../host/paths.js";
+import { closedToOthers, pathExists } from "../host/paths.js";
 import { CommandFailed, type Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import type { NetworkPaths } from "../state/layout.js";
@@ -258,13 +259,12 @@ export class FleetNetwork {
    * them must let others through, or the fleet's names would silently not resolve.
    */
   private async checkReachableByOthers(): Promise<void> {
-    for (let dir = this.paths.dir; dir !== dirname(dir); dir = dirname(dir)) {
-      if (((await stat(dir)).mode & 0o001) === 0) {
-        throw new UserError(
-          `dnsmasq, which runs as user nobody, cannot reach ${this.paths.dir}: ${dir} is closed to other users`,
-          `allow it with \`chmod o+x ${dir}\`, or choose a --state-dir under a directory others may enter`,
-        );
-      }
+    const dir = await closedToOthers(this.paths.dir);
+    if (dir !== undefined) {
+      throw new UserError(
+        `dnsmasq, which runs as user nobody, cannot reach ${this.paths.dir}: ${dir} is closed to other users`,
+        `allow it with \`chmod o+x ${dir}\`, or choose a --state-dir under a directory others may enter`,
+      );
     }
   }
 
@@ -296,11 +296,22 @@ export class FleetNetwork {
     }
   }
 
-  /** The VM's tap device on the fleet's bridge, made if missing. */
+  /**
+   * The VM's tap device on the fleet's bridge, made if missing. It belongs to the user QEMU runs
+   * as, who may attach to it without privileges; one of another owner (made by an older shoal)
+   * is made again: a tap's owner is set only when it is made.
+   */
   async ensureTap(index: number): Promise<string> {
     const tap = this.tap(index);
-    if (!(await this.linkExists(tap))) {
-      await this.ip("tuntap", "add", "dev", tap, "mode", "tap");
+    const shown = await this.runner.run({
+      argv: this.ipArgv(["-details", "-json", "link", "show", "dev", tap]),
+      probe: true,
+      okCodes: [1],
+    });
+    const owner = shown.code === 0 ? tapOwner(shown.stdout) : undefined;
+    if (owner !== QEMU_USER) {
+      if (shown.code === 0) await this.ip("link", "del", tap);
+      await this.ip("tuntap", "add", "dev", tap, "mode", "tap", "user", QEMU_USER);
     }
     await this.ip("link", "set", tap, "master", this.bridge, "up");
     return tap;

@@ -23,14 +23,16 @@ import { ShoalError, UserError } from "../errors.js";
  *       known_hosts            every VM's SSH host key
  *       ssh/id_ed25519         the key shoal logs in to the VMs with (0600), in every VM's authorized_keys
  *       net/                   the fleet network's dnsmasq: config, reservations, leases, pid, log
- *       vms/VM/
- *         layer.img            the VM's private writable layer (disk layers)
- *         identity.tar         its identity seed: hostname, machine-id, host key (0600)
- *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered
+ *       vms/VM/                QEMU: root:shoal-qemu 0710 (and vms/), which QEMU may only enter
+ *         layer.img            the VM's private writable layer (disk layers; QEMU: root:shoal-qemu 0660)
+ *         identity.tar         its identity seed: hostname, machine-id, host key (0600; QEMU: 0640)
+ *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered for the last start
  *         vif-hotplug          xl: the script that puts the VM's vif on the fleet's bridge
  *         serial.log           the serial console, kept on the host (xl: xenconsoled writes it
- *                              through a link in its log directory)
- *         console.sock qmp.sock qemu.pid
+ *                              through a link in its log directory; QEMU: root:shoal-qemu 0620)
+ *         qemu.pid             written by QEMU (root:shoal-qemu 0620)
+ *         qemu.log             QEMU's own messages (0600, opened by shoal)
+ *         sockets/             QEMU's: console.sock, qmp.sock (root:shoal-qemu 0770)
  *         ssh/                 the VM's host key (0700, the private key 0600)
  */
 
@@ -44,9 +46,12 @@ export interface VmPaths {
   readonly vifHotplug: string;
   readonly qemuArgv: string;
   readonly serialLog: string;
+  /** The one directory QEMU may write to: it makes its sockets there. */
+  readonly socketDir: string;
   readonly consoleSocket: string;
   readonly qmpSocket: string;
   readonly pidFile: string;
+  readonly qemuLog: string;
   readonly hostKeys: string;
 }
 
@@ -158,6 +163,7 @@ export function stateLayout(stateDir: string): StateLayout {
         vms,
         vm(vmName) {
           const vmDir = join(vms, component("a VM", vmName, isDnsLabel(vmName)));
+          const socketDir = join(vmDir, "sockets");
           return {
             dir: vmDir,
             layer: join(vmDir, "layer.img"),
@@ -166,9 +172,11 @@ export function stateLayout(stateDir: string): StateLayout {
             vifHotplug: join(vmDir, "vif-hotplug"),
             qemuArgv: join(vmDir, "vm.qemu"),
             serialLog: join(vmDir, "serial.log"),
-            consoleSocket: join(vmDir, "console.sock"),
-            qmpSocket: join(vmDir, "qmp.sock"),
+            socketDir,
+            consoleSocket: join(socketDir, "console.sock"),
+            qmpSocket: join(socketDir, "qmp.sock"),
             pidFile: join(vmDir, "qemu.pid"),
+            qemuLog: join(vmDir, "qemu.log"),
             hostKeys: join(vmDir, "ssh"),
           };
         },

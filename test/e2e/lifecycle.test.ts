@@ -133,13 +133,72 @@ describe("a fleet of 8 tiny VMs", () => {
     expect(new Set(prints).size).toBe(8);
     expect(prints.every((print) => print.startsWith("SHA256:"))).toBe(true);
     expect(new Set(plan.map((vm) => vm.machineId)).size).toBe(8);
-    // Private keys and identity seeds are root's only.
+    // Private keys are root's only; identity seeds (they hold the host key) also QEMU's group's.
+    const qemuGid = Number((await exec("id", ["-g", "shoal-qemu"])).stdout);
     for (const vm of plan) {
       const paths = vmPaths(fleet, vm.name);
-      expect((await stat(join(paths.hostKeys, "ssh_host_ed25519_key"))).mode & 0o777).toBe(0o600);
-      expect((await stat(paths.seed)).mode & 0o777).toBe(0o600);
-      expect((await stat(paths.dir)).mode & 0o777).toBe(0o700);
+      const owner = async (path: string) => {
+        const info = await stat(path);
+        return [(info.mode & 0o777).toString(8), info.uid, info.gid];
+      };
+      expect(await owner(join(paths.hostKeys, "ssh_host_ed25519_key"))).toEqual(["600", 0, 0]);
+      expect(await owner(paths.hostKeys)).toEqual(["700", 0, 0]);
+      expect(await owner(paths.seed)).toEqual(["640", 0, qemuGid]);
+      expect(await owner(paths.dir)).toEqual(["710", 0, qemuGid]);
     }
+  });
+
+  it("runs each QEMU as user shoal-qemu with no capabilities, under its seccomp sandbox, in the fleet's namespace; a guest's reboot stays in it", async () => {
+    const id = async (...args: string[]) =>
+      (await exec("id", [...args, "shoal-qemu"])).stdout.trim();
+    const [uid, gid, groups] = [await id("-u"), await id("-g"), await id("-G")];
+    const namespace = (await stat(`/run/netns/shoal-${fleet}`)).ino;
+    for (let i = 1; i <= 8; i++) {
+      const pid = await pidOf(fleet, `vm-${i}`);
+      const status = Object.fromEntries(
+        (await readFile(`/proc/${pid}/status`, "utf8"))
+          .trim()
+          .split("\n")
+          .map((line) => line.split(/:\s*/, 2)),
+      );
+      expect({
+        Uid: status.Uid,
+        Gid: status.Gid,
+        Groups: status.Groups?.trim().split(" ").sort(),
+        CapInh: status.CapInh,
+        CapPrm: status.CapPrm,
+        CapEff: status.CapEff,
+        CapBnd: status.CapBnd,
+        CapAmb: status.CapAmb,
+        NoNewPrivs: status.NoNewPrivs,
+        Seccomp: status.Seccomp,
+      }).toEqual({
+        Uid: Array(4).fill(uid).join("\t"),
+        Gid: Array(4).fill(gid).join("\t"),
+        Groups: groups.split(" ").sort(),
+        CapInh: "0000000000000000",
+        CapPrm: "0000000000000000",
+        CapEff: "0000000000000000",
+        CapBnd: "0000000000000000",
+        CapAmb: "0000000000000000",
+        NoNewPrivs: "1",
+        // 2: a seccomp filter (QEMU's -sandbox) is in force.
+        Seccomp: "2",
+      });
+      expect((await stat(`/proc/${pid}/ns/net`)).ino).toBe(namespace);
+    }
+    // A reboot is QEMU resetting the machine in the same process: the kernel and initramfs were
+    // read at start, so the unprivileged, sandboxed QEMU boots the guest again.
+    const pid = await pidOf(fleet, "vm-2");
+    const guest = await attach(fleet, "vm-2");
+    guest.type("reboot\n");
+    await guest.waitFor(/reboot: Restarting system/);
+    await guest.waitFor(/shoal: root is the union of base/);
+    await guest.waitFor(/shoal-tiny: vm-2 is up/);
+    expect((await guest.sh("hostname")).out.trim()).toBe("vm-2");
+    guest.detach();
+    expect(await pidOf(fleet, "vm-2")).toBe(pid);
+    expect((await ps(file)).find((row) => row.name === "vm-2")?.state).toBe("running");
   });
 
   it("does nothing on a second `up`, and `ps` shows every VM running with its layer's disk use", async () => {

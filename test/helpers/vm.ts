@@ -3,6 +3,7 @@ import { createReadStream } from "node:fs";
 import { access, readdir, readFile } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
+import { launchQemu } from "../../src/backends/qemu/launch.js";
 import { QmpClient } from "../../src/backends/qemu/qmp.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { type Accelerator, renderQemuArgv } from "../../src/core/render/qemu.js";
@@ -117,7 +118,11 @@ async function connectConsole(path: string): Promise<Socket> {
   return socket;
 }
 
-/** A VM booted with exactly the QEMU command shoal renders, driven through its serial console. */
+/**
+ * A VM booted with the QEMU command shoal renders (sandbox included), started as shoal starts it,
+ * driven through its serial console. It runs as root, in the test's own directory: which user
+ * QEMU runs as is the lifecycle tests' concern.
+ */
 export class TestVm extends GuestConsole {
   private constructor(
     pid: number,
@@ -166,9 +171,12 @@ export class TestVm extends GuestConsole {
     });
     if (options.withoutLayerDrive) {
       const drive = argv.findIndex((arg) => arg.startsWith("if=none,id=layer"));
-      argv = [...argv.slice(0, drive - 1), ...argv.slice(drive + 3)];
+      argv = [argv[0], ...argv.slice(1, drive - 1), ...argv.slice(drive + 3)];
     }
-    await new ProcessRunner().run({ argv: argv as [string, ...string[]] });
+    await launchQemu(new ProcessRunner(), argv, {
+      qmpSocket: files.qmpSocket,
+      log: join(options.dir, "qemu.log"),
+    });
     const pid = Number((await readFile(files.pidFile, "utf8")).trim());
     const socket = await connectConsole(files.consoleSocket);
     const vm = new TestVm(pid, files.serialLog, socket, files.qmpSocket);

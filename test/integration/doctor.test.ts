@@ -18,6 +18,10 @@ describe("shoal doctor", () => {
     expect(result.stdout).toMatch(/^qemu-system-x86_64 +ok +QEMU emulator version \d+\.\d+/m);
     expect(result.stdout).toMatch(/^dnsmasq +ok +Dnsmasq version \d/m);
     expect(result.stdout).toMatch(/^ssh +ok +OpenSSH_\d/m);
+    // scripts/setup made QEMU's user, in /dev/kvm's group.
+    expect(result.stdout).toMatch(
+      /^QEMU user +ok +shoal-qemu \(uid \d+\): each QEMU runs as it, under its seccomp sandbox$/m,
+    );
     // The same probe `up` runs: KVM works, or it says why and that TCG will be used.
     expect(result.stdout).toMatch(/^KVM +(ok +works|WARN +.*software emulation \(TCG\))/m);
     expect(result.stdout.trim().split("\n").at(-1)).toBe("backend qemu can run VMs on this host");

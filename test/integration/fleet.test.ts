@@ -268,8 +268,9 @@ describe("fleets on a host bridge", () => {
     const argv = JSON.parse(
       await readFile(stateLayout(state).fleet("hbone").vm("vm-2").qemuArgv, "utf8"),
     ) as string[];
-    // QEMU runs in the host's namespace, on a tap named for the fleet.
-    expect(argv[0]).toBe("qemu-system-x86_64");
+    // QEMU runs in the host's namespace (no `ip netns exec`, only the drop to its user), on a tap
+    // named for the fleet.
+    expect(argv[0]).toBe("setpriv");
     expect(argv).toContain(`tap,id=net0,ifname=${hostTapName("hbone", 2)},script=no,downscript=no`);
   });
 

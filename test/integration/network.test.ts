@@ -81,6 +81,19 @@ describe("a fleet's network", () => {
     expect(await inNamespace(net.namespace, "ip", "-o", "link", "show", tap)).toContain(
       "master shoal0",
     );
+    // QEMU runs unprivileged: its user owns the tap, so it may attach to it. One an older shoal
+    // made without an owner is made again.
+    const owner = async () =>
+      (await inNamespace(net.namespace, "ip", "-d", "link", "show", tap)).match(/ user (\S+)/)?.[1];
+    expect(await owner()).toBe("shoal-qemu");
+    await inNamespace(net.namespace, "ip", "link", "del", tap);
+    await inNamespace(net.namespace, "ip", "tuntap", "add", "dev", tap, "mode", "tap");
+    expect(await owner()).toBeUndefined();
+    await net.ensureTap(1);
+    expect(await owner()).toBe("shoal-qemu");
+    expect(await inNamespace(net.namespace, "ip", "-o", "link", "show", tap)).toContain(
+      "master shoal0",
+    );
     // Nothing of it in the host's namespace.
     await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
   });

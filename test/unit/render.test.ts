@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { renderKernelCmdline } from "../../src/core/cmdline.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { renderDhcpHosts, renderDnsHosts } from "../../src/core/render/dnsmasq.js";
-import { renderQemuArgv } from "../../src/core/render/qemu.js";
+import { QEMU_USER, renderQemuArgv } from "../../src/core/render/qemu.js";
 import { renderVifHotplug, renderXlConfig } from "../../src/core/render/xl.js";
 import { fleetOf } from "../helpers/fleet.js";
 
@@ -36,8 +36,8 @@ const files = {
   seed: `${vmDir}/identity.tar`,
   layer: `${vmDir}/layer.img`,
   serialLog: `${vmDir}/serial.log`,
-  consoleSocket: `${vmDir}/console.sock`,
-  qmpSocket: `${vmDir}/qmp.sock`,
+  consoleSocket: `${vmDir}/sockets/console.sock`,
+  qmpSocket: `${vmDir}/sockets/qmp.sock`,
   pidFile: `${vmDir}/qemu.pid`,
 };
 
@@ -153,10 +153,57 @@ describe("vif hotplug script", () => {
 });
 
 describe("QEMU argv", () => {
-  it("attaches the base readonly=on, the layer read-write, and boots the kernel directly", () => {
+  it("attaches the base readonly=on, the layer read-write, and boots the kernel directly, as user shoal-qemu in the fleet's namespace under the sandbox", () => {
     expect(
-      renderQemuArgv({ fleet: "lab", vm: diskVm, boot, files, tap: "sh-lab-1", accel: "tcg" }),
+      renderQemuArgv({
+        fleet: "lab",
+        vm: diskVm,
+        boot,
+        files,
+        tap: "tap1",
+        namespace: "shoal-lab",
+        accel: "tcg",
+        user: QEMU_USER,
+      }),
     ).toMatchSnapshot();
+  });
+
+  it("runs QEMU as an unprivileged user with no capabilities, under its seccomp sandbox, and lets shoal put it in the background", () => {
+    const argv = renderQemuArgv({
+      fleet: "lab",
+      vm: diskVm,
+      boot,
+      files,
+      tap: "tap1",
+      namespace: "shoal-lab",
+      accel: "tcg",
+      user: "shoal-qemu",
+    });
+    // The namespace is entered as root, then setpriv drops to the user for good and execs QEMU.
+    expect(argv.slice(0, argv.indexOf("qemu-system-x86_64"))).toEqual([
+      "ip",
+      "netns",
+      "exec",
+      "shoal-lab",
+      "setpriv",
+      "--reuid=shoal-qemu",
+      "--regid=shoal-qemu",
+      "--init-groups",
+      "--inh-caps=-all",
+      "--bounding-set=-all",
+      "--no-new-privs",
+      "--",
+    ]);
+    expect(argv.slice(-2)).toEqual([
+      "-sandbox",
+      "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    // -daemonize forks and calls setsid, -runas calls setuid: the sandbox kills QEMU for either.
+    expect(argv).not.toContain("-daemonize");
+    expect(argv).not.toContain("-runas");
+    expect(() =>
+      renderQemuArgv({ fleet: "lab", vm: diskVm, boot, files, accel: "tcg", user: "x --" }),
+    ).toThrow(/^internal: user name/);
   });
 
   it("uses the host CPU under KVM", () => {

@@ -184,11 +184,19 @@ describe("disk use for people", () => {
 });
 
 describe("the KVM probe", () => {
-  it("boots the kernel with no root under KVM, so it panics and QEMU exits at once; timeout(1) kills a hung one", () => {
+  it("boots the kernel with no root under KVM, so it panics and QEMU exits at once; timeout(1) kills a hung one; QEMU runs confined as every VM's does", () => {
     expect(kvmProbeArgv("/images/abc/vmlinuz")).toEqual([
       "timeout",
       "--signal=KILL",
       "20",
+      "setpriv",
+      "--reuid=shoal-qemu",
+      "--regid=shoal-qemu",
+      "--init-groups",
+      "--inh-caps=-all",
+      "--bounding-set=-all",
+      "--no-new-privs",
+      "--",
       "qemu-system-x86_64",
       "-machine",
       "q35",
@@ -209,6 +217,8 @@ describe("the KVM probe", () => {
       "/images/abc/vmlinuz",
       "-append",
       "console=ttyS0 panic=-1",
+      "-sandbox",
+      "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
   });
 });

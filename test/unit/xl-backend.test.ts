@@ -1,11 +1,19 @@
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { XlBackend } from "../../src/backends/xl/backend.js";
+import type { VmSpec } from "../../src/core/fleet.js";
+import { renderVifHotplug, renderXlConfig } from "../../src/core/render/xl.js";
 import type { Command, CommandResult } from "../../src/host/runner.js";
 import { stateLayout } from "../../src/state/layout.js";
+import { fleetOf } from "../helpers/fleet.js";
 import { RecordingRunner } from "../helpers/recording-runner.js";
+import { useTempDirs } from "../helpers/tmp.js";
 
 const layout = stateLayout("/var/lib/shoal");
+const tempDir = useTempDirs();
 const vm = { fleet: "lab", name: "vm-1", paths: layout.fleet("lab").vm("vm-1") };
 
 function xlBackend(
@@ -138,5 +146,65 @@ describe("xl backend", () => {
       ["xl", "list", "lab.vm-1"],
       ["xl", "list", "lab.vm-1"],
     ]);
+  });
+
+  it("writes vm.xl.cfg and the vif hotplug script afresh from the record before `xl create` reads them", async () => {
+    const root = await tempDir();
+    const here = stateLayout(root);
+    const paths = here.fleet("lab").vm("vm-1");
+    const [spec] = fleetOf("name: lab\nbackend: xl\ncount: 1\n").vms as [VmSpec];
+    const image = here.image("ab".repeat(32));
+    const boot = {
+      kernel: image.kernel,
+      initrd: image.initrd,
+      base: image.base,
+      baseId: "ab".repeat(32),
+    };
+    const nic = { tap: "tap1", bridge: "shoal0", namespace: "shoal-lab" };
+    const planted = join(root, "owned");
+    await mkdir(paths.dir, { recursive: true });
+    await writeFile(
+      paths.xlConfig,
+      `bootloader = "/bin/sh"\nbootloader_args = ["-c", "touch ${planted}"]\n`,
+    );
+    await writeFile(paths.vifHotplug, `#!/bin/sh\ntouch ${planted}\n`, { mode: 0o755 });
+    const consoles = join(root, "xen-console");
+    const processes = async (name: string) =>
+      name === "xenconsoled"
+        ? [{ pid: 1, argv: ["xenconsoled", "--log=guest", `--log-dir=${consoles}`] }]
+        : [];
+    let created: { config: string; script: string } | undefined;
+    const runner = new RecordingRunner((command) => {
+      if (command.argv[1] === "create") {
+        created = {
+          config: readFileSync(paths.xlConfig, "utf8"),
+          script: readFileSync(paths.vifHotplug, "utf8"),
+        };
+      }
+      return {};
+    });
+    await new XlBackend(runner, here.xlCreateLock, processes).start(
+      { fleet: "lab", name: "vm-1", paths },
+      spec,
+      boot,
+      nic,
+    );
+    expect(runner.argvs.at(-1)).toEqual(["xl", "create", paths.xlConfig]);
+    expect(created).toEqual({
+      config: renderXlConfig({
+        fleet: "lab",
+        vm: spec,
+        boot,
+        seed: paths.seed,
+        layer: paths.layer,
+        bridge: "shoal0",
+        vifScript: paths.vifHotplug,
+      }),
+      script: renderVifHotplug({
+        script: await readFile("src/net/xen-vif-hotplug", "utf8"),
+        bridge: "shoal0",
+        namespace: "shoal-lab",
+      }),
+    });
   });
 });

@@ -2,11 +2,12 @@ import { constants } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { z } from "zod";
-import type { Accelerator } from "../../core/render/qemu.js";
-import { pathExists } from "../../host/paths.js";
+import { type Accelerator, asUser, QEMU_SANDBOX, QEMU_USER } from "../../core/render/qemu.js";
+import { closedToOthers, pathExists } from "../../host/paths.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
+import { requireQemuUser } from "./user.js";
 
 const PROBE_TIMEOUT_MS = 20_000;
 
@@ -29,26 +30,31 @@ export function kvmProbeArgv(kernel: string): [string, ...string[]] {
     "timeout",
     "--signal=KILL",
     `${PROBE_TIMEOUT_MS / 1000}`,
-    "qemu-system-x86_64",
-    "-machine",
-    "q35",
-    "-accel",
-    "kvm",
-    "-cpu",
-    "host",
-    "-m",
-    "128M",
-    "-nodefaults",
-    "-no-user-config",
-    "-display",
-    "none",
-    "-serial",
-    "stdio",
-    "-no-reboot",
-    "-kernel",
-    kernel,
-    "-append",
-    "console=ttyS0 panic=-1",
+    // The kernel may be an image's: it boots confined as every VM does.
+    ...asUser(QEMU_USER, [
+      "qemu-system-x86_64",
+      "-machine",
+      "q35",
+      "-accel",
+      "kvm",
+      "-cpu",
+      "host",
+      "-m",
+      "128M",
+      "-nodefaults",
+      "-no-user-config",
+      "-display",
+      "none",
+      "-serial",
+      "stdio",
+      "-no-reboot",
+      "-kernel",
+      kernel,
+      "-append",
+      "console=ttyS0 panic=-1",
+      "-sandbox",
+      QEMU_SANDBOX,
+    ]),
   ];
 }
 
@@ -56,6 +62,8 @@ async function probeKvm(runner: Runner, kernel: string): Promise<AccelChoice> {
   if (!(await pathExists("/dev/kvm", constants.R_OK | constants.W_OK))) {
     return { accel: "tcg", reason: "/dev/kvm is missing or not accessible" };
   }
+  // Without its user the probe could not start QEMU, and a "no" would be kept until the next boot.
+  await requireQemuUser(runner);
   const result = await runner
     .run({ argv: kvmProbeArgv(kernel), timeoutMs: PROBE_TIMEOUT_MS + 5000, probe: true })
     .then(
@@ -101,6 +109,12 @@ export async function chooseAccel(
   if (cached.success && cached.data.bootId === bootId) {
     const { accel, reason } = cached.data;
     return reason === undefined ? { accel } : { accel, reason };
+  }
+  // The probe's QEMU runs unprivileged: a kernel it cannot reach says nothing about KVM, so that
+  // answer is not kept (starting a VM there fails with the fix).
+  const closed = await closedToOthers(dirname(kernel));
+  if (closed !== undefined) {
+    return { accel: "tcg", reason: `KVM not probed: ${closed} is closed to user ${QEMU_USER}` };
   }
   const choice = await probeKvm(runner, kernel);
   await mkdir(dirname(cacheFile), { recursive: true });

@@ -1,19 +1,25 @@
-import { readFile, stat, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
+import { constants } from "node:fs";
+import { open, readFile, stat } from "node:fs/promises";
+import { dirname } from "node:path";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { z } from "zod";
 import type { VmSpec } from "../../core/fleet.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
-import { type Accelerator, renderQemuArgv } from "../../core/render/qemu.js";
-import { ShoalError } from "../../errors.js";
+import { type Accelerator, QEMU_USER, renderQemuArgv } from "../../core/render/qemu.js";
+import { ShoalError, UserError } from "../../errors.js";
+import { closedToOthers } from "../../host/paths.js";
 import type { Runner } from "../../host/runner.js";
-import { parseJsonOrUndefined } from "../../state/json.js";
+import { connectSocketFile } from "../../host/unix-socket.js";
+import { writeFileAtomic } from "../../state/atomic.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
+import { grantQemuAccess, launchQemu } from "./launch.js";
 import { QmpClient } from "./qmp.js";
+import { type QemuUser, requireQemuUser } from "./user.js";
 
 const QMP_TIMEOUT_MS = 3000;
+/** A pid file holds a number and a newline. */
+const PID_FILE_MAX = 32;
 const TERM_GRACE_MS = 5000;
 const KILL_WAIT_MS = 10_000;
 
@@ -26,24 +32,72 @@ function signal(pid: number, name: NodeJS.Signals): void {
   }
 }
 
-const savedArgv = z.array(z.string()).min(1);
+/** The first `bytes` bytes of a file, never read through a link or from a FIFO that blocks. */
+async function readHead(path: string, bytes: number): Promise<string> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    const buffer = Buffer.alloc(bytes);
+    const { bytesRead } = await handle.read(buffer, 0, bytes, 0);
+    return buffer.subarray(0, bytesRead).toString();
+  } finally {
+    await handle.close();
+  }
+}
 
 /**
- * QEMU: one daemonized process per VM, found again through its pid file and checked against its
- * command line (a pid can be reused), asked about its state over QMP.
+ * QEMU runs unprivileged: it must get through every directory above the image's files and the
+ * fleet's directory as any other user would (the VM's own directories are opened to its group).
+ */
+async function checkReachable(vm: BackendVm, boot: BootFiles): Promise<void> {
+  const fleetDir = dirname(dirname(vm.paths.dir));
+  for (const dir of new Set([boot.kernel, boot.initrd, boot.base].map(dirname)).add(fleetDir)) {
+    const closed = await closedToOthers(dir);
+    if (closed !== undefined) {
+      throw new UserError(
+        `QEMU, which runs as user ${QEMU_USER}, cannot reach ${dir}: ${closed} is closed to other users`,
+        `allow it with \`chmod o+x ${closed}\`, or choose a --state-dir under a directory others may enter`,
+      );
+    }
+  }
+}
+
+/**
+ * QEMU: one process per VM, run as an unprivileged user under QEMU's seccomp sandbox, started in
+ * the background by shoal; found again through its pid file and checked against its command line
+ * (a pid can be reused), asked about its state over QMP.
  */
 export class QemuBackend implements Backend {
   readonly name = "qemu" as const;
   readonly nic = "tap" as const;
 
+  private user: Promise<QemuUser> | undefined;
+
   constructor(
     private readonly runner: Runner,
-    /** Decides KVM or software emulation for a kernel; asked once per VM definition. */
+    /** Decides KVM or software emulation for a kernel; asked whenever a VM is defined or started. */
     private readonly accel: (kernel: string) => Promise<Accelerator>,
   ) {}
 
-  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
-    const argv = renderQemuArgv({
+  /** The user QEMU runs as, looked up once per shoal run (a failed look is not kept). */
+  private qemuUser(): Promise<QemuUser> {
+    this.user ??= requireQemuUser(this.runner).catch((error: unknown) => {
+      this.user = undefined;
+      throw error;
+    });
+    return this.user;
+  }
+
+  /**
+   * The command for this VM, rendered from its spec and boot files each time it is needed: what
+   * the VM's directory holds is a record, never what runs.
+   */
+  private async render(
+    vm: BackendVm,
+    spec: VmSpec,
+    boot: BootFiles,
+    nic: VmNic,
+  ): Promise<[string, ...string[]]> {
+    return renderQemuArgv({
       fleet: vm.fleet,
       vm: spec,
       tap: nic.tap,
@@ -58,30 +112,36 @@ export class QemuBackend implements Backend {
         pidFile: vm.paths.pidFile,
       },
       accel: await this.accel(boot.kernel),
+      user: QEMU_USER,
     });
-    await writeFile(vm.paths.qemuArgv, `${JSON.stringify(argv, null, 1)}\n`, { mode: 0o600 });
   }
 
-  async start(vm: BackendVm): Promise<void> {
-    const argv = savedArgv.safeParse(
-      parseJsonOrUndefined(await readFile(vm.paths.qemuArgv, "utf8").catch(() => "")),
-    );
-    if (!argv.success) {
-      throw new ShoalError(`VM ${vm.name} has no usable QEMU definition (${vm.paths.qemuArgv})`, {
-        hint: "`shoal up` writes it again",
-      });
-    }
-    // -daemonize returns once QEMU is set up: the pid file and sockets exist from then on.
-    await this.runner.run({ argv: argv.data as [string, ...string[]] });
+  /** Keeps the command in vm.qemu for people to read; a link there is replaced, not written through. */
+  private async record(vm: BackendVm, argv: readonly string[]): Promise<void> {
+    await writeFileAtomic(vm.paths.qemuArgv, `${JSON.stringify(argv, null, 1)}\n`, 0o600);
+  }
+
+  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
+    await this.record(vm, await this.render(vm, spec, boot, nic));
+  }
+
+  async start(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
+    const { gid } = await this.qemuUser();
+    await checkReachable(vm, boot);
+    const argv = await this.render(vm, spec, boot, nic);
+    await this.record(vm, argv);
+    await grantQemuAccess(vm.paths, spec.layer.type === "disk", gid);
+    await launchQemu(this.runner, argv, { qmpSocket: vm.paths.qmpSocket, log: vm.paths.qemuLog });
   }
 
   /**
    * The pid of this VM's QEMU, if one runs: the pid file's process, if its command line names this
    * VM and this pid file (a pid may have been reused; another state directory may hold a fleet and
-   * VM of the same names). A zombie is not running.
+   * VM of the same names). A zombie is not running. QEMU writes the file, so only its first bytes
+   * are read.
    */
   private async pid(vm: BackendVm): Promise<number | undefined> {
-    const pid = Number((await readFile(vm.paths.pidFile, "utf8").catch(() => "")).trim());
+    const pid = Number((await readHead(vm.paths.pidFile, PID_FILE_MAX).catch(() => "")).trim());
     if (!Number.isInteger(pid) || pid <= 0) return undefined;
     const [cmdline, stat] = await Promise.all([
       readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => ""),
@@ -145,7 +205,7 @@ export class QemuBackend implements Backend {
   }
 
   async openConsole(vm: BackendVm): Promise<Duplex> {
-    const socket = connect(vm.paths.consoleSocket);
+    const socket = connectSocketFile(vm.paths.consoleSocket);
     await new Promise<void>((resolve, reject) => {
       socket.once("connect", resolve);
       socket.once("error", (error) =>

@@ -1,5 +1,6 @@
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { ShoalError } from "../../errors.js";
+import { connectSocketFile } from "../../host/unix-socket.js";
 
 /**
  * A client for QEMU's machine protocol (QMP) on a VM's Unix socket: JSON lines, a greeting, then
@@ -24,7 +25,7 @@ export class QmpClient {
   }
 
   static async connect(path: string, timeoutMs = 5000): Promise<QmpClient> {
-    const socket = connect(path);
+    const socket = connectSocketFile(path);
     const client = new QmpClient(socket, path);
     let timer: NodeJS.Timeout | undefined;
     try {

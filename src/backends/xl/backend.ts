@@ -1,5 +1,5 @@
 import { constants, openSync } from "node:fs";
-import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -16,10 +16,10 @@ import {
   type XlDomainState,
 } from "../../core/xen.js";
 import { ShoalError } from "../../errors.js";
-import { pathExists } from "../../host/paths.js";
 import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { consoleLogDir } from "../../host/xen.js";
+import { writeFileAtomic } from "../../state/atomic.js";
 import { withLock } from "../../state/lock.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 
@@ -47,19 +47,20 @@ export class XlBackend implements Backend {
   constructor(
     private readonly runner: Runner,
     private readonly createLock: string,
-    /** Finds xl's monitor processes (a parameter so that unit tests see none). */
+    /** Finds xl's monitor processes and xenconsoled (a parameter so that unit tests see their own). */
     private readonly processes: typeof processesNamed = processesNamed,
   ) {}
 
   async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
-    await writeFile(
+    // Replaced, never written through: a link planted there would be followed.
+    await writeFileAtomic(
       vm.paths.vifHotplug,
       renderVifHotplug({
         script: await readFile(VIF_HOTPLUG, "utf8"),
         bridge: nic.bridge,
         ...(nic.namespace === undefined ? {} : { namespace: nic.namespace }),
       }),
-      { mode: 0o755 },
+      0o755,
     );
     const config = renderXlConfig({
       fleet: vm.fleet,
@@ -70,15 +71,13 @@ export class XlBackend implements Backend {
       bridge: nic.bridge,
       vifScript: vm.paths.vifHotplug,
     });
-    await writeFile(vm.paths.xlConfig, config, { mode: 0o600 });
+    await writeFileAtomic(vm.paths.xlConfig, config, 0o600);
   }
 
-  async start(vm: BackendVm): Promise<void> {
-    if (!(await pathExists(vm.paths.xlConfig))) {
-      throw new ShoalError(`VM ${vm.name} has no xl definition (${vm.paths.xlConfig})`, {
-        hint: "`shoal up` writes it again",
-      });
-    }
+  async start(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
+    // xl reads the config, and Xen's hotplug runs the script, from the VM's directory as root:
+    // both are written afresh from the record first.
+    await this.define(vm, spec, boot, nic);
     const logDir = await this.consoleLogDir();
     await mkdir(logDir, { recursive: true });
     const link = guestConsoleLog(logDir, this.domain(vm));
@@ -99,7 +98,7 @@ export class XlBackend implements Backend {
 
   /** xenconsoled's log directory, looked up once per shoal run (a failed look is not kept). */
   private consoleLogDir(): Promise<string> {
-    this.logDir ??= consoleLogDir().catch((error: unknown) => {
+    this.logDir ??= consoleLogDir(this.processes).catch((error: unknown) => {
       this.logDir = undefined;
       throw error;
     });

@@ -6,6 +6,37 @@ import { assertSafePaths, type BootFiles, domainName, isInterfaceName } from "./
 
 export type Accelerator = "kvm" | "tcg";
 
+/** The unprivileged system user every QEMU runs as (made by scripts/setup). */
+export const QEMU_USER = "shoal-qemu";
+
+/**
+ * QEMU's own seccomp filter: no set*id, no fork or exec, no scheduler or resource changes, no
+ * obsolete system calls. With these QEMU cannot -daemonize (it forks and calls setsid) nor drop
+ * privileges itself with -runas (setuid comes after the filter is in place), so it is started
+ * unprivileged, in a session of its own, by shoal.
+ */
+export const QEMU_SANDBOX =
+  "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/**
+ * Runs `argv` as `user` with no capabilities (none to gain again either: an empty bounding set,
+ * no_new_privs), the user's own groups (kvm for /dev/kvm) and nothing inherited from root.
+ */
+export function asUser(user: string, argv: readonly [string, ...string[]]): [string, ...string[]] {
+  assertRenderable("user name", user, /^[a-z_][a-z0-9_-]{0,31}$/.test(user));
+  return [
+    "setpriv",
+    `--reuid=${user}`,
+    `--regid=${user}`,
+    "--init-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+    "--no-new-privs",
+    "--",
+    ...argv,
+  ];
+}
+
 export interface QemuFiles {
   /** The VM's identity seed (see core/seed.ts). */
   readonly seed: string;
@@ -27,14 +58,17 @@ export interface QemuInput {
   /** The network namespace QEMU runs in (the fleet's), so that it finds its tap there. */
   readonly namespace?: string;
   readonly accel: Accelerator;
+  /** The user QEMU runs as (shoal: QEMU_USER); without one, as whoever starts it (tests). */
+  readonly user?: string;
 }
 
 /**
- * The QEMU command for one VM. It daemonizes so VMs outlive shoal; shoal talks to it over QMP and
- * reaches the serial console over a socket while QEMU also logs it to a file. The base and the
- * identity seed are attached `readonly=on`, so QEMU itself refuses any write to them.
+ * The QEMU command for one VM, run unprivileged and under QEMU's seccomp sandbox; shoal starts it
+ * in the background (see QEMU_SANDBOX) and talks to it over QMP, and reaches the serial console
+ * over a socket while QEMU also logs it to a file. The base and the identity seed are attached
+ * `readonly=on`, so QEMU itself refuses any write to them.
  */
-export function renderQemuArgv(input: QemuInput): string[] {
+export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
   const { vm, boot, files } = input;
   assertSafePaths({ kernel: boot.kernel, initrd: boot.initrd, base: boot.base, ...files });
   for (const socket of [files.consoleSocket, files.qmpSocket]) {
@@ -62,7 +96,7 @@ export function renderQemuArgv(input: QemuInput): string[] {
   if (vm.layer.type === "disk" && files.layer === undefined) {
     throw new Error(`internal: ${vm.name} has a disk layer but no layer path`);
   }
-  return inNamespace(input.namespace, [
+  const qemu: [string, ...string[]] = [
     "qemu-system-x86_64",
     "-name",
     domainName(input.fleet, vm.name),
@@ -107,6 +141,8 @@ export function renderQemuArgv(input: QemuInput): string[] {
     "-no-shutdown",
     "-pidfile",
     files.pidFile,
-    "-daemonize",
-  ]);
+    "-sandbox",
+    QEMU_SANDBOX,
+  ];
+  return inNamespace(input.namespace, input.user === undefined ? qemu : asUser(input.user, qemu));
 }
