@@ -35,7 +35,7 @@ async function buildImage(name: string, copy: number) {
 
 beforeAll(async () => {
   state = stateDir();
-  // As a host's state directory is: dnsmasq reads the fleet's files as user nobody.
+  // As a host's state directory is: dnsmasq (user nobody) and QEMU (shoal-qemu) get through it.
   await chmod(state, 0o755);
   await buildImage("tiny", 1);
   await buildImage("tiny-next", 2);
