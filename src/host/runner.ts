@@ -110,22 +110,20 @@ export class ProcessRunner implements Runner {
   }
 
   async run(command: Command): Promise<CommandResult> {
-    const log = (line: string) => this.log(line);
     if (this.options.dryRun && !command.probe) {
-      log(`would run: ${formatArgv(command.argv)}`);
+      this.log(`would run: ${formatArgv(command.argv)}`);
       return { code: 0, stdout: "", stderr: "" };
     }
-    if (this.options.trace) log(`+ ${formatArgv(command.argv)}`);
+    if (this.options.trace) this.log(`+ ${formatArgv(command.argv)}`);
     return requireSuccess(command, await execute(command));
   }
 
   async launch(command: LaunchCommand): Promise<Launched | undefined> {
-    const log = (line: string) => this.log(line);
     if (this.options.dryRun) {
-      log(`would run: ${formatArgv(command.argv)}`);
+      this.log(`would run: ${formatArgv(command.argv)}`);
       return undefined;
     }
-    if (this.options.trace) log(`+ ${formatArgv(command.argv)} >>${command.output}`);
+    if (this.options.trace) this.log(`+ ${formatArgv(command.argv)} >>${command.output}`);
     const output = openSync(
       command.output,
       constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW,

@@ -1,5 +1,10 @@
+import { readFile, stat, symlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { CommandFailed, ProcessRunner } from "../../src/host/runner.js";
+import { useTempDirs } from "../helpers/tmp.js";
+
+const tempDir = useTempDirs();
 
 describe("the command runner", () => {
   it("runs an argv without a shell and captures its output", async () => {
@@ -71,5 +76,32 @@ describe("the command runner", () => {
       argv: ["echo", "a b", "it's"],
     });
     expect(lines).toEqual([`+ echo 'a b' "it's"`]);
+  });
+
+  it("launches a program in a session of its own, its output appended to a file never reached through a link", async () => {
+    const dir = await tempDir();
+    const output = join(dir, "out.log");
+    await writeFile(output, "before\n");
+    const runner = new ProcessRunner();
+    const launched = await runner.launch({
+      argv: ["sh", "-c", 'echo "out $(ps -o sid= -p $$) $$"; echo err >&2; read -r x; exit 3'],
+      output,
+    });
+    // No input: `read` meets end of file at once.
+    expect(await launched?.ended).toBe(3);
+    const [before, out, err] = (await readFile(output, "utf8")).trim().split("\n");
+    const [, sid, pid] = out?.trim().split(/\s+/) ?? [];
+    expect([before, err, pid]).toEqual(["before", "err", String(launched?.pid)]);
+    // The session's leader: the terminal's Ctrl-C does not reach it.
+    expect(sid).toBe(pid);
+
+    const elsewhere = join(dir, "elsewhere");
+    await symlink(elsewhere, join(dir, "link.log"));
+    await expect(runner.launch({ argv: ["true"], output: join(dir, "link.log") })).rejects.toThrow(
+      /ELOOP/,
+    );
+    await expect(stat(elsewhere)).rejects.toThrow(/ENOENT/);
+    const missing = runner.launch({ argv: ["no-such-program-here"], output });
+    await expect(missing).rejects.toThrow(/no-such-program-here is not installed or not on PATH/);
   });
 });
