@@ -1,5 +1,5 @@
 import type { BackendName } from "../core/fleet.js";
-import type { Runner } from "../host/runner.js";
+import type { Launcher } from "../host/runner.js";
 import type { StateLayout } from "../state/layout.js";
 import type { Backend } from "./backend.js";
 import { chooseAccel } from "./qemu/accel.js";
@@ -7,7 +7,7 @@ import { QemuBackend } from "./qemu/backend.js";
 import { XlBackend } from "./xl/backend.js";
 
 export interface BackendDeps {
-  readonly runner: Runner;
+  readonly runner: Launcher;
   readonly layout: StateLayout;
   /** One-line notices for the user (the accelerator chosen, ...). */
   readonly notice: (line: string) => void;

@@ -1,5 +1,5 @@
 import { Option } from "@commander-js/extra-typings";
-import { ProcessRunner, type Runner } from "../host/runner.js";
+import { type Launcher, ProcessRunner } from "../host/runner.js";
 import { DEFAULT_FLEET_FILE } from "../spec/load.js";
 import { DEFAULT_STATE_DIR, type StateLayout } from "../state/layout.js";
 import { openStateDir } from "../state/trust.js";
@@ -30,7 +30,7 @@ export interface Context {
   readonly dryRun: boolean;
   /** The state directory, checked on first use (see state/trust.ts). */
   readonly layout: () => Promise<StateLayout>;
-  readonly runner: Runner;
+  readonly runner: Launcher;
   readonly print: (text: string) => void;
 }
 

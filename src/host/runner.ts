@@ -63,6 +63,10 @@ export interface Launched {
 
 export interface Runner {
   run(command: Command): Promise<CommandResult>;
+}
+
+/** A Runner that also starts programs which outlive shoal (VMs' QEMU). */
+export interface Launcher extends Runner {
   /**
    * Starts a program in a session of its own (out of reach of the terminal's Ctrl-C) with no
    * input and returns once it runs; undefined in a dry run, which only prints it.
@@ -101,7 +105,7 @@ export interface ProcessRunnerOptions {
   readonly trace?: boolean;
 }
 
-export class ProcessRunner implements Runner {
+export class ProcessRunner implements Launcher {
   constructor(private readonly options: ProcessRunnerOptions = {}) {}
 
   private log(line: string): void {

@@ -9,11 +9,7 @@ const MiB = 1024 * 1024;
  * base is only ever mounted read-only, so it needs no journal and no reserved blocks; its size is
  * the tree's with room for metadata.
  */
-export async function imageFromTree(
-  runner: Pick<Runner, "run">,
-  tree: string,
-  out: string,
-): Promise<void> {
+export async function imageFromTree(runner: Runner, tree: string, out: string): Promise<void> {
   const { stdout } = await runner.run({
     argv: ["du", "-s", "-B1", "--apparent-size", tree],
     probe: true,

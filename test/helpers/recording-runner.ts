@@ -3,7 +3,7 @@ import {
   type CommandResult,
   type LaunchCommand,
   type Launched,
-  type Runner,
+  type Launcher,
   requireSuccess,
 } from "../../src/host/runner.js";
 
@@ -11,7 +11,7 @@ import {
  * A Runner for unit tests: records every command and answers from a script of canned results, so
  * tests can assert the exact command lines shoal would run.
  */
-export class RecordingRunner implements Runner {
+export class RecordingRunner implements Launcher {
   readonly commands: Command[] = [];
   readonly launches: LaunchCommand[] = [];
 

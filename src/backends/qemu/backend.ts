@@ -9,7 +9,7 @@ import { domainName } from "../../core/render/boot.js";
 import { type Accelerator, QEMU_USER, renderQemuArgv } from "../../core/render/qemu.js";
 import { ShoalError, UserError } from "../../errors.js";
 import { closedToOthers } from "../../host/paths.js";
-import type { Runner } from "../../host/runner.js";
+import type { Launcher } from "../../host/runner.js";
 import { connectSocketFile } from "../../host/unix-socket.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
@@ -73,7 +73,7 @@ export class QemuBackend implements Backend {
   private user: Promise<QemuUser> | undefined;
 
   constructor(
-    private readonly runner: Runner,
+    private readonly runner: Launcher,
     /** Decides KVM or software emulation for a kernel; asked whenever a VM is defined or started. */
     private readonly accel: (kernel: string) => Promise<Accelerator>,
   ) {}

@@ -2,7 +2,7 @@ import { constants } from "node:fs";
 import { mkdir, open, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { CommandFailed, type Runner } from "../../host/runner.js";
+import { CommandFailed, type Launcher } from "../../host/runner.js";
 import type { VmPaths } from "../../state/layout.js";
 import { QmpClient } from "./qmp.js";
 
@@ -72,7 +72,7 @@ async function logSince(log: string, offset: number): Promise<string> {
  * A QEMU that ends first fails with what it wrote; one that never answers is killed.
  */
 export async function launchQemu(
-  runner: Runner,
+  runner: Launcher,
   argv: readonly [string, ...string[]],
   files: { readonly qmpSocket: string; readonly log: string },
 ): Promise<void> {
