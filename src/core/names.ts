@@ -1,3 +1,5 @@
+import { quoted } from "./excerpt.js";
+
 /**
  * Names become hostnames, DNS names, directory names and parts of hypervisor configs, so they are
  * held to the strictest of those: a lowercase DNS label (RFC 1123). This also keeps "/", "..",
@@ -51,7 +53,10 @@ export function parseNamePattern(text: string): PatternResult {
   // The widest name a pattern can produce is checked where the count is known; here the narrowest.
   const sample = expandNamePattern(pattern, 1);
   if (!isDnsLabel(sample)) {
-    return { ok: false, message: `gives names like "${sample}", which is not ${DNS_LABEL_RULE}` };
+    return {
+      ok: false,
+      message: `gives names like ${quoted(sample)}, which is not ${DNS_LABEL_RULE}`,
+    };
   }
   return { ok: true, pattern };
 }

@@ -1,15 +1,7 @@
-import { readFile } from "node:fs/promises";
-import {
-  isAlias,
-  isMap,
-  isPair,
-  isScalar,
-  isSeq,
-  LineCounter,
-  type Node,
-  parseDocument,
-} from "yaml";
+import { constants } from "node:fs";
+import { type FileHandle, open, stat } from "node:fs/promises";
 import { z } from "zod";
+import { quoted } from "../core/excerpt.js";
 import type { FleetSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";
 import { SpecError, type SpecProblem, UserError } from "../errors.js";
@@ -21,15 +13,50 @@ import {
   type VmEntry,
   vmEntrySchema,
 } from "./schema.js";
+import { positionOf, readYaml, type YamlSource } from "./yaml.js";
 
 export const DEFAULT_FLEET_FILE = "shoal.yaml";
 
-/** Reads and checks a fleet file; every problem in it is reported at once, with its position. */
-export async function loadFleetFile(path: string): Promise<FleetSpec> {
-  let bytes: Buffer;
+/** A fleet file is a few KiB; a larger one is something else (a disk image, /dev/zero). */
+export const MAX_FLEET_FILE = 1024 * 1024;
+
+/** At most this many problems are listed; a file with more is most likely not a fleet file. */
+export const MAX_PROBLEMS = 50;
+
+function kindOf(stats: {
+  isDirectory(): boolean;
+  isFIFO(): boolean;
+  isCharacterDevice(): boolean;
+  isBlockDevice(): boolean;
+  isSocket(): boolean;
+}): string {
+  if (stats.isDirectory()) return "a directory";
+  if (stats.isFIFO()) return "a FIFO";
+  if (stats.isCharacterDevice() || stats.isBlockDevice()) return "a device";
+  if (stats.isSocket()) return "a socket";
+  return "not a regular file";
+}
+
+function notAFleetFile(path: string, kind: string): UserError {
+  return new UserError(
+    `${path} is ${kind}, not a fleet file`,
+    "pass -f FILE, a regular file of YAML text",
+  );
+}
+
+/**
+ * The file's bytes, read only when it is a regular file (a FIFO would block, a device could be
+ * endless or act on being opened) and only up to the limit.
+ */
+async function readBounded(path: string): Promise<Buffer> {
+  let handle: FileHandle;
   try {
-    bytes = await readFile(path);
+    const before = await stat(path);
+    if (!before.isFile()) throw notAFleetFile(path, kindOf(before));
+    // O_NONBLOCK: should the path become a FIFO after the stat, opening it does not wait for a writer.
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (error) {
+    if (error instanceof UserError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ENOENT") {
       throw new UserError(
@@ -37,17 +64,74 @@ export async function loadFleetFile(path: string): Promise<FleetSpec> {
         "pass -f FILE, or write shoal.yaml (examples/ has some)",
       );
     }
-    if (code === "EISDIR")
-      throw new UserError(`${path} is a directory, not a fleet file`, "pass -f FILE");
     throw new UserError(`cannot read fleet file ${path}: ${(error as Error).message}`);
   }
-  let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw new UserError(`${path} is not a text file (not UTF-8)`, "a fleet file is YAML text");
+    const opened = await handle.stat();
+    if (!opened.isFile()) throw notAFleetFile(path, kindOf(opened));
+    const buffer = Buffer.alloc(MAX_FLEET_FILE + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    if (length > MAX_FLEET_FILE) {
+      throw new UserError(
+        `${path} is larger than ${MAX_FLEET_FILE / 1024 / 1024} MiB, too large for a fleet file`,
+        "pass -f FILE, a fleet file of YAML text",
+      );
+    }
+    return buffer.subarray(0, length);
+  } catch (error) {
+    if (error instanceof UserError) throw error;
+    throw new UserError(`cannot read fleet file ${path}: ${(error as Error).message}`);
+  } finally {
+    await handle.close();
   }
-  return parseFleetText(text, path);
+}
+
+/** The text of a UTF-8 file, or the position of its first byte that is not UTF-8. */
+function decodeUtf8(bytes: Uint8Array, file: string): string {
+  // The byte order mark is kept while searching, so that byte offsets stay true.
+  const decoder = () => new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+  try {
+    return decoder()
+      .decode(bytes)
+      .replace(/^\uFEFF/, "");
+  } catch {
+    // The longest prefix that decodes (a character cut at its end waits for more): the bad byte follows it.
+    let good = 0;
+    let bad = bytes.length;
+    while (good < bad) {
+      const middle = Math.ceil((good + bad) / 2);
+      try {
+        decoder().decode(bytes.subarray(0, middle), { stream: true });
+        good = middle;
+      } catch {
+        bad = middle - 1;
+      }
+    }
+    const before = decoder().decode(bytes.subarray(0, good), { stream: true });
+    const offset = Buffer.byteLength(before);
+    const lines = before.replace(/^\uFEFF/, "").split("\n");
+    throw problemsAt(
+      file,
+      lines.length,
+      (lines[lines.length - 1]?.length ?? 0) + 1,
+      `byte ${offset + 1} (0x${(bytes[offset] ?? 0).toString(16).padStart(2, "0")}) is not UTF-8; a fleet file is UTF-8 text`,
+    );
+  }
+}
+
+/** A fleet file's bytes, checked: they must be UTF-8 text (a byte order mark is allowed). */
+export function parseFleetBytes(bytes: Uint8Array, file: string): FleetSpec {
+  return parseFleetText(decodeUtf8(bytes, file), file);
+}
+
+/** Reads and checks a fleet file; every problem in it is reported at once, with its position. */
+export async function loadFleetFile(path: string): Promise<FleetSpec> {
+  return parseFleetBytes(await readBounded(path), path);
 }
 
 function describeValue(value: unknown): string {
@@ -55,7 +139,7 @@ function describeValue(value: unknown): string {
   if (value === null) return "an empty value";
   if (Array.isArray(value)) return "a list";
   if (typeof value === "object") return "a mapping";
-  if (typeof value === "string") return `text "${value}"`;
+  if (typeof value === "string") return `text ${quoted(value)}`;
   return `${typeof value} ${String(value)}`;
 }
 
@@ -97,59 +181,32 @@ function allowedKeys(path: readonly PropertyKey[]): string[] {
   return schema instanceof z.ZodObject ? Object.keys(schema.shape) : [];
 }
 
+/** Keys as a fleet file's author writes them; any other key is shown quoted and cut short. */
+const PLAIN_KEY = /^[A-Za-z0-9_-]{1,40}$/;
+
 export function formatFieldPath(path: readonly PropertyKey[]): string {
   if (path.length === 0) return "(file)";
   return path
-    .map((segment, i) =>
-      typeof segment === "number" ? `[${segment}]` : `${i === 0 ? "" : "."}${String(segment)}`,
-    )
+    .map((segment, i) => {
+      if (typeof segment === "number") return `[${segment}]`;
+      const key = String(segment);
+      if (!PLAIN_KEY.test(key)) return `[${quoted(key)}]`;
+      return `${i === 0 ? "" : "."}${key}`;
+    })
     .join("");
-}
-
-class Positions {
-  constructor(
-    private readonly doc: ReturnType<typeof parseDocument>,
-    private readonly lines: LineCounter,
-  ) {}
-
-  /** The position of the value at `path`, or of its key (`key: true`), or of the nearest parent that exists. */
-  of(path: FieldPath, key = false): { line: number; col: number } {
-    let node: unknown = this.doc.contents;
-    let offset = (node as Node | null)?.range?.[0] ?? 0;
-    for (const segment of path) {
-      if (isAlias(node)) node = node.resolve(this.doc);
-      let next: unknown;
-      let keyNode: unknown;
-      if (isMap(node)) {
-        const pair = node.items.find(
-          (item) => isPair(item) && (isScalar(item.key) ? item.key.value : item.key) === segment,
-        );
-        keyNode = pair?.key;
-        next = pair?.value;
-      } else if (isSeq(node) && typeof segment === "number") {
-        next = node.items[segment];
-      }
-      const target = key && segment === path[path.length - 1] ? keyNode : (next ?? keyNode);
-      const start = (target as Node | undefined)?.range?.[0];
-      if (start === undefined) break;
-      offset = start;
-      node = next;
-    }
-    return this.lines.linePos(offset);
-  }
 }
 
 function schemaProblems(
   issues: readonly z.core.$ZodIssue[],
   file: string,
-  positions: Positions,
+  source: YamlSource,
 ): SpecProblem[] {
   return issues.flatMap((issue) => {
     if (issue.code === "unrecognized_keys") {
       const allowed = allowedKeys(issue.path);
       return issue.keys.map((key) => ({
         file,
-        ...positions.of([...(issue.path as FieldPath), key], true),
+        ...positionOf(source, [...(issue.path as FieldPath), key], true),
         field: formatFieldPath([...issue.path, key]),
         message: `unknown key; ${allowed.length > 0 ? `expected one of ${allowed.join(", ")}` : "remove it"}`,
       }));
@@ -157,7 +214,7 @@ function schemaProblems(
     return [
       {
         file,
-        ...positions.of(issue.path as FieldPath),
+        ...positionOf(source, issue.path as FieldPath),
         field: formatFieldPath(issue.path),
         message: issue.message,
       },
@@ -190,30 +247,46 @@ function salvage(raw: Record<string, unknown>): CheckedFleetFile {
   return { file: file as Partial<FleetFile>, failed, vms, vmNames };
 }
 
-/** The yaml library's pretty messages end in " at line L, column C:" and a code excerpt; the position is given separately. */
-function yamlMessage(message: string): string {
-  return (message.split("\n")[0] ?? message).replace(/ at line \d+, column \d+:?$/, "");
-}
-
 function problemsAt(file: string, line: number, col: number, message: string): SpecError {
   return new SpecError([{ file, line, col, field: "(file)", message }]);
 }
 
+/** Every problem up to MAX_PROBLEMS, then one line that counts the rest. */
+function listed(problems: SpecProblem[]): SpecProblem[] {
+  const rest = problems.slice(MAX_PROBLEMS);
+  const [next] = rest;
+  if (next === undefined) return problems;
+  return [
+    ...problems.slice(0, MAX_PROBLEMS),
+    { ...next, field: "(file)", message: `and ${rest.length} more problems` },
+  ];
+}
+
+/** How a document that is not a mapping is named, without echoing what it holds. */
+function describeKind(value: unknown): string {
+  if (value === null) return "an empty value";
+  if (Array.isArray(value)) return "a list";
+  if (typeof value === "string") return "text";
+  return typeof value;
+}
+
 export function parseFleetText(text: string, file: string): FleetSpec {
-  const lines = new LineCounter();
-  const doc = parseDocument(text, {
-    lineCounter: lines,
-    prettyErrors: true,
-    merge: true,
-    uniqueKeys: true,
-  });
-  const [syntaxError] = doc.errors;
-  if (syntaxError) {
-    // Only the first: after a syntax error the parser's further complaints are mostly echoes of it.
-    const { line, col } = syntaxError.linePos?.[0] ?? { line: 1, col: 1 };
-    throw problemsAt(file, line, col, `not valid YAML: ${yamlMessage(syntaxError.message)}`);
+  const yaml = readYaml(text);
+  if (!yaml.ok) {
+    throw new SpecError(
+      listed(
+        yaml.problems.map(({ line, col, path, message }) => ({
+          file,
+          line,
+          col,
+          field: formatFieldPath(path),
+          message,
+        })),
+      ),
+    );
   }
-  if (doc.contents === null) {
+  const { source, value: raw } = yaml;
+  if (source.doc.contents === null) {
     throw problemsAt(
       file,
       1,
@@ -221,15 +294,24 @@ export function parseFleetText(text: string, file: string): FleetSpec {
       "the file is empty; a fleet file needs at least a name, like `name: lab`",
     );
   }
-  const raw: unknown = doc.toJS({ maxAliasCount: 100 });
-  const positions = new Positions(doc, lines);
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-    const { line, col } = positions.of([]);
+    const { line, col } = positionOf(source, []);
     throw problemsAt(
       file,
       line,
       col,
-      `must be a mapping of fleet settings (name:, count:, vm:, ...), not ${describeValue(raw)}`,
+      `must be a mapping of fleet settings (name:, count:, vm:, ...), not ${describeKind(raw)}`,
+    );
+  }
+  const keys = Object.keys(raw);
+  if (keys.length > 0 && !keys.some((key) => Object.hasOwn(fleetSections, key))) {
+    // Some other file (/etc/shadow, a compose file): its keys are not echoed back one by one.
+    const { line, col } = positionOf(source, []);
+    throw problemsAt(
+      file,
+      line,
+      col,
+      `not a fleet file: none of its keys is a fleet setting (${Object.keys(fleetSections).join(", ")})`,
     );
   }
   const parsed = fleetFileSchema.safeParse(raw, { error: messageFor });
@@ -243,14 +325,14 @@ export function parseFleetText(text: string, file: string): FleetSpec {
     : salvage(raw as Record<string, unknown>);
   const resolved = resolveFleet(checked);
   const problems = [
-    ...(parsed.success ? [] : schemaProblems(parsed.error.issues, file, positions)),
+    ...(parsed.success ? [] : schemaProblems(parsed.error.issues, file, source)),
     ...resolved.problems.map((problem) => ({
       file,
-      ...positions.of(problem.path),
+      ...positionOf(source, problem.path),
       field: formatFieldPath(problem.path),
       message: problem.message,
     })),
   ].sort((a, b) => a.line - b.line || a.col - b.col);
-  if (problems.length > 0 || !resolved.fleet) throw new SpecError(problems);
+  if (problems.length > 0 || !resolved.fleet) throw new SpecError(listed(problems));
   return resolved.fleet;
 }
