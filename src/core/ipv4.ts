@@ -1,4 +1,5 @@
 import ipaddr from "ipaddr.js";
+import { quoted } from "./excerpt.js";
 
 /**
  * An IPv4 subnet with the arithmetic shoal needs: VM addresses are numbered "slots" 1..capacity,
@@ -42,11 +43,17 @@ export function parseCidr(text: string): CidrResult {
     rest.length > 0 ||
     !/^\d{1,2}$/.test(prefixText)
   ) {
-    return { ok: false, message: `"${text}" is not an IPv4 subnet in CIDR form like 10.77.0.0/16` };
+    return {
+      ok: false,
+      message: `${quoted(text)} is not an IPv4 subnet in CIDR form like 10.77.0.0/16`,
+    };
   }
   const prefix = Number(prefixText);
   if (prefix > 32) {
-    return { ok: false, message: `"${text}" is not an IPv4 subnet in CIDR form like 10.77.0.0/16` };
+    return {
+      ok: false,
+      message: `${quoted(text)} is not an IPv4 subnet in CIDR form like 10.77.0.0/16`,
+    };
   }
   if (prefix > MAX_PREFIX) {
     return {
@@ -62,6 +69,31 @@ export function parseCidr(text: string): CidrResult {
     };
   }
   return { ok: true, network, prefix };
+}
+
+/**
+ * Blocks a fleet's own subnet must not overlap: addresses that are not one host's on a link. A
+ * fleet there would shadow the host's loopback, collide with the link-local /30s of shoal's NAT
+ * links (and cloud metadata, 169.254.169.254), or hand out addresses no stack sends to.
+ */
+const NOT_FOR_FLEETS: readonly [string, number, string][] = [
+  ["0.0.0.0", 8, "the range of this network (RFC 1122), which is no host's"],
+  ["127.0.0.0", 8, "the loopback range"],
+  ["169.254.0.0", 16, "the link-local range, which shoal's NAT links and cloud metadata use"],
+  ["224.0.0.0", 4, "the multicast range"],
+  ["240.0.0.0", 4, "the reserved range, with the broadcast address 255.255.255.255"],
+];
+
+/** Why a subnet cannot be a fleet's network, or undefined when it can. */
+export function checkFleetSubnet(network: number, prefix: number): string | undefined {
+  const subnet = makeSubnet(network, prefix);
+  for (const [address, blockPrefix, what] of NOT_FOR_FLEETS) {
+    const block = makeSubnet(parseIpv4(address) ?? 0, blockPrefix);
+    if (!subnetsOverlap(subnet, block)) continue;
+    const relation = prefix >= blockPrefix ? "is in" : "holds";
+    return `${subnet.cidr} ${relation} ${block.cidr}, ${what}; use a private range such as 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16`;
+  }
+  return undefined;
 }
 
 function networkOf(address: number, prefix: number): number {

@@ -5,15 +5,47 @@
  * never a broken or injected config.
  */
 
-/** Parameters shoal itself puts on the kernel command line; a fleet must not override them. */
-const RESERVED_KERNEL_PARAMS = [
-  "root",
-  "rootfstype",
-  "rdinit",
-  "systemd.hostname",
-  "systemd.machine_id",
-];
+import { excerpt } from "./excerpt.js";
+
+const SET_BY_SHOAL = "is set by shoal and cannot be given in kernel_args";
+
+/**
+ * Parameters a fleet must not give: the ones shoal sets itself (the console is the serial line
+ * shoal reads the boot and the VM's identity from), and the ones that would take the root away
+ * from the union of base and layer or keep the image's init from reporting the VM on that console.
+ * Keys are compared with "-" and "_" alike, as the kernel and systemd compare them
+ * (systemd.machine-id= is systemd.machine_id=).
+ */
+const RESERVED_KERNEL_PARAMS: ReadonlyMap<string, string> = new Map([
+  ["root", SET_BY_SHOAL],
+  ["rootfstype", SET_BY_SHOAL],
+  ["rdinit", SET_BY_SHOAL],
+  ["ro", SET_BY_SHOAL],
+  ["console", SET_BY_SHOAL],
+  ["systemd.hostname", SET_BY_SHOAL],
+  ["systemd.machine_id", SET_BY_SHOAL],
+  ["rw", "would have the image's initramfs mount the shared base writable"],
+  [
+    "rootflags",
+    "would change how the image's initramfs mounts the shared base (rootflags=rw makes it writable)",
+  ],
+  [
+    "init",
+    "would run another program instead of the image's init, which reports the VM on the console shoal waits on",
+  ],
+  ["initrd", "would boot another initramfs than the one that builds the union root"],
+  ["noinitrd", "would skip the initramfs that builds the union root"],
+  ["nfsroot", "would take the root from NFS instead of the union of base and layer"],
+  ["boot", "would have the image's initramfs mount another root than the base"],
+  ["break", "would stop the boot at a shell in the initramfs"],
+  ["systemd.volatile", "would put the root on tmpfs instead of the VM's layer"],
+]);
 const RESERVED_KERNEL_PREFIX = "shoal.";
+
+/** A parameter's key as the kernel and systemd match it: "-" and "_" are the same. */
+function foldedKey(key: string): string {
+  return key.replaceAll("-", "_");
+}
 
 /**
  * One kernel parameter, `key` or `key=value`. Quotes and backslashes would change how the kernel
@@ -28,10 +60,11 @@ export function checkKernelParam(param: string): string | undefined {
     return "must be one kernel parameter, key or key=value, in printable ASCII without spaces, quotes or backslashes";
   }
   const key = param.split("=", 1)[0] ?? "";
-  if (key.startsWith(RESERVED_KERNEL_PREFIX) || RESERVED_KERNEL_PARAMS.includes(key)) {
-    return `${key} is set by shoal and cannot be given in kernel_args`;
-  }
-  return undefined;
+  const folded = foldedKey(key);
+  const reason = folded.startsWith(RESERVED_KERNEL_PREFIX)
+    ? SET_BY_SHOAL
+    : RESERVED_KERNEL_PARAMS.get(folded);
+  return reason === undefined ? undefined : `${excerpt(key)} ${reason}`;
 }
 
 /** Linux's COMMAND_LINE_SIZE on x86 is 2048 including the terminating NUL. */
@@ -88,7 +121,8 @@ export function checkAuthorizedKey(line: string): string | undefined {
     return "must be one public key line: TYPE BASE64 [COMMENT], printable ASCII, without options";
   }
   const type = match[1];
-  if (!KEY_TYPES.includes(type)) return `key type ${type} is not one of ${KEY_TYPES.join(", ")}`;
+  if (!KEY_TYPES.includes(type))
+    return `key type ${excerpt(type)} is not one of ${KEY_TYPES.join(", ")}`;
   const fields = sshWireStrings(Buffer.from(match[2], "base64"));
   if (fields === undefined || fields.length < 2 || fields[0]?.toString("latin1") !== type) {
     return `the key data does not hold a whole ${type} key (truncated or mangled by copy and paste?)`;

@@ -4,10 +4,11 @@ import { deriveIdentities, type IdentityRequest } from "../core/identity.js";
 import { contains, makeSubnet, parseCidr, parseIpv4, type Subnet } from "../core/ipv4.js";
 import { parseMac } from "../core/mac.js";
 import { DNS_LABEL_RULE, expandNamePattern, isDnsLabel, parseNamePattern } from "../core/names.js";
+import { MAX_BRIDGE_PORTS } from "../core/net.js";
 import { MiB, parseSize } from "../core/size.js";
 import { KERNEL_CMDLINE_MAX } from "../core/syntax.js";
 import { DEFAULTS } from "./defaults.js";
-import type { FleetFile, VmEntry, VmSettings } from "./schema.js";
+import { type FleetFile, tooManyVms, type VmEntry, type VmSettings } from "./schema.js";
 
 export type FieldPath = readonly (string | number)[];
 
@@ -178,9 +179,13 @@ function checkCapacity(
     problems.push({ path: ["count"], message: `${counted} VMs do not fit in ${fits}` });
     return false;
   }
+  const path = checked.file.vms === undefined ? ["count"] : ["vms"];
   if (vms.length > subnet.capacity) {
-    const path = checked.file.vms === undefined ? ["count"] : ["vms"];
     problems.push({ path, message: `${vms.length} VMs do not fit in ${fits}` });
+    return false;
+  }
+  if (vms.length > MAX_BRIDGE_PORTS) {
+    problems.push({ path, message: tooManyVms(vms.length) });
     return false;
   }
   return true;

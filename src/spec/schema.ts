@@ -1,5 +1,6 @@
 import { z } from "zod";
-import { parseCidr, parseIpv4 } from "../core/ipv4.js";
+import { excerpt, quoted } from "../core/excerpt.js";
+import { checkFleetSubnet, parseCidr, parseIpv4 } from "../core/ipv4.js";
 import { checkUnicastMac, MAC_RULE, parseMac } from "../core/mac.js";
 import {
   DNS_LABEL_RULE,
@@ -8,9 +9,10 @@ import {
   isImageName,
   parseNamePattern,
 } from "../core/names.js";
+import { MAX_BRIDGE_PORTS } from "../core/net.js";
 import { isInterfaceName } from "../core/render/boot.js";
-import { MiB, parseSize, SIZE_REGEX_SOURCE, SIZE_SYNTAX } from "../core/size.js";
-import { checkAuthorizedKey, checkKernelParam } from "../core/syntax.js";
+import { formatSize, MiB, parseSize, SIZE_REGEX_SOURCE, SIZE_SYNTAX } from "../core/size.js";
+import { checkAuthorizedKey, checkKernelParam, KERNEL_CMDLINE_MAX } from "../core/syntax.js";
 import { DEFAULTS } from "./defaults.js";
 
 /**
@@ -28,29 +30,52 @@ function checkedString(check: (value: string) => string | undefined) {
 }
 
 const dnsLabel = checkedString((value) =>
-  isDnsLabel(value) ? undefined : `"${value}" is not ${DNS_LABEL_RULE}`,
+  isDnsLabel(value) ? undefined : `${quoted(value)} is not ${DNS_LABEL_RULE}`,
 ).meta({ pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" });
 
 const imageName = checkedString((value) =>
-  isImageName(value) ? undefined : `"${value}" is not an image name: ${IMAGE_NAME_RULE}`,
+  isImageName(value) ? undefined : `${quoted(value)} is not an image name: ${IMAGE_NAME_RULE}`,
 ).meta({ description: "An image in shoal's image store (`shoal image ls`)." });
 
-function size(what: string, minimum: number, unitMultiple = 1) {
+const TiB = 1024 * 1024 * MiB;
+
+/**
+ * More memory than this is a typo on any host shoal runs on; it is also all the guest-physical
+ * address space QEMU gives a guest under software emulation (40 address bits).
+ */
+export const MAX_MEMORY = TiB;
+
+/**
+ * A disk layer is a sparse file in the state directory; ext4, the usual host filesystem, takes
+ * files below 16 TiB.
+ */
+export const MAX_LAYER_SIZE = 8 * TiB;
+
+/** QEMU's q35 machine takes at most 288 vCPUs (QEMU 7.2, Debian 12). */
+export const MAX_VCPUS = 288;
+
+function size(what: string, range: { min: number; max: number }, unitMultiple = 1) {
   return checkedString((value) => {
     const bytes = parseSize(value);
-    if (bytes === undefined) return `"${value}" is not a size; use ${SIZE_SYNTAX}`;
-    if (bytes < minimum)
-      return `${value} is too small for ${what}; the minimum is ${minimum / MiB}M`;
-    if (bytes % unitMultiple !== 0) return `${value} is not a whole number of MiB`;
+    if (bytes === undefined) return `${quoted(value)} is not a size; use ${SIZE_SYNTAX}`;
+    if (bytes < range.min)
+      return `${excerpt(value)} is too small for ${what}; the minimum is ${formatSize(range.min)}`;
+    if (bytes > range.max)
+      return `${excerpt(value)} is too large for ${what}; the maximum is ${formatSize(range.max)}`;
+    if (bytes % unitMultiple !== 0) return `${excerpt(value)} is not a whole number of MiB`;
     return undefined;
   }).meta({ pattern: SIZE_REGEX_SOURCE });
 }
 
-const memory = size("memory", 32 * MiB, MiB).meta({
-  description: "Guest memory, binary units: 128M, 1G.",
+const memory = size("memory", { min: 32 * MiB, max: MAX_MEMORY }, MiB).meta({
+  description: `Guest memory, binary units: 128M, 1G (at most ${formatSize(MAX_MEMORY)}).`,
 });
 
-const vcpus = z.int().min(1).max(512).meta({ description: "Virtual CPUs." });
+const vcpus = z
+  .int()
+  .min(1)
+  .max(MAX_VCPUS)
+  .meta({ description: `Virtual CPUs (at most ${MAX_VCPUS}).` });
 
 export const LAYER_TYPES = ["disk", "tmpfs"] as const;
 
@@ -61,7 +86,7 @@ const layer = z
       description:
         "disk: a private disk, changes persist; tmpfs: in memory, changes vanish at shutdown.",
     }),
-    size: size("a layer", MiB, MiB)
+    size: size("a layer", { min: MiB, max: MAX_LAYER_SIZE }, MiB)
       .optional()
       .meta({
         description: `Disk layer: its size (sparse; default ${DEFAULTS.layerSize.disk}). tmpfs layer: its memory limit (default ${DEFAULTS.layerSize.tmpfs}).`,
@@ -81,6 +106,17 @@ const layer = z
 
 const kernelArgs = z
   .array(checkedString(checkKernelParam))
+  .check((ctx) => {
+    // The per-VM check in resolve.ts measures the whole line; this one stops a huge list early.
+    const length = ctx.value.join(" ").length;
+    if (length > KERNEL_CMDLINE_MAX) {
+      ctx.issues.push({
+        code: "custom",
+        message: `are ${length} bytes long; the whole kernel command line takes at most ${KERNEL_CMDLINE_MAX}`,
+        input: ctx.value,
+      });
+    }
+  })
   .meta({ description: "Extra kernel parameters, one per item, each key or key=value." });
 
 /** The settings every VM has; `vm:` sets them for all, a `vms:` entry for one. */
@@ -101,13 +137,15 @@ const namePattern = checkedString((value) => {
 });
 
 const ipv4 = checkedString((value) =>
-  parseIpv4(value) === undefined ? `"${value}" is not an IPv4 address like 10.77.0.10` : undefined,
+  parseIpv4(value) === undefined
+    ? `${quoted(value)} is not an IPv4 address like 10.77.0.10`
+    : undefined,
 );
 
 const mac = checkedString((value) => {
   const parsed = parseMac(value);
   return parsed === undefined
-    ? `"${value}" is not a MAC address: ${MAC_RULE}`
+    ? `${quoted(value)} is not a MAC address: ${MAC_RULE}`
     : checkUnicastMac(parsed);
 });
 
@@ -125,17 +163,17 @@ const vmEntry = z
 const interfaceName = checkedString((value) =>
   isInterfaceName(value)
     ? undefined
-    : `"${value}" is not a network interface name: 1 to 15 letters, digits, or . _ -`,
+    : `${quoted(value)} is not a network interface name: 1 to 15 letters, digits, or . _ -`,
 );
 
-const cidr = checkedString((value) => {
+const fleetSubnet = checkedString((value) => {
   const result = parseCidr(value);
-  return result.ok ? undefined : result.message;
+  return result.ok ? checkFleetSubnet(result.network, result.prefix) : result.message;
 });
 
 const network = z
   .strictObject({
-    subnet: cidr
+    subnet: fleetSubnet
       .optional()
       .meta({ default: DEFAULTS.subnet, description: "The fleet's IPv4 subnet." }),
     gateway: ipv4
@@ -177,6 +215,11 @@ const ssh = z
   })
   .meta({ description: "SSH access to the VMs." });
 
+/** A fleet's VMs share one Linux bridge (the fleet's own, or the host's), which takes 1023 ports. */
+export function tooManyVms(vms: number): string {
+  return `${vms} VMs are more than one Linux bridge takes (at most ${MAX_BRIDGE_PORTS}); split the fleet into several fleets (each gets its own network)`;
+}
+
 export const fleetFileSchema = z
   .strictObject({
     name: dnsLabel.meta({ description: "The fleet's name." }),
@@ -188,19 +231,25 @@ export const fleetFileSchema = z
     count: z
       .int()
       .min(0)
-      .max(1_000_000)
+      .max(MAX_BRIDGE_PORTS, { error: (issue) => tooManyVms(Number(issue.input)) })
       .optional()
       .meta({
-        description: `How many VMs to make from vm.name (${DEFAULTS.count} when there is no vms: list). Without count, vms: lists every VM.`,
+        description: `How many VMs to make from vm.name (${DEFAULTS.count} when there is no vms: list). Without count, vms: lists every VM. At most ${MAX_BRIDGE_PORTS}.`,
       }),
     vm: z
       .strictObject({ name: namePattern.optional(), ...vmSettings })
       .optional()
       .meta({ description: "Settings for every VM." }),
-    vms: z.array(vmEntry).optional().meta({
-      description:
-        "VMs by name: with count, overrides for some of them (or extra VMs with a fixed ip); without count, the whole fleet.",
-    }),
+    vms: z
+      .array(vmEntry)
+      .max(MAX_BRIDGE_PORTS, {
+        error: (issue) => tooManyVms(Array.isArray(issue.input) ? issue.input.length : 0),
+      })
+      .optional()
+      .meta({
+        description:
+          "VMs by name: with count, overrides for some of them (or extra VMs with a fixed ip); without count, the whole fleet.",
+      }),
     network: network.optional(),
     ssh: ssh.optional(),
   })

@@ -188,8 +188,9 @@ describe("bad input to fleet commands", () => {
     const file = await fleet("huge", "count: 1024\n");
     const result = await run(["create", "-f", file]);
     expect(result.code).toBe(2);
+    // Refused while the file is read, so `validate` refuses it too.
     expect(result.stderr.trim()).toBe(
-      "shoal: fleet huge has 1024 VMs; its network is one Linux bridge, which takes at most 1023; split it into several fleets (each gets its own network)",
+      `${file}:2:8 count: 1024 VMs are more than one Linux bridge takes (at most 1023); split the fleet into several fleets (each gets its own network)`,
     );
     await expect(stat(stateLayout(state).fleet("huge").state)).rejects.toThrow();
   });

@@ -13,7 +13,7 @@ vm:
   memory: 256M
   vcpus: 2
   layer: { type: disk, size: 256M }
-  kernel_args: [quiet, "console=tty0"]
+  kernel_args: [quiet, "loglevel=4"]
 vms:
   - name: agent-002
     layer: { type: tmpfs, size: 64M }
@@ -44,7 +44,7 @@ const files = {
 describe("kernel command line", () => {
   it("tells the union-root init where base and layer are, and gives the VM its identity", () => {
     expect(renderKernelCmdline("qemu", diskVm, boot)).toMatchInlineSnapshot(
-      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet console=tty0"`,
+      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet loglevel=4"`,
     );
   });
 

@@ -152,7 +152,12 @@ describe("MACs", () => {
 
 describe("values that reach config syntaxes", () => {
   it("kernel parameters: one token each, no quotes, no shoal-owned keys", () => {
-    for (const good of ["quiet", "console=ttyS0,115200", "a.b-c_d=x:y/z", "systemd.setenv=A=B"]) {
+    for (const good of [
+      "quiet",
+      "earlycon=uart8250,io,0x3f8,115200",
+      "a.b-c_d=x:y/z",
+      "systemd.setenv=A=B",
+    ]) {
       expect(checkKernelParam(good), good).toBeUndefined();
     }
     for (const bad of [
