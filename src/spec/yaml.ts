@@ -5,7 +5,6 @@ import {
   type Document,
   isAlias,
   isMap,
-  isPair,
   isScalar,
   isSeq,
   Lexer,
@@ -13,6 +12,7 @@ import {
   type Node,
   type Pair,
   Parser,
+  type YAMLMap,
 } from "yaml";
 import { excerpt } from "../core/excerpt.js";
 import type { FieldPath } from "./resolve.js";
@@ -34,6 +34,12 @@ export const MAX_DEPTH = 64;
  * of 1023 VMs listed with every setting has about 40,000.
  */
 export const MAX_VALUES = 100_000;
+
+/**
+ * Anchors and aliases (&name, *name): an alias per VM of the largest fleet leaves room. The yaml
+ * library resolves each alias by a scan of the anchors and aliases before it: quadratic time.
+ */
+export const MAX_ANCHORS_AND_ALIASES = 2048;
 
 /**
  * Lexemes (scalars, indicators, spaces, comments): a fleet of 1023 VMs listed with every setting
@@ -96,6 +102,7 @@ function lex(text: string, lines: LineCounter): Lexed | Found {
   const tags: { offset: number; source: string }[] = [];
   let values = 0;
   let lexemes = 0;
+  let references = 0;
   for (const lexeme of new Lexer().lex(text)) {
     if (++lexemes > MAX_LEXEMES) {
       return {
@@ -113,6 +120,13 @@ function lex(text: string, lines: LineCounter): Lexed | Found {
       };
     }
     if (type === "tag") tags.push({ offset: parser.offset, source: lexeme });
+    if ((type === "alias" || type === "anchor") && ++references > MAX_ANCHORS_AND_ALIASES) {
+      return {
+        offset: parser.offset,
+        path: [],
+        message: `the file has more than ${MAX_ANCHORS_AND_ALIASES} anchors and aliases (&name, *name); a fleet file needs a few`,
+      };
+    }
     if (type !== null && VALUE_LEXEMES.has(type) && ++values > MAX_VALUES) {
       // Refused before the rest is parsed: a file of nothing but values takes seconds to compose.
       return { offset: parser.offset, path: [], message: TOO_MANY_VALUES };
@@ -342,6 +356,29 @@ export function readYaml(text: string): YamlResult {
   return { ok: true, source: { doc, lines, aliases: checker.aliases }, value };
 }
 
+/** A mapping's own pairs by key, and its merge keys' values: built once, since a file with many problems asks often. */
+interface PairIndex {
+  readonly own: ReadonlyMap<unknown, Pair>;
+  readonly merged: readonly unknown[];
+}
+const pairIndexes = new WeakMap<YAMLMap, PairIndex>();
+
+function pairIndex(map: YAMLMap): PairIndex {
+  let index = pairIndexes.get(map);
+  if (index === undefined) {
+    const own = new Map<unknown, Pair>();
+    const merged: unknown[] = [];
+    for (const item of map.items) {
+      if (!isScalar(item.key)) continue;
+      if (typeof item.key.value === "symbol") merged.push(item.value);
+      else if (!own.has(item.key.value)) own.set(item.key.value, item);
+    }
+    index = { own, merged };
+    pairIndexes.set(map, index);
+  }
+  return index;
+}
+
 /** Where a field of the document is: its value, or its key (`key: true`), or the nearest parent that exists. */
 export function positionOf(
   source: YamlSource,
@@ -356,7 +393,7 @@ export function positionOf(
     let next: unknown;
     let keyNode: unknown;
     if (isMap(node)) {
-      const pair = findPair(node.items, segment, resolve);
+      const pair = findPair(node, segment, resolve);
       keyNode = pair?.key;
       next = pair?.value;
     } else if (isSeq(node) && typeof segment === "number") {
@@ -372,23 +409,20 @@ export function positionOf(
   return source.lines.linePos(offset);
 }
 
-/** The pair for `segment` in a mapping's items, also when it came in through a merge key. */
+/** The pair for `segment` in a mapping, also when it came in through a merge key. */
 function findPair(
-  items: readonly unknown[],
+  map: YAMLMap,
   segment: string | number,
   resolve: (node: unknown) => Node | null | undefined,
 ): Pair | undefined {
-  const own = items.find(
-    (item): item is Pair => isPair(item) && isScalar(item.key) && item.key.value === segment,
-  );
-  if (own) return own;
-  for (const item of items) {
-    if (!isPair(item) || !isScalar(item.key) || typeof item.key.value !== "symbol") continue;
-    const merged = resolve(item.value);
-    for (const source of isSeq(merged) ? merged.items.map(resolve) : [merged]) {
-      if (!isMap(source)) continue;
-      const pair = findPair(source.items, segment, resolve);
-      if (pair) return pair;
+  const { own, merged } = pairIndex(map);
+  const pair = own.get(segment);
+  if (pair) return pair;
+  for (const value of merged) {
+    const resolved = resolve(value);
+    for (const source of isSeq(resolved) ? resolved.items.map(resolve) : [resolved]) {
+      const found = isMap(source) ? findPair(source, segment, resolve) : undefined;
+      if (found) return found;
     }
   }
   return undefined;
