@@ -1,4 +1,4 @@
-import { constants } from "node:fs";
+import { constants, type Stats } from "node:fs";
 import { type FileHandle, open, stat } from "node:fs/promises";
 import { z } from "zod";
 import { quoted } from "../core/excerpt.js";
@@ -23,18 +23,12 @@ export const MAX_FLEET_FILE = 1024 * 1024;
 /** At most this many problems are listed; a file with more is most likely not a fleet file. */
 export const MAX_PROBLEMS = 50;
 
-function kindOf(stats: {
-  isDirectory(): boolean;
-  isFIFO(): boolean;
-  isCharacterDevice(): boolean;
-  isBlockDevice(): boolean;
-  isSocket(): boolean;
-}): string {
+function kindOf(stats: Stats): string {
   if (stats.isDirectory()) return "a directory";
   if (stats.isFIFO()) return "a FIFO";
   if (stats.isCharacterDevice() || stats.isBlockDevice()) return "a device";
   if (stats.isSocket()) return "a socket";
-  return "not a regular file";
+  return "no regular file";
 }
 
 function notAFleetFile(path: string, kind: string): UserError {

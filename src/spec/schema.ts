@@ -40,19 +40,19 @@ const imageName = checkedString((value) =>
 const TiB = 1024 * 1024 * MiB;
 
 /**
- * More memory than this is a typo on any host shoal runs on; it is also all the guest-physical
- * address space QEMU gives a guest under software emulation (40 address bits).
+ * More memory than this is a typo on any host shoal runs on; it is also about all the
+ * guest-physical address space QEMU gives a guest under software emulation (40 bits: 1 TiB).
  */
-export const MAX_MEMORY = TiB;
+const MAX_MEMORY = TiB;
 
 /**
  * A disk layer is a sparse file in the state directory; ext4, the usual host filesystem, takes
  * files below 16 TiB.
  */
-export const MAX_LAYER_SIZE = 8 * TiB;
+const MAX_LAYER_SIZE = 8 * TiB;
 
 /** QEMU's q35 machine takes at most 288 vCPUs (QEMU 7.2, Debian 12). */
-export const MAX_VCPUS = 288;
+const MAX_VCPUS = 288;
 
 function size(what: string, range: { min: number; max: number }, unitMultiple = 1) {
   return checkedString((value) => {
@@ -74,7 +74,7 @@ const memory = size("memory", { min: 32 * MiB, max: MAX_MEMORY }, MiB).meta({
 const vcpus = z
   .int()
   .min(1)
-  .max(MAX_VCPUS)
+  .max(MAX_VCPUS, { error: `must be at most ${MAX_VCPUS}, what QEMU's q35 machine takes` })
   .meta({ description: `Virtual CPUs (at most ${MAX_VCPUS}).` });
 
 export const LAYER_TYPES = ["disk", "tmpfs"] as const;

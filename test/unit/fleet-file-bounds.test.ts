@@ -293,6 +293,11 @@ describe("the fleet file itself", () => {
       exit: 2,
       lines: [`${file}:2:17 (file): byte 25 (0xe9) is not UTF-8; a fleet file is UTF-8 text`],
     });
+    const bom = join(dir, "bom.yaml");
+    await writeFile(bom, Buffer.from([0xef, 0xbb, 0xbf, ...Buffer.from("name: a\n"), 0xff]));
+    expect((await refusal(bom)).lines).toEqual([
+      `${bom}:2:1 (file): byte 12 (0xff) is not UTF-8; a fleet file is UTF-8 text`,
+    ]);
     const cut = join(dir, "cut.yaml");
     await writeFile(cut, Buffer.concat([Buffer.from("name: a\n# é"), Buffer.from([0xe2, 0x82])]));
     expect((await refusal(cut)).lines).toEqual([
@@ -361,7 +366,7 @@ describe("bounds that create and up enforce, and the host's limits", () => {
     );
     expect(fleetOf("name: a\nvm: { memory: 1T }\n").vms[0]?.memoryMiB).toBe(1024 * 1024);
     expect(one("name: a\nvm: { vcpus: 289 }\n")).toBe(
-      "test.yaml:2:14 vm.vcpus: must be at most 288",
+      "test.yaml:2:14 vm.vcpus: must be at most 288, what QEMU's q35 machine takes",
     );
     expect(fleetOf("name: a\nvm: { vcpus: 288 }\n").vms[0]?.vcpus).toBe(288);
     expect(one("name: a\nvm: { layer: { size: 16T } }\n")).toBe(
