@@ -266,6 +266,26 @@ describe("errors echo at most a short, escaped excerpt of the file", () => {
   });
 });
 
+describe("cases the fuzz test found on main", () => {
+  it("an empty key gets a field and a message, not an empty field", () => {
+    expect(problemsOf(": 1\n")).toEqual([
+      "test.yaml:1:1 (file): a key must be text, like memory:, not an empty key",
+    ]);
+    expect(problemsOf('name: a\n"": 1\n')).toEqual([
+      'test.yaml:2:1 [""]: unknown key; expected one of name, backend, image, count, vm, vms, network, ssh',
+    ]);
+  });
+
+  it("a NUL byte in the file is shown escaped, in a value or a key", () => {
+    expect(problemsOf("\u0000\n")).toEqual([
+      "test.yaml:1:1 (file): must be a mapping of fleet settings (name:, count:, vm:, ...), not text",
+    ]);
+    expect(problemsOf("name: a\n\u0000 ame: 1\n")).toEqual([
+      'test.yaml:2:1 ["\\u0000 ame"]: unknown key; expected one of name, backend, image, count, vm, vms, network, ssh',
+    ]);
+  });
+});
+
 describe("the fleet file itself", () => {
   const tempDir = useTempDirs();
 
