@@ -10,6 +10,8 @@ export default defineConfig({
           include: ["test/integration/**/*.test.ts"],
           globalSetup: ["test/integration/build.ts"],
           testTimeout: 60_000,
+          // A file's beforeAll builds the tiny image: seconds, but far more than 10 on a busy host.
+          hookTimeout: 300_000,
         },
       },
       {

@@ -16,6 +16,7 @@ import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { seedFiles } from "../core/seed.js";
 import { type KnownHost, renderKnownHosts } from "../core/ssh.js";
+import { checkKernelParam } from "../core/syntax.js";
 import { ShoalError, UserError } from "../errors.js";
 import { pathExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
@@ -451,6 +452,7 @@ export class FleetSession {
       const entry = this.book.vm(name);
       if (!entry) throw new Error(`internal: ${name} has no record`);
       const { spec } = entry;
+      checkRecordedKernelArgs(name, spec.kernelArgs);
       await this.ensureNetwork();
       if (this.backend.nic === "tap") await this.network.ensureTap(spec.index);
       const boot = await new ImageStore(this.deps.runner, this.deps.layout).recordedBoot(
@@ -739,4 +741,20 @@ function modeOfRecord(network: FleetRecord["network"]): NetworkMode {
   return network?.bridge === undefined
     ? { kind: "isolated", nat: network?.nat ?? false }
     : { kind: "host-bridge", bridge: network.bridge };
+}
+
+/**
+ * A VM made by an earlier shoal may carry a kernel parameter shoal now refuses (`console=`,
+ * `init=`): its definition is rendered again at every start, so it is named here with the fix.
+ */
+function checkRecordedKernelArgs(name: string, kernelArgs: readonly string[]): void {
+  for (const param of kernelArgs) {
+    const problem = checkKernelParam(param);
+    if (problem !== undefined) {
+      throw new UserError(
+        `VM ${name} was made with kernel_args ${JSON.stringify(param.slice(0, 60))}, which shoal no longer takes: ${problem}`,
+        "take it out of the fleet file's kernel_args and run `shoal up`, which redefines the VM",
+      );
+    }
+  }
 }

@@ -173,3 +173,26 @@ describe("links planted in the state directory", () => {
     expect(await readdir(join(victim, "vms", "vm-1"))).toEqual(["keep"]);
   });
 });
+
+describe("a record made by an earlier shoal", () => {
+  it("with a kernel parameter shoal now refuses: start names it and the fix", async () => {
+    const { state, around } = await stateWithImage();
+    const file = await fleetFile(around, "name: old\ncount: 1\n");
+    expect((await shoal(["--state-dir", state, "create", "-f", file], { env })).code).toBe(0);
+    const record = stateLayout(state).fleet("old").state;
+    const parsed = JSON.parse(await readFile(record, "utf8")) as {
+      vms: Record<string, { spec: { kernelArgs: string[] } }>;
+    };
+    const entry = parsed.vms["vm-1"];
+    if (!entry) throw new Error("vm-1 was not recorded");
+    entry.spec.kernelArgs = ["console=tty0"];
+    await writeFile(record, JSON.stringify(parsed));
+    // One VM's failure, as any VM that cannot start: the others would still be started.
+    const started = await shoal(["--state-dir", state, "start", "vm-1", "-f", file], { env });
+    expect(started.code, started.stderr).toBe(1);
+    expect(started.stdout).toContain(
+      'VM vm-1 was made with kernel_args "console=tty0", which shoal no longer takes: console is set by shoal',
+    );
+    expect(started.stderr).not.toContain("internal error");
+  });
+});
