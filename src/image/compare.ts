@@ -4,7 +4,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Runner } from "../host/runner.js";
-import { debugfsQuote, Ext4Image, S_IFDIR, S_IFMT } from "./ext4.js";
+import { Ext4Image, inodeSpec, S_IFDIR, S_IFMT } from "./ext4.js";
 
 /** A path in an image as debugfs's `stat` shows it; undefined output: no such path. */
 export interface EntryInfo {
@@ -20,7 +20,8 @@ export interface EntryInfo {
 export function parseStat(output: string): EntryInfo | undefined {
   const type = /Type: (\S+)/.exec(output)?.[1];
   if (type === undefined) return undefined;
-  const target = /Fast link dest: "(.*)"/.exec(output)?.[1];
+  // The last line, printed raw: a target may hold quotes and newlines.
+  const target = /Fast link dest: "(.*)"\n*$/s.exec(output)?.[1];
   const owner = /User:\s+(\d+)\s+Group:\s+(\d+)/.exec(output);
   return {
     type,
@@ -45,13 +46,22 @@ export async function differingPaths(
 ): Promise<Set<string>> {
   const before = new Ext4Image(runner, oldImage);
   const after = new Ext4Image(runner, newImage);
-  const stat = (image: Ext4Image) =>
-    image
-      .each(paths.map((path) => `stat ${debugfsQuote(path)}`))
-      .then((outputs) => outputs.map(parseStat));
-  const [olds, news] = await Promise.all([stat(before), stat(after)]);
+  // The paths come from a guest's layer: looked up name by name, then addressed by inode.
+  const [oldInodes, newInodes] = await Promise.all(
+    [before, after].map(async (image) => (await image.lookup(paths)).map((entry) => entry?.inode)),
+  );
+  const stat = async (image: Ext4Image, inodes: readonly (number | undefined)[]) => {
+    const found = inodes.filter((inode): inode is number => inode !== undefined);
+    const outputs = await image.each(found.map((inode) => `stat ${inodeSpec(inode)}`));
+    const byInode = new Map(found.map((inode, i) => [inode, parseStat(outputs[i] ?? "")]));
+    return inodes.map((inode) => (inode === undefined ? undefined : byInode.get(inode)));
+  };
+  const [olds, news] = await Promise.all([
+    stat(before, oldInodes ?? []),
+    stat(after, newInodes ?? []),
+  ]);
   const differing = new Set<string>();
-  const sameShape: string[] = [];
+  const sameShape: { path: string; old: number; new: number }[] = [];
   paths.forEach((path, i) => {
     const [a, b] = [olds[i], news[i]];
     if (a === undefined && b === undefined) return;
@@ -66,15 +76,17 @@ export async function differingPaths(
     ) {
       differing.add(path);
     } else if (a.type === "regular" || (a.type === "symlink" && a.target === undefined)) {
-      sameShape.push(path);
+      sameShape.push({ path, old: oldInodes?.[i] ?? 0, new: newInodes?.[i] ?? 0 });
     }
   });
   if (sameShape.length > 0) {
     // The copies hold what the images hold (a layer's /etc/shadow too): root's only.
     await mkdir(scratch, { mode: 0o700 });
     try {
-      const hashes = async (image: Ext4Image, tag: string) => {
-        const files = sameShape.map((path, i) => [path, join(scratch, `${tag}-${i}`)] as const);
+      const hashes = async (image: Ext4Image, tag: "old" | "new") => {
+        const files = sameShape.map(
+          (file, i) => [file[tag], join(scratch, `${tag}-${i}`)] as const,
+        );
         await image.dump(files, 0o600);
         const digests: string[] = [];
         // One file at a time, streamed: a base may hold files larger than memory.
@@ -86,7 +98,7 @@ export async function differingPaths(
         return digests;
       };
       const [a, b] = await Promise.all([hashes(before, "old"), hashes(after, "new")]);
-      sameShape.forEach((path, i) => {
+      sameShape.forEach(({ path }, i) => {
         if (a[i] !== b[i]) differing.add(path);
       });
     } finally {
@@ -98,32 +110,33 @@ export async function differingPaths(
 
 /**
  * Every entry under each directory (path, mode, owner, size), read level by level with one debugfs run
- * per level; undefined for a directory the image does not have.
+ * per level, by inode; undefined for a directory the image does not have.
  */
 async function treesOf(
   image: Ext4Image,
   roots: readonly string[],
 ): Promise<(string | undefined)[]> {
   const lines: (string[] | undefined)[] = roots.map(() => []);
-  let level = roots.map((dir, root) => ({ dir, root }));
+  let level: { dir: string; inode: number; root: number }[] = [];
+  (await image.lookup(roots)).forEach((entry, root) => {
+    if (entry && (entry.mode & S_IFMT) === S_IFDIR) {
+      level.push({ dir: roots[root] ?? "", inode: entry.inode, root });
+    } else lines[root] = undefined;
+  });
   while (level.length > 0) {
-    const listings = await image.listMany(level.map((item) => item.dir));
+    const listings = await image.listMany(level.map((item) => item.inode));
     const next: typeof level = [];
     level.forEach(({ dir, root }, i) => {
-      const entries = listings[i];
-      if (entries === undefined) {
-        if (dir === roots[root]) lines[root] = undefined;
-        return;
-      }
-      for (const entry of entries) {
+      for (const entry of listings[i] ?? []) {
         const path = `${dir}/${entry.name}`;
         lines[root]?.push(`${path} ${entry.mode.toString(8)} ${entry.owner} ${entry.size}`);
-        if ((entry.mode & S_IFMT) === S_IFDIR) next.push({ dir: path, root });
+        if ((entry.mode & S_IFMT) === S_IFDIR) next.push({ dir: path, inode: entry.inode, root });
       }
     });
     level = next;
   }
-  return lines.map((tree) => tree?.sort().join("\n"));
+  // As JSON: a name may hold a newline, which must not make two trees read the same.
+  return lines.map((tree) => (tree === undefined ? undefined : JSON.stringify(tree.sort())));
 }
 
 /**

@@ -4,8 +4,9 @@ import type { Runner } from "../host/runner.js";
 import { differingPaths, differingTrees } from "../image/compare.js";
 import {
   type DirEntry,
-  debugfsQuote,
   Ext4Image,
+  inodeSpec,
+  ROOT_INODE,
   S_IFCHR,
   S_IFDIR,
   S_IFLNK,
@@ -133,7 +134,9 @@ const join = (dir: string, name: string) => (dir === "/" ? `/${name}` : `${dir}/
  * What a layer changed relative to its base, without booting the VM: files added and modified,
  * files deleted (overlayfs whiteouts: character devices 0/0) and directories replaced (opaque
  * directories hide everything the base had in them). Reads both images level by level, one
- * debugfs run per image and level. The layer is read as it is: settle it (`settleLayer`) first.
+ * debugfs run per image and level, addressing every directory and file by inode: the guest chose
+ * the names, which may hold quotes, newlines or bytes that are not UTF-8. The layer is read as it
+ * is: settle it (`settleLayer`) first.
  */
 export async function listLayerChanges(
   runner: Runner,
@@ -143,40 +146,46 @@ export async function listLayerChanges(
   const upper = new Ext4Image(runner, layer);
   const lower = new Ext4Image(runner, base);
   const changes: LayerChange[] = [];
-  // Directories to descend into, and whether the base's view of them still counts.
-  let level: { dir: string; inBase: boolean }[] = [{ dir: "/", inBase: true }];
+  const upperRoot = (await upper.lookup([LAYER_UPPER]))[0];
+  if (upperRoot === undefined || (upperRoot.mode & S_IFMT) !== S_IFDIR) return [];
+  // Directories to descend into: the layer's, and the base's where its view of them still counts.
+  let level: { dir: string; inode: number; baseInode: number | undefined }[] = [
+    { dir: "/", inode: upperRoot.inode, baseInode: ROOT_INODE },
+  ];
   while (level.length > 0) {
-    const upperListings = await upper.listMany(
-      level.map(({ dir }) => `${LAYER_UPPER}${dir === "/" ? "" : dir}`),
+    const upperListings = await upper.listMany(level.map(({ inode }) => inode));
+    const inBase = level.filter(({ baseInode }) => baseInode !== undefined);
+    const baseListings = new Map(
+      (await lower.listMany(inBase.map(({ baseInode }) => baseInode ?? ROOT_INODE))).map(
+        (listing, i) => [inBase[i]?.dir, listing],
+      ),
     );
-    const baseListings = await lower.listMany(
-      level.map(({ dir, inBase }) => (inBase ? dir : "/nonexistent/.shoal")),
-    );
-    const next: { dir: string; inBase: boolean }[] = [];
+    const next: typeof level = [];
     const whiteoutCandidates: { path: string; entry: DirEntry; hidden: DirEntry | undefined }[] =
       [];
-    const opaqueCandidates: string[] = [];
-    level.forEach(({ dir, inBase }, i) => {
+    const opaqueCandidates: { path: string; inode: number }[] = [];
+    level.forEach(({ dir }, i) => {
       const inBaseNames = new Map(
-        (inBase ? (baseListings[i] ?? []) : []).map((entry) => [entry.name, entry]),
+        (baseListings.get(dir) ?? []).map((entry) => [entry.name, entry]),
       );
       for (const entry of upperListings[i] ?? []) {
         const path = join(dir, entry.name);
-        const existed = inBaseNames.has(entry.name);
+        const hidden = inBaseNames.get(entry.name);
         const type = typeOf(entry);
         if ((entry.mode & S_IFMT) === S_IFCHR) {
-          whiteoutCandidates.push({ path, entry, hidden: inBaseNames.get(entry.name) });
+          whiteoutCandidates.push({ path, entry, hidden });
         } else if (type === "dir") {
-          if (existed) opaqueCandidates.push(path);
+          if (hidden) opaqueCandidates.push({ path, inode: entry.inode });
           else changes.push({ path, change: "added", type, size: 0 });
-          next.push({ dir: path, inBase: existed });
+          const baseDir = hidden && typeOf(hidden) === "dir" ? hidden.inode : undefined;
+          next.push({ dir: path, inode: entry.inode, baseInode: baseDir });
         } else {
-          changes.push({ path, change: existed ? "modified" : "added", type, size: entry.size });
+          changes.push({ path, change: hidden ? "modified" : "added", type, size: entry.size });
         }
       }
     });
     const devices = await upper.each(
-      whiteoutCandidates.map(({ path }) => `stat ${debugfsQuote(`${LAYER_UPPER}${path}`)}`),
+      whiteoutCandidates.map(({ entry }) => `stat ${inodeSpec(entry.inode)}`),
     );
     whiteoutCandidates.forEach(({ path, entry, hidden }, i) => {
       const whiteout = /Device major\/minor number: 00:00/.test(devices[i] ?? "");
@@ -190,15 +199,13 @@ export async function listLayerChanges(
       });
     });
     const opaque = await upper.each(
-      opaqueCandidates.map(
-        (path) => `ea_get ${debugfsQuote(`${LAYER_UPPER}${path}`)} trusted.overlay.opaque`,
-      ),
+      opaqueCandidates.map(({ inode }) => `ea_get ${inodeSpec(inode)} trusted.overlay.opaque`),
     );
-    opaqueCandidates.forEach((path, i) => {
+    opaqueCandidates.forEach(({ path }, i) => {
       if (/= "y"/.test(opaque[i] ?? "")) {
         changes.push({ path, change: "replaced", type: "dir", size: 0 });
         const child = next.find((item) => item.dir === path);
-        if (child) child.inBase = false;
+        if (child) child.baseInode = undefined;
       }
     });
     level = next;
