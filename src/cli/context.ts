@@ -1,4 +1,5 @@
 import { Option } from "@commander-js/extra-typings";
+import { escapeText, jsonText } from "../core/terminal.js";
 import { type Launcher, ProcessRunner } from "../host/runner.js";
 import { DEFAULT_FLEET_FILE } from "../spec/load.js";
 import { DEFAULT_STATE_DIR, type StateLayout } from "../state/layout.js";
@@ -31,7 +32,14 @@ export interface Context {
   /** The state directory, checked on first use (see state/trust.ts). */
   readonly layout: () => Promise<StateLayout>;
   readonly runner: Launcher;
+  /** Prints a result on stdout; a control character that slipped into it shows escaped. */
   readonly print: (text: string) => void;
+  /** Prints a result as JSON on stdout, names and all escaped as JSON and terminals need. */
+  readonly printJson: (value: unknown) => void;
+}
+
+function printLine(text: string): void {
+  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
 }
 
 export function makeContext(options: GlobalOptions): Context {
@@ -44,7 +52,8 @@ export function makeContext(options: GlobalOptions): Context {
       return layout;
     },
     runner: new ProcessRunner({ dryRun: options.dryRun === true, trace: options.debug === true }),
-    print: (text) => process.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
+    print: (text) => printLine(escapeText(text)),
+    printJson: (value) => printLine(jsonText(value)),
   };
 }
 

@@ -44,7 +44,7 @@ export function dfCommand() {
         }
         const usage = accountDisk(images, vms);
         if (options.json) {
-          context.print(JSON.stringify(usage, null, 2));
+          context.printJson(usage);
           return;
         }
         context.print(

@@ -135,7 +135,7 @@ export function execCommand() {
             limit(() => runOn(reach, name, words, options.json !== true, timeoutMs)),
           ),
         );
-        if (options.json) context.print(JSON.stringify(outcomes, null, 2));
+        if (options.json) context.printJson(outcomes);
         const failed = outcomes.filter((outcome) => outcome.exitCode !== 0);
         if (failed.length > 0) {
           throw new ShoalError(

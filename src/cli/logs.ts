@@ -1,6 +1,7 @@
 import { open } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "@commander-js/extra-typings";
+import { LogEscaper } from "../core/terminal.js";
 import { UserError } from "../errors.js";
 import { fleetFileOption } from "./context.js";
 import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
@@ -12,6 +13,10 @@ export function logsCommand() {
     .addOption(fleetFileOption(false))
     .addOption(fleetNameOption())
     .option("-f, --follow", "keep printing what the VM writes, until Ctrl-C")
+    .option(
+      "--raw",
+      "the log's bytes as the VM wrote them, escape sequences included (by default control characters and bytes that are not UTF-8 are shown escaped, such as \\x1b)",
+    )
     .action(async (name, options, command) => {
       await withFleet(command, options, undefined, async ({ session }) => {
         const vm = oneVm(session, name);
@@ -22,6 +27,8 @@ export function logsCommand() {
             "it is written from the VM's first boot on",
           );
         }
+        // What the guest wrote must not drive the user's terminal, unless asked for.
+        const escaper = options.raw ? undefined : new LogEscaper();
         let offset = 0;
         for (;;) {
           const { bytesRead, buffer } = await log.read({
@@ -30,13 +37,15 @@ export function logsCommand() {
           });
           if (bytesRead > 0) {
             offset += bytesRead;
-            process.stdout.write(buffer.subarray(0, bytesRead));
+            const chunk = buffer.subarray(0, bytesRead);
+            process.stdout.write(escaper ? escaper.push(chunk) : chunk);
           } else if (options.follow) {
             await sleep(200);
           } else {
             break;
           }
         }
+        if (escaper) process.stdout.write(escaper.end());
         await log.close();
       });
     });

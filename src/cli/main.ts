@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "@commander-js/extra-typings";
+import { escapeText } from "../core/terminal.js";
 import { ExitCode, ShoalError, SpecError } from "../errors.js";
 import { consoleCommand } from "./console.js";
 import { globalOptions } from "./context.js";
@@ -80,7 +81,8 @@ function report(error: unknown, debug: boolean): number {
   }
   if (error instanceof ShoalError) {
     const prefix = error instanceof SpecError ? "" : "shoal: ";
-    for (const line of error.lines()) process.stderr.write(`${prefix}${line}\n`);
+    // A message may quote what a guest or an image wrote (a tool's stderr, a file name).
+    for (const line of error.lines()) process.stderr.write(`${prefix}${escapeText(line)}\n`);
     if (debug && error.stack) process.stderr.write(`${error.stack}\n`);
     return error.exitCode;
   }

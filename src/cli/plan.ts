@@ -78,8 +78,7 @@ export function planCommand() {
         observed,
         goal: "running",
       });
-      context.print(
-        options.json ? JSON.stringify(planJson(plan), null, 2) : planTable(fleet, plan),
-      );
+      if (options.json) context.printJson(planJson(plan));
+      else context.print(planTable(fleet, plan));
     });
 }

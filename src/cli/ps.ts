@@ -54,7 +54,7 @@ export function psCommand() {
           }),
         );
         if (options.json) {
-          context.print(JSON.stringify(rows, null, 2));
+          context.printJson(rows);
           return;
         }
         context.print(

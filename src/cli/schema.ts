@@ -8,6 +8,6 @@ export function schemaCommand() {
       "print the fleet file's JSON Schema, for editors (schema/shoal.schema.json holds a copy)",
     )
     .action((_options, command) => {
-      contextOf(command).print(JSON.stringify(fleetJsonSchema(), null, 2));
+      contextOf(command).printJson(fleetJsonSchema());
     });
 }

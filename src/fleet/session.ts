@@ -17,6 +17,7 @@ import type { BootFiles } from "../core/render/boot.js";
 import { seedFiles } from "../core/seed.js";
 import { type KnownHost, renderKnownHosts } from "../core/ssh.js";
 import { checkKernelParam } from "../core/syntax.js";
+import { escapeLine } from "../core/terminal.js";
 import { ShoalError, UserError } from "../errors.js";
 import { pathExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
@@ -485,7 +486,12 @@ export class FleetSession {
       const log = await readFrom(vm.paths.serialLog, offset);
       if (READY_LINE.test(log)) return { ready: true };
       const fatal = FATAL_LINE.exec(log);
-      if (fatal) return { ready: false, why: fatal[1] ?? "the VM's init failed" };
+      // The guest wrote it: shown escaped, and no longer than a line.
+      if (fatal)
+        return {
+          ready: false,
+          why: escapeLine((fatal[1] || "the VM's init failed").slice(0, 300)),
+        };
       const presence = await this.backend.presence(vm);
       if (presence.kind !== "running") {
         return {
