@@ -2,9 +2,9 @@ import { rm } from "node:fs/promises";
 import { Command } from "@commander-js/extra-typings";
 import pLimit from "p-limit";
 import { UserError } from "../errors.js";
-import { confirm } from "./confirm.js";
+import { confirm, refuseUnaskable } from "./confirm.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, selectVms, withFleet, workersOption } from "./fleet.js";
+import { fleetNameOption, lockWaitOption, selectVms, withFleet, workersOption } from "./fleet.js";
 
 export function destroyCommand() {
   return new Command("destroy")
@@ -15,8 +15,10 @@ export function destroyCommand() {
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
     .addOption(workersOption())
-    .option("-y, --yes", "do not ask for confirmation")
+    .addOption(lockWaitOption())
+    .option("-y, --yes", "do not ask for confirmation (needed when stdin is not a terminal)")
     .action(async (patterns, options, command) => {
+      refuseUnaskable("destroy", options.yes);
       await withFleet(
         command,
         options,
@@ -26,7 +28,7 @@ export function destroyCommand() {
           const known = [...session.recordedNames(), ...(await session.strayNames())].sort();
           const names = selectVms(patterns, known);
           const whole = patterns.length === 0;
-          if (!options.yes && process.stdin.isTTY && names.length > 0) {
+          if (!options.yes && names.length > 0) {
             const what = whole ? `fleet ${session.fleet}` : `these VMs of fleet ${session.fleet}`;
             if (
               !(await confirm(`Destroy ${what}: ${names.length} VMs, their layers and identities?`))

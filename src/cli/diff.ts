@@ -1,7 +1,8 @@
 import { Command } from "@commander-js/extra-typings";
 import { formatUsage } from "../core/size.js";
+import { escapeName } from "../core/terminal.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption, oneVm, withFleet } from "./fleet.js";
 import { formatTable } from "./table.js";
 
 export function diffCommand() {
@@ -12,6 +13,7 @@ export function diffCommand() {
     .argument("<vm>", "the VM's name")
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
+    .addOption(lockWaitOption())
     .option("--json", "print an array of {path, change, type, size} for scripts")
     .action(async (name, options, command) => {
       // Under the fleet's lock: reading the layer replays its journal, which no `up` may race.
@@ -19,7 +21,7 @@ export function diffCommand() {
         const vm = oneVm(session, name);
         const changes = await session.layerChanges(vm);
         if (options.json) {
-          context.print(JSON.stringify(changes, null, 2));
+          context.printJson(changes);
           return;
         }
         if (changes.length === 0) {
@@ -33,7 +35,8 @@ export function diffCommand() {
               change.change,
               change.type,
               change.type === "file" ? formatUsage(change.size) : "-",
-              change.path,
+              // The guest chose the names: a newline or an escape sequence shows as such.
+              escapeName(change.path),
             ]),
           ),
         );

@@ -4,6 +4,7 @@ import { contextOf, fleetFileOption } from "./context.js";
 import {
   createdVms,
   fleetNameOption,
+  lockWaitOption,
   reportPower,
   timeoutOption,
   withFleet,
@@ -22,6 +23,7 @@ export function shutdownCommand(verb: "down" | "stop") {
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
     .addOption(workersOption())
+    .addOption(lockWaitOption())
     .addOption(timeoutOption("seconds a VM gets to shut down cleanly before it is forced", 60))
     .option("--force", "do not wait for a clean shutdown: end the VMs at once")
     .action(async (patterns, options, command) => {

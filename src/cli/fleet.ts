@@ -4,6 +4,7 @@ import { ACCEL_SETTINGS, type AccelSetting, backendFor } from "../backends/regis
 import type { BackendName, FleetSpec, VmSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";
 import type { BootFiles } from "../core/render/boot.js";
+import { escapeText } from "../core/terminal.js";
 import { ShoalError, UserError } from "../errors.js";
 import type { PowerOutcome } from "../fleet/power.js";
 import { FleetSession } from "../fleet/session.js";
@@ -45,9 +46,33 @@ export function positiveInteger(flag: string, value: string): number {
   return n;
 }
 
+/** A day: a wait longer than that is a mistake in the script, not patience. */
+export const MAX_LOCK_WAIT_S = 86_400;
+
+/** `--lock-wait SECONDS`, for every verb that takes the fleet's lock. */
+export function lockWaitOption() {
+  return new Option(
+    "--lock-wait <seconds>",
+    "when another shoal command holds the fleet's lock, wait this long for it before giving up (exit 3)",
+  )
+    .default(0)
+    .argParser((value) => {
+      const n = Number(value);
+      if (!/^\d+$/.test(value) || n > MAX_LOCK_WAIT_S) {
+        throw new UserError(
+          `--lock-wait ${JSON.stringify(value)} is not a number of seconds from 0 to ${MAX_LOCK_WAIT_S}`,
+          "--lock-wait 60 waits up to a minute for the command holding the lock",
+        );
+      }
+      return n;
+    });
+}
+
 export interface FleetTarget {
   readonly file: string;
   readonly fleet?: string;
+  /** Seconds to wait for the fleet's lock (`lockWaitOption`); every verb that locks has it. */
+  readonly lockWait?: number;
 }
 
 export interface OpenFleet {
@@ -71,7 +96,7 @@ function accelSetting(value: string | undefined): AccelSetting {
 
 /** Where progress and notices go: stderr, so stdout stays the result (tables, JSON). */
 export function notice(line: string): void {
-  process.stderr.write(`shoal: ${line}\n`);
+  process.stderr.write(`shoal: ${escapeText(line)}\n`);
 }
 
 async function fleetOf(
@@ -142,10 +167,28 @@ export async function withFleet<T>(
     }
   };
   if (lock === undefined) return run();
+  if (target.lockWait === undefined) {
+    throw new Error(`internal: \`shoal ${lock}\` takes the fleet's lock but has no --lock-wait`);
+  }
   return withLock(
     context.runner,
     layout.fleet(fleet.name).lock,
-    { subject: `fleet ${fleet.name}`, command: lock, waitSeconds: 0 },
+    {
+      subject: `fleet ${fleet.name}`,
+      command: lock,
+      waitSeconds: target.lockWait,
+      onWait: (holder) => {
+        if (target.lockWait === 0) return;
+        const who = holder
+          ? `shoal ${holder.command} (pid ${holder.pid})`
+          : "another shoal command";
+        notice(`fleet ${fleet.name} is busy: waiting up to ${target.lockWait}s for ${who}`);
+      },
+      hint:
+        target.lockWait === 0
+          ? "wait for it to finish, or give --lock-wait SECONDS to wait for it"
+          : "wait for it to finish, or give a longer --lock-wait",
+    },
     run,
   );
 }

@@ -13,7 +13,7 @@ import {
 } from "../image/sources.js";
 import { type ImageMeta, ImageStore } from "../image/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
-import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption, oneVm, withFleet } from "./fleet.js";
 import { step } from "./progress.js";
 import { formatTable } from "./table.js";
 
@@ -108,7 +108,7 @@ function listCommand() {
       const { context, store } = await storeOf(command);
       const images = await store.list();
       if (options.json) {
-        context.print(JSON.stringify(images, null, 2));
+        context.printJson(images);
         return;
       }
       const rows = images.map((image) => [
@@ -130,9 +130,7 @@ function inspectCommand() {
     .action(async (name, _options, command) => {
       const { context, store } = await storeOf(command);
       const image = await store.get(name);
-      context.print(
-        JSON.stringify({ ...image, files: (await context.layout()).image(image.id) }, null, 2),
-      );
+      context.printJson({ ...image, files: (await context.layout()).image(image.id) });
     });
 }
 
@@ -196,6 +194,7 @@ function commitCommand() {
     .requiredOption("--from-vm <vm>", "the VM whose changes the new image takes")
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
+    .addOption(lockWaitOption())
     .action(async (name, options, command) => {
       await withFleet(command, options, "image commit", async ({ context, session }) => {
         const vm = oneVm(session, options.fromVm);

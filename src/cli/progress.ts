@@ -1,13 +1,16 @@
 import ora from "ora";
+import { colourWanted, escapeLine } from "../core/terminal.js";
 import type { FleetEvent, FleetPhase } from "../fleet/session.js";
 
 /**
- * A spinner on stderr when it is a terminal. A pseudo-terminal without a size (`script`, some CI
- * runners) gets none: ora would take every character for a line of its own there.
+ * A spinner on stderr when it is a terminal, in colour unless NO_COLOR says otherwise. A
+ * pseudo-terminal without a size (`script`, some CI runners) gets none: ora would take every
+ * character for a line of its own there.
  */
 function spinnerOnTerminal(text: string) {
   const terminal = process.stderr.isTTY === true && (process.stderr.columns ?? 0) > 0;
-  return terminal ? ora({ text, stream: process.stderr }).start() : undefined;
+  if (!terminal) return undefined;
+  return ora({ text, stream: process.stderr, color: colourWanted(process.env) && "cyan" }).start();
 }
 
 /**
@@ -51,10 +54,10 @@ export class FleetProgress {
     if (this.spinner) {
       this.spinner.text = `${this.title}: ${this.summary()}`;
       if (event.phase === "failed")
-        this.spinner.warn(`${event.vm}: failed: ${event.detail ?? ""}`).start();
+        this.spinner.warn(`${event.vm}: failed: ${escapeLine(event.detail ?? "")}`).start();
     } else {
       process.stderr.write(
-        `${event.vm}: ${event.phase}${event.detail ? ` (${event.detail})` : ""}\n`,
+        `${event.vm}: ${event.phase}${event.detail ? ` (${escapeLine(event.detail)})` : ""}\n`,
       );
     }
   };

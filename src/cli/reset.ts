@@ -1,8 +1,8 @@
 import { Command } from "@commander-js/extra-typings";
 import { UserError } from "../errors.js";
-import { confirm } from "./confirm.js";
+import { confirm, refuseUnaskable } from "./confirm.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption, selectVms, withFleet } from "./fleet.js";
 
 export function resetCommand() {
   return new Command("reset")
@@ -12,11 +12,13 @@ export function resetCommand() {
     .argument("<vms...>", "VM names or patterns such as 'web-*'")
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
-    .option("-y, --yes", "do not ask for confirmation")
+    .addOption(lockWaitOption())
+    .option("-y, --yes", "do not ask for confirmation (needed when stdin is not a terminal)")
     .action(async (patterns, options, command) => {
+      refuseUnaskable("reset", options.yes);
       await withFleet(command, options, "reset", async ({ context, session }) => {
         const names = selectVms(patterns, session.recordedNames());
-        if (!options.yes && process.stdin.isTTY) {
+        if (!options.yes) {
           if (!(await confirm(`Throw away every change of ${names.join(", ")}?`))) {
             throw new UserError("nothing reset", "pass --yes to skip this question");
           }

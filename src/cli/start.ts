@@ -4,6 +4,7 @@ import { contextOf, fleetFileOption } from "./context.js";
 import {
   createdVms,
   fleetNameOption,
+  lockWaitOption,
   reportPower,
   timeoutOption,
   withFleet,
@@ -22,6 +23,7 @@ export function powerOnCommand(verb: "start" | "restart") {
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
     .addOption(workersOption())
+    .addOption(lockWaitOption())
     .addOption(timeoutOption("seconds to wait for a VM to shut down and to boot", 300))
     .option("--no-wait", "do not wait for the VMs to boot")
     .action(async (patterns, options, command) => {

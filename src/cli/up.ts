@@ -3,7 +3,14 @@ import type { Goal } from "../core/plan.js";
 import { ShoalError } from "../errors.js";
 import { converge, observeAll } from "../fleet/converge.js";
 import { contextOf, fleetFileOption } from "./context.js";
-import { bootFilesOf, selectVms, timeoutOption, withFleet, workersOption } from "./fleet.js";
+import {
+  bootFilesOf,
+  lockWaitOption,
+  selectVms,
+  timeoutOption,
+  withFleet,
+  workersOption,
+} from "./fleet.js";
 import { formatTable } from "./table.js";
 
 const VERBS: Record<Goal, { verb: string; description: string }> = {
@@ -29,6 +36,7 @@ export function convergeCommand(goal: Goal) {
     )
     .addOption(fleetFileOption())
     .addOption(workersOption())
+    .addOption(lockWaitOption())
     .addOption(timeoutOption("how long a VM may take to boot, or to shut down for a change", 300))
     .option("--no-wait", "start VMs without waiting for them to boot")
     .option("--json", "print the result as JSON for scripts")
@@ -67,7 +75,7 @@ export function convergeCommand(goal: Goal) {
         ...(detail === undefined ? {} : { error: detail }),
       }));
       if (options.json) {
-        result.context.print(JSON.stringify(rows, null, 2));
+        result.context.printJson(rows);
       } else {
         result.context.print(
           formatTable(

@@ -1,4 +1,5 @@
 import { Command, Option } from "@commander-js/extra-typings";
+import { escapeName } from "../core/terminal.js";
 import { ShoalError, UserError } from "../errors.js";
 import {
   CONFLICT_OUTCOMES,
@@ -9,7 +10,14 @@ import {
 } from "../fleet/upgrade.js";
 import type { LayerChange } from "../layer/layer.js";
 import { contextOf, fleetFileOption } from "./context.js";
-import { bootFilesOf, notice, positiveInteger, timeoutOption, withFleet } from "./fleet.js";
+import {
+  bootFilesOf,
+  lockWaitOption,
+  notice,
+  positiveInteger,
+  timeoutOption,
+  withFleet,
+} from "./fleet.js";
 import { formatTable } from "./table.js";
 
 export function upgradeCommand() {
@@ -33,6 +41,7 @@ export function upgradeCommand() {
         .default("proceed" as const),
     )
     .addOption(timeoutOption("how long a VM may take to shut down, and to boot again", 300))
+    .addOption(lockWaitOption())
     .option("--json", "print one object per VM for scripts")
     .action(async (options, command) => {
       const dryRun = contextOf(command).dryRun;
@@ -75,7 +84,7 @@ export function upgradeCommand() {
               }
             }
             if (options.json) {
-              context.print(JSON.stringify(rows, null, 2));
+              context.printJson(rows);
               return;
             }
             for (const row of rows) {
@@ -88,7 +97,7 @@ export function upgradeCommand() {
                     : `${row.name}: its layer hides ${count === 1 ? "1 file" : `${count} files`} the new base changed (--conflicts ${options.conflicts}: ${CONFLICT_OUTCOMES[options.conflicts]}):`,
               );
               for (const conflict of row.conflicts) {
-                context.print(`  ${conflict.change} ${conflict.path}`);
+                context.print(`  ${conflict.change} ${escapeName(conflict.path)}`);
               }
             }
             const moving = rows.filter(
@@ -106,7 +115,7 @@ export function upgradeCommand() {
             stopTimeoutMs: options.timeout * 1000,
           });
           if (options.json) {
-            context.print(JSON.stringify(reports, null, 2));
+            context.printJson(reports);
           } else if (reports.length === 0) {
             context.print(`every VM of fleet ${spec.name} boots from image ${image} already`);
           } else {
@@ -116,7 +125,7 @@ export function upgradeCommand() {
                 reports.map((report) => [
                   report.name,
                   report.outcome,
-                  report.conflicts.map((conflict) => conflict.path).join(" ") || "-",
+                  report.conflicts.map((conflict) => escapeName(conflict.path)).join(" ") || "-",
                   report.detail ?? "",
                 ]),
               ),

@@ -5,7 +5,8 @@ import { ExitCode, ShoalError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 
 /**
- * One lock per fleet (and one for the image store), so two shoal commands never change a fleet at once. It is a flock(2) lock:
+ * One lock per fleet (and one for the image store, and one host-wide for `xl create`), so two shoal
+ * commands never change a fleet at once. It is a flock(2) lock:
  * the kernel drops it when its holder exits in any way (Ctrl-C, SIGKILL, power loss), so there is
  * never a stale lock to clean up. Node has no flock(), so util-linux flock(1) takes it on an open
  * file description shoal passes in; the lock belongs to that description and stays with shoal
@@ -19,16 +20,18 @@ export interface LockHolder {
 }
 
 export class FleetLocked extends ShoalError {
-  constructor(subject: string, holder: LockHolder | undefined, waitedSeconds: number) {
+  constructor(
+    subject: string,
+    holder: LockHolder | undefined,
+    waitedSeconds: number,
+    hint = "wait for it to finish",
+  ) {
     const who = holder
       ? `shoal ${holder.command} (pid ${holder.pid}, since ${holder.since})`
       : "another shoal command";
     super(
       `${subject} is busy: ${who} holds its lock${waitedSeconds > 0 ? ` and did not finish within ${waitedSeconds}s` : ""}`,
-      {
-        exitCode: ExitCode.locked,
-        hint: "wait for it to finish, or give --lock-wait SECONDS",
-      },
+      { exitCode: ExitCode.locked, hint },
     );
   }
 }
@@ -45,6 +48,8 @@ export interface LockOptions {
   readonly waitSeconds: number;
   /** Told once when the lock is held by someone else and shoal starts waiting. */
   readonly onWait?: (holder: LockHolder | undefined) => void;
+  /** What the user can do when the lock stays busy; each lock has its own remedies. */
+  readonly hint?: string;
 }
 
 async function readHolder(path: string): Promise<LockHolder | undefined> {
@@ -95,8 +100,14 @@ export async function acquireLock(
       options.onWait?.(await readHolder(path));
       locked = options.waitSeconds > 0 && (await flock("--wait", String(options.waitSeconds)));
     }
-    if (!locked)
-      throw new FleetLocked(options.subject, await readHolder(path), options.waitSeconds);
+    if (!locked) {
+      throw new FleetLocked(
+        options.subject,
+        await readHolder(path),
+        options.waitSeconds,
+        options.hint,
+      );
+    }
     const holder: LockHolder = {
       pid: process.pid,
       command: options.command,

@@ -232,7 +232,7 @@ describe("what the record does not cover", () => {
       `shoal: ${stray.dir} is not in fleet stray's record and was left alone; \`shoal destroy old-vm\` removes it`,
     );
     expect(await readFile(stray.layer, "utf8")).toBe("someone's data");
-    expect((await run(["destroy", "-f", file])).code).toBe(0);
+    expect((await run(["destroy", "-f", file, "--yes"])).code).toBe(0);
     await expect(stat(stray.dir)).rejects.toThrow();
   });
 
@@ -252,7 +252,7 @@ describe("shoal destroy", () => {
   it("removes a created fleet's every file, and says so", async () => {
     const file = await fleet("gone", "count: 2\n");
     expect((await run(["create", "-f", file])).code).toBe(0);
-    const result = await run(["destroy", "-f", file]);
+    const result = await run(["destroy", "-f", file, "--yes"]);
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout.trim()).toBe("destroyed 2 VMs and fleet gone");
     await expect(stat(stateLayout(state).fleet("gone").dir)).rejects.toThrow();

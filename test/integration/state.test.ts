@@ -120,12 +120,13 @@ describe("the fleet lock", () => {
       subject: "fleet lab",
       command: "down",
       waitSeconds: 0,
+      hint: "wait for it to finish, or give --lock-wait SECONDS to wait for it",
     }).catch((e: unknown) => e);
     expect(failure).toBeInstanceOf(FleetLocked);
     expect((failure as FleetLocked).exitCode).toBe(ExitCode.locked);
     expect((failure as FleetLocked).lines()[0]).toMatch(
       new RegExp(
-        `^fleet lab is busy: shoal up \\(pid ${pid}, since \\S+\\) holds its lock; wait for it to finish, or give --lock-wait SECONDS$`,
+        `^fleet lab is busy: shoal up \\(pid ${pid}, since \\S+\\) holds its lock; wait for it to finish, or give --lock-wait SECONDS to wait for it$`,
       ),
     );
   });

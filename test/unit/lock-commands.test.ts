@@ -37,4 +37,21 @@ describe("the fleet lock's commands", () => {
     ).rejects.toBeInstanceOf(FleetLocked);
     expect(runner.argvs).toEqual([["flock", "--exclusive", "--nonblock", "3"]]);
   });
+
+  it("name only the remedies of the lock at hand: the fleet's --lock-wait is not every lock's", async () => {
+    const busy = (hint?: string) =>
+      acquireLock(new RecordingRunner(() => ({ code: 1 })), join(dir, "lock"), {
+        subject: "Xen's domain creation",
+        command: "xl create",
+        waitSeconds: 0,
+        ...(hint === undefined ? {} : { hint }),
+      }).catch((error: unknown) => (error as FleetLocked).lines());
+    const dir = await tempDir();
+    expect(await busy()).toEqual([
+      "Xen's domain creation is busy: another shoal command holds its lock; wait for it to finish",
+    ]);
+    expect(await busy("see `xl list`")).toEqual([
+      "Xen's domain creation is busy: another shoal command holds its lock; see `xl list`",
+    ]);
+  });
 });

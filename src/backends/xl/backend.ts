@@ -89,7 +89,13 @@ export class XlBackend implements Backend {
     await withLock(
       this.runner,
       this.createLock,
-      { subject: "Xen's domain creation", command: "xl create", waitSeconds: CREATE_LOCK_WAIT_S },
+      {
+        subject: "Xen's domain creation",
+        command: "xl create",
+        waitSeconds: CREATE_LOCK_WAIT_S,
+        // Not the fleet's lock: --lock-wait has no say here, and an `xl create` this slow hangs.
+        hint: "that `xl create` is stuck: `xl list` and the logs in /var/log/xen/ show why; ending that shoal releases the lock",
+      },
       // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it would
       // leave a domain that looks alive and never runs. Its monitor process stays behind, detached.
       () => this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig], uninterruptible: true }),
