@@ -87,7 +87,7 @@ function report(error: unknown, debug: boolean): number {
     return error.exitCode;
   }
   const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
-  process.stderr.write(`shoal: internal error, please report it: ${message}\n`);
+  process.stderr.write(`shoal: internal error, please report it: ${escapeText(message)}\n`);
   return ExitCode.internal;
 }
 

@@ -35,7 +35,13 @@ export function shoal(
 /** Runs a program to its end with `input` on its stdin; its exit code and whole output. */
 export function collect(
   argv: readonly string[],
-  options: { cwd?: string | undefined; env?: NodeJS.ProcessEnv; input?: string } = {},
+  options: {
+    cwd?: string | undefined;
+    env?: NodeJS.ProcessEnv;
+    input?: string;
+    /** Sees stderr as it grows, for a test that acts when the program says something. */
+    onStderr?: (stderr: string) => void;
+  } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const [file = "", ...rest] = argv;
@@ -51,6 +57,7 @@ export function collect(
     });
     child.stderr.on("data", (chunk) => {
       stderr += chunk;
+      options.onStderr?.(stderr);
     });
     child.on("error", reject);
     child.on("close", (code) => resolve({ code, stdout, stderr }));

@@ -440,27 +440,32 @@ describe("--lock-wait", () => {
   it("waits for the holder to finish, then does its work", async () => {
     const holder = await holdLock();
     try {
-      const child = spawn(
-        process.execPath,
-        [SHOAL, "--state-dir", state, "diff", "vm-1", "-f", file, "--lock-wait", "60"],
-        { env: { ...process.env, ...env } },
+      const waited = await collect(
+        [
+          process.execPath,
+          SHOAL,
+          "--state-dir",
+          state,
+          "diff",
+          "vm-1",
+          "-f",
+          file,
+          "--lock-wait",
+          "60",
+        ],
+        {
+          env: { ...process.env, ...env },
+          // It waits: now the holder finishes.
+          onStderr: (stderr) => {
+            if (stderr.includes("waiting up to 60s")) holder.release();
+          },
+        },
       );
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (chunk) => {
-        stdout += chunk;
-      });
-      child.stderr.on("data", (chunk) => {
-        stderr += chunk;
-        // It waits: now the holder finishes.
-        if (stderr.includes("waiting up to 60s")) holder.release();
-      });
-      const code = await new Promise((resolve) => child.once("close", resolve));
-      expect(code, stderr).toBe(0);
-      expect(stderr).toBe(
+      expect(waited.code, waited.stderr).toBe(0);
+      expect(waited.stderr).toBe(
         "shoal: fleet tlocked is busy: waiting up to 60s for another shoal command\n",
       );
-      expect(stdout).toBe("VM vm-1 has no changes of its own\n");
+      expect(waited.stdout).toBe("VM vm-1 has no changes of its own\n");
     } finally {
       holder.release();
     }
