@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
 import { fleetTag, hostTapName } from "../../src/core/net.js";
+import { ProcessRunner } from "../../src/host/runner.js";
+import { Ext4Image } from "../../src/image/ext4.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
@@ -26,7 +28,7 @@ beforeAll(async () => {
   state = imageState();
   const built = await shoal(["--state-dir", state, "image", "build", "tiny", "--from", "busybox"]);
   expect(built.code, built.stderr).toBe(0);
-});
+}, 120_000);
 
 async function fleet(name: string, text: string): Promise<string> {
   const path = join(await tempDir(), "shoal.yaml");
@@ -335,7 +337,11 @@ describe("fleets on a host bridge", () => {
 });
 
 /** A layer as shoal's init leaves it after the VM ran: its base's id, and what the VM changed. */
-async function bootedLayer(path: string, baseId: string): Promise<void> {
+async function bootedLayer(
+  path: string,
+  baseId: string,
+  extra: (upper: string) => Promise<void> = async () => {},
+): Promise<void> {
   const tree = join(await tempDir(), "layer");
   for (const dir of ["upper/root/.ssh", "upper/etc/dropbear", "upper/srv", "work", "shoal"])
     await mkdir(join(tree, dir), { recursive: true });
@@ -347,6 +353,7 @@ async function bootedLayer(path: string, baseId: string): Promise<void> {
   await writeFile(join(tree, "upper/etc/dropbear/dropbear_ed25519_host_key"), "key");
   await writeFile(join(tree, "upper/root/.ssh/authorized_keys"), `${KEY}\n`);
   await exec("mknod", [join(tree, "upper/etc/os-release"), "c", "0", "0"]);
+  await extra(join(tree, "upper"));
   await exec("mkfs.ext4", ["-q", "-F", "-L", "shoal-layer", "-d", tree, path, "64M"]);
 }
 
@@ -411,7 +418,12 @@ describe("a stopped VM's layer: diff, reset, df", () => {
     expect((await run(["create", "-f", file])).code).toBe(0);
     const tiny = JSON.parse((await run(["image", "inspect", "tiny"])).stdout) as { id: string };
     const vm1 = stateLayout(state).fleet("committed").vm("vm-1");
-    await bootedLayer(vm1.layer, tiny.id);
+    // Names a guest may choose: a quote, a newline, an escape sequence, a byte that is not UTF-8.
+    const weird = ['q"uote', "new\nline", "esc\u001b[31mred", "dir\nx"];
+    await bootedLayer(vm1.layer, tiny.id, async (upper) => {
+      for (const name of weird) await writeFile(join(upper, "srv", name), name);
+      await writeFile(Buffer.from(`${upper}/srv/bad\xff`, "latin1"), "bad");
+    });
     const layerSum = await exec("sha256sum", [vm1.layer]);
 
     const never = await run(["image", "commit", "never", "--from-vm", "vm-2", "-f", file]);
@@ -437,6 +449,17 @@ describe("a stopped VM's layer: diff, reset, df", () => {
     expect(await read("/etc/dropbear/dropbear_ed25519_host_key")).toBeUndefined();
     expect(await read("/root/.ssh/authorized_keys")).toBeUndefined();
     expect(await read("/etc/inittab")).toContain("::sysinit:");
+    const srv = await new Ext4Image(
+      new ProcessRunner(),
+      stateLayout(state).image(image.id).base,
+    ).list("/srv");
+    expect(srv?.map((entry) => [entry.name, entry.size]).sort()).toEqual(
+      [
+        ...weird.map((name) => [name, Buffer.byteLength(name)]),
+        ["bad\udcff", 3],
+        ["data", 5000],
+      ].sort(),
+    );
     // The VM's layer is only read; the image holds its files and nothing else.
     expect(await exec("sha256sum", [vm1.layer])).toEqual(layerSum);
     expect((await readdir(stateLayout(state).image(image.id).dir)).sort()).toEqual([
@@ -486,7 +509,7 @@ describe("shoal upgrade, on stopped VMs", () => {
       (JSON.parse((await run(["image", "inspect", name])).stdout) as { id: string }).id;
     tiny = await idOf("tiny");
     moved = await idOf("tiny-moved");
-  });
+  }, 120_000);
 
   /** Three stopped VMs: vm-1 edited /etc/inittab (which the new base also changed), vm-2 only wrote its own files. */
   async function conflictingFleet(name: string) {
