@@ -119,7 +119,16 @@ export async function acquireLock(
     await handle.close();
     throw error;
   }
-  return { release: () => handle.close() };
+  return {
+    // The name goes with the lock: the next holder, or one that is no shoal, is not taken for it.
+    release: async () => {
+      try {
+        await handle.truncate(0);
+      } finally {
+        await handle.close();
+      }
+    },
+  };
 }
 
 /** Runs `work` while holding the lock; the lock goes when `work` ends, however it ends. */

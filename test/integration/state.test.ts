@@ -149,6 +149,8 @@ describe("the fleet lock", () => {
       command: "up",
     });
     await taken.release();
+    // Released, the lock names nobody: whoever takes it next is not shown as this command.
+    expect(await readFile(lock, "utf8")).toBe("");
   });
 
   it("gives up after waiting as long as it was told", async () => {

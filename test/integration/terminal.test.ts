@@ -392,8 +392,7 @@ describe("--lock-wait", () => {
    * (flock(1) keeps it; the command it runs does not inherit it).
    */
   async function holdLock(): Promise<{ release: () => void }> {
-    // Who held it last is written in the file; this holder is not a shoal and writes nothing.
-    await writeFile(lock, "");
+    // No shoal: it writes no name, and the commands before it took theirs with them.
     const holder = spawn("flock", ["--exclusive", "--close", lock, "sleep", "300"], {
       detached: true,
       stdio: "ignore",
