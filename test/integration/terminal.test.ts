@@ -98,6 +98,8 @@ let newBase: string;
 
 beforeAll(async () => {
   state = stateDir();
+  // A host's state directory: QEMU's user may enter it (to the one VM that starts here).
+  await chmod(state, 0o755);
   // Both bases hold files with a quote, a newline, an escape sequence and a byte that is not
   // UTF-8 in their names; the new base changed them, and a directory with a newline below.
   const make = async (version: string) => {
@@ -283,6 +285,31 @@ describe("console logs", () => {
   });
 });
 
+/** A program with QEMU's command line that only does what `shoal start` looks for. */
+const FAKE_QEMU = (node: string) => `#!${node}
+const fs = require("node:fs");
+const net = require("node:net");
+const args = process.argv.slice(2);
+const chardev = (id) => args.find((arg, i) => args[i - 1] === "-chardev" && arg.includes(\`id=\${id},\`));
+const field = (spec, key) => spec.split(",").find((part) => part.startsWith(key + "=")).slice(key.length + 1);
+fs.writeFileSync(args[args.indexOf("-pidfile") + 1], process.pid + "\\n");
+net.createServer((socket) => {
+  socket.write(JSON.stringify({ QMP: { version: {}, capabilities: [] } }) + "\\r\\n");
+  let buffered = "";
+  socket.on("data", (chunk) => {
+    buffered += chunk;
+    for (let end = buffered.indexOf("\\n"); end >= 0; end = buffered.indexOf("\\n")) {
+      const { execute, id } = JSON.parse(buffered.slice(0, end));
+      buffered = buffered.slice(end + 1);
+      const answer = execute === "query-status" ? { status: "running" } : {};
+      socket.write(JSON.stringify({ return: answer, id }) + "\\r\\n");
+    }
+  });
+}).listen(field(chardev("qmp"), "path"), () => {
+  fs.appendFileSync(field(chardev("console"), "logfile"), "shoal: FATAL: \\u001b]0;owned\\u0007\\u001b[2Jlayer \\\\ gone\\r\\n");
+});
+`;
+
 describe("a boot failure the guest reports", () => {
   const namespace = `shoaltest-term-${process.pid}`;
   let fakeQemu: string;
@@ -291,18 +318,14 @@ describe("a boot failure the guest reports", () => {
     // The VM's "host": a namespace of the test's own with a bridge, for the VM's tap.
     await exec("ip", ["netns", "add", namespace]);
     await exec("ip", ["-n", namespace, "link", "add", "br0", "type", "bridge"]);
-    // Instead of QEMU: writes what a guest's init prints when its layer fails, and exits.
+    // Instead of QEMU (started as its user, so where that user may enter): it writes its pid,
+    // answers on its QMP socket, and "boots" a guest whose init prints a FATAL line with escape
+    // sequences in it, as a guest may. Ended like QEMU, by SIGTERM.
     fakeQemu = await tempDir();
-    await writeFile(
-      join(fakeQemu, "qemu-system-x86_64"),
-      [
-        "#!/bin/sh",
-        "for arg; do case $arg in *logfile=*) log=$(echo \"$arg\" | sed 's/.*logfile=\\([^,]*\\).*/\\1/');; esac; done",
-        "printf 'shoal: FATAL: \\033]0;owned\\007\\033[2Jlayer \\\\ gone\\r\\n' >> \"$log\"",
-        "",
-      ].join("\n"),
-    );
-    await chmod(join(fakeQemu, "qemu-system-x86_64"), 0o755);
+    await chmod(fakeQemu, 0o755);
+    await writeFile(join(fakeQemu, "qemu-system-x86_64"), FAKE_QEMU(process.execPath), {
+      mode: 0o755,
+    });
   });
 
   afterAll(async () => {
