@@ -1,4 +1,4 @@
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   appendFile,
@@ -213,37 +213,44 @@ const CONSOLE = Buffer.concat([
 const CONSOLE_SHOWN =
   "boot\n\\x1b[32mOK\\x1b[0m\n\\x1b]0;owned\\x07title\nbar 10%\\rbar 99%\nbad\\xff\n";
 
-/** Runs shoal, collecting stdout as bytes, until `until` says so or it exits; then ends it. */
-async function bytesOf(
-  args: readonly string[],
-  until: (out: Buffer) => boolean,
-  onStart: (child: ChildProcess, out: () => Buffer) => Promise<void> = async () => {},
-): Promise<Buffer> {
-  const child = spawn(process.execPath, [SHOAL, "--state-dir", state, ...args], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const chunks: Buffer[] = [];
-  const out = () => Buffer.concat(chunks);
-  const done = new Promise<void>((resolve) => child.once("close", () => resolve()));
-  await new Promise<void>((resolve) => {
-    child.stdout?.on("data", (chunk: Buffer) => {
-      chunks.push(chunk);
-      if (until(out())) resolve();
-    });
-    child.once("close", () => resolve());
-  });
-  await onStart(child, out);
-  child.kill("SIGINT");
-  await done;
-  return out();
-}
-
 async function waitFor(check: () => boolean): Promise<void> {
   const deadline = Date.now() + 20_000;
   while (!check()) {
     if (Date.now() > deadline) throw new Error("timed out waiting for shoal's output");
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+}
+
+/**
+ * Runs shoal, collecting stdout as bytes, until it exits or `until` holds; then `meanwhile`, and
+ * shoal is ended (Ctrl-C) however that went.
+ */
+async function bytesOf(
+  args: readonly string[],
+  until: (out: Buffer) => boolean,
+  meanwhile: (out: () => Buffer) => Promise<void> = async () => {},
+): Promise<Buffer> {
+  const child = spawn(process.execPath, [SHOAL, "--state-dir", state, ...args], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const chunks: Buffer[] = [];
+  const out = () => Buffer.concat(chunks);
+  child.stdout?.on("data", (chunk: Buffer) => chunks.push(chunk));
+  let ended = false;
+  const closed = new Promise<void>((resolve) =>
+    child.once("close", () => {
+      ended = true;
+      resolve();
+    }),
+  );
+  try {
+    await waitFor(() => ended || until(out()));
+    await meanwhile(out);
+  } finally {
+    child.kill("SIGINT");
+    await closed;
+  }
+  return out();
 }
 
 describe("console logs", () => {
@@ -274,7 +281,7 @@ describe("console logs", () => {
       const got = await bytesOf(
         ["logs", "vm-1", "--fleet", "tlogs", "-f", ...(raw ? ["--raw"] : [])],
         (out) => out.length >= first,
-        async (_child, out) => {
+        async (out) => {
           await appendFile(log, more);
           await waitFor(() => out().length >= expected.length);
         },
