@@ -1,6 +1,7 @@
 import { constants } from "node:fs";
 import { Command } from "@commander-js/extra-typings";
 import { formatSize } from "../core/size.js";
+import { LogEscaper } from "../core/terminal.js";
 import { UserError } from "../errors.js";
 import { pathExists } from "../host/paths.js";
 import { committedSource, derivedSource } from "../image/derive.js";
@@ -175,10 +176,17 @@ function deriveCommand() {
           source: `${from.name} (${from.id.slice(0, 12)}) + ${"run" in change ? `--run ${change.run}` : `--script ${change.script}`}`,
           ...(from.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
         },
-        (staging) =>
-          derivedSource(context.runner, staging, base, change, (chunk) =>
-            process.stderr.write(chunk),
-          ),
+        async (staging) => {
+          // The image's own programs print this: shown, not obeyed, by the terminal.
+          const shown = new LogEscaper();
+          try {
+            return await derivedSource(context.runner, staging, base, change, (chunk) =>
+              process.stderr.write(shown.push(chunk)),
+            );
+          } finally {
+            process.stderr.write(shown.end());
+          }
+        },
         step,
       );
       context.print(`${describe(image)} (derived from ${from.name})`);

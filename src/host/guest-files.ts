@@ -11,6 +11,7 @@ import {
   unlink,
 } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { bytesToText, escapeName } from "../core/terminal.js";
 import { ShoalError, UserError } from "../errors.js";
 import { isStaleTempName, isTempName, tempPathBeside } from "../state/atomic.js";
 
@@ -113,18 +114,9 @@ function linkRefusal(shown: string): string {
   return `${shown} is a symbolic link; shoal does not write through links`;
 }
 
-/**
- * A name from a guest as it may be shown: JSON-quoted when it has anything but printable ASCII
- * (newlines, escape sequences, bytes that are not UTF-8).
- */
+/** A name from a guest as it may be shown: byte for byte, anything a terminal acts on escaped. */
 function showName(name: Buffer): string {
-  const text = name.toString("utf8");
-  const plain = /^[\x21-\x7e]+$/.test(text) && !text.includes('"');
-  return plain ? text : JSON.stringify(text).replace(/[\u007f-\u009f]/g, escapeCodePoint);
-}
-
-function escapeCodePoint(char: string): string {
-  return `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`;
+  return escapeName(bytesToText(name));
 }
 
 function kindOf(info: Stats): string {

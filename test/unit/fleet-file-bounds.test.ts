@@ -260,8 +260,8 @@ describe("errors echo at most a short, escaped excerpt of the file", () => {
       return (char !== "\n" && code < 0x20) || (code >= 0x7f && code <= 0x9f) || code === 0x202e;
     });
     expect(unsafe).toEqual([]);
-    expect(output).toContain('name: "a\\u001b[2J\\u0007b" is not a DNS label');
-    expect(output).toContain('vm["x\\u001b]0;owned\\u0007\\u202e"]: unknown key');
+    expect(output).toContain('name: "a\\x1b[2J\\x07b" is not a DNS label');
+    expect(output).toContain('vm["x\\x1b]0;owned\\x07\\u202e"]: unknown key');
     expect(output).toContain('gives names like "\\u009b31m1"');
   });
 });
@@ -281,7 +281,7 @@ describe("cases the fuzz test found on main", () => {
       "test.yaml:1:1 (file): must be a mapping of fleet settings (name:, count:, vm:, ...), not text",
     ]);
     expect(problemsOf("name: a\n\u0000 ame: 1\n")).toEqual([
-      'test.yaml:2:1 ["\\u0000 ame"]: unknown key; expected one of name, backend, image, count, vm, vms, network, ssh',
+      'test.yaml:2:1 ["\\x00 ame"]: unknown key; expected one of name, backend, image, count, vm, vms, network, ssh',
     ]);
   });
 });
