@@ -45,8 +45,10 @@ export function doctorCommand() {
       }
       const hostBridge = fleet?.network.kind === "host-bridge" ? fleet.network : undefined;
       if (fleet && hostBridge) {
-        const net = (await context.layout()).fleet(fleet.name).net;
-        const network = new FleetNetwork(context.runner, net, fleet.name, hostBridge);
+        const layout = await context.layout();
+        const net = layout.fleet(fleet.name).net;
+        const owner = { root: layout.root, fleet: fleet.name };
+        const network = new FleetNetwork(context.runner, net, owner, hostBridge);
         results.push(
           await network.checkBridge().then(
             (): CheckResult => ({ name: "bridge", level: "ok", detail: hostBridge.bridge }),

@@ -42,7 +42,12 @@ export interface VmSpec extends VmIdentity {
  * DNS, optionally masqueraded to the outside), or a bridge of the host's that the user runs.
  */
 export type NetworkMode =
-  | { readonly kind: "isolated"; readonly nat: boolean }
+  | {
+      readonly kind: "isolated";
+      readonly nat: boolean;
+      /** `network.allow`: blocks (CIDR) a NATed fleet may reach that NAT closes by default. */
+      readonly allow?: readonly string[];
+    }
   | { readonly kind: "host-bridge"; readonly bridge: string };
 
 export interface FleetSpec {

@@ -34,27 +34,24 @@ export type CidrResult =
   | { ok: true; network: number; prefix: number }
   | { ok: false; message: string };
 
-export function parseCidr(text: string): CidrResult {
+/** `A.B.C.D/N` split into its parts; undefined unless both are well-formed (N at most 32). */
+function splitCidr(text: string): { base: number; prefix: number } | undefined {
   const [address, prefixText, ...rest] = text.split("/");
   const base = address === undefined ? undefined : parseIpv4(address);
-  if (
-    base === undefined ||
-    prefixText === undefined ||
-    rest.length > 0 ||
-    !/^\d{1,2}$/.test(prefixText)
-  ) {
+  if (base === undefined || prefixText === undefined || rest.length > 0) return undefined;
+  if (!/^\d{1,2}$/.test(prefixText) || Number(prefixText) > 32) return undefined;
+  return { base, prefix: Number(prefixText) };
+}
+
+export function parseCidr(text: string): CidrResult {
+  const parts = splitCidr(text);
+  if (parts === undefined) {
     return {
       ok: false,
       message: `${quoted(text)} is not an IPv4 subnet in CIDR form like 10.77.0.0/16`,
     };
   }
-  const prefix = Number(prefixText);
-  if (prefix > 32) {
-    return {
-      ok: false,
-      message: `${quoted(text)} is not an IPv4 subnet in CIDR form like 10.77.0.0/16`,
-    };
-  }
+  const { base, prefix } = parts;
   if (prefix > MAX_PREFIX) {
     return {
       ok: false,
@@ -94,6 +91,30 @@ export function checkFleetSubnet(network: number, prefix: number): string | unde
     return `${subnet.cidr} ${relation} ${block.cidr}, ${what}; use a private range such as 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16`;
   }
   return undefined;
+}
+
+/**
+ * An address block as `network.allow` takes it: `A.B.C.D/N` (N from 0 to 32, no host bits set),
+ * or a bare address, which is its /32. The result is in CIDR form.
+ */
+export function parseAddressBlock(
+  text: string,
+): { ok: true; cidr: string } | { ok: false; message: string } {
+  const parts = splitCidr(text.includes("/") ? text : `${text}/32`);
+  if (parts === undefined) {
+    return {
+      ok: false,
+      message: `${quoted(text)} is not an IPv4 address or block like 192.0.2.10 or 10.0.0.0/8`,
+    };
+  }
+  const network = networkOf(parts.base, parts.prefix);
+  if (network !== parts.base) {
+    return {
+      ok: false,
+      message: `${text} has host bits set; the block is ${formatIpv4(network)}/${parts.prefix}`,
+    };
+  }
+  return { ok: true, cidr: `${formatIpv4(network)}/${parts.prefix}` };
 }
 
 function networkOf(address: number, prefix: number): number {

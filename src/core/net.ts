@@ -1,11 +1,14 @@
 import { createHash } from "node:crypto";
 import { formatIpv4 } from "./ipv4.js";
 import { isDnsLabel } from "./names.js";
-import { assertRenderable } from "./syntax.js";
+import { assertRenderable, isSafePath } from "./syntax.js";
 
 /**
- * Names of a fleet's isolated network. Each fleet has its own network namespace, so the bridge and
- * tap names only need to be unique inside it.
+ * Names of a fleet's network and the marks that say whose it is. Each fleet has its own network
+ * namespace, so the bridge and tap names only need to be unique inside it; what lives in the
+ * host's own namespace (the namespace's name, the NAT veth, the NAT nft table, taps on a host
+ * bridge) is named after a hash of the owner, so that the same fleet name in two state
+ * directories gets two sets of names.
  */
 
 /** Linux bridges take at most 1024 ports, numbered 1..1023. */
@@ -13,9 +16,21 @@ export const MAX_BRIDGE_PORTS = 1023;
 
 export const FLEET_BRIDGE = "shoal0";
 
-export function namespaceName(fleet: string): string {
-  assertRenderable("fleet name", fleet, isDnsLabel(fleet));
-  return `shoal-${fleet}`;
+/** Who a host-wide object belongs to: a fleet of one state directory (its root path). */
+export interface Owner {
+  readonly root: string;
+  readonly fleet: string;
+}
+
+function ownerDigest(owner: Owner): Buffer {
+  assertRenderable("fleet name", owner.fleet, isDnsLabel(owner.fleet));
+  assertRenderable("state directory", owner.root, isSafePath(owner.root));
+  return createHash("sha256").update(`${owner.root}\0${owner.fleet}`).digest();
+}
+
+/** The fleet's network namespace: `shoal-FLEET-` and 8 hex digits of the owner's hash. */
+export function namespaceName(owner: Owner): string {
+  return `shoal-${owner.fleet}-${ownerDigest(owner).toString("hex").slice(0, 8)}`;
 }
 
 /** A VM's tap device, by its address slot: unique in the fleet and at most 15 bytes. */
@@ -37,15 +52,17 @@ export function tapOwner(json: string): string | undefined {
   return typeof user === "string" || typeof user === "number" ? String(user) : undefined;
 }
 
-/** A short tag of the fleet for host-wide interface names, which take at most 15 bytes. */
-export function fleetTag(fleet: string): string {
-  assertRenderable("fleet name", fleet, isDnsLabel(fleet));
-  return `s${createHash("sha256").update(fleet).digest("hex").slice(0, 5)}`;
+/**
+ * A short tag of the owner for interface names in the host's namespace, which take at most 15
+ * bytes: room for 5 hex digits beside a slot of up to 8 digits.
+ */
+export function fleetTag(owner: Owner): string {
+  return `s${ownerDigest(owner).toString("hex").slice(0, 5)}`;
 }
 
-/** A VM's tap device on a bridge of the host's: the fleet's tag and the VM's slot. */
-export function hostTapName(fleet: string, index: number): string {
-  return `${fleetTag(fleet)}-${tapName(index).slice("tap".length)}`;
+/** A VM's tap device on a bridge of the host's: the owner's tag and the VM's slot. */
+export function hostTapName(owner: Owner, index: number): string {
+  return `${fleetTag(owner)}-${tapName(index).slice("tap".length)}`;
 }
 
 /** A command run inside a fleet's network namespace, or as it is without one. */
@@ -54,13 +71,13 @@ export function inNamespace(
   argv: readonly [string, ...string[]],
 ): [string, ...string[]] {
   if (namespace === undefined) return [...argv];
-  assertRenderable("namespace", namespace, /^shoal-[a-z0-9-]{1,63}$/.test(namespace));
+  assertRenderable("namespace", namespace, /^shoal-[a-z0-9-]{1,72}$/.test(namespace));
   return ["ip", "netns", "exec", namespace, ...argv];
 }
 
 /**
  * A NATed fleet's link to the host: a veth pair on a link-local /30 of the fleet's own, picked by
- * a hash of its name (169.254.169.252/30, which holds cloud metadata's address, is skipped).
+ * the owner's hash (169.254.169.252/30, which holds cloud metadata's address, is skipped).
  */
 export interface NatLink {
   /** The veth end in the host's namespace. */
@@ -78,19 +95,82 @@ export interface NatLink {
 const LINK_LOCAL = (169 << 24) | (254 << 16);
 const METADATA_BLOCK = (169 << 8) | 252;
 
-export function natLink(fleet: string): NatLink {
-  assertRenderable("fleet name", fleet, isDnsLabel(fleet));
-  const hash = createHash("sha256").update(`nat\0${fleet}`).digest();
+export function natLink(owner: Owner): NatLink {
+  const digest = ownerDigest(owner);
   // Blocks 1..16382 of the 16384 /30s in 169.254.0.0/16: neither the first nor the last.
-  let block = (hash.readUInt16BE(0) % 16382) + 1;
+  let block = (digest.readUInt16BE(4) % 16382) + 1;
   if (block * 4 === METADATA_BLOCK) block += 1;
   const base = (LINK_LOCAL + block * 4) >>> 0;
   return {
-    hostSide: `${fleetTag(fleet)}-nat`,
+    hostSide: `${fleetTag(owner)}-nat`,
     fleetSide: "uplink",
     hostAddress: formatIpv4(base + 1),
     fleetAddress: formatIpv4(base + 2),
     transit: `${formatIpv4(base)}/30`,
-    table: `shoal_${fleet.replaceAll("-", "_")}`,
+    table: `shoal_${owner.fleet.replaceAll("-", "_")}_${digest.toString("hex").slice(0, 8)}`,
+  };
+}
+
+/**
+ * Owner marks: the text shoal puts on what it makes in the host (an interface's alias, an nft
+ * table's comment) and checks before it uses or removes it. A state directory whose path does
+ * not fit the place (interface aliases take 255 bytes, nft comments 128) is marked by a digest
+ * of its path instead, which still tells ours from not ours but cannot name the other.
+ */
+export const ALIAS_MAX = 255;
+export const NFT_COMMENT_MAX = 128;
+
+export function ownerMark(owner: Owner, max: number): string {
+  const named = `shoal owner=${owner.root} fleet=${owner.fleet}`;
+  if (Buffer.byteLength(named) <= max) return named;
+  return `shoal owner-sha256=${ownerDigest(owner).toString("hex").slice(0, 32)} fleet=${owner.fleet}`;
+}
+
+/** Whose an object is, from its mark (absent or empty: no mark). */
+export type Ownership =
+  | { readonly kind: "ours" }
+  | { readonly kind: "unmarked" }
+  | { readonly kind: "other"; readonly root?: string; readonly fleet?: string };
+
+/** A host-wide object looked for under one of shoal's names: not there, or whose it is. */
+export type Found = { readonly kind: "absent" } | Ownership;
+
+const MARK = /^shoal owner(?:=(\/\S*)|-sha256=[0-9a-f]{32}) fleet=([a-z0-9-]{1,63})$/;
+
+export function ownershipOf(mark: string | undefined, owner: Owner, max: number): Ownership {
+  if (mark === undefined || mark === "") return { kind: "unmarked" };
+  if (mark === ownerMark(owner, max)) return { kind: "ours" };
+  const [, root, fleet] = MARK.exec(mark) ?? [];
+  return {
+    kind: "other",
+    ...(root === undefined ? {} : { root }),
+    ...(fleet === undefined ? {} : { fleet }),
+  };
+}
+
+/**
+ * Why shoal refuses an object of one of its names that is not this state directory's: the
+ * message names it and whose it is, the hint what the user can do.
+ */
+export function notOursProblem(
+  what: string,
+  ownership: Exclude<Ownership, { kind: "ours" }>,
+): { readonly message: string; readonly hint: string } {
+  if (ownership.kind === "unmarked") {
+    return {
+      message: `${what} exists without shoal's owner mark: another program made it, or a shoal before owner marks`,
+      hint: "shoal neither uses nor removes it; remove it yourself if it is a leftover",
+    };
+  }
+  const fleet = ownership.fleet === undefined ? "" : ` (fleet ${ownership.fleet})`;
+  return {
+    message:
+      ownership.root === undefined
+        ? `${what} belongs to another shoal state directory${fleet}, not this one`
+        : `${what} belongs to state directory ${ownership.root}${fleet}, not this one`,
+    hint:
+      ownership.root === undefined
+        ? "shoal neither uses nor removes it; manage it from its own state directory"
+        : `shoal neither uses nor removes it; manage it with \`shoal --state-dir ${ownership.root}\``,
   };
 }

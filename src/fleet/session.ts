@@ -11,7 +11,7 @@ import {
   type Subnet,
   subnetsOverlap,
 } from "../core/ipv4.js";
-import { fleetTag, natLink } from "../core/net.js";
+import { fleetTag, natLink, type Owner } from "../core/net.js";
 import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { seedFiles } from "../core/seed.js";
@@ -141,7 +141,12 @@ export class FleetSession {
   }
 
   private networkIn(mode: NetworkMode): FleetNetwork {
-    return new FleetNetwork(this.deps.runner, this.paths.net, this.fleet, mode);
+    return new FleetNetwork(this.deps.runner, this.paths.net, this.owner(this.fleet), mode);
+  }
+
+  /** Who this state directory's fleet of that name is, as host-wide objects are marked. */
+  private owner(fleet: string): Owner {
+    return { root: this.deps.layout.root, fleet };
   }
 
   /** Where a VM's network interface goes. */
@@ -164,7 +169,11 @@ export class FleetSession {
     const network: NonNullable<FleetRecord["network"]> = {
       subnet: subnet.cidr,
       gateway: formatIpv4(subnet.gateway),
-      ...(mode.kind === "host-bridge" ? { bridge: mode.bridge } : mode.nat ? { nat: true } : {}),
+      ...(mode.kind === "host-bridge"
+        ? { bridge: mode.bridge }
+        : mode.nat
+          ? { nat: true, ...(mode.allow === undefined ? {} : { allow: [...mode.allow] }) }
+          : {}),
     };
     const recorded = this.book.record.network;
     const where = (bridge: string | undefined) =>
@@ -176,8 +185,12 @@ export class FleetSession {
       );
     }
     await this.checkOtherFleets(subnet, mode);
-    // A missing bridge is found before any VM is made, not when each one fails to start.
-    if (options.willStart) await this.networkIn(mode).checkBridge();
+    // A missing bridge, or a namespace another state directory or program holds under the
+    // fleet's names, is found before any VM is made, not when each one fails to start.
+    if (options.willStart) {
+      await this.networkIn(mode).checkBridge();
+      await this.networkIn(mode).checkOwned();
+    }
     if (JSON.stringify(recorded) === JSON.stringify(network)) return;
     await this.book.update((record) => {
       record.network = network;
@@ -212,10 +225,10 @@ export class FleetSession {
       }
       const clash =
         inHost(theirs) &&
-        (fleetTag(other) === fleetTag(this.fleet) ||
+        (fleetTag(this.owner(other)) === fleetTag(this.owner(this.fleet)) ||
           (mode.kind === "isolated" &&
             theirs.kind === "isolated" &&
-            natLink(other).transit === natLink(this.fleet).transit));
+            natLink(this.owner(other)).transit === natLink(this.owner(this.fleet)).transit));
       if (clash) {
         throw new UserError(
           `fleet names ${this.fleet} and ${other} hash to the same host interface names or NAT link`,
@@ -745,7 +758,11 @@ async function readFrom(path: string, offset: number): Promise<string> {
 /** The network mode a fleet's record holds; the fleet's own, isolated network if none. */
 function modeOfRecord(network: FleetRecord["network"]): NetworkMode {
   return network?.bridge === undefined
-    ? { kind: "isolated", nat: network?.nat ?? false }
+    ? {
+        kind: "isolated",
+        nat: network?.nat ?? false,
+        ...(network?.allow === undefined ? {} : { allow: network.allow }),
+      }
     : { kind: "host-bridge", bridge: network.bridge };
 }
 

@@ -1,19 +1,29 @@
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
+import { z } from "zod";
 import type { NetworkMode, VmIdentity } from "../core/fleet.js";
 import type { Subnet } from "../core/ipv4.js";
 import { formatIpv4 } from "../core/ipv4.js";
 import {
+  ALIAS_MAX,
   FLEET_BRIDGE,
+  type Found,
   hostTapName,
   inNamespace,
+  type NatLink,
+  NFT_COMMENT_MAX,
   namespaceName,
   natLink,
+  notOursProblem,
+  type Owner,
+  ownerMark,
+  ownershipOf,
   tapName,
   tapOwner,
 } from "../core/net.js";
 import { renderDhcpHosts, renderDnsHosts, renderDnsmasqConf } from "../core/render/dnsmasq.js";
 import {
+  parseTableComment,
   renderFleetNat,
   renderHostNat,
   renderNatRemoval,
@@ -54,6 +64,21 @@ export async function hostNameservers(): Promise<string[]> {
   return [];
 }
 
+/** Refuses a host-wide object of one of shoal's names that is there and not this state directory's. */
+export function refuseUnlessOurs(what: string, found: Found): void {
+  if (found.kind === "absent" || found.kind === "ours") return;
+  const { message, hint } = notOursProblem(what, found);
+  throw new UserError(message, hint);
+}
+
+/** `ip -j link show` / `ip -j addr show`: the fields shoal reads. */
+const ipLinks = z.array(
+  z.object({
+    ifname: z.string(),
+    ifalias: z.string().optional(),
+  }),
+);
+
 export class FleetNetwork {
   /** The fleet's own namespace; undefined on a host bridge, which is in the host's. */
   readonly namespace: string | undefined;
@@ -62,16 +87,16 @@ export class FleetNetwork {
   constructor(
     private readonly runner: Runner,
     private readonly paths: NetworkPaths,
-    private readonly fleet: string,
+    private readonly owner: Owner,
     readonly mode: NetworkMode,
   ) {
-    this.namespace = mode.kind === "isolated" ? namespaceName(fleet) : undefined;
+    this.namespace = mode.kind === "isolated" ? namespaceName(owner) : undefined;
     this.bridge = mode.kind === "isolated" ? FLEET_BRIDGE : mode.bridge;
   }
 
   /** The VM's tap device by its address slot. */
   tap(index: number): string {
-    return this.mode.kind === "isolated" ? tapName(index) : hostTapName(this.fleet, index);
+    return this.mode.kind === "isolated" ? tapName(index) : hostTapName(this.owner, index);
   }
 
   private ipArgv(args: readonly string[]): [string, ...string[]] {
@@ -82,21 +107,81 @@ export class FleetNetwork {
     return this.runner.run({ argv: this.ipArgv(args) });
   }
 
+  private host(...args: string[]) {
+    return this.runner.run({ argv: ["ip", ...args] });
+  }
+
   /** Whether a link is in the fleet's network (`where: "host"`: in the host's namespace). */
   private async linkExists(name: string, where: "fleet" | "host" = "fleet"): Promise<boolean> {
-    const args = ["link", "show", "dev", name];
+    return (await this.link(name, where)) !== undefined;
+  }
+
+  /** A link as `ip -j link show` reports it; undefined if there is none of that name. */
+  private async link(name: string, where: "fleet" | "host") {
+    const args = ["-j", "link", "show", "dev", name];
     const result = await this.runner.run({
       argv: where === "host" ? ["ip", ...args] : this.ipArgv(args),
       probe: true,
       okCodes: [1],
     });
-    return result.code === 0;
+    return result.code === 0 ? ipLinks.parse(JSON.parse(result.stdout))[0] : undefined;
+  }
+
+  /** Whose a link is, by the owner mark in its alias. */
+  private async linkOwnership(name: string, where: "fleet" | "host"): Promise<Found> {
+    const link = await this.link(name, where);
+    if (link === undefined) return { kind: "absent" };
+    return ownershipOf(link.ifalias, this.owner, ALIAS_MAX);
+  }
+
+  /** Marks a link shoal has just made. */
+  private mark(name: string, where: "fleet" | "host") {
+    const args = ["link", "set", "dev", name, "alias", ownerMark(this.owner, ALIAS_MAX)];
+    return this.runner.run({ argv: where === "host" ? ["ip", ...args] : this.ipArgv(args) });
   }
 
   /** Whether the fleet's namespace is there (a host bridge is the user's, and always counts). */
   async exists(): Promise<boolean> {
     if (this.namespace === undefined) return true;
     return pathExists(`/run/netns/${this.namespace}`);
+  }
+
+  /** Whose the namespace of the fleet's name is: its bridge carries the mark. */
+  private async namespaceOwnership(): Promise<Found> {
+    if (!(await this.exists())) return { kind: "absent" };
+    const bridge = await this.linkOwnership(FLEET_BRIDGE, "fleet");
+    return bridge.kind === "absent" ? { kind: "unmarked" } : bridge;
+  }
+
+  /** Whose the host's nft table of this name is, by the owner mark in its comment. */
+  private async tableOwnership(table: string): Promise<Found> {
+    const listed = await this.runner
+      .run({ argv: ["nft", "list", "table", "ip", table], probe: true, okCodes: [1] })
+      .catch((error: unknown) => {
+        // Without nft there are no tables.
+        if (error instanceof CommandFailed && error.code === null) return undefined;
+        throw error;
+      });
+    if (listed === undefined || listed.code !== 0) return { kind: "absent" };
+    return ownershipOf(parseTableComment(listed.stdout, table), this.owner, NFT_COMMENT_MAX);
+  }
+
+  /**
+   * Checks, without changing anything, that what the fleet's network would use in the host's
+   * namespaces is absent or this state directory's: so that `up` refuses before it makes anything.
+   */
+  async checkOwned(): Promise<void> {
+    if (this.namespace === undefined) return;
+    refuseUnlessOurs(`network namespace ${this.namespace}`, await this.namespaceOwnership());
+    if (this.mode.kind === "isolated" && this.mode.nat) {
+      const link = natLink(this.owner);
+      refuseUnlessOurs(
+        `interface ${link.hostSide}`,
+        await this.linkOwnership(link.hostSide, "host"),
+      );
+      refuseUnlessOurs(`nft table ip ${link.table}`, await this.tableOwnership(link.table));
+      await this.checkTransitFree(link);
+    }
   }
 
   /**
@@ -110,13 +195,14 @@ export class FleetNetwork {
     }
     await mkdir(this.paths.dir, { recursive: true, mode: 0o755 });
     await this.checkReachableByOthers();
+    await this.checkOwned();
     if (!(await this.exists())) {
+      // The bridge, whose mark makes the namespace shoal's, comes right after it.
       await this.runner.run({ argv: ["ip", "netns", "add", this.namespace] });
+      await this.ip("link", "add", FLEET_BRIDGE, "type", "bridge");
+      await this.mark(FLEET_BRIDGE, "fleet");
     }
     await this.ip("link", "set", "lo", "up");
-    if (!(await this.linkExists(FLEET_BRIDGE))) {
-      await this.ip("link", "add", FLEET_BRIDGE, "type", "bridge");
-    }
     const gateway = `${formatIpv4(spec.subnet.gateway)}/${spec.subnet.prefix}`;
     // A gateway the fleet had before goes first: added beside it, the new one would be its
     // secondary address, and deleting a primary deletes its secondaries too.
@@ -131,67 +217,94 @@ export class FleetNetwork {
     }
     await this.ip("addr", "replace", gateway, "dev", FLEET_BRIDGE);
     await this.ip("link", "set", FLEET_BRIDGE, "up");
-    if (this.mode.kind === "isolated" && this.mode.nat) await this.ensureNat(this.namespace);
+    const nat = this.mode.kind === "isolated" && this.mode.nat ? this.mode : undefined;
+    const upstream = nat ? await hostNameservers() : [];
+    if (nat) await this.ensureNat(this.namespace, nat.allow ?? [], upstream);
     else await this.removeNat();
-    await this.ensureDnsmasq(spec, this.mode.kind === "isolated" && this.mode.nat);
+    await this.ensureDnsmasq(spec, upstream);
   }
 
   /**
    * Outbound NAT (`network.nat`): a veth pair from the fleet's namespace to the host's, VM traffic
    * masqueraded at both ends (isolated fleets may share a subnet, so the host never routes to it),
-   * and forwarding on in both namespaces. The host's own routes are not touched.
+   * forwarding on in both namespaces, and the host's table keeping the fleet from the host itself
+   * and from link-local, broadcast and multicast addresses but those `allow` opens. The host's own
+   * routes are not touched.
    */
-  private async ensureNat(namespace: string): Promise<void> {
-    const link = natLink(this.fleet);
-    const host = (...args: string[]) => this.runner.run({ argv: ["ip", ...args] });
-    const hostSide = await this.linkExists(link.hostSide, "host");
+  private async ensureNat(
+    namespace: string,
+    allow: readonly string[],
+    nameservers: readonly string[],
+  ): Promise<void> {
+    const link = natLink(this.owner);
+    const hostSide = (await this.linkOwnership(link.hostSide, "host")).kind === "ours";
     if (!hostSide || !(await this.linkExists(link.fleetSide))) {
-      // Half a pair (a shoal killed in between, a namespace remade) is made anew.
-      if (hostSide) await host("link", "del", link.hostSide);
-      await host(
-        "link",
-        "add",
-        link.hostSide,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        link.fleetSide,
-        "netns",
-        namespace,
-      );
+      // Half a pair (a shoal killed in between, a namespace remade) is made anew: in the fleet's
+      // namespace, where it is shoal's, and moved to the host's with its mark already on.
+      if (hostSide) await this.host("link", "del", link.hostSide);
+      for (const end of [link.hostSide, link.fleetSide]) {
+        if (await this.linkExists(end)) await this.ip("link", "del", end);
+      }
+      await this.ip("link", "add", link.hostSide, "type", "veth", "peer", "name", link.fleetSide);
+      await this.mark(link.hostSide, "fleet");
+      await this.ip("link", "set", "dev", link.hostSide, "netns", String(process.pid));
     }
-    await host("addr", "replace", `${link.hostAddress}/30`, "dev", link.hostSide);
-    await host("link", "set", link.hostSide, "up");
+    await this.host("addr", "replace", `${link.hostAddress}/30`, "dev", link.hostSide);
+    await this.host("link", "set", link.hostSide, "up");
     await this.ip("addr", "replace", `${link.fleetAddress}/30`, "dev", link.fleetSide);
     await this.ip("link", "set", link.fleetSide, "up");
     await this.ip("route", "replace", "default", "via", link.hostAddress);
     const forwarding = ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"] as const;
     await this.runner.run({ argv: inNamespace(namespace, forwarding) });
+    const mark = ownerMark(this.owner, NFT_COMMENT_MAX);
     await this.runner.run({
       argv: inNamespace(namespace, ["nft", "-f", "-"]),
-      input: renderFleetNat(link),
+      input: renderFleetNat(link, mark),
     });
     await this.runner.run({ argv: [...forwarding] });
-    await this.runner.run({ argv: ["nft", "-f", "-"], input: renderHostNat(link) });
+    await this.runner.run({
+      argv: ["nft", "-f", "-"],
+      input: renderHostNat({ link, mark, allow, nameservers }),
+    });
+  }
+
+  /**
+   * The fleet's transit /30 must be its own on this host: another owner's link there (hashes
+   * collide now and then) would take the fleet's replies.
+   */
+  private async checkTransitFree(link: NatLink): Promise<void> {
+    const shown = await this.runner.run({
+      argv: ["ip", "-j", "-4", "addr", "show", "to", link.transit],
+      probe: true,
+    });
+    const holder = ipLinks
+      .parse(JSON.parse(shown.stdout || "[]"))
+      .find((other) => other.ifname !== link.hostSide);
+    if (holder === undefined) return;
+    const whose = await this.linkOwnership(holder.ifname, "host");
+    const of =
+      whose.kind === "other" && whose.root !== undefined ? ` of state directory ${whose.root}` : "";
+    throw new UserError(
+      `fleet ${this.owner.fleet}'s NAT link ${link.transit} is in use on this host by interface ${holder.ifname}${of}`,
+      "the fleet's name and state directory pick the link: rename the fleet, or turn nat off",
+    );
   }
 
   /** Takes a fleet's NAT away (turned off, or the fleet destroyed); nothing to do if it had none. */
   private async removeNat(): Promise<void> {
-    const link = natLink(this.fleet);
-    // The fleet's end, and the default route through it, go with the host's end.
-    if (await this.linkExists(link.hostSide, "host")) {
-      await this.runner.run({ argv: ["ip", "link", "del", link.hostSide] });
+    const link = natLink(this.owner);
+    // The fleet's end, and the default route through it, go with the host's end. What is not
+    // this state directory's is left alone.
+    if ((await this.linkOwnership(link.hostSide, "host")).kind === "ours") {
+      await this.host("link", "del", link.hostSide);
     }
-    // The table may outlive the veth (a shoal killed between the two). Without nft, there is none.
-    await this.runner
-      .run({ argv: ["nft", "-f", "-"], input: renderNatRemoval(link) })
-      .catch((error: unknown) => {
-        if (!(error instanceof CommandFailed && error.code === null)) throw error;
-      });
+    // The table may outlive the veth (a shoal killed between the two).
+    if ((await this.tableOwnership(link.table)).kind === "ours") {
+      await this.runner.run({ argv: ["nft", "-f", "-"], input: renderNatRemoval(link) });
+    }
   }
 
-  private async ensureDnsmasq(spec: FleetNetworkSpec, forwardNames: boolean): Promise<void> {
+  private async ensureDnsmasq(spec: FleetNetworkSpec, upstream: readonly string[]): Promise<void> {
     const conf = renderDnsmasqConf({
       fleet: spec.fleet,
       subnet: spec.subnet,
@@ -204,7 +317,7 @@ export class FleetNetwork {
         log: this.paths.log,
       },
       vmCount: spec.vms.length,
-      upstream: forwardNames ? await hostNameservers() : [],
+      upstream,
     });
     const hosts = [renderDhcpHosts(spec.vms), renderDnsHosts(spec.fleet, spec.vms)] as const;
     const before = await Promise.all(
@@ -217,7 +330,8 @@ export class FleetNetwork {
     await writeFileAtomic(this.paths.dnsHosts, hosts[1], 0o644);
     await writeFileAtomic(this.paths.conf, conf, 0o644);
     const changed = before[0] !== conf || before[1] !== hosts[0] || before[2] !== hosts[1];
-    if (!changed && (await this.dnsmasqPid()) !== undefined) return;
+    const running = await this.dnsmasqPid();
+    if (!changed && running !== undefined && (await this.inNamespace(running))) return;
     // A restart, not SIGHUP: dnsmasq would keep the leases of VMs that are gone, and refuses to
     // start at all when it holds more leases than dhcp-lease-max (the fleet shrank).
     await this.stopDnsmasq();
@@ -229,7 +343,7 @@ export class FleetNetwork {
     const deadline = Date.now() + DNSMASQ_START_MS;
     while ((await this.dnsmasqPid()) === undefined) {
       if (Date.now() > deadline) {
-        throw new ShoalError(`dnsmasq for fleet ${this.fleet} did not start`, {
+        throw new ShoalError(`dnsmasq for fleet ${this.owner.fleet} did not start`, {
           hint: `see ${this.paths.log}`,
         });
       }
@@ -285,6 +399,16 @@ export class FleetNetwork {
     return cmdline.includes(`--conf-file=${this.paths.conf}\0`) ? pid : undefined;
   }
 
+  /** Whether a process runs in the fleet's namespace (a dnsmasq of an earlier shoal may not). */
+  private async inNamespace(pid: number): Promise<boolean> {
+    const [theirs, ours] = await Promise.all(
+      [`/proc/${pid}/ns/net`, `/run/netns/${this.namespace}`].map((path) =>
+        stat(path).catch(() => undefined),
+      ),
+    );
+    return theirs !== undefined && theirs.ino === ours?.ino && theirs.dev === ours.dev;
+  }
+
   private async stopDnsmasq(): Promise<void> {
     const pid = await this.dnsmasqPid();
     if (pid === undefined) return;
@@ -299,7 +423,8 @@ export class FleetNetwork {
   /**
    * The VM's tap device on the fleet's bridge, made if missing. It belongs to the user QEMU runs
    * as, who may attach to it without privileges; one of another owner (made by an older shoal)
-   * is made again: a tap's owner is set only when it is made.
+   * is made again: a tap's owner is set only when it is made. On a host bridge it is in the
+   * host's namespace and carries the owner mark: one of its name without it is not shoal's.
    */
   async ensureTap(index: number): Promise<string> {
     const tap = this.tap(index);
@@ -308,27 +433,42 @@ export class FleetNetwork {
       probe: true,
       okCodes: [1],
     });
+    const inHost = this.namespace === undefined;
+    if (inHost && shown.code === 0) {
+      const alias = ipLinks.parse(JSON.parse(shown.stdout))[0]?.ifalias;
+      refuseUnlessOurs(`tap ${tap}`, ownershipOf(alias, this.owner, ALIAS_MAX));
+    }
     const owner = shown.code === 0 ? tapOwner(shown.stdout) : undefined;
     if (owner !== QEMU_USER) {
       if (shown.code === 0) await this.ip("link", "del", tap);
       await this.ip("tuntap", "add", "dev", tap, "mode", "tap", "user", QEMU_USER);
+      if (inHost) await this.mark(tap, "host");
     }
     await this.ip("link", "set", tap, "master", this.bridge, "up");
     return tap;
   }
 
+  /** Removes the VM's tap if it is this state directory's. */
   async removeTap(index: number): Promise<void> {
-    if ((await this.exists()) && (await this.linkExists(this.tap(index)))) {
-      await this.ip("link", "del", this.tap(index));
-    }
+    const tap = this.tap(index);
+    const ours =
+      this.namespace === undefined
+        ? (await this.linkOwnership(tap, "host")).kind === "ours"
+        : (await this.namespaceOwnership()).kind === "ours" && (await this.linkExists(tap));
+    if (ours) await this.ip("link", "del", tap);
   }
 
-  /** dnsmasq, NAT, the namespace with every link in it, and the network's files; never a host bridge. */
+  /**
+   * dnsmasq, NAT, the namespace with every link in it, and the network's files; never a host
+   * bridge, and nothing that is not this state directory's.
+   */
   async remove(): Promise<void> {
     await this.stopDnsmasq();
-    if (this.namespace !== undefined) await this.removeNat();
-    if (this.namespace !== undefined && (await this.exists())) {
-      await this.runner.run({ argv: ["ip", "netns", "del", this.namespace] });
+    if (this.namespace !== undefined) {
+      await this.removeNat();
+      if ((await this.namespaceOwnership()).kind === "ours") {
+        await this.runner.run({ argv: ["ip", "netns", "del", this.namespace] });
+      }
     }
     await rm(this.paths.dir, { recursive: true, force: true });
   }

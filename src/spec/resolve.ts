@@ -1,7 +1,14 @@
 import { PLACEHOLDER_BOOT, renderKernelCmdline } from "../core/cmdline.js";
 import type { FleetSpec, LayerSpec, VmSpec } from "../core/fleet.js";
 import { deriveIdentities, type IdentityRequest } from "../core/identity.js";
-import { contains, makeSubnet, parseCidr, parseIpv4, type Subnet } from "../core/ipv4.js";
+import {
+  contains,
+  makeSubnet,
+  parseAddressBlock,
+  parseCidr,
+  parseIpv4,
+  type Subnet,
+} from "../core/ipv4.js";
 import { parseMac } from "../core/mac.js";
 import { DNS_LABEL_RULE, expandNamePattern, isDnsLabel, parseNamePattern } from "../core/names.js";
 import { MAX_BRIDGE_PORTS } from "../core/net.js";
@@ -252,11 +259,24 @@ export function resolveFleet(checked: CheckedFleetFile): {
       subnet,
       network:
         file.network?.bridge === undefined
-          ? { kind: "isolated", nat: file.network?.nat ?? false }
+          ? {
+              kind: "isolated",
+              nat: file.network?.nat ?? false,
+              ...(file.network?.allow === undefined
+                ? {}
+                : { allow: file.network.allow.map((block) => cidrOf(block)) }),
+            }
           : { kind: "host-bridge", bridge: file.network.bridge },
       authorizedKeys: file.ssh?.authorized_keys ?? [],
       vms,
     },
     problems,
   };
+}
+
+/** A `network.allow` entry in CIDR form (the schema has checked it). */
+function cidrOf(block: string): string {
+  const parsed = parseAddressBlock(block);
+  if (!parsed.ok) throw new Error(`internal: network.allow ${block} passed the schema`);
+  return parsed.cidr;
 }

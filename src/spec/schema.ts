@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { excerpt, quoted } from "../core/excerpt.js";
-import { checkFleetSubnet, parseCidr, parseIpv4 } from "../core/ipv4.js";
+import { checkFleetSubnet, parseAddressBlock, parseCidr, parseIpv4 } from "../core/ipv4.js";
 import { checkUnicastMac, MAC_RULE, parseMac } from "../core/mac.js";
 import {
   DNS_LABEL_RULE,
@@ -171,6 +171,11 @@ const fleetSubnet = checkedString((value) => {
   return result.ok ? checkFleetSubnet(result.network, result.prefix) : result.message;
 });
 
+const addressBlock = checkedString((value) => {
+  const result = parseAddressBlock(value);
+  return result.ok ? undefined : result.message;
+});
+
 const network = z
   .strictObject({
     subnet: fleetSubnet
@@ -192,10 +197,14 @@ const network = z
       description:
         "Let the fleet's VMs reach outside networks through the host (masqueraded). Off by default: the fleet reaches only itself.",
     }),
+    allow: z.array(addressBlock).optional().meta({
+      description:
+        'With nat: true, address blocks the VMs may reach although NAT keeps them out: the host\'s own addresses, link-local ones such as cloud metadata (169.254.169.254), broadcast and multicast. Like ["192.0.2.10", "169.254.169.254/32"].',
+    }),
   })
   .meta({ description: "The fleet's network." })
   .check((ctx) => {
-    const { bridge, managed, nat } = ctx.value;
+    const { bridge, managed, nat, allow } = ctx.value;
     const problem =
       bridge !== undefined && managed !== false
         ? "bridge: attaches VMs to a bridge shoal does not manage; add managed: false"
@@ -203,7 +212,9 @@ const network = z
           ? "managed: false needs the bridge: to attach the VMs to"
           : bridge !== undefined && nat === true
             ? "nat: is for the fleet's own network; on your bridge, your network decides what VMs reach"
-            : undefined;
+            : allow !== undefined && nat !== true
+              ? "allow: opens addresses to a NATed fleet; add nat: true"
+              : undefined;
     if (problem) ctx.issues.push({ code: "custom", message: problem, input: ctx.value });
   });
 

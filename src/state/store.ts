@@ -47,6 +47,8 @@ const fleetRecord = z.object({
       gateway: z.string(),
       bridge: z.string().optional(),
       nat: z.boolean().optional(),
+      /** `network.allow` of a NATed fleet, in CIDR form. */
+      allow: z.array(z.string()).optional(),
     })
     .optional(),
   /** `ssh.authorized_keys` as the VMs' identity seeds hold them. */

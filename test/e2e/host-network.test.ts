@@ -98,11 +98,10 @@ describe("a fleet on the host's bridge", () => {
     const up = await inHost(["up", "-f", file, "--timeout", "600"]);
     expect(up.code, up.stderr).toBe(0);
     const ports = await ipHost("-o", "link", "show", "master", "br0");
-    for (const index of [1, 2, 3]) expect(ports).toContain(` ${hostTapName("bridged", index)}:`);
+    const owner = { root: stateLayout(state).root, fleet: "bridged" };
+    for (const index of [1, 2, 3]) expect(ports).toContain(` ${hostTapName(owner, index)}:`);
     // Nothing of the fleet in the test's own namespace, and no namespace of the fleet's own.
-    expect((await exec("ip", ["-o", "link", "show"])).stdout).not.toContain(
-      hostTapName("bridged", 1),
-    );
+    expect((await exec("ip", ["-o", "link", "show"])).stdout).not.toContain(hostTapName(owner, 1));
     expect((await exec("ip", ["netns", "list"])).stdout).not.toContain("shoal-bridged");
 
     const waited = await inHost(["wait", "-f", file, "--timeout", "300"]);

@@ -274,7 +274,9 @@ describe("fleets on a host bridge", () => {
     // QEMU runs in the host's namespace (no `ip netns exec`, only the drop to its user), on a tap
     // named for the fleet.
     expect(argv[0]).toBe("setpriv");
-    expect(argv).toContain(`tap,id=net0,ifname=${hostTapName("hbone", 2)},script=no,downscript=no`);
+    expect(argv).toContain(
+      `tap,id=net0,ifname=${hostTapName({ root: stateLayout(state).root, fleet: "hbone" }, 2)},script=no,downscript=no`,
+    );
   });
 
   it("refuse an overlapping subnet on a host bridge, a move between networks and a missing bridge, before anything is written", async () => {
@@ -316,8 +318,9 @@ describe("fleets on a host bridge", () => {
     let pair: [string, string] | undefined;
     for (let i = 0; pair === undefined; i++) {
       const name = `tag${i}`;
-      const other = seen.get(fleetTag(name));
-      if (other === undefined) seen.set(fleetTag(name), name);
+      const tag = fleetTag({ root: stateLayout(state).root, fleet: name });
+      const other = seen.get(tag);
+      if (other === undefined) seen.set(tag, name);
       else pair = [other, name];
     }
     const [first, second] = pair;

@@ -23,16 +23,16 @@ afterEach(async () => {
   await Promise.all(made.splice(0).map((network) => network.remove()));
 });
 
-async function network(count: number) {
-  const name = `net${process.pid}x${made.length}`;
+async function network(count: number, name = `net${process.pid}x${made.length}`) {
   const fleet = fleetOf(`name: ${name}\ncount: ${count}\nnetwork: { subnet: 10.99.0.0/24 }\n`);
   const dir = await tempDir();
   // The state directory of a host: others may enter it (dnsmasq reads its files as nobody).
   await chmod(dir, 0o755);
   const layout = stateLayout(dir);
-  const net = new FleetNetwork(runner, layout.fleet(name).net, name, fleet.network);
+  const owner = { root: layout.root, fleet: name };
+  const net = new FleetNetwork(runner, layout.fleet(name).net, owner, fleet.network);
   made.push(net);
-  return { net, fleet, paths: layout.fleet(name).net };
+  return { net, fleet, owner, paths: layout.fleet(name).net };
 }
 
 async function inNamespace(namespace: string | undefined, ...argv: string[]) {
@@ -49,7 +49,8 @@ describe("a fleet's network", () => {
     const name = `closed${process.pid}`;
     const dir = await tempDir();
     const fleet = fleetOf(`name: ${name}\ncount: 1\n`);
-    const net = new FleetNetwork(runner, stateLayout(dir).fleet(name).net, name, fleet.network);
+    const owner = { root: stateLayout(dir).root, fleet: name };
+    const net = new FleetNetwork(runner, stateLayout(dir).fleet(name).net, owner, fleet.network);
     made.push(net);
     const closed = net.ensure({ fleet: name, subnet: fleet.subnet, vms: fleet.vms });
     await expect(closed).rejects.toThrow(
@@ -151,5 +152,65 @@ describe("a fleet's network", () => {
     expect(await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "")).toBe("");
     await expect(stat(paths.dir)).rejects.toThrow();
     expect(parseIpv4("10.99.0.1")).toBe(makeSubnet(parseIpv4("10.99.0.0") ?? 0, 24).gateway);
+  });
+});
+
+describe("a fleet's network beside another state directory's fleet of the same name", () => {
+  it("runs side by side with it, and removing one leaves the other running", async () => {
+    const name = `twin${process.pid}`;
+    const first = await network(2, name);
+    const second = await network(2, name);
+    for (const { net, fleet } of [first, second]) {
+      await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
+    }
+    expect(first.net.namespace).not.toBe(second.net.namespace);
+    const pids = await Promise.all([first.net.dnsmasqPid(), second.net.dnsmasqPid()]);
+    for (const [i, { net }] of [first, second].entries()) {
+      expect(await netnsInode(`/proc/${pids[i]}/ns/net`)).toBe(
+        await netnsInode(`/run/netns/${net.namespace}`),
+      );
+    }
+
+    await first.net.remove();
+    expect(await first.net.exists()).toBe(false);
+    expect(await second.net.exists()).toBe(true);
+    expect(await second.net.dnsmasqPid()).toBe(pids[1]);
+    const answer = await inNamespace(
+      second.net.namespace,
+      "busybox",
+      "nslookup",
+      "vm-2",
+      "10.99.0.1",
+    );
+    expect(answer).toContain(second.fleet.vms[1]?.ip);
+  });
+
+  it("refuses a namespace of its name that another program or state directory made, and never removes it", async () => {
+    const { net, fleet } = await network(1);
+    const namespace = net.namespace ?? "";
+    const ensure = () => net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
+    const unmarked = `network namespace ${namespace} exists without shoal's owner mark: another program made it, or a shoal before owner marks`;
+    await exec("ip", ["netns", "add", namespace]);
+    try {
+      await expect(ensure()).rejects.toThrow(unmarked);
+      await net.remove();
+      expect(await net.exists()).toBe(true);
+      // Another program's bridge of shoal's name, without the mark.
+      await exec("ip", ["-n", namespace, "link", "add", "shoal0", "type", "bridge"]);
+      await expect(ensure()).rejects.toThrow(unmarked);
+      // Another state directory's, by its mark.
+      const theirs = `shoal owner=/srv/other-state fleet=${fleet.name}`;
+      await exec("ip", ["-n", namespace, "link", "set", "dev", "shoal0", "alias", theirs]);
+      await expect(ensure()).rejects.toThrow(
+        `network namespace ${namespace} belongs to state directory /srv/other-state (fleet ${fleet.name}), not this one`,
+      );
+      await net.remove();
+      expect(await inNamespace(namespace, "ip", "-o", "link", "show", "shoal0")).toContain(theirs);
+      expect(await inNamespace(namespace, "ip", "-o", "addr", "show", "shoal0")).not.toContain(
+        "inet ",
+      );
+    } finally {
+      await exec("ip", ["netns", "del", namespace]);
+    }
   });
 });

@@ -1,13 +1,24 @@
 import { describe, expect, it } from "vitest";
 import { makeSubnet, parseCidr } from "../../src/core/ipv4.js";
-import { natLink } from "../../src/core/net.js";
+import {
+  ALIAS_MAX,
+  inNamespace,
+  NFT_COMMENT_MAX,
+  namespaceName,
+  natLink,
+  notOursProblem,
+  ownerMark,
+  ownershipOf,
+} from "../../src/core/net.js";
 import { renderDnsmasqConf } from "../../src/core/render/dnsmasq.js";
 import {
+  parseTableComment,
   renderFleetNat,
   renderHostNat,
   renderNatRemoval,
   upstreamNameservers,
 } from "../../src/core/render/nft.js";
+import { fleetOf, problemsOf } from "../helpers/fleet.js";
 
 const cidr = parseCidr("10.77.0.0/16");
 if (!cidr.ok) throw new Error("bad test subnet");
@@ -71,40 +82,220 @@ log-dhcp
   });
 });
 
+const lab = { root: "/var/lib/shoal", fleet: "lab" };
+
+describe("host-wide names", () => {
+  it("name a fleet's namespace, NAT link and table after its state directory too, within Linux's limits", () => {
+    const other = { root: "/tmp/suite", fleet: "lab" };
+    expect(namespaceName(lab)).toMatch(/^shoal-lab-[0-9a-f]{8}$/);
+    expect(namespaceName(other)).not.toBe(namespaceName(lab));
+    expect(natLink(other).hostSide).not.toBe(natLink(lab).hostSide);
+    expect(natLink(other).table).not.toBe(natLink(lab).table);
+    expect(namespaceName(lab)).toBe(namespaceName({ ...lab }));
+    const longest = { root: "/var/lib/shoal", fleet: "a".repeat(63) };
+    // A namespace is a file in /run/netns: NAME_MAX; nft tables and the vif script take it too.
+    expect(namespaceName(longest).length).toBe(78);
+    expect(inNamespace(namespaceName(longest), ["true"])).toEqual([
+      "ip",
+      "netns",
+      "exec",
+      namespaceName(longest),
+      "true",
+    ]);
+    expect(natLink(longest).hostSide.length).toBeLessThanOrEqual(15);
+    expect(() => namespaceName({ root: "/var/lib/shoal", fleet: "Bad" })).toThrow(/^internal/);
+    expect(() => namespaceName({ root: "relative", fleet: "lab" })).toThrow(/^internal/);
+  });
+});
+
+describe("owner marks", () => {
+  it("name the state directory and fleet, and tell ours from another's and from none", () => {
+    expect(ownerMark(lab, ALIAS_MAX)).toBe("shoal owner=/var/lib/shoal fleet=lab");
+    expect(ownershipOf("shoal owner=/var/lib/shoal fleet=lab", lab, ALIAS_MAX)).toEqual({
+      kind: "ours",
+    });
+    expect(ownershipOf("shoal owner=/tmp/suite fleet=lab", lab, ALIAS_MAX)).toEqual({
+      kind: "other",
+      root: "/tmp/suite",
+      fleet: "lab",
+    });
+    expect(ownershipOf("shoal owner=/var/lib/shoal fleet=lab2", lab, ALIAS_MAX)).toEqual({
+      kind: "other",
+      root: "/var/lib/shoal",
+      fleet: "lab2",
+    });
+    expect(ownershipOf("uplink to the lab", lab, ALIAS_MAX)).toEqual({ kind: "other" });
+    expect(ownershipOf(undefined, lab, ALIAS_MAX)).toEqual({ kind: "unmarked" });
+    expect(ownershipOf("", lab, ALIAS_MAX)).toEqual({ kind: "unmarked" });
+  });
+
+  it("hold a digest of a state directory too long to name in the place", () => {
+    const deep = { root: `/srv/${"d".repeat(120)}`, fleet: "lab" };
+    const mark = ownerMark(deep, NFT_COMMENT_MAX);
+    expect(mark).toMatch(/^shoal owner-sha256=[0-9a-f]{32} fleet=lab$/);
+    expect(ownershipOf(mark, deep, NFT_COMMENT_MAX)).toEqual({ kind: "ours" });
+    expect(ownershipOf(mark, lab, NFT_COMMENT_MAX)).toEqual({ kind: "other", fleet: "lab" });
+    expect(ownerMark(deep, ALIAS_MAX)).toBe(`shoal owner=${deep.root} fleet=lab`);
+    const longest = { root: `/${"r".repeat(200)}`, fleet: "f".repeat(63) };
+    expect(Buffer.byteLength(ownerMark(longest, ALIAS_MAX))).toBeLessThanOrEqual(ALIAS_MAX);
+    expect(Buffer.byteLength(ownerMark(longest, NFT_COMMENT_MAX))).toBeLessThanOrEqual(
+      NFT_COMMENT_MAX,
+    );
+  });
+
+  it("say whose an object is that shoal refuses", () => {
+    expect(
+      notOursProblem("network namespace shoal-lab-1a2b3c4d", {
+        kind: "other",
+        root: "/tmp/suite",
+        fleet: "lab",
+      }),
+    ).toEqual({
+      message:
+        "network namespace shoal-lab-1a2b3c4d belongs to state directory /tmp/suite (fleet lab), not this one",
+      hint: "shoal neither uses nor removes it; manage it with `shoal --state-dir /tmp/suite`",
+    });
+    expect(notOursProblem("tap s12345-1", { kind: "unmarked" }).message).toBe(
+      "tap s12345-1 exists without shoal's owner mark: another program made it, or a shoal before owner marks",
+    );
+  });
+});
+
 describe("outbound NAT", () => {
   it("gives each fleet a link-local /30 and names of its own", () => {
-    const lab = natLink("lab");
-    expect(lab.transit).toMatch(/^169\.254\.\d+\.\d+\/30$/);
-    expect(lab.hostSide).toMatch(/^s[0-9a-f]{5}-nat$/);
-    expect(lab.fleetSide).toBe("uplink");
-    expect(lab.table).toBe("shoal_lab");
-    expect(natLink("web-tier").table).toBe("shoal_web_tier");
-    const [network] = lab.transit.split("/");
+    const link = natLink(lab);
+    expect(link.transit).toMatch(/^169\.254\.\d+\.\d+\/30$/);
+    expect(link.hostSide).toMatch(/^s[0-9a-f]{5}-nat$/);
+    expect(link.fleetSide).toBe("uplink");
+    expect(link.table).toMatch(/^shoal_lab_[0-9a-f]{8}$/);
+    expect(natLink({ ...lab, fleet: "web-tier" }).table).toMatch(/^shoal_web_tier_[0-9a-f]{8}$/);
+    const [network] = link.transit.split("/");
     const last = Number(network?.split(".")[3]);
-    expect(lab.hostAddress.split(".")[3]).toBe(String(last + 1));
-    expect(lab.fleetAddress.split(".")[3]).toBe(String(last + 2));
-    expect(natLink("other").transit).not.toBe(lab.transit);
+    expect(link.hostAddress.split(".")[3]).toBe(String(last + 1));
+    expect(link.fleetAddress.split(".")[3]).toBe(String(last + 2));
+    expect(natLink({ ...lab, fleet: "other" }).transit).not.toBe(link.transit);
     // Cloud metadata's 169.254.169.254 is never a fleet's.
     for (let i = 0; i < 3000; i++) {
-      expect(natLink(`f${i}`).transit).not.toBe("169.254.169.252/30");
+      expect(natLink({ ...lab, fleet: `f${i}` }).transit).not.toBe("169.254.169.252/30");
     }
   });
 
-  it("masquerades VM traffic at the fleet's uplink and the transit address at the host's way out, replacing its own table only", () => {
-    const link = { ...natLink("lab"), hostSide: "s12345-nat", transit: "169.254.10.4/30" };
-    expect(renderFleetNat(link)).toBe(`table ip shoal_lab {}
-delete table ip shoal_lab
-table ip shoal_lab {
+  const link = {
+    ...natLink(lab),
+    hostSide: "s12345-nat",
+    transit: "169.254.10.4/30",
+    table: "shoal_lab_1a2b3c4d",
+  };
+  const mark = "shoal owner=/var/lib/shoal fleet=lab";
+
+  it("masquerades VM traffic at the fleet's uplink, in a table of its own that carries the owner mark", () => {
+    expect(renderFleetNat(link, mark)).toBe(`table ip shoal_lab_1a2b3c4d {}
+delete table ip shoal_lab_1a2b3c4d
+table ip shoal_lab_1a2b3c4d {
+  comment "shoal owner=/var/lib/shoal fleet=lab"
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     oifname "uplink" masquerade
   }
 }
 `);
-    expect(renderHostNat(link)).toContain(
-      '    ip saddr 169.254.10.4/30 oifname != "s12345-nat" masquerade\n',
+    expect(renderNatRemoval(link)).toBe(
+      "table ip shoal_lab_1a2b3c4d {}\ndelete table ip shoal_lab_1a2b3c4d\n",
     );
-    expect(renderNatRemoval(link)).toBe("table ip shoal_lab {}\ndelete table ip shoal_lab\n");
-    expect(() => renderHostNat({ ...link, hostSide: 'x" accept' })).toThrow(/^internal/);
+  });
+
+  it("keeps the fleet from the host itself, link-local, broadcast and multicast addresses, and masquerades the rest", () => {
+    expect(
+      renderHostNat({ link, mark, allow: [], nameservers: [] }),
+    ).toBe(`table ip shoal_lab_1a2b3c4d {}
+delete table ip shoal_lab_1a2b3c4d
+table ip shoal_lab_1a2b3c4d {
+  comment "shoal owner=/var/lib/shoal fleet=lab"
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "s12345-nat" drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "s12345-nat" ip daddr 169.254.0.0/16 drop
+    iifname "s12345-nat" fib daddr type { local, broadcast, multicast } drop
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr 169.254.10.4/30 oifname != "s12345-nat" masquerade
+  }
+}
+`);
+  });
+
+  it("opens what network.allow names, and the DNS servers the fleet's dnsmasq asks, before anything is dropped", () => {
+    const rules = renderHostNat({
+      link,
+      mark,
+      allow: ["192.0.2.10/32", "169.254.169.254/32"],
+      nameservers: ["10.255.255.53", "169.254.169.253"],
+    });
+    const opened = [
+      '    iifname "s12345-nat" ip daddr { 10.255.255.53, 169.254.169.253 } meta l4proto { tcp, udp } th dport 53 accept',
+      '    iifname "s12345-nat" ip daddr { 192.0.2.10/32, 169.254.169.254/32 } accept',
+    ].join("\n");
+    expect(rules).toContain(
+      `    type filter hook input priority filter; policy accept;\n${opened}\n    iifname "s12345-nat" drop\n`,
+    );
+    expect(rules).toContain(
+      `    type filter hook forward priority filter; policy accept;\n${opened}\n    iifname "s12345-nat" ip daddr 169.254.0.0/16 drop\n`,
+    );
+  });
+
+  it("renders nothing unvalidated", () => {
+    const input = { link, mark, allow: [], nameservers: [] };
+    expect(() => renderHostNat({ ...input, link: { ...link, hostSide: 'x" accept' } })).toThrow(
+      /^internal/,
+    );
+    expect(() => renderHostNat({ ...input, allow: ["0.0.0.0/0 } accept; drop {"] })).toThrow(
+      /^internal: allowed block/,
+    );
+    expect(() => renderHostNat({ ...input, nameservers: ["10.0.0.1, 0.0.0.0/0"] })).toThrow(
+      /^internal: DNS server/,
+    );
+    expect(() => renderHostNat({ ...input, mark: 'x"; drop' })).toThrow(/^internal: owner mark/);
+  });
+
+  it("reads a table's owner mark from `nft list table`", () => {
+    const listing = `table ip shoal_lab_1a2b3c4d {\n\tcomment "${mark}"\n\tchain input {\n`;
+    expect(parseTableComment(listing, "shoal_lab_1a2b3c4d")).toBe(mark);
+    expect(
+      parseTableComment("table ip shoal_lab_1a2b3c4d {\n\tchain input {\n", "shoal_lab_1a2b3c4d"),
+    ).toBeUndefined();
+    expect(
+      parseTableComment(listing.replace("table ip", "table inet"), "shoal_lab_1a2b3c4d"),
+    ).toBeUndefined();
+  });
+});
+
+describe("network.allow in the fleet file", () => {
+  it("takes address blocks and bare addresses for a NATed fleet, in CIDR form", () => {
+    expect(
+      fleetOf(
+        'name: a\nnetwork: { nat: true, allow: [192.0.2.10, "169.254.169.254/32", 10.0.0.0/8] }\n',
+      ).network,
+    ).toEqual({
+      kind: "isolated",
+      nat: true,
+      allow: ["192.0.2.10/32", "169.254.169.254/32", "10.0.0.0/8"],
+    });
+  });
+
+  it("refuses what is not an address block, host bits, and allow: without nat", () => {
+    expect(
+      problemsOf("name: a\nnetwork: { nat: true, allow: [10.0.0.1/8, host, 1.2.3.4/33] }\n"),
+    ).toEqual([
+      "test.yaml:2:31 network.allow[0]: 10.0.0.1/8 has host bits set; the block is 10.0.0.0/8",
+      'test.yaml:2:43 network.allow[1]: "host" is not an IPv4 address or block like 192.0.2.10 or 10.0.0.0/8',
+      'test.yaml:2:49 network.allow[2]: "1.2.3.4/33" is not an IPv4 address or block like 192.0.2.10 or 10.0.0.0/8',
+    ]);
+    expect(problemsOf("name: a\nnetwork: { allow: [192.0.2.10] }\n")).toEqual([
+      "test.yaml:2:10 network: allow: opens addresses to a NATed fleet; add nat: true",
+    ]);
   });
 });

@@ -224,11 +224,13 @@ describe("the KVM probe", () => {
 });
 
 describe("tap devices on a host bridge", () => {
-  it("carry the fleet (hashed) and the slot, in at most 15 bytes, distinct between fleets", () => {
-    expect(hostTapName("lab", 1)).toMatch(/^s[0-9a-f]{5}-1$/);
-    expect(hostTapName("lab", 2 ** 24 - 1).length).toBeLessThanOrEqual(15);
-    expect(hostTapName("lab", 7)).not.toBe(hostTapName("lab2", 7));
-    expect(hostTapName("lab", 7)).toBe(hostTapName("lab", 7));
+  it("carry the owner (hashed) and the slot, in at most 15 bytes, distinct between fleets and state directories", () => {
+    const lab = { root: "/var/lib/shoal", fleet: "lab" };
+    expect(hostTapName(lab, 1)).toMatch(/^s[0-9a-f]{5}-1$/);
+    expect(hostTapName(lab, 2 ** 24 - 1).length).toBeLessThanOrEqual(15);
+    expect(hostTapName(lab, 7)).not.toBe(hostTapName({ ...lab, fleet: "lab2" }, 7));
+    expect(hostTapName(lab, 7)).not.toBe(hostTapName({ ...lab, root: "/srv/shoal" }, 7));
+    expect(hostTapName(lab, 7)).toBe(hostTapName({ ...lab }, 7));
   });
 });
 

@@ -3,13 +3,16 @@ import { assertRenderable } from "../syntax.js";
 import { isInterfaceName } from "./boot.js";
 
 /**
- * nftables rulesets for a fleet's outbound NAT, one table per fleet in each namespace. Each script
- * declares the table, deletes it and writes it anew, so applying it again replaces the rules in one
- * transaction instead of adding a second copy.
+ * nftables rulesets for a fleet's outbound NAT, one table per fleet in each namespace, carrying
+ * its owner mark as the table's comment. Each script declares the table, deletes it and writes it
+ * anew, so applying it again replaces the rules in one transaction instead of adding a second copy.
  */
 
+const IPV4 = /^\d{1,3}(?:\.\d{1,3}){3}$/;
+const BLOCK = /^\d{1,3}(?:\.\d{1,3}){3}\/\d{1,2}$/;
+
 function checkLink(link: NatLink): void {
-  assertRenderable("nft table", link.table, /^shoal_[a-z0-9_]{1,63}$/.test(link.table));
+  assertRenderable("nft table", link.table, /^shoal_[a-z0-9_]{1,72}$/.test(link.table));
   for (const name of [link.hostSide, link.fleetSide]) {
     assertRenderable("interface name", name, isInterfaceName(name));
   }
@@ -26,32 +29,95 @@ function removal(link: NatLink): string[] {
   return [`table ip ${link.table} {}`, `delete table ip ${link.table}`];
 }
 
-function table(link: NatLink, rule: string): string {
+function table(link: NatLink, mark: string, chains: readonly string[]): string {
+  assertRenderable("owner mark", mark, /^[ !#-[\]-~]{1,128}$/.test(mark));
   return [
     ...removal(link),
     `table ip ${link.table} {`,
-    "  chain postrouting {",
-    "    type nat hook postrouting priority srcnat; policy accept;",
-    `    ${rule}`,
-    "  }",
+    `  comment "${mark}"`,
+    ...chains,
     "}",
     "",
   ].join("\n");
 }
 
-/** In the fleet's namespace: VM traffic leaving by the uplink takes the uplink's address. */
-export function renderFleetNat(link: NatLink): string {
-  return table(link, `oifname "${link.fleetSide}" masquerade`);
+function chain(name: string, type: string, rules: readonly string[]): string[] {
+  return [
+    `  chain ${name} {`,
+    `    ${type}; policy accept;`,
+    ...rules.map((rule) => `    ${rule}`),
+    "  }",
+  ];
 }
 
-/** In the host's namespace: the fleet's transit address takes the address of the way out. */
-export function renderHostNat(link: NatLink): string {
-  return table(link, `ip saddr ${link.transit} oifname != "${link.hostSide}" masquerade`);
+function addressSet(addresses: readonly string[], what: string, pattern: RegExp): string {
+  for (const address of addresses) assertRenderable(what, address, pattern.test(address));
+  return `{ ${addresses.join(", ")} }`;
+}
+
+/** In the fleet's namespace: VM traffic leaving by the uplink takes the uplink's address. */
+export function renderFleetNat(link: NatLink, mark: string): string {
+  return table(
+    link,
+    mark,
+    chain("postrouting", "type nat hook postrouting priority srcnat", [
+      `oifname "${link.fleetSide}" masquerade`,
+    ]),
+  );
+}
+
+export interface HostNatInput {
+  readonly link: NatLink;
+  /** The table's owner mark. */
+  readonly mark: string;
+  /** `network.allow`: address blocks the fleet may reach although they are the host's or closed. */
+  readonly allow: readonly string[];
+  /** The DNS servers the fleet's dnsmasq forwards to: reachable on port 53 wherever they are. */
+  readonly nameservers: readonly string[];
+}
+
+/**
+ * In the host's namespace: the fleet's transit address takes the address of the way out, and
+ * what comes from the fleet is kept from the host itself (everything the host receives, on any
+ * of its addresses: the input hook), from link-local addresses (cloud metadata, other fleets'
+ * transit links) and from the host's broadcast and multicast addresses, unless `allow` opens
+ * them. The fleet's dnsmasq, whose queries come by the same link, keeps its DNS servers.
+ */
+export function renderHostNat(input: HostNatInput): string {
+  const { link } = input;
+  const from = `iifname "${link.hostSide}"`;
+  const opened = [
+    ...(input.nameservers.length === 0
+      ? []
+      : [
+          `${from} ip daddr ${addressSet(input.nameservers, "DNS server", IPV4)} meta l4proto { tcp, udp } th dport 53 accept`,
+        ]),
+    ...(input.allow.length === 0
+      ? []
+      : [`${from} ip daddr ${addressSet(input.allow, "allowed block", BLOCK)} accept`]),
+  ];
+  return table(link, input.mark, [
+    ...chain("input", "type filter hook input priority filter", [...opened, `${from} drop`]),
+    ...chain("forward", "type filter hook forward priority filter", [
+      ...opened,
+      `${from} ip daddr 169.254.0.0/16 drop`,
+      `${from} fib daddr type { local, broadcast, multicast } drop`,
+    ]),
+    ...chain("postrouting", "type nat hook postrouting priority srcnat", [
+      `ip saddr ${link.transit} oifname != "${link.hostSide}" masquerade`,
+    ]),
+  ]);
 }
 
 /** Removes the fleet's table, whether or not it is there. */
 export function renderNatRemoval(link: NatLink): string {
   return `${removal(link).join("\n")}\n`;
+}
+
+/** The comment of table `name` in `nft list table` output; undefined if it has none. */
+export function parseTableComment(listing: string, name: string): string | undefined {
+  const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`^table ip ${escaped} \\{\\n\\s*comment "([^"\\n]*)"\\n`).exec(listing)?.[1];
 }
 
 /**
