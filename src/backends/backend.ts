@@ -40,6 +40,11 @@ export interface Backend {
    * the VM's interface and its hotplug script puts it on the bridge.
    */
   readonly nic: "tap" | "vif";
+  /**
+   * Refuses, before anything is made, VMs whose host-wide names (Xen's domain names) another
+   * state directory or program holds; a backend whose VMs have no such names has none.
+   */
+  checkNames?(vms: readonly BackendVm[]): Promise<void>;
   /** Writes the VM's hypervisor definition (vm.qemu, vm.xl.cfg) from its spec and boot files. */
   define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   /**

@@ -33,7 +33,7 @@ function qemu(deps: BackendDeps): Backend {
 
 const BACKENDS: Record<BackendName, (deps: BackendDeps) => Backend> = {
   qemu,
-  xl: (deps) => new XlBackend(deps.runner, deps.layout.xlCreateLock),
+  xl: (deps) => new XlBackend(deps.runner, deps.layout),
 };
 
 export function backendFor(name: BackendName, deps: BackendDeps): Backend {

@@ -1,6 +1,13 @@
+import { createHash } from "node:crypto";
+import { z } from "zod";
+import { isDnsLabel } from "./names.js";
+import type { Owner, Ownership } from "./net.js";
+import { assertRenderable, isSafePath } from "./syntax.js";
+
 /**
  * What xl and xenconsoled say, read without I/O: a domain's state from `xl list`, its uptime from
- * `xl uptime`, and where xenconsoled writes guest consoles.
+ * `xl uptime`, and where xenconsoled writes guest consoles; and how shoal tells its own domains
+ * from others of the same name.
  */
 
 /**
@@ -84,4 +91,97 @@ export function xenconsoledGuestLogDir(argv: readonly string[]): string | undefi
 /** xenconsoled's file for a domain's console. */
 export function guestConsoleLog(logDir: string, domain: string): string {
   return `${logDir.replace(/\/+$/, "")}/guest-${domain}.log`;
+}
+
+/**
+ * The UUID shoal gives a VM's domain: derived from the owner and the VM's name (an RFC 9562
+ * version 8 UUID), so that `xl list -v` shows whose a domain is. Domain names are host-wide and
+ * the same in every state directory; the UUID is not.
+ */
+export function domainUuid(owner: Owner, vm: string): string {
+  assertRenderable("fleet name", owner.fleet, isDnsLabel(owner.fleet));
+  assertRenderable("VM name", vm, isDnsLabel(vm));
+  assertRenderable("state directory", owner.root, isSafePath(owner.root));
+  const bytes = createHash("sha256")
+    .update(`xl\0${owner.root}\0${owner.fleet}\0${vm}`)
+    .digest()
+    .subarray(0, 16);
+  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x80;
+  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80;
+  const hex = bytes.toString("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** A domain's id and UUID from `xl list -v [NAME]`; undefined when the domain is not listed. */
+export function parseXlListIdentity(
+  text: string,
+  domain: string,
+): { readonly domid: number; readonly uuid?: string } | undefined {
+  for (const line of text.split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    if (fields[0] !== domain || !/^\d+$/.test(fields[1] ?? "")) continue;
+    const uuid = fields.find((field) => UUID.test(field));
+    return { domid: Number(fields[1]), ...(uuid === undefined ? {} : { uuid }) };
+  }
+  return undefined;
+}
+
+/** `xl list -l NAME` in JSON: the disks' paths of each domain's configuration. */
+const xlLongListing = z.array(
+  z.object({
+    config: z.object({
+      disks: z.array(z.object({ pdev_path: z.string().optional() })).optional(),
+    }),
+  }),
+);
+
+export function parseXlDiskPaths(json: string): string[] | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json);
+  } catch {
+    // Not JSON: xl.conf asks for SXP output.
+    return undefined;
+  }
+  const listing = xlLongListing.safeParse(parsed);
+  if (!listing.success || listing.data.length === 0) return undefined;
+  return listing.data.flatMap((domain) =>
+    (domain.config.disks ?? []).flatMap((disk) => (disk.pdev_path ? [disk.pdev_path] : [])),
+  );
+}
+
+/** The state directory and fleet a path of a VM's file (`ROOT/fleets/F/vms/V/FILE`) is under. */
+function stateDirOf(path: string, file: string): { root: string; fleet: string } | undefined {
+  const match = /^(\/.*)\/fleets\/([a-z0-9-]{1,63})\/vms\/[a-z0-9-]{1,63}\/([^/]+)$/.exec(path);
+  if (!match || match[3] !== file || match[1] === undefined || match[2] === undefined) {
+    return undefined;
+  }
+  return { root: match[1], fleet: match[2] };
+}
+
+/**
+ * Whose a domain of one of shoal's names is, by its disks, for domains without shoal's UUID: ours
+ * when it boots from this VM's identity seed (made by a shoal before domain UUIDs), another state
+ * directory's when from one of its seeds, or another program's.
+ */
+export function domainOwnership(disks: readonly string[], seed: string): Ownership {
+  if (disks.includes(seed)) return { kind: "ours" };
+  for (const disk of disks) {
+    const other = stateDirOf(disk, "identity.tar");
+    if (other) return { kind: "other", ...other };
+  }
+  return { kind: "unmarked" };
+}
+
+/**
+ * Whose xenconsoled's log of a domain's console is: shoal's link to this VM's serial.log is ours;
+ * a link to another state directory's VM is that one's; anything else (a file xenconsoled wrote
+ * for a domain shoal did not start) is no one's shoal knows.
+ */
+export function consoleLogOwnership(linkTarget: string | undefined, serialLog: string): Ownership {
+  if (linkTarget === serialLog) return { kind: "ours" };
+  const other = linkTarget === undefined ? undefined : stateDirOf(linkTarget, "serial.log");
+  return other ? { kind: "other", ...other } : { kind: "unmarked" };
 }

@@ -87,6 +87,11 @@ export async function converge(
   for (const vm of plan.filter((entry) => entry.changes.includes("layer"))) {
     checkLayerChange(vm.name, recorded.get(vm.name), vm.spec);
   }
+  // A domain name another state directory holds stops the fleet here, not VM by VM later.
+  const making = plan.filter((vm) =>
+    vm.actions.some((action) => action !== "delete" && action !== "stop"),
+  );
+  await session.backend.checkNames?.(making.map((vm) => session.vm(vm.name)));
 
   await session.recordNetwork(fleet.subnet, fleet.network, {
     willStart: plan.some((vm) => vm.actions.includes("start") || vm.actions.includes("upgrade")),

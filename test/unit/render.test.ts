@@ -4,6 +4,7 @@ import type { VmSpec } from "../../src/core/fleet.js";
 import { renderDhcpHosts, renderDnsHosts } from "../../src/core/render/dnsmasq.js";
 import { QEMU_USER, renderQemuArgv } from "../../src/core/render/qemu.js";
 import { renderVifHotplug, renderXlConfig } from "../../src/core/render/xl.js";
+import { domainUuid } from "../../src/core/xen.js";
 import { fleetOf } from "../helpers/fleet.js";
 
 const fleet = fleetOf(`name: lab
@@ -82,6 +83,7 @@ describe("xl.cfg", () => {
   const xlInput = {
     fleet: "lab",
     vm: xenDiskVm,
+    uuid: domainUuid({ root: "/var/lib/shoal", fleet: "lab" }, "agent-001"),
     boot,
     layer: files.layer,
     bridge: "shoal0",
@@ -99,6 +101,7 @@ describe("xl.cfg", () => {
       renderXlConfig({
         ...tmpfs,
         vm: xenTmpfsVm,
+        uuid: domainUuid({ root: "/var/lib/shoal", fleet: "lab" }, "agent-002"),
         seed: files.seed.replace("agent-001", "agent-002"),
         vifScript: xlInput.vifScript.replace("agent-001", "agent-002"),
       }),
@@ -118,6 +121,7 @@ describe("xl.cfg", () => {
     expect(render({ boot: { ...boot, base: "/tmp/a,b" } })).toThrow(/^internal: base path/);
     expect(render({ bridge: "a-bridge-name-too-long" })).toThrow(/^internal: bridge name/);
     expect(render({ vifScript: "/tmp/a b" })).toThrow(/^internal: vif script path/);
+    expect(render({ uuid: 'x"\nname = "y' })).toThrow(/^internal: domain UUID/);
   });
 });
 

@@ -1,7 +1,12 @@
 import { describe, expect, it } from "vitest";
 import {
+  consoleLogOwnership,
+  domainOwnership,
+  domainUuid,
   guestConsoleLog,
+  parseXlDiskPaths,
   parseXlList,
+  parseXlListIdentity,
   parseXlUptimeSeconds,
   xenconsoledGuestLogDir,
 } from "../../src/core/xen.js";
@@ -96,5 +101,69 @@ describe("xenconsoled's guest logs", () => {
     expect(guestConsoleLog("/var/log/xen/console/", "lab.vm-1")).toBe(
       "/var/log/xen/console/guest-lab.vm-1.log",
     );
+  });
+});
+
+describe("whose a domain is", () => {
+  const lab = { root: "/var/lib/shoal", fleet: "lab" };
+
+  it("gives each VM of each state directory a UUID of its own (RFC 9562 version 8)", () => {
+    const uuid = domainUuid(lab, "vm-1");
+    expect(uuid).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(domainUuid({ ...lab }, "vm-1")).toBe(uuid);
+    expect(domainUuid({ ...lab, root: "/tmp/suite" }, "vm-1")).not.toBe(uuid);
+    expect(domainUuid(lab, "vm-2")).not.toBe(uuid);
+    expect(() => domainUuid(lab, "../x")).toThrow(/^internal: VM name/);
+  });
+
+  it("reads a domain's id and UUID from `xl list -v`", () => {
+    const text = [
+      "Name                                        ID   Mem VCPUs\tState\tTime(s)   UUID                            Reason-Code\tSecurity Label",
+      "Domain-0                                     0  1024     2     r-----      20.1 00000000-0000-0000-0000-000000000000        -                -",
+      "lab.vm-1                                    12   128     1     -b----       2.0 0b1ce0a2-7d1c-8e1f-9a3b-0c1d2e3f4a5b        -                -",
+      "",
+    ].join("\n");
+    expect(parseXlListIdentity(text, "lab.vm-1")).toEqual({
+      domid: 12,
+      uuid: "0b1ce0a2-7d1c-8e1f-9a3b-0c1d2e3f4a5b",
+    });
+    expect(parseXlListIdentity(text, "lab.vm-2")).toBeUndefined();
+    expect(parseXlListIdentity(text, "Name")).toBeUndefined();
+  });
+
+  it("reads the disks of `xl list -l`, and nothing from SXP or a domain without configuration", () => {
+    const json = JSON.stringify([
+      { domid: 3, config: { disks: [{ pdev_path: "/a/base.img" }, { vdev: "xvdz" }] } },
+    ]);
+    expect(parseXlDiskPaths(json)).toEqual(["/a/base.img"]);
+    expect(parseXlDiskPaths("[]\n")).toBeUndefined();
+    expect(parseXlDiskPaths("(domain (domid 3))")).toBeUndefined();
+  });
+
+  it("tells an earlier shoal's domain of the VM, another state directory's and another program's by their disks", () => {
+    const seed = "/var/lib/shoal/fleets/lab/vms/vm-1/identity.tar";
+    expect(domainOwnership(["/var/lib/shoal/images/x/base.img", seed], seed)).toEqual({
+      kind: "ours",
+    });
+    expect(
+      domainOwnership(
+        ["/var/lib/shoal/images/x/base.img", "/tmp/suite/fleets/lab/vms/vm-1/identity.tar"],
+        seed,
+      ),
+    ).toEqual({ kind: "other", root: "/tmp/suite", fleet: "lab" });
+    expect(domainOwnership(["/srv/vm.img"], seed)).toEqual({ kind: "unmarked" });
+  });
+
+  it("takes only shoal's link to the VM's serial.log as its console log", () => {
+    const serial = "/var/lib/shoal/fleets/lab/vms/vm-1/serial.log";
+    expect(consoleLogOwnership(serial, serial)).toEqual({ kind: "ours" });
+    expect(consoleLogOwnership("/tmp/suite/fleets/lab/vms/vm-1/serial.log", serial)).toEqual({
+      kind: "other",
+      root: "/tmp/suite",
+      fleet: "lab",
+    });
+    // A file xenconsoled wrote itself, or a link somewhere else.
+    expect(consoleLogOwnership(undefined, serial)).toEqual({ kind: "unmarked" });
+    expect(consoleLogOwnership("/etc/shadow", serial)).toEqual({ kind: "unmarked" });
   });
 });

@@ -1,17 +1,31 @@
 import { constants, openSync } from "node:fs";
-import { mkdir, readdir, readFile, rm, symlink } from "node:fs/promises";
+import {
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  symlink,
+} from "node:fs/promises";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ReadStream } from "node:tty";
 import { fileURLToPath } from "node:url";
 import type { VmSpec } from "../../core/fleet.js";
+import type { Found, Owner, Ownership } from "../../core/net.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
 import { renderVifHotplug, renderXlConfig } from "../../core/render/xl.js";
 import {
+  consoleLogOwnership,
+  domainOwnership,
+  domainUuid,
   guestConsoleLog,
+  parseXlDiskPaths,
   parseXlList,
+  parseXlListIdentity,
   parseXlUptimeSeconds,
   type XlDomainState,
 } from "../../core/xen.js";
@@ -19,6 +33,8 @@ import { ShoalError } from "../../errors.js";
 import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { consoleLogDir } from "../../host/xen.js";
+import { refuseUnlessOurs } from "../../net/network.js";
+import type { StateLayout } from "../../state/layout.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import { withLock } from "../../state/lock.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
@@ -33,10 +49,22 @@ const POLL_MS = 250;
 /** Long enough for a queue of domain creations on a slow dom0. */
 const CREATE_LOCK_WAIT_S = 1800;
 
+/** A domain of a VM's name as `xl list -v` shows it. */
+interface Listed {
+  readonly state: XlDomainState;
+  /** Undefined for a dying domain xl no longer finds by its name. */
+  readonly domid?: number;
+  readonly uuid?: string;
+}
+
 /**
  * Xen through xl: one PV domU per VM, named FLEET.VM. xl's monitor process (forked by `xl create`)
  * carries out on_poweroff/on_reboot after shoal exits; the domain's console is logged by xenconsoled
  * into the VM's serial.log through a link in xenconsoled's log directory.
+ *
+ * Domain names are host-wide, the same for a fleet of that name in any state directory: shoal's
+ * domains carry a UUID made from their state directory (see domainUuid), and shoal acts only on a
+ * domain of a VM's name that is this VM's. Another's is refused before anything is made.
  */
 export class XlBackend implements Backend {
   readonly name = "xl" as const;
@@ -46,7 +74,7 @@ export class XlBackend implements Backend {
 
   constructor(
     private readonly runner: Runner,
-    private readonly createLock: string,
+    private readonly layout: Pick<StateLayout, "root" | "xlCreateLock">,
     /** Finds xl's monitor processes and xenconsoled (a parameter so that unit tests see their own). */
     private readonly processes: typeof processesNamed = processesNamed,
   ) {}
@@ -65,6 +93,7 @@ export class XlBackend implements Backend {
     const config = renderXlConfig({
       fleet: vm.fleet,
       vm: spec,
+      uuid: domainUuid(this.owner(vm), vm.name),
       boot,
       seed: vm.paths.seed,
       ...(spec.layer.type === "disk" ? { layer: vm.paths.layer } : {}),
@@ -79,16 +108,18 @@ export class XlBackend implements Backend {
     // both are written afresh from the record first.
     await this.define(vm, spec, boot, nic);
     const logDir = await this.consoleLogDir();
+    await this.claim(vm, logDir, await this.listed(this.domain(vm)));
     await mkdir(logDir, { recursive: true });
     const link = guestConsoleLog(logDir, this.domain(vm));
-    await rm(link, { force: true });
-    await symlink(vm.paths.serialLog, link);
+    if ((await this.consoleOwnership(link, vm)).kind === "absent") {
+      await symlink(vm.paths.serialLog, link);
+    }
     // Xen's block hotplug script sets up each file-backed disk under one host-wide lock and libxl
     // kills it after 40 s, waiting included: domains created side by side queue their disks
     // behind each other until one times out. One creation at a time keeps the queue to its own.
     await withLock(
       this.runner,
-      this.createLock,
+      this.layout.xlCreateLock,
       {
         subject: "Xen's domain creation",
         command: "xl create",
@@ -100,6 +131,67 @@ export class XlBackend implements Backend {
       // leave a domain that looks alive and never runs. Its monitor process stays behind, detached.
       () => this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig], uninterruptible: true }),
     );
+  }
+
+  /** Refuses each VM whose domain name or console log another state directory or program holds. */
+  async checkNames(vms: readonly BackendVm[]): Promise<void> {
+    if (vms.length === 0) return;
+    const listing = await this.runner.run({ argv: ["xl", "list", "-v"], probe: true });
+    // Without xenconsoled's log directory the start fails later, saying why.
+    const logDir = await this.consoleLogDir().catch(() => undefined);
+    for (const vm of vms) {
+      const listed = parseXlListIdentity(listing.stdout, this.domain(vm));
+      await this.claim(vm, logDir, listed);
+    }
+  }
+
+  /** A domain or console log of the VM's name that is not the VM's stops everything. */
+  private async claim(
+    vm: BackendVm,
+    logDir: string | undefined,
+    listed: Omit<Listed, "state"> | undefined,
+  ): Promise<void> {
+    const domain = this.domain(vm);
+    // A dying domain whose name xl no longer finds holds it no more.
+    if (listed?.domid !== undefined)
+      refuseUnlessOurs(`Xen domain ${domain}`, await this.ownership(vm, listed));
+    if (logDir !== undefined) {
+      const link = guestConsoleLog(logDir, domain);
+      refuseUnlessOurs(`console log ${link}`, await this.consoleOwnership(link, vm));
+    }
+  }
+
+  /** Whose xenconsoled's log of the VM's domain name is; never follows the link. */
+  private async consoleOwnership(link: string, vm: BackendVm): Promise<Found> {
+    const found = await lstat(link).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "ENOENT") return undefined;
+      throw error;
+    });
+    if (found === undefined) return { kind: "absent" };
+    const target = found.isSymbolicLink() ? await readlink(link) : undefined;
+    return consoleLogOwnership(target, vm.paths.serialLog);
+  }
+
+  /**
+   * Whose a listed domain of the VM's name is: the VM's own UUID says ours; without it, the
+   * domain's disks tell (a domain of a shoal before domain UUIDs boots from the VM's seed).
+   */
+  private async ownership(vm: BackendVm, listed: { readonly uuid?: string }): Promise<Ownership> {
+    if (listed.uuid === domainUuid(this.owner(vm), vm.name)) return { kind: "ours" };
+    const details = await this.runner.run({
+      argv: ["xl", "list", "-l", this.domain(vm)],
+      probe: true,
+      okCodes: [0, 1],
+    });
+    return domainOwnership(parseXlDiskPaths(details.stdout) ?? [], vm.paths.seed);
+  }
+
+  /** The VM's own domain; undefined when Xen has none of its name, or one that is not the VM's. */
+  private async own(vm: BackendVm): Promise<Listed | undefined> {
+    const listed = await this.listed(this.domain(vm));
+    // One that is dying can no longer be told apart, nor be acted on.
+    if (listed === undefined || listed.domid === undefined) return listed;
+    return (await this.ownership(vm, listed)).kind === "ours" ? listed : undefined;
   }
 
   /** xenconsoled's log directory, looked up once per shoal run (a failed look is not kept). */
@@ -115,9 +207,13 @@ export class XlBackend implements Backend {
     return domainName(vm.fleet, vm.name);
   }
 
-  /** The domain as `xl list` shows it; undefined when Xen does not know it. */
-  private async state(domain: string): Promise<XlDomainState | undefined> {
-    const argv = ["xl", "list", domain] as const;
+  private owner(vm: BackendVm): Owner {
+    return { root: this.layout.root, fleet: vm.fleet };
+  }
+
+  /** The domain of that name as `xl list -v` shows it; undefined when Xen does not know it. */
+  private async listed(domain: string): Promise<Listed | undefined> {
+    const argv = ["xl", "list", "-v", domain] as const;
     const result = await this.runner.run({ argv, probe: true, okCodes: [0, 1] });
     if (result.code !== 0) {
       // Unknown, or gone between xl finding its id and reading its information.
@@ -125,15 +221,16 @@ export class XlBackend implements Backend {
       throw new CommandFailed(argv, result.code, result.stderr);
     }
     const state = parseXlList(result.stdout, domain);
-    if (state) return state;
+    const identity = parseXlListIdentity(result.stdout, domain);
+    if (state && identity) return { state, ...identity };
     // Listed without its name: its xenstore entries are already gone, the domain nearly so.
-    if (parseXlList(result.stdout, "(null)")) return { kind: "dying" };
+    if (parseXlList(result.stdout, "(null)")) return { state: { kind: "dying" } };
     throw new CommandFailed(argv, 0, result.stdout, `no state for ${domain} in its output`);
   }
 
   async presence(vm: BackendVm): Promise<Presence> {
     const domain = this.domain(vm);
-    const state = await this.state(domain);
+    const state = (await this.own(vm))?.state;
     if (state === undefined) return { kind: "absent" };
     if (state.kind === "crashed") return state;
     // A dying domain is on its way out, held by Xen until its devices are gone.
@@ -148,13 +245,15 @@ export class XlBackend implements Backend {
   }
 
   async requestShutdown(vm: BackendVm): Promise<void> {
+    // By id, the VM's own domain: one of its name that is not the VM's is never touched.
+    const domid = (await this.own(vm))?.domid;
     // Writes the domain's control/shutdown; a PV Linux guest then runs its poweroff.
-    await this.runner.run({ argv: ["xl", "shutdown", this.domain(vm)] });
+    if (domid !== undefined) await this.runner.run({ argv: ["xl", "shutdown", String(domid)] });
   }
 
   async destroy(vm: BackendVm): Promise<void> {
     const domain = this.domain(vm);
-    const state = await this.state(domain);
+    const state = (await this.own(vm))?.state;
     // A domain that shut down is taken away by xl's monitor (on_poweroff): a second destroy
     // beside it races it through the hotplug scripts.
     if (state?.kind === "shut-down" || state?.kind === "dying") {
@@ -163,8 +262,10 @@ export class XlBackend implements Backend {
     // Then no monitor may act any more: one that restarts a rebooting guest would bring the
     // domain back after shoal ended it.
     await this.stopMonitors(vm);
-    if ((await this.state(domain)) === undefined) return;
-    await this.runner.run({ argv: ["xl", "destroy", domain], okCodes: [0, 1] });
+    // By id: a domain that took the name meanwhile is not the one shoal checked.
+    const domid = (await this.own(vm))?.domid;
+    if (domid === undefined) return;
+    await this.runner.run({ argv: ["xl", "destroy", String(domid)], okCodes: [0, 1] });
     if (!(await this.gone(domain, GONE_WAIT_MS))) {
       throw new ShoalError(`Xen still holds domain ${domain} after \`xl destroy\``, {
         hint: "see `xl list` and /var/log/xen/xl-*.log",
@@ -188,7 +289,7 @@ export class XlBackend implements Backend {
   /** Whether the domain vanishes within `waitMs`. */
   private async gone(domain: string, waitMs: number): Promise<boolean> {
     const deadline = Date.now() + waitMs;
-    while ((await this.state(domain)) !== undefined) {
+    while ((await this.listed(domain)) !== undefined) {
       if (Date.now() > deadline) return false;
       await sleep(POLL_MS);
     }
@@ -198,7 +299,12 @@ export class XlBackend implements Backend {
   async forget(vm: BackendVm): Promise<void> {
     const domain = this.domain(vm);
     const logDir = await this.consoleLogDir().catch(() => undefined);
-    if (logDir !== undefined) await rm(guestConsoleLog(logDir, domain), { force: true });
+    if (logDir !== undefined) {
+      const link = guestConsoleLog(logDir, domain);
+      if ((await this.consoleOwnership(link, vm)).kind === "ours") await rm(link);
+    }
+    // A domain of the name that is there now is not this VM's (it is destroyed): its logs stay.
+    if ((await this.listed(domain)) !== undefined) return;
     // xl keeps its monitor's log per domain name, the older ones numbered: xl-NAME.log.1, ...
     const own = new RegExp(`^xl-${domain.replaceAll(".", "\\.")}\\.log(\\.\\d+)?$`);
     for (const entry of await readdir(XL_LOG_DIR).catch(() => [] as string[])) {
@@ -208,16 +314,11 @@ export class XlBackend implements Backend {
 
   /** The domain's console pty, as `xl console` opens it (xenconsoled holds the other end). */
   async openConsole(vm: BackendVm): Promise<Duplex> {
-    const domain = this.domain(vm);
     const notRunning = new ShoalError(`VM ${vm.name}'s console is not there`, {
       hint: "is it running? (`shoal ps`)",
     });
-    const domid = await this.runner
-      .run({ argv: ["xl", "domid", domain], probe: true })
-      .then((result) => result.stdout.trim())
-      .catch(() => {
-        throw notRunning;
-      });
+    const domid = (await this.own(vm))?.domid;
+    if (domid === undefined) throw notRunning;
     const tty = await this.runner
       .run({ argv: ["xenstore-read", `/local/domain/${domid}/console/tty`], probe: true })
       .then((result) => result.stdout.trim())
