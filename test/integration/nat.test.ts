@@ -29,6 +29,8 @@ const FLEET = `nat${process.pid}`;
 /** The host's address towards the outside, and one more of its own, on its loopback. */
 const HOST_WAN = "192.0.2.1";
 const HOST_OTHER = "198.51.100.1";
+/** An address of the host whose traffic it forwards elsewhere (DNAT), as Docker's published ports. */
+const HOST_FORWARDED = "198.51.100.7";
 const OUTSIDE_ADDRESS = "192.0.2.2";
 const METADATA = "169.254.169.254";
 
@@ -107,6 +109,14 @@ beforeAll(async () => {
   await exec("ip", ["netns", "add", OUTSIDE]);
   await ipIn(HOST, "link", "set", "lo", "up");
   await ipIn(HOST, "addr", "add", `${HOST_OTHER}/32`, "dev", "lo");
+  await ipIn(HOST, "addr", "add", `${HOST_FORWARDED}/32`, "dev", "lo");
+  await exec("ip", [
+    "netns",
+    "exec",
+    HOST,
+    "nft",
+    `add table ip forwarder { chain prerouting { type nat hook prerouting priority dstnat; ip daddr ${HOST_FORWARDED} dnat to ${OUTSIDE_ADDRESS}; }; }`,
+  ]);
   await ipIn(HOST, "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", OUTSIDE);
   await ipIn(HOST, "addr", "add", `${HOST_WAN}/24`, "dev", "wan0");
   await ipIn(HOST, "link", "set", "wan0", "up");
@@ -164,10 +174,11 @@ describe("outbound NAT", () => {
     vm = await plugVm(dir, natted());
   }, 60_000);
 
-  it("takes a VM to the outside, but not to any address of the host, link-local addresses or multicast", async () => {
+  it("takes a VM to the outside, but not to any address of the host (one it forwards elsewhere too), link-local addresses or multicast", async () => {
     expect(await answers(vm, OUTSIDE_ADDRESS)).toBe(true);
     const link = natLink({ root: stateLayout(dir).root, fleet: FLEET });
-    for (const address of [HOST_WAN, HOST_OTHER, link.hostAddress, nameserver, METADATA]) {
+    const host = [HOST_WAN, HOST_OTHER, HOST_FORWARDED, link.hostAddress, nameserver];
+    for (const address of [...host, METADATA]) {
       expect(await answers(vm, address), address).toBe(false);
     }
     // Multicast leaves a fleet only from its own namespace (its dnsmasq's), by the uplink.

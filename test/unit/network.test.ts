@@ -211,14 +211,10 @@ table ip shoal_lab_1a2b3c4d {
 delete table ip shoal_lab_1a2b3c4d
 table ip shoal_lab_1a2b3c4d {
   comment "shoal owner=/var/lib/shoal fleet=lab"
-  chain input {
-    type filter hook input priority filter; policy accept;
-    iifname "s12345-nat" drop
-  }
-  chain forward {
-    type filter hook forward priority filter; policy accept;
-    iifname "s12345-nat" ip daddr 169.254.0.0/16 drop
+  chain prerouting {
+    type filter hook prerouting priority mangle; policy accept;
     iifname "s12345-nat" fib daddr type { local, broadcast, multicast } drop
+    iifname "s12345-nat" ip daddr 169.254.0.0/16 drop
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
@@ -235,16 +231,11 @@ table ip shoal_lab_1a2b3c4d {
       allow: ["192.0.2.10/32", "169.254.169.254/32"],
       nameservers: ["10.255.255.53", "169.254.169.253"],
     });
-    const opened = [
-      '    iifname "s12345-nat" ip daddr { 10.255.255.53, 169.254.169.253 } meta l4proto { tcp, udp } th dport 53 accept',
-      '    iifname "s12345-nat" ip daddr { 192.0.2.10/32, 169.254.169.254/32 } accept',
-    ].join("\n");
-    expect(rules).toContain(
-      `    type filter hook input priority filter; policy accept;\n${opened}\n    iifname "s12345-nat" drop\n`,
-    );
-    expect(rules).toContain(
-      `    type filter hook forward priority filter; policy accept;\n${opened}\n    iifname "s12345-nat" ip daddr 169.254.0.0/16 drop\n`,
-    );
+    expect(rules).toContain(`    type filter hook prerouting priority mangle; policy accept;
+    iifname "s12345-nat" ip daddr { 10.255.255.53, 169.254.169.253 } meta l4proto { tcp, udp } th dport 53 accept
+    iifname "s12345-nat" ip daddr { 192.0.2.10/32, 169.254.169.254/32 } accept
+    iifname "s12345-nat" fib daddr type { local, broadcast, multicast } drop
+`);
   });
 
   it("renders nothing unvalidated", () => {

@@ -78,30 +78,27 @@ export interface HostNatInput {
 
 /**
  * In the host's namespace: the fleet's transit address takes the address of the way out, and
- * what comes from the fleet is kept from the host itself (everything the host receives, on any
- * of its addresses: the input hook), from link-local addresses (cloud metadata, other fleets'
- * transit links) and from the host's broadcast and multicast addresses, unless `allow` opens
- * them. The fleet's dnsmasq, whose queries come by the same link, keeps its DNS servers.
+ * what comes from the fleet is kept from the host itself (any of its addresses, and its broadcast
+ * and multicast ones), from link-local addresses (cloud metadata, other fleets' transit links)
+ * unless `allow` opens them. It is decided at prerouting, before the host's own DNAT (a port
+ * forwarded to a container is the host's port too), by where the packet was sent. The fleet's
+ * dnsmasq, whose queries come by the same link, keeps its DNS servers.
  */
 export function renderHostNat(input: HostNatInput): string {
   const { link } = input;
   const from = `iifname "${link.hostSide}"`;
-  const opened = [
-    ...(input.nameservers.length === 0
-      ? []
-      : [
-          `${from} ip daddr ${addressSet(input.nameservers, "DNS server", IPV4)} meta l4proto { tcp, udp } th dport 53 accept`,
-        ]),
-    ...(input.allow.length === 0
-      ? []
-      : [`${from} ip daddr ${addressSet(input.allow, "allowed block", BLOCK)} accept`]),
-  ];
   return table(link, input.mark, [
-    ...chain("input", "type filter hook input priority filter", [...opened, `${from} drop`]),
-    ...chain("forward", "type filter hook forward priority filter", [
-      ...opened,
-      `${from} ip daddr 169.254.0.0/16 drop`,
+    ...chain("prerouting", "type filter hook prerouting priority mangle", [
+      ...(input.nameservers.length === 0
+        ? []
+        : [
+            `${from} ip daddr ${addressSet(input.nameservers, "DNS server", IPV4)} meta l4proto { tcp, udp } th dport 53 accept`,
+          ]),
+      ...(input.allow.length === 0
+        ? []
+        : [`${from} ip daddr ${addressSet(input.allow, "allowed block", BLOCK)} accept`]),
       `${from} fib daddr type { local, broadcast, multicast } drop`,
+      `${from} ip daddr 169.254.0.0/16 drop`,
     ]),
     ...chain("postrouting", "type nat hook postrouting priority srcnat", [
       `ip saddr ${link.transit} oifname != "${link.hostSide}" masquerade`,
