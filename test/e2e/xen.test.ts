@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { namespaceName } from "../../src/core/net.js";
+import { domainUuid } from "../../src/core/xen.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
@@ -18,6 +20,8 @@ let baseSum = "";
 let basePath = "";
 
 const FLEET_FILE = "/root/xf.yaml";
+/** shoal's default state directory, which it uses in dom0. */
+const DOM0_STATE = "/var/lib/shoal";
 const FLEET = "name: xf\nbackend: xl\ncount: 3\nvms: [{ name: vm-3, layer: { type: tmpfs } }]\n";
 const VMS = ["vm-1", "vm-2", "vm-3"];
 
@@ -122,8 +126,17 @@ describe("backend xl on real Xen", () => {
     }
     expect(ids.size).toBe(3);
     // Each VM's vif is on the fleet's bridge, in the fleet's namespace, not in dom0's.
-    expect(await inDom0("ip -n shoal-xf -o link show master shoal0 | wc -l")).toBe("3\n");
+    const namespace = namespaceName({ root: DOM0_STATE, fleet: "xf" });
+    expect(await inDom0(`ip -n ${namespace} -o link show master shoal0 | wc -l`)).toBe("3\n");
     expect(await inDom0("ip -o link | grep -c vif || true")).toBe("0\n");
+    // Each domain carries its VM's UUID, which tells it from a domain of its name another state
+    // directory made.
+    const listed = await inDom0("xl list -v");
+    for (const vm of VMS) {
+      expect(listed).toMatch(
+        new RegExp(`^xf\\.${vm} .* ${domainUuid({ root: DOM0_STATE, fleet: "xf" }, vm)} `, "m"),
+      );
+    }
   });
 
   it("keeps what one domU writes out of the others", async () => {

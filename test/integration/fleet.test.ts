@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
-import { fleetTag, hostTapName } from "../../src/core/net.js";
+import { fleetTag, hostTapName, namespaceName } from "../../src/core/net.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import { Ext4Image } from "../../src/image/ext4.js";
 import { stateLayout } from "../../src/state/layout.js";
@@ -336,6 +336,26 @@ describe("fleets on a host bridge", () => {
       `fleet names ${second} and ${first} hash to the same host interface names or NAT link; rename one of the fleets`,
     );
     expect((await run(["destroy", "--fleet", first, "--yes"])).code).toBe(0);
+  });
+});
+
+describe("a fleet's names in the host", () => {
+  it("`up` refuses a namespace of the fleet's name that is not this state directory's, before making anything", async () => {
+    const name = `squat${process.pid}`;
+    const namespace = namespaceName({ root: stateLayout(state).root, fleet: name });
+    await exec("ip", ["netns", "add", namespace]);
+    try {
+      const up = await run(["up", "-f", await fleet(name, "count: 1\n"), "--no-wait"]);
+      expect(up.code).toBe(2);
+      expect(up.stderr.trim()).toBe(
+        `shoal: network namespace ${namespace} exists without shoal's owner mark: another program made it, or a shoal before owner marks; shoal neither uses nor removes it; remove it yourself if it is a leftover`,
+      );
+      await expect(stat(stateLayout(state).fleet(name).vms)).rejects.toThrow();
+      await expect(stat(stateLayout(state).fleet(name).state)).rejects.toThrow();
+      expect((await exec("ip", ["netns", "list"])).stdout).toContain(namespace);
+    } finally {
+      await exec("ip", ["netns", "del", namespace]);
+    }
   });
 });
 
