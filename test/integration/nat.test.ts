@@ -155,7 +155,16 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  for (const dir of states) await network("remove", dir, natted());
+  for (const dir of states) {
+    await network("remove", dir, natted());
+    // Should shoal's removal fail, the test's own cleanup still leaves nothing behind.
+    const fleetDnsmasq = Number(
+      await readFile(stateLayout(dir).fleet(FLEET).net.pid, "utf8").catch(() => "0"),
+    );
+    if (fleetDnsmasq > 0 && (await isRunning(fleetDnsmasq))) process.kill(fleetDnsmasq, "SIGKILL");
+    const namespace = namespaceName({ root: stateLayout(dir).root, fleet: FLEET });
+    await exec("ip", ["netns", "del", namespace]).catch(() => undefined);
+  }
   const dns = Number(await readFile(dnsPidFile(), "utf8").catch(() => "0"));
   if (dns > 0 && (await isRunning(dns))) process.kill(dns, "SIGKILL");
   for (const namespace of [...vms, OUTSIDE, HOST]) {
