@@ -104,11 +104,11 @@ export class XlBackend implements Backend {
   }
 
   async start(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
+    const logDir = await this.consoleLogDir();
+    await this.claim(vm, logDir, await this.listed(this.domain(vm)));
     // xl reads the config, and Xen's hotplug runs the script, from the VM's directory as root:
     // both are written afresh from the record first.
     await this.define(vm, spec, boot, nic);
-    const logDir = await this.consoleLogDir();
-    await this.claim(vm, logDir, await this.listed(this.domain(vm)));
     await mkdir(logDir, { recursive: true });
     const link = guestConsoleLog(logDir, this.domain(vm));
     if ((await this.consoleOwnership(link, vm)).kind === "absent") {
