@@ -64,6 +64,32 @@ function xl(states: Partial<CommandResult>[], long: Partial<CommandResult> = { s
   });
 }
 
+/**
+ * A VM of a state directory under `root`, ready to start: its spec, boot files and network
+ * interface, with xenconsoled (as `processes` finds it) logging guests into `logs`.
+ */
+async function startable(root: string) {
+  const here = stateLayout(join(root, "state"));
+  const own = { fleet: "lab", name: "vm-1", paths: here.fleet("lab").vm("vm-1") };
+  await mkdir(own.paths.dir, { recursive: true });
+  const [spec] = fleetOf("name: lab\nbackend: xl\ncount: 1\n").vms as [VmSpec];
+  const image = here.image("ab".repeat(32));
+  const boot = {
+    kernel: image.kernel,
+    initrd: image.initrd,
+    base: image.base,
+    baseId: "ab".repeat(32),
+  };
+  const nic = { tap: "tap1", bridge: "shoal0", namespace: "shoal-lab-1a2b3c4d" };
+  const logs = join(root, "console");
+  await mkdir(logs);
+  const processes = async (name: string) =>
+    name === "xenconsoled"
+      ? [{ pid: 1, argv: ["xenconsoled", "--log=guest", `--log-dir=${logs}`] }]
+      : [];
+  return { here, own, spec, boot, nic, logs, processes };
+}
+
 const noMonitors = async () => [];
 
 describe("xl backend", () => {
@@ -174,29 +200,14 @@ describe("xl backend", () => {
 
   it("writes vm.xl.cfg and the vif hotplug script afresh from the record before `xl create` reads them", async () => {
     const root = await tempDir();
-    const here = stateLayout(root);
-    const paths = here.fleet("lab").vm("vm-1");
-    const [spec] = fleetOf("name: lab\nbackend: xl\ncount: 1\n").vms as [VmSpec];
-    const image = here.image("ab".repeat(32));
-    const boot = {
-      kernel: image.kernel,
-      initrd: image.initrd,
-      base: image.base,
-      baseId: "ab".repeat(32),
-    };
-    const nic = { tap: "tap1", bridge: "shoal0", namespace: "shoal-lab" };
+    const { here, own, spec, boot, nic, processes } = await startable(root);
+    const { paths } = own;
     const planted = join(root, "owned");
-    await mkdir(paths.dir, { recursive: true });
     await writeFile(
       paths.xlConfig,
       `bootloader = "/bin/sh"\nbootloader_args = ["-c", "touch ${planted}"]\n`,
     );
     await writeFile(paths.vifHotplug, `#!/bin/sh\ntouch ${planted}\n`, { mode: 0o755 });
-    const consoles = join(root, "xen-console");
-    const processes = async (name: string) =>
-      name === "xenconsoled"
-        ? [{ pid: 1, argv: ["xenconsoled", "--log=guest", `--log-dir=${consoles}`] }]
-        : [];
     let created: { config: string; script: string } | undefined;
     const runner = new RecordingRunner((command) => {
       if (command.argv[1] === "create") {
@@ -208,12 +219,7 @@ describe("xl backend", () => {
       // Xen has no domain of the VM's name.
       return command.argv[1] === "list" ? unknown : {};
     });
-    await new XlBackend(runner, here, processes).start(
-      { fleet: "lab", name: "vm-1", paths },
-      spec,
-      boot,
-      nic,
-    );
+    await new XlBackend(runner, here, processes).start(own, spec, boot, nic);
     expect(runner.argvs.at(-1)).toEqual(["xl", "create", paths.xlConfig]);
     expect(created).toEqual({
       config: renderXlConfig({
@@ -229,7 +235,7 @@ describe("xl backend", () => {
       script: renderVifHotplug({
         script: await readFile("src/net/xen-vif-hotplug", "utf8"),
         bridge: "shoal0",
-        namespace: "shoal-lab",
+        namespace: nic.namespace,
       }),
     });
   });
@@ -294,27 +300,8 @@ describe("xl backend beside other owners of a domain name", () => {
 });
 
 describe("xl backend and xenconsoled's log of a domain", () => {
-  /** A state directory, a VM of it, and xenconsoled logging into `logs`. */
   async function setUp() {
-    const root = await tempDir();
-    const here = stateLayout(join(root, "state"));
-    const logs = join(root, "console");
-    await mkdir(logs);
-    const own = { fleet: "lab", name: "vm-1", paths: here.fleet("lab").vm("vm-1") };
-    await mkdir(own.paths.dir, { recursive: true });
-    const [spec] = fleetOf("name: lab\nbackend: xl\ncount: 1\n").vms as [VmSpec];
-    const image = here.image("ab".repeat(32));
-    const boot = {
-      kernel: image.kernel,
-      initrd: image.initrd,
-      base: image.base,
-      baseId: "ab".repeat(32),
-    };
-    const nic = { tap: "tap1", bridge: "shoal0", namespace: "shoal-lab-1a2b3c4d" };
-    const processes = async (name: string) =>
-      name === "xenconsoled"
-        ? [{ pid: 1, argv: ["xenconsoled", "--log=guest", `--log-dir=${logs}`] }]
-        : [];
+    const { here, own, spec, boot, nic, processes, logs } = await startable(await tempDir());
     const runner = xl([unknown]);
     const backend = new XlBackend(runner, here, processes);
     const start = () => backend.start(own, spec, boot, nic);

@@ -1,13 +1,5 @@
 import { constants, openSync } from "node:fs";
-import {
-  lstat,
-  mkdir,
-  readdir,
-  readFile,
-  readlink,
-  rm,
-  symlink,
-} from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, readlink, rm, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -34,8 +26,8 @@ import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { consoleLogDir } from "../../host/xen.js";
 import { refuseUnlessOurs } from "../../net/network.js";
-import type { StateLayout } from "../../state/layout.js";
 import { writeFileAtomic } from "../../state/atomic.js";
+import type { StateLayout } from "../../state/layout.js";
 import { withLock } from "../../state/lock.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 
