@@ -135,7 +135,8 @@ export type Ownership =
 /** A host-wide object looked for under one of shoal's names: not there, or whose it is. */
 export type Found = { readonly kind: "absent" } | Ownership;
 
-const MARK = /^shoal owner(?:=(\/\S*)|-sha256=[0-9a-f]{32}) fleet=([a-z0-9-]{1,63})$/;
+const MARK =
+  /^shoal owner(?:=(\/[A-Za-z0-9._+@~/-]*)|-sha256=[0-9a-f]{32}) fleet=([a-z0-9-]{1,63})$/;
 
 export function ownershipOf(mark: string | undefined, owner: Owner, max: number): Ownership {
   if (mark === undefined || mark === "") return { kind: "unmarked" };

@@ -154,7 +154,10 @@ export function parseXlDiskPaths(json: string): string[] | undefined {
 
 /** The state directory and fleet a path of a VM's file (`ROOT/fleets/F/vms/V/FILE`) is under. */
 function stateDirOf(path: string, file: string): { root: string; fleet: string } | undefined {
-  const match = /^(\/.*)\/fleets\/([a-z0-9-]{1,63})\/vms\/[a-z0-9-]{1,63}\/([^/]+)$/.exec(path);
+  const match =
+    /^(\/[A-Za-z0-9._+@~/-]*)\/fleets\/([a-z0-9-]{1,63})\/vms\/[a-z0-9-]{1,63}\/([^/]+)$/.exec(
+      path,
+    );
   if (!match || match[3] !== file || match[1] === undefined || match[2] === undefined) {
     return undefined;
   }

@@ -125,6 +125,10 @@ describe("owner marks", () => {
       fleet: "lab2",
     });
     expect(ownershipOf("uplink to the lab", lab, ALIAS_MAX)).toEqual({ kind: "other" });
+    // Only a path shoal could have written is named back.
+    expect(ownershipOf("shoal owner=/x\u001b[2J fleet=lab", lab, ALIAS_MAX)).toEqual({
+      kind: "other",
+    });
     expect(ownershipOf(undefined, lab, ALIAS_MAX)).toEqual({ kind: "unmarked" });
     expect(ownershipOf("", lab, ALIAS_MAX)).toEqual({ kind: "unmarked" });
   });

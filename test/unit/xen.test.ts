@@ -152,6 +152,9 @@ describe("whose a domain is", () => {
       ),
     ).toEqual({ kind: "other", root: "/tmp/suite", fleet: "lab" });
     expect(domainOwnership(["/srv/vm.img"], seed)).toEqual({ kind: "unmarked" });
+    expect(domainOwnership(["/x\u001b[2J/fleets/lab/vms/vm-1/identity.tar"], seed)).toEqual({
+      kind: "unmarked",
+    });
   });
 
   it("takes only shoal's link to the VM's serial.log as its console log", () => {
