@@ -4,6 +4,7 @@ import { chmod, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { namespaceName } from "../../src/core/net.js";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
@@ -152,7 +153,7 @@ describe("a fleet of 8 tiny VMs", () => {
     const id = async (...args: string[]) =>
       (await exec("id", [...args, "shoal-qemu"])).stdout.trim();
     const [uid, gid, groups] = [await id("-u"), await id("-g"), await id("-G")];
-    const namespace = (await stat(`/run/netns/shoal-${fleet}`)).ino;
+    const namespace = (await stat(`/run/netns/${namespaceName({ root: state, fleet })}`)).ino;
     for (let i = 1; i <= 8; i++) {
       const pid = await pidOf(fleet, `vm-${i}`);
       const status = Object.fromEntries(
@@ -242,7 +243,9 @@ describe("a fleet of 8 tiny VMs", () => {
     expect((await guest.sh(`ping -c 1 -W 5 ${plan[1]?.ip}`)).code).toBe(0);
     guest.detach();
     // The fleet's bridge and dnsmasq are in its own namespace; the host's has no trace of them.
-    expect((await exec("ip", ["netns", "list"])).stdout).toContain(`shoal-${fleet}`);
+    expect((await exec("ip", ["netns", "list"])).stdout).toContain(
+      namespaceName({ root: state, fleet }),
+    );
     await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
   });
 
@@ -387,7 +390,9 @@ describe("a fleet of 8 tiny VMs", () => {
     expect(result.code, result.stderr).toBe(0);
     expect(await qemuPidsMentioning(state)).toEqual([]);
     expect(await readdir(stateLayout(state).fleets)).toEqual([]);
-    expect((await exec("ip", ["netns", "list"])).stdout).not.toContain(`shoal-${fleet}`);
+    expect((await exec("ip", ["netns", "list"])).stdout).not.toContain(
+      namespaceName({ root: state, fleet }),
+    );
     const gone = await run(["ps", "--fleet", fleet]);
     expect(gone.code).toBe(2);
   });
