@@ -7,6 +7,7 @@ import { QemuBackend } from "../../src/backends/qemu/backend.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { renderQemuArgv } from "../../src/core/render/qemu.js";
 import type { CommandResult, Launched } from "../../src/host/runner.js";
+import { imageBoot } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { fleetOf } from "../helpers/fleet.js";
 import { RecordingRunner } from "../helpers/recording-runner.js";
@@ -50,12 +51,7 @@ async function createdVm() {
   await chmod(root, 0o755);
   const layout = stateLayout(root);
   const image = layout.image("ab".repeat(32));
-  const boot = {
-    kernel: image.kernel,
-    initrd: image.initrd,
-    base: image.base,
-    baseId: "ab".repeat(32),
-  };
+  const boot = imageBoot(layout, { id: "ab".repeat(32), boot: "shoal-initramfs" });
   await mkdir(image.dir, { recursive: true });
   const paths = layout.fleet("lab").vm(spec.name);
   // The fleet's directory comes first, with its record; the VM's directories are root's alone.

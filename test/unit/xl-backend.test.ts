@@ -8,6 +8,7 @@ import type { VmSpec } from "../../src/core/fleet.js";
 import { renderVifHotplug, renderXlConfig } from "../../src/core/render/xl.js";
 import { domainUuid } from "../../src/core/xen.js";
 import type { Command, CommandResult } from "../../src/host/runner.js";
+import { imageBoot } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { fleetOf } from "../helpers/fleet.js";
 import { RecordingRunner } from "../helpers/recording-runner.js";
@@ -73,13 +74,7 @@ async function startable(root: string) {
   const own = { fleet: "lab", name: "vm-1", paths: here.fleet("lab").vm("vm-1") };
   await mkdir(own.paths.dir, { recursive: true });
   const [spec] = fleetOf("name: lab\nbackend: xl\ncount: 1\n").vms as [VmSpec];
-  const image = here.image("ab".repeat(32));
-  const boot = {
-    kernel: image.kernel,
-    initrd: image.initrd,
-    base: image.base,
-    baseId: "ab".repeat(32),
-  };
+  const boot = imageBoot(here, { id: "ab".repeat(32), boot: "shoal-initramfs" });
   const nic = { tap: "tap1", bridge: "shoal0", namespace: "shoal-lab-1a2b3c4d" };
   const logs = join(root, "console");
   await mkdir(logs);
