@@ -1,4 +1,4 @@
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 
 /** Whether a process exists; a process of another user counts (kill answers EPERM). */
 export function isProcessAlive(pid: number): boolean {
@@ -10,18 +10,30 @@ export function isProcessAlive(pid: number): boolean {
   }
 }
 
-/** The running processes named `comm` (as in /proc/PID/comm), with their command lines. */
-export async function processesNamed(
-  comm: string,
-): Promise<{ readonly pid: number; readonly argv: string[] }[]> {
-  const found: { pid: number; argv: string[] }[] = [];
+export interface NamedProcess {
+  readonly pid: number;
+  /** Whose it is: any user may start a process of any name. */
+  readonly uid: number;
+  readonly argv: string[];
+}
+
+/** The running processes named `comm` (as in /proc/PID/comm), with their owners and command lines. */
+export async function processesNamed(comm: string): Promise<NamedProcess[]> {
+  const found: NamedProcess[] = [];
   for (const entry of await readdir("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     const name = await readFile(`/proc/${entry}/comm`, "utf8").catch(() => "");
     if (name.trim() !== comm) continue;
     const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
     // A zombie has an empty command line: it does not run.
-    if (cmdline) found.push({ pid: Number(entry), argv: cmdline.replace(/\0$/, "").split("\0") });
+    const owner = await stat(`/proc/${entry}`).catch(() => undefined);
+    if (cmdline && owner) {
+      found.push({
+        pid: Number(entry),
+        uid: owner.uid,
+        argv: cmdline.replace(/\0$/, "").split("\0"),
+      });
+    }
   }
   return found;
 }

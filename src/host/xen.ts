@@ -1,3 +1,4 @@
+import { isSafePath } from "../core/syntax.js";
 import { xenconsoledGuestLogDir } from "../core/xen.js";
 import { ShoalError } from "../errors.js";
 import { processesNamed } from "./processes.js";
@@ -13,9 +14,17 @@ export async function consoleLogDir(processes = processesNamed): Promise<string>
       hint: "/etc/init.d/xen start",
     });
   }
-  for (const { argv } of daemons) {
-    const dir = xenconsoledGuestLogDir(argv);
-    if (dir !== undefined) return dir;
+  // Only root's xenconsoled says where consoles go: shoal, as root, makes links in that directory.
+  for (const { uid, argv } of daemons) {
+    const dir = uid === 0 ? xenconsoledGuestLogDir(argv) : undefined;
+    if (dir === undefined) continue;
+    if (!isSafePath(dir)) {
+      throw new ShoalError(
+        `xenconsoled logs guest consoles in ${JSON.stringify(dir.slice(0, 80))}, which is no plain absolute path`,
+        { hint: "give xenconsoled a --log-dir such as /var/log/xen/console" },
+      );
+    }
+    return dir;
   }
   throw new ShoalError("xenconsoled does not log guest consoles, so shoal cannot see VMs boot", {
     hint: XENCONSOLED_FIX,

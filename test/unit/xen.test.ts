@@ -10,6 +10,7 @@ import {
   parseXlUptimeSeconds,
   xenconsoledGuestLogDir,
 } from "../../src/core/xen.js";
+import { consoleLogDir } from "../../src/host/xen.js";
 
 const listing = (state: string) =>
   [
@@ -168,5 +169,25 @@ describe("whose a domain is", () => {
     // A file xenconsoled wrote itself, or a link somewhere else.
     expect(consoleLogOwnership(undefined, serial)).toEqual({ kind: "unmarked" });
     expect(consoleLogOwnership("/etc/shadow", serial)).toEqual({ kind: "unmarked" });
+  });
+});
+
+describe("where shoal finds guest console logs", () => {
+  const daemon = (uid: number, dir: string) => async () => [
+    { pid: 10, uid, argv: ["xenconsoled", "--log=guest", `--log-dir=${dir}`] },
+  ];
+
+  it("takes the directory from root's xenconsoled only, and only a plain absolute path", async () => {
+    expect(await consoleLogDir(daemon(0, "/var/log/xen/console"))).toBe("/var/log/xen/console");
+    // Any user may start a process named xenconsoled: its --log-dir would have root make links there.
+    await expect(consoleLogDir(daemon(1000, "/home/u/planted"))).rejects.toThrow(
+      "xenconsoled does not log guest consoles",
+    );
+    await expect(consoleLogDir(daemon(0, "/var/log/../../etc"))).rejects.toThrow(
+      "which is no plain absolute path",
+    );
+    await expect(consoleLogDir(daemon(0, "relative/dir"))).rejects.toThrow(
+      "which is no plain absolute path",
+    );
   });
 });

@@ -80,7 +80,7 @@ async function startable(root: string) {
   await mkdir(logs);
   const processes = async (name: string) =>
     name === "xenconsoled"
-      ? [{ pid: 1, argv: ["xenconsoled", "--log=guest", `--log-dir=${logs}`] }]
+      ? [{ pid: 1, uid: 0, argv: ["xenconsoled", "--log=guest", `--log-dir=${logs}`] }]
       : [];
   return { here, own, spec, boot, nic, logs, processes };
 }
@@ -169,18 +169,28 @@ describe("xl backend", () => {
   it("ends the VM's xl monitor, which would restart a rebooting guest, before destroying", async () => {
     const monitor = spawn("sleep", ["60"]);
     const others = spawn("sleep", ["60"]);
+    const mimic = spawn("sleep", ["60"]);
     const processes = async () => [
-      { pid: monitor.pid ?? 0, argv: ["/usr/lib/xen-4.17/bin/xl", "create", vm.paths.xlConfig] },
-      { pid: others.pid ?? 0, argv: ["xl", "create", "/elsewhere/vm.xl.cfg"] },
+      {
+        pid: monitor.pid ?? 0,
+        uid: 0,
+        argv: ["/usr/lib/xen-4.17/bin/xl", "create", vm.paths.xlConfig],
+      },
+      { pid: others.pid ?? 0, uid: 0, argv: ["xl", "create", "/elsewhere/vm.xl.cfg"] },
+      // A user's own process of that name and command line is not shoal's monitor.
+      { pid: mimic.pid ?? 0, uid: 1000, argv: ["xl", "create", vm.paths.xlConfig] },
     ];
     const ended = new Promise((resolve) => monitor.on("exit", (_code, signal) => resolve(signal)));
     try {
       await xlBackend(xl([unknown]), processes).destroy(vm);
       expect(await ended).toBe("SIGKILL");
       expect(others.exitCode).toBeNull();
+      expect(mimic.exitCode).toBeNull();
+      expect(mimic.signalCode).toBeNull();
     } finally {
       monitor.kill("SIGKILL");
       others.kill("SIGKILL");
+      mimic.kill("SIGKILL");
     }
   });
 

@@ -267,8 +267,9 @@ export class XlBackend implements Backend {
 
   /** Kills the `xl create` monitor processes of this VM's definition. */
   private async stopMonitors(vm: BackendVm): Promise<void> {
-    for (const { pid, argv } of await this.processes("xl")) {
-      if (argv.includes("create") && argv.includes(vm.paths.xlConfig)) {
+    for (const { pid, uid, argv } of await this.processes("xl")) {
+      // shoal's monitors are root's; another user's process of that name is not shoal's to end.
+      if (uid === 0 && argv.includes("create") && argv.includes(vm.paths.xlConfig)) {
         try {
           process.kill(pid, "SIGKILL");
         } catch {
