@@ -83,7 +83,7 @@ function report(error: unknown, debug: boolean): number {
     const prefix = error instanceof SpecError ? "" : "shoal: ";
     // A message may quote what a guest or an image wrote (a tool's stderr, a file name).
     for (const line of error.lines()) process.stderr.write(`${prefix}${escapeText(line)}\n`);
-    if (debug && error.stack) process.stderr.write(`${error.stack}\n`);
+    if (debug && error.stack) process.stderr.write(`${escapeText(error.stack)}\n`);
     return error.exitCode;
   }
   const message = error instanceof Error ? (error.stack ?? error.message) : String(error);
