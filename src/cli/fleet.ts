@@ -178,7 +178,6 @@ export async function withFleet<T>(
       command: lock,
       waitSeconds: target.lockWait,
       onWait: (holder) => {
-        if (target.lockWait === 0) return;
         const who = holder
           ? `shoal ${holder.command} (pid ${holder.pid})`
           : "another shoal command";

@@ -96,9 +96,9 @@ export async function acquireLock(
   };
   try {
     let locked = await flock("--nonblock");
-    if (!locked) {
+    if (!locked && options.waitSeconds > 0) {
       options.onWait?.(await readHolder(path));
-      locked = options.waitSeconds > 0 && (await flock("--wait", String(options.waitSeconds)));
+      locked = await flock("--wait", String(options.waitSeconds));
     }
     if (!locked) {
       throw new FleetLocked(
