@@ -1,6 +1,7 @@
 import { constants } from "node:fs";
 import { access, lstat, readdir, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { UserError } from "../errors.js";
 
 /** Whether a path exists (with `mode`: and may be used so), for checks that only look. */
 export function pathExists(path: string, mode: number = constants.F_OK): Promise<boolean> {
@@ -29,4 +30,17 @@ export async function closedToOthers(dir: string): Promise<string | undefined> {
     if (((await stat(at)).mode & 0o001) === 0) return at;
     if (at === dirname(at)) return undefined;
   }
+}
+
+/**
+ * Refuses a directory that `who` (a program shoal runs as an unprivileged user) cannot get
+ * through to, naming the closed directory and the fix.
+ */
+export async function requireReachable(who: string, dir: string): Promise<void> {
+  const closed = await closedToOthers(dir);
+  if (closed === undefined) return;
+  throw new UserError(
+    `${who}, cannot reach ${dir}: ${closed} is closed to other users`,
+    `allow it with \`chmod o+x ${closed}\`, or choose a --state-dir under a directory others may enter`,
+  );
 }

@@ -31,7 +31,7 @@ import {
 } from "../core/render/nft.js";
 import { QEMU_USER } from "../core/render/qemu.js";
 import { ShoalError, UserError } from "../errors.js";
-import { closedToOthers, pathExists } from "../host/paths.js";
+import { pathExists, requireReachable } from "../host/paths.js";
 import { CommandFailed, type Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import type { NetworkPaths } from "../state/layout.js";
@@ -373,13 +373,7 @@ export class FleetNetwork {
    * them must let others through, or the fleet's names would silently not resolve.
    */
   private async checkReachableByOthers(): Promise<void> {
-    const dir = await closedToOthers(this.paths.dir);
-    if (dir !== undefined) {
-      throw new UserError(
-        `dnsmasq, which runs as user nobody, cannot reach ${this.paths.dir}: ${dir} is closed to other users`,
-        `allow it with \`chmod o+x ${dir}\`, or choose a --state-dir under a directory others may enter`,
-      );
-    }
+    await requireReachable("dnsmasq, which runs as user nobody", this.paths.dir);
   }
 
   /** Drops the leases of MACs the fleet no longer has (lines: expiry mac ip hostname client-id). */

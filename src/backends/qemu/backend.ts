@@ -7,8 +7,8 @@ import type { VmSpec } from "../../core/fleet.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
 import { type Accelerator, QEMU_USER, renderQemuArgv } from "../../core/render/qemu.js";
-import { ShoalError, UserError } from "../../errors.js";
-import { closedToOthers } from "../../host/paths.js";
+import { ShoalError } from "../../errors.js";
+import { requireReachable } from "../../host/paths.js";
 import type { Launcher } from "../../host/runner.js";
 import { connectSocketFile } from "../../host/unix-socket.js";
 import { writeFileAtomic } from "../../state/atomic.js";
@@ -51,13 +51,7 @@ async function readHead(path: string, bytes: number): Promise<string> {
 async function checkReachable(vm: BackendVm, boot: BootFiles): Promise<void> {
   const fleetDir = dirname(dirname(vm.paths.dir));
   for (const dir of new Set([boot.kernel, boot.initrd, boot.base].map(dirname)).add(fleetDir)) {
-    const closed = await closedToOthers(dir);
-    if (closed !== undefined) {
-      throw new UserError(
-        `QEMU, which runs as user ${QEMU_USER}, cannot reach ${dir}: ${closed} is closed to other users`,
-        `allow it with \`chmod o+x ${closed}\`, or choose a --state-dir under a directory others may enter`,
-      );
-    }
+    await requireReachable(`QEMU, which runs as user ${QEMU_USER}`, dir);
   }
 }
 
