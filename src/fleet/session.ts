@@ -2,6 +2,7 @@ import { mkdir, open, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Backend, BackendVm, VmNic } from "../backends/backend.js";
+import { quoted } from "../core/excerpt.js";
 import type { FleetSpec, NetworkMode, VmSpec } from "../core/fleet.js";
 import {
   formatIpv4,
@@ -188,8 +189,9 @@ export class FleetSession {
     // A missing bridge, or a namespace another state directory or program holds under the
     // fleet's names, is found before any VM is made, not when each one fails to start.
     if (options.willStart) {
-      await this.networkIn(mode).checkBridge();
-      await this.networkIn(mode).checkOwned();
+      const fleetNetwork = this.networkIn(mode);
+      await fleetNetwork.checkBridge();
+      await fleetNetwork.checkOwned();
     }
     if (JSON.stringify(recorded) === JSON.stringify(network)) return;
     await this.book.update((record) => {
@@ -775,7 +777,7 @@ function checkRecordedKernelArgs(name: string, kernelArgs: readonly string[]): v
     const problem = checkKernelParam(param);
     if (problem !== undefined) {
       throw new UserError(
-        `VM ${name} was made with kernel_args ${JSON.stringify(param.slice(0, 60))}, which shoal no longer takes: ${problem}`,
+        `VM ${name} was made with kernel_args ${quoted(param)}, which shoal no longer takes: ${problem}`,
         "take it out of the fleet file's kernel_args and run `shoal up`, which redefines the VM",
       );
     }
