@@ -120,10 +120,13 @@ export async function debianSource(
     `sync-in ${files} /`,
     'chroot "$1" systemctl enable systemd-networkd systemd-resolved shoal-identity',
     'ln -sf /run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"',
-    ...(options.hook ? ['chroot "$1" update-initramfs -u -k all'] : []),
+    ...(options.hook ? ['chroot "$1" update-initramfs -c -k all'] : []),
   ];
   return rawFromTree(runner, staging, async (tree) => {
     await runner.run({
+      // No initramfs when the kernel is installed (half the build's time): shoal boots the image
+      // with its own, and with the hook the image's own is made once, after the hook is in place.
+      env: { INITRD: "No" },
       argv: [
         "mmdebstrap",
         "--quiet",
