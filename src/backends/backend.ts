@@ -45,7 +45,20 @@ export interface Backend {
    * state directory or program holds; a backend whose VMs have no such names has none.
    */
   checkNames?(vms: readonly BackendVm[]): Promise<void>;
-  /** Writes the VM's hypervisor definition (vm.qemu, vm.xl.cfg) from its spec and boot files. */
+  /**
+   * Refuses, before anything is made, to start VMs the host has no room for (xl: Xen's free
+   * memory, dom0's loop devices), naming the limit and the fix.
+   */
+  checkRoom?(
+    starting: readonly { readonly spec: VmSpec; readonly boot: BootFiles }[],
+  ): Promise<void>;
+  /**
+   * Releases what the backend holds on the host for VMs that are gone (xl: a base's loop device no
+   * domain uses any more, also after a shoal killed half-way); run after each command that
+   * changes VMs.
+   */
+  tidy?(): Promise<void>;
+  /** Writes the VM's hypervisor definition (vm.qemu; xl: its hotplug scripts) from its spec and boot files. */
   define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   /**
    * Starts the VM; it keeps running after shoal exits. What runs is rendered again from the spec

@@ -2,6 +2,7 @@ import { Command, Option } from "@commander-js/extra-typings";
 import type { CheckResult } from "../core/doctor.js";
 import { verdict } from "../core/doctor.js";
 import type { BackendName, FleetSpec } from "../core/fleet.js";
+import { xenNeeds } from "../core/xen.js";
 import { ShoalError, UserError } from "../errors.js";
 import { checkQemuHost, checkTools, checkXenHost } from "../host/doctor.js";
 import { pathExists } from "../host/paths.js";
@@ -40,8 +41,8 @@ export function doctorCommand() {
       if (backend === "qemu") {
         results.push(...(await checkQemuHost(context.runner, (await context.layout()).accelCache)));
       } else {
-        const memory = fleet?.vms.reduce((sum, vm) => sum + vm.memoryMiB, 0);
-        results.push(...(await checkXenHost(context.runner, memory)));
+        // The whole fleet, as if none of it ran yet, on one base.
+        results.push(...(await checkXenHost(context.runner, fleet && xenNeeds(fleet.vms, 1))));
       }
       const hostBridge = fleet?.network.kind === "host-bridge" ? fleet.network : undefined;
       if (fleet && hostBridge) {

@@ -163,6 +163,13 @@ export async function withFleet<T>(
     try {
       return await work({ context, session, spec: fleet.spec });
     } finally {
+      // After a failure too: a VM that did not start holds nothing on the host.
+      if (lock !== undefined) {
+        await backend.tidy?.().catch((error: unknown) => {
+          if (!(error instanceof ShoalError)) throw error;
+          notice(`what stopped VMs held on the host stays for the next command: ${error.message}`);
+        });
+      }
       progress?.finish();
     }
   };

@@ -50,6 +50,14 @@ export const TOOLS: readonly ToolRequirement[] = [
     backends: ["xl"],
   },
   {
+    name: "xz",
+    versionArgv: ["xz", "--version"],
+    debianPackage: "xz-utils",
+    neededFor: "unpacking each image's kernel once, instead of Xen unpacking it for every domU",
+    backends: ["xl"],
+    optional: true,
+  },
+  {
     name: "xenstore-read",
     versionArgv: ["xenstore-read", "--help"],
     versionless: true,

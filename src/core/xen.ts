@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
+import type { VmSpec } from "./fleet.js";
 import { isDnsLabel } from "./names.js";
 import type { Owner, Ownership } from "./net.js";
 import { assertRenderable, isSafePath } from "./syntax.js";
@@ -128,6 +129,18 @@ export function parseXlListIdentity(
   return undefined;
 }
 
+/** The UUIDs of every domain `xl list -v` shows. */
+export function parseXlListUuids(text: string): Set<string> {
+  const uuids = new Set<string>();
+  for (const line of text.split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    if (!/^\d+$/.test(fields[1] ?? "")) continue;
+    const uuid = fields.find((field) => UUID.test(field));
+    if (uuid !== undefined) uuids.add(uuid);
+  }
+  return uuids;
+}
+
 /** `xl list -l NAME` in JSON: the disks' paths of each domain's configuration. */
 const xlLongListing = z.array(
   z.object({
@@ -187,4 +200,78 @@ export function consoleLogOwnership(linkTarget: string | undefined, serialLog: s
   if (linkTarget === serialLog) return { kind: "ours" };
   const other = linkTarget === undefined ? undefined : stateDirOf(linkTarget, "serial.log");
   return other ? { kind: "other", ...other } : { kind: "unmarked" };
+}
+
+/**
+ * How many loop devices the kernel can make: each takes 2^part_shift minor numbers of the 20 bits
+ * a device number has (part_shift from the loop module's max_part). Kernels since 3.1 make them on
+ * demand (/dev/loop-control), so max_loop, which the seed raised, no longer limits them.
+ */
+export function loopDeviceLimit(maxPart: number): number {
+  const partShift = maxPart > 0 ? Math.floor(Math.log2(maxPart)) + 1 : 0;
+  return 2 ** Math.max(0, 20 - partShift);
+}
+
+/** What starting domUs takes from the host: memory in Xen, and loop devices in dom0. */
+export interface XenNeeds {
+  readonly memoryMiB: number;
+  /** Each domU's seed and disk layer, and one for each base that is not attached yet. */
+  readonly loopDevices: number;
+}
+
+export function xenNeeds(
+  starting: readonly Pick<VmSpec, "memoryMiB" | "layer">[],
+  basesToAttach: number,
+): XenNeeds {
+  return {
+    memoryMiB: starting.reduce((sum, vm) => sum + vm.memoryMiB, 0),
+    loopDevices:
+      starting.reduce((sum, vm) => sum + (vm.layer.type === "disk" ? 2 : 1), 0) +
+      (starting.length > 0 ? basesToAttach : 0),
+  };
+}
+
+/** What a Xen host has room for: Xen's free memory, the loop devices dom0 has and can make. */
+export interface XenRoom {
+  readonly xenVersion: string;
+  readonly freeMemoryMiB: number;
+  readonly loopDevicesAttached: number;
+  readonly loopDeviceLimit: number;
+}
+
+/** Why the host cannot start what `needs` asks for, with the fix; undefined when it can. */
+export function xenShortfall(
+  needs: XenNeeds,
+  room: XenRoom,
+):
+  | { readonly short: "memory" | "loop devices"; readonly what: string; readonly fix: string }
+  | undefined {
+  if (needs.memoryMiB > room.freeMemoryMiB) {
+    return {
+      short: "memory",
+      what: `the domUs to start need ${needs.memoryMiB} MiB and Xen has ${room.freeMemoryMiB} MiB free`,
+      fix: "fewer or smaller VMs (memory:), other domUs stopped, or a smaller dom0_mem",
+    };
+  }
+  const free = room.loopDeviceLimit - room.loopDevicesAttached;
+  if (needs.loopDevices > free) {
+    return {
+      short: "loop devices",
+      what: `the domUs to start need ${needs.loopDevices} loop devices and dom0 can make ${free} more (${room.loopDevicesAttached} attached, at most ${room.loopDeviceLimit})`,
+      fix: "fewer VMs, tmpfs layers (one loop device less each), or the loop module loaded with a smaller max_part",
+    };
+  }
+  return undefined;
+}
+
+/** dom0's memory and vCPUs from `xl list 0`. */
+export function parseDom0(text: string): { memoryMiB: number; vcpus: number } | undefined {
+  for (const line of text.split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    if (fields[1] !== "0") continue;
+    const memoryMiB = Number(fields[2]);
+    const vcpus = Number(fields[3]);
+    if (Number.isInteger(memoryMiB) && Number.isInteger(vcpus)) return { memoryMiB, vcpus };
+  }
+  return undefined;
 }

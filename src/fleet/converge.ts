@@ -92,6 +92,15 @@ export async function converge(
     vm.actions.some((action) => action !== "delete" && action !== "stop"),
   );
   await session.backend.checkNames?.(making.map((vm) => session.vm(vm.name)));
+  await session.backend.checkRoom?.(
+    plan
+      .filter(
+        (vm) =>
+          (vm.actions.includes("start") || vm.actions.includes("upgrade")) &&
+          observed.get(vm.name)?.state !== "running",
+      )
+      .map((vm) => ({ spec: vm.spec, boot: bootOf(vm.spec) })),
+  );
 
   await session.recordNetwork(fleet.subnet, fleet.network, {
     willStart: plan.some((vm) => vm.actions.includes("start") || vm.actions.includes("upgrade")),

@@ -4,19 +4,19 @@ import { requireQemuUser } from "../backends/qemu/user.js";
 import {
   type CheckResult,
   missingTool,
-  parseXlInfo,
   type ToolRequirement,
   toolsFor,
   versionLine,
 } from "../core/doctor.js";
 import type { BackendName } from "../core/fleet.js";
 import { QEMU_USER } from "../core/render/qemu.js";
-import { UserError } from "../errors.js";
+import { parseDom0, type XenNeeds, xenShortfall } from "../core/xen.js";
+import { ShoalError, UserError } from "../errors.js";
 import { newestKernel } from "../image/kernel.js";
 import { pathExists } from "./paths.js";
 import { processesNamed } from "./processes.js";
 import { CommandFailed, type Runner } from "./runner.js";
-import { consoleLogDir, XENCONSOLED_FIX } from "./xen.js";
+import { consoleLogDir, XENCONSOLED_FIX, xenRoom } from "./xen.js";
 
 /**
  * The host checks behind `shoal doctor`: they only look (probes), never change anything, and each
@@ -143,7 +143,7 @@ export async function checkQemuHost(runner: Runner, accelCache: string): Promise
  */
 export async function checkXenHost(
   runner: Runner,
-  neededMemoryMiB: number | undefined,
+  needs: XenNeeds | undefined,
 ): Promise<CheckResult[]> {
   const capabilities = await readFile("/proc/xen/capabilities", "utf8").catch(() => undefined);
   if (capabilities === undefined || !capabilities.includes("control_d")) {
@@ -168,13 +168,34 @@ export async function checkXenHost(
     found
       ? { name, level: "ok", detail: "running" }
       : { name, level: "fail", detail: `not running: ${why}`, fix: "/etc/init.d/xen start" };
-  results.push(
-    daemon(
-      "xenstored",
-      (await running("xenstored")) || (await running("oxenstored")),
-      "xl create hangs without it",
-    ),
-  );
+  if (await running("oxenstored")) {
+    results.push({
+      name: "xenstored",
+      level: "ok",
+      detail: "oxenstored, the one for many domains",
+    });
+  } else if (await running("xenstored")) {
+    results.push({
+      name: "xenstored",
+      level: "warn",
+      detail:
+        "the C xenstored: every domain's devices go through it, and oxenstored holds up better with many",
+      fix: "XENSTORED=oxenstored in /etc/default/xen (Debian: apt-get install xenstore-utils ocaml-xenstored), then restart Xen's daemons",
+    });
+  } else {
+    results.push(daemon("xenstored", false, "xl create hangs without it"));
+  }
+  const dom0 = await runner
+    .run({ argv: ["xl", "list", "0"], probe: true })
+    .then((result) => parseDom0(result.stdout))
+    .catch(() => undefined);
+  if (dom0) {
+    results.push({
+      name: "dom0",
+      level: "ok",
+      detail: `${dom0.memoryMiB} MiB, ${dom0.vcpus} vCPUs: each domU's xl monitor and disk and network backends run here`,
+    });
+  }
   if (await running("xenconsoled")) {
     results.push(
       await consoleLogDir().then(
@@ -194,28 +215,40 @@ export async function checkXenHost(
   } else {
     results.push(daemon("xenconsoled", false, "no console or console log for domUs"));
   }
-  results.push(
-    await deviceCheck("loop devices", "/dev/loop-control", {
-      present: "/dev/loop-control",
-      missing: "Xen's block script attaches file-backed disks through loop devices",
-      module: "loop",
-    }),
-  );
-  const info = await runner
-    .run({ argv: ["xl", "info"], probe: true })
-    .then((result) => parseXlInfo(result.stdout))
-    .catch(() => undefined);
-  const free = Number(info?.get("free_memory"));
-  if (!info || !Number.isFinite(free)) {
-    results.push({ name: "Xen memory", level: "fail", detail: "`xl info` did not answer" });
-  } else {
-    const short = neededMemoryMiB !== undefined && free < neededMemoryMiB;
-    results.push({
+  const loopControl = await deviceCheck("loop devices", "/dev/loop-control", {
+    present: "/dev/loop-control",
+    missing: "domUs' disks are attached through loop devices",
+    module: "loop",
+  });
+  const room = await xenRoom(runner).catch((error: unknown) => {
+    if (!(error instanceof ShoalError)) throw error;
+    return error;
+  });
+  if (room instanceof ShoalError) {
+    results.push(loopControl, {
       name: "Xen memory",
-      level: short ? "fail" : "ok",
-      detail: `Xen ${info.get("xen_version") ?? "?"}, ${free} MiB free${neededMemoryMiB === undefined ? "" : `, the fleet needs ${neededMemoryMiB} MiB`}`,
-      ...(short ? { fix: "free memory (fewer or smaller domUs, a smaller dom0_mem)" } : {}),
+      level: "fail",
+      detail: `\`xl info\` did not answer: ${room.message}`,
     });
+    return results;
   }
+  const short = needs && xenShortfall(needs, room);
+  const loopShort = short?.short === "loop devices";
+  results.push(
+    loopControl.level === "fail"
+      ? loopControl
+      : {
+          name: "loop devices",
+          level: loopShort ? "fail" : "ok",
+          detail: `${room.loopDevicesAttached} attached, at most ${room.loopDeviceLimit}${needs ? `; the fleet needs ${needs.loopDevices}` : ""}`,
+          ...(short?.short === "loop devices" ? { fix: short.fix } : {}),
+        },
+  );
+  results.push({
+    name: "Xen memory",
+    level: short?.short === "memory" ? "fail" : "ok",
+    detail: `Xen ${room.xenVersion}, ${room.freeMemoryMiB} MiB free${needs ? `, the fleet needs ${needs.memoryMiB} MiB` : ""}`,
+    ...(short?.short === "memory" ? { fix: short.fix } : {}),
+  });
   return results;
 }

@@ -1,7 +1,10 @@
+import { readFile } from "node:fs/promises";
+import { parseXlInfo } from "../core/doctor.js";
 import { isSafePath } from "../core/syntax.js";
-import { xenconsoledGuestLogDir } from "../core/xen.js";
+import { loopDeviceLimit, type XenRoom, xenconsoledGuestLogDir } from "../core/xen.js";
 import { ShoalError } from "../errors.js";
 import { processesNamed } from "./processes.js";
+import type { Runner } from "./runner.js";
 
 export const XENCONSOLED_FIX =
   "start xenconsoled with --log=guest (Debian: XENCONSOLED_ARGS=--log=guest in /etc/default/xen, then /etc/init.d/xen restart)";
@@ -29,4 +32,28 @@ export async function consoleLogDir(processes = processesNamed): Promise<string>
   throw new ShoalError("xenconsoled does not log guest consoles, so shoal cannot see VMs boot", {
     hint: XENCONSOLED_FIX,
   });
+}
+
+/** What this dom0 has room for: Xen's free memory (`xl info`), loop devices attached and possible. */
+export async function xenRoom(runner: Runner, sys = "/sys"): Promise<XenRoom> {
+  const info = parseXlInfo((await runner.run({ argv: ["xl", "info"], probe: true })).stdout);
+  const freeMemoryMiB = Number(info.get("free_memory"));
+  if (!Number.isFinite(freeMemoryMiB)) {
+    throw new ShoalError("`xl info` shows no free_memory", {
+      hint: "is this a Xen dom0? (`shoal doctor --backend xl`)",
+    });
+  }
+  const listing = await runner.run({
+    argv: ["losetup", "--list", "--noheadings", "--output", "NAME"],
+    probe: true,
+  });
+  const maxPart = Number(
+    (await readFile(`${sys}/module/loop/parameters/max_part`, "utf8").catch(() => "0")).trim(),
+  );
+  return {
+    xenVersion: info.get("xen_version") ?? "?",
+    freeMemoryMiB,
+    loopDevicesAttached: listing.stdout.split("\n").filter((line) => line.trim() !== "").length,
+    loopDeviceLimit: loopDeviceLimit(Number.isInteger(maxPart) ? maxPart : 0),
+  };
 }

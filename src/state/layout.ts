@@ -16,7 +16,10 @@ import { ShoalError, UserError } from "../errors.js";
  *         image.json           name, id, size, kernel version, source, creation time, sealing
  *       .staging-*             an image being made; removed when that fails or is killed
  *     host/accel.json          whether KVM works on this host, probed once per host boot
- *     host/xl-create.lock      flock(2) lock: one `xl create` at a time on this host
+ *     host/xl-bases/ID/        backend xl: the base's one read-only loop device on this host
+ *       loop.json              which loop device it is (checked against the kernel before use)
+ *       users/UUID             one empty file per domain that boots from it
+ *       use.lock attach.lock   flock(2) locks: shared while domains are made, exclusive to release
  *     fleets/FLEET/
  *       lock                   flock(2) lock; holds the pid and command of its holder
  *       state.json             what shoal created, with the spec each VM was made from
@@ -28,6 +31,7 @@ import { ShoalError, UserError } from "../errors.js";
  *         identity.tar         its identity seed: hostname, machine-id, host key (0600; QEMU: 0640)
  *         vm.xl.cfg | vm.qemu  the hypervisor definition shoal rendered for the last start
  *         vif-hotplug          xl: the script that puts the VM's vif on the fleet's bridge
+ *         block-hotplug        xl: the script that attaches the VM's disks (xen-block-hotplug)
  *         serial.log           the serial console, kept on the host (xl: xenconsoled writes it
  *                              through a link in its log directory; QEMU: root:shoal-qemu 0620)
  *         qemu.pid             written by QEMU (root:shoal-qemu 0620)
@@ -44,6 +48,7 @@ export interface VmPaths {
   readonly seed: string;
   readonly xlConfig: string;
   readonly vifHotplug: string;
+  readonly blockHotplug: string;
   readonly qemuArgv: string;
   readonly serialLog: string;
   /** The one directory QEMU may write to: it makes its sockets there. */
@@ -85,13 +90,23 @@ export interface ImagePaths {
   readonly meta: string;
 }
 
+/** backend xl's hold on one base (see backends/xl/base-loops.ts). */
+export interface XlBasePaths {
+  readonly dir: string;
+  readonly record: string;
+  readonly users: string;
+  readonly useLock: string;
+  readonly attachLock: string;
+}
+
 export interface StateLayout {
   readonly root: string;
   readonly images: string;
   readonly imageLock: string;
   readonly imageNames: string;
   readonly accelCache: string;
-  readonly xlCreateLock: string;
+  readonly xlBases: string;
+  xlBase(id: string): XlBasePaths;
   readonly fleets: string;
   image(id: string): ImagePaths;
   fleet(name: string): FleetPaths;
@@ -130,7 +145,17 @@ export function stateLayout(stateDir: string): StateLayout {
     imageLock: join(images, "lock"),
     imageNames: join(images, "by-name"),
     accelCache: join(root, "host", "accel.json"),
-    xlCreateLock: join(root, "host", "xl-create.lock"),
+    xlBases: join(root, "host", "xl-bases"),
+    xlBase(id) {
+      const dir = join(root, "host", "xl-bases", component("an image id", id, IMAGE_ID.test(id)));
+      return {
+        dir,
+        record: join(dir, "loop.json"),
+        users: join(dir, "users"),
+        useLock: join(dir, "use.lock"),
+        attachLock: join(dir, "attach.lock"),
+      };
+    },
     fleets,
     image(id) {
       const dir = join(images, component("an image id", id, IMAGE_ID.test(id)));
@@ -170,6 +195,7 @@ export function stateLayout(stateDir: string): StateLayout {
             seed: join(vmDir, "identity.tar"),
             xlConfig: join(vmDir, "vm.xl.cfg"),
             vifHotplug: join(vmDir, "vif-hotplug"),
+            blockHotplug: join(vmDir, "block-hotplug"),
             qemuArgv: join(vmDir, "vm.qemu"),
             serialLog: join(vmDir, "serial.log"),
             socketDir,

@@ -50,6 +50,8 @@ export interface LockOptions {
   readonly onWait?: (holder: LockHolder | undefined) => void;
   /** What the user can do when the lock stays busy; each lock has its own remedies. */
   readonly hint?: string;
+  /** Held beside other shared holders, against an exclusive one (flock --shared). */
+  readonly shared?: boolean;
 }
 
 async function readHolder(path: string): Promise<LockHolder | undefined> {
@@ -87,7 +89,7 @@ export async function acquireLock(
   });
   const flock = async (...mode: string[]) => {
     const result = await runner.run({
-      argv: ["flock", "--exclusive", ...mode, "3"],
+      argv: ["flock", options.shared ? "--shared" : "--exclusive", ...mode, "3"],
       fd3: handle.fd,
       probe: true,
       okCodes: [1],

@@ -16,16 +16,27 @@ import { XenLab } from "../helpers/xen-lab.js";
 const hostState = useFileTempDir("shoal-xen-state-");
 const labDir = useFileTempDir("shoal-xen-lab-");
 let lab: XenLab | undefined;
-let baseSum = "";
-let basePath = "";
+const bases: Record<string, { path: string; sum: string }> = {};
 
 const FLEET_FILE = "/root/xf.yaml";
 /** shoal's default state directory, which it uses in dom0. */
 const DOM0_STATE = "/var/lib/shoal";
-// Two domUs, one of each layer type: every domain boots under Xen inside QEMU's software
-// emulation, a minute or more each.
-const FLEET = "name: xf\nbackend: xl\ncount: 2\nvms: [{ name: vm-2, layer: { type: tmpfs } }]\n";
+// Two domUs side by side, one of each layer type: every domain boots under Xen inside QEMU's
+// software emulation, and two keep the Xen tests within the test budget (four took 15 min here).
+// bench/xen-create.ts brings up ten. 128M each: Debian's kernel alone takes 58 MiB of a PV domU.
 const VMS = ["vm-1", "vm-2"];
+/** Even-numbered VMs have a tmpfs layer, odd ones a disk layer. */
+const TMPFS_VMS = VMS.filter((_, i) => i % 2 === 1);
+const FLEET = [
+  "name: xf",
+  "backend: xl",
+  `count: ${VMS.length}`,
+  "vm: { layer: { type: disk, size: 64M } }",
+  `vms: [${TMPFS_VMS.map((vm) => `{ name: ${vm}, layer: { type: tmpfs } }`).join(", ")}]`,
+  "",
+].join("\n");
+/** What the fleet's domUs hold in dom0: the base once, each one's seed and each disk layer. */
+const LOOPS = 1 + VMS.length + (VMS.length - TMPFS_VMS.length);
 
 function theLab(): XenLab {
   if (!lab) throw new Error("the Xen lab did not start");
@@ -53,7 +64,9 @@ interface UpRow {
 }
 
 async function up(): Promise<UpRow[]> {
-  const rows = JSON.parse(await shoalOk("up", "-f", FLEET_FILE, "--json")) as UpRow[];
+  const rows = JSON.parse(
+    await shoalOk("up", "-f", FLEET_FILE, "--workers", String(VMS.length), "--json"),
+  ) as UpRow[];
   expect(rows.map((row) => [row.name, row.state, row.ok])).toEqual(
     VMS.map((vm) => [vm, "running", true]),
   );
@@ -81,9 +94,16 @@ async function domains(): Promise<string[]> {
 
 beforeAll(async () => {
   const state = hostState();
-  const image = await sharedImage(state, "tiny", { from: "busybox" });
-  basePath = `/var/lib/shoal/images/${image.id}/base.img`;
-  baseSum = await sha256(stateLayout(state).image(image.id).base);
+  for (const [name, copy] of [
+    ["tiny", 1],
+    ["tiny-next", 2],
+  ] as const) {
+    const image = await sharedImage(state, name, { from: "busybox", copy });
+    bases[name] = {
+      path: `${DOM0_STATE}/images/${image.id}/base.img`,
+      sum: await sha256(stateLayout(state).image(image.id).base),
+    };
+  }
   // Assigned before it starts: afterAll stops whatever of it started, also after a timeout.
   lab = new XenLab({ dir: labDir(), images: state, namespace: `shoal-xenlab-${process.pid}` });
   await lab.start();
@@ -95,12 +115,41 @@ afterAll(async () => {
   await lab?.stop();
 });
 
+/** dom0's loop devices: device, read-only flag and backing file. */
+async function loops(): Promise<{ device: string; ro: string; file: string }[]> {
+  return (await inDom0("losetup --list --noheadings --output NAME,RO,BACK-FILE"))
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .map((line) => {
+      const [device = "", ro = "", file = ""] = line.trim().split(/\s+/);
+      return { device, ro, file };
+    });
+}
+
+/** The device each running domU's first disk (xvda, the base) is, from its xenstore backend. */
+async function baseDevices(): Promise<string[]> {
+  const out = await inDom0(
+    `for id in $(xenstore-list /local/domain/0/backend/vbd); do xenstore-read /local/domain/0/backend/vbd/$id/51712/physical-device-path; done`,
+  );
+  return out.split("\n").filter(Boolean);
+}
+
+/** A value for each VM, by name. */
+function everyVm<T>(value: (vm: string) => T): Record<string, T> {
+  return Object.fromEntries(VMS.map((vm) => [vm, value(vm)]));
+}
+
 describe("backend xl on real Xen", () => {
-  it("`shoal doctor` in dom0 finds everything backend xl needs", async () => {
+  it("`shoal doctor` in dom0 finds everything backend xl needs, and what the fleet takes", async () => {
     const doctor = await shoalOk("doctor", "-f", FLEET_FILE);
     expect(doctor).toMatch(/^Xen dom0\s+ok\s+control domain$/m);
+    expect(doctor).toMatch(/^xenstored\s+(ok|WARN)\s+/m);
+    expect(doctor).toMatch(/^dom0\s+ok\s+1024 MiB, 2 vCPUs/m);
     expect(doctor).toMatch(
       /^xenconsoled\s+ok\s+running, logs guest consoles in \/var\/log\/xen\/console$/m,
+    );
+    expect(doctor).toMatch(
+      new RegExp(`^loop devices\\s+ok\\s+0 attached, at most \\d+; the fleet needs ${LOOPS}$`, "m"),
     );
     expect(doctor).toMatch(
       /^Xen memory\s+ok\s+Xen 4\.17\.\d+, \d+ MiB free, the fleet needs 256 MiB$/m,
@@ -108,17 +157,33 @@ describe("backend xl on real Xen", () => {
     expect(doctor).toContain("backend xl can run VMs on this host");
   });
 
-  it("brings up 2 PV domUs on one base, each with its own layer and identity", async () => {
+  it("refuses, before anything is made, a fleet that needs more memory than Xen has free", async () => {
+    await inDom0(
+      "printf 'name: big\\nbackend: xl\\ncount: 2\\nvm: { memory: 4096M }\\n' > /root/big.yaml",
+    );
+    const refused = await theLab().shoal(["up", "-f", "/root/big.yaml"]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(
+      /^shoal: no room in this Xen host: the domUs to start need 8192 MiB and Xen has \d+ MiB free; fewer or smaller VMs/m,
+    );
+    expect(await domains()).toEqual([]);
+    expect(await inDom0("ls /var/lib/shoal/fleets/big/vms 2>/dev/null | wc -l")).toBe("0\n");
+    // The fleet's lock is all that is there (taken before the fleet is looked at).
+    await inDom0("rm -rf /var/lib/shoal/fleets/big");
+  });
+
+  it("brings up PV domUs side by side on one read-only loop device of the base, each with its own layer and identity", async () => {
     const rows = await up();
     expect(rows.every((row) => row.done.join() === "create,start")).toBe(true);
-    expect(await domains()).toEqual(["xf.vm-1", "xf.vm-2"]);
-    // Xen's block script attached the one raw base read-only once per domU.
-    const loops = (await inDom0("losetup --list --noheadings --output RO,BACK-FILE"))
-      .trim()
-      .split("\n")
-      .map((line) => line.trim().split(/\s+/));
-    expect(loops.filter(([, file]) => file === basePath)).toEqual(VMS.map(() => ["1", basePath]));
+    expect(await domains()).toEqual(VMS.map((vm) => `xf.${vm}`).sort());
+    // The base once, read-only; a seed each; a layer each for the disk-layer domUs.
+    const attached = await loops();
+    const base = attached.filter((loop) => loop.file === bases.tiny?.path);
+    expect(base.map((loop) => loop.ro)).toEqual(["1"]);
+    expect(attached).toHaveLength(LOOPS);
+    expect(await baseDevices()).toEqual(VMS.map(() => base[0]?.device));
     const identities = await answers("echo $(hostname) $(cat /etc/machine-id)");
+    expect(Object.keys(identities).sort()).toEqual([...VMS].sort());
     const ids = new Set<string>();
     for (const vm of VMS) {
       const [hostname, machineId] = (identities[vm] ?? "").split(" ");
@@ -126,10 +191,12 @@ describe("backend xl on real Xen", () => {
       expect(machineId).toMatch(/^[0-9a-f]{32}$/);
       ids.add(machineId ?? "");
     }
-    expect(ids.size).toBe(2);
+    expect(ids.size).toBe(VMS.length);
     // Each VM's vif is on the fleet's bridge, in the fleet's namespace, not in dom0's.
     const namespace = namespaceName({ root: DOM0_STATE, fleet: "xf" });
-    expect(await inDom0(`ip -n ${namespace} -o link show master shoal0 | wc -l`)).toBe("2\n");
+    expect(await inDom0(`ip -n ${namespace} -o link show master shoal0 | wc -l`)).toBe(
+      `${VMS.length}\n`,
+    );
     expect(await inDom0("ip -o link | grep -c vif || true")).toBe("0\n");
     // Each domain carries its VM's UUID, which tells it from a domain of its name another state
     // directory made.
@@ -143,12 +210,10 @@ describe("backend xl on real Xen", () => {
 
   it("keeps what one domU writes out of the others", async () => {
     await shoalOk("exec", "-f", FLEET_FILE, "vm-1", "--", "echo from-vm-1 > /root/mark");
-    expect(await answers("cat /root/mark 2>/dev/null || echo none")).toEqual({
-      "vm-1": "from-vm-1",
-      "vm-2": "none",
-    });
-    await shoalOk("exec", "-f", FLEET_FILE, "vm-2", "--", "echo from-vm-2 > /root/mark");
-    expect(await answers("cat /root/mark")).toEqual({ "vm-1": "from-vm-1", "vm-2": "from-vm-2" });
+    expect(await answers("cat /root/mark 2>/dev/null || echo none")).toEqual(
+      everyVm((vm) => (vm === "vm-1" ? "from-vm-1" : "none")),
+    );
+    await shoalOk("exec", "-f", FLEET_FILE, "--all", "--", "echo from-$(hostname) > /root/mark");
   });
 
   it("shows the domUs in `ps`, their boot in `logs`, and answers on `console`", async () => {
@@ -158,6 +223,7 @@ describe("backend xl on real Xen", () => {
       backend: string;
       uptimeSeconds: number | null;
     }[];
+    expect(ps).toHaveLength(VMS.length);
     for (const row of ps) {
       expect(row.state).toBe("running");
       expect(row.backend).toBe("xl");
@@ -173,17 +239,33 @@ describe("backend xl on real Xen", () => {
     expect(console.stdout).toContain("answer-42");
   });
 
-  it("keeps disk-layer changes across `down` and `up`; a tmpfs layer starts empty", async () => {
-    const down = await shoalOk("down", "-f", FLEET_FILE);
-    expect(down).toMatch(/^vm-1\s+clean$/m);
-    expect(down).toMatch(/^vm-2\s+clean$/m);
+  it("keeps disk-layer changes across `down` and `up`, releasing every loop device in between; a tmpfs layer starts empty", async () => {
+    const down = await shoalOk("down", "-f", FLEET_FILE, "--workers", String(VMS.length));
+    for (const vm of VMS) expect(down).toMatch(new RegExp(`^${vm}\\s+clean$`, "m"));
     expect(await domains()).toEqual([]);
-    expect(await inDom0("losetup --list --noheadings | wc -l")).toBe("0\n");
+    expect(await loops()).toEqual([]);
     await up();
-    expect(await answers("cat /root/mark 2>/dev/null || echo none")).toEqual({
-      "vm-1": "from-vm-1",
-      "vm-2": "none",
-    });
+    expect(await answers("cat /root/mark 2>/dev/null || echo none")).toEqual(
+      everyVm((vm) => (TMPFS_VMS.includes(vm) ? "none" : `from-${vm}`)),
+    );
+  });
+
+  it("`upgrade` moves every domU to a new base with its layer kept, and the old base's loop device goes", async () => {
+    // As a user does it: the fleet file names the new image, `upgrade` moves the VMs to it.
+    const moved = await theLab().ssh(`cat > ${FLEET_FILE}`, `${FLEET}image: tiny-next\n`);
+    expect(moved.code, moved.stderr).toBe(0);
+    const upgraded = JSON.parse(
+      await shoalOk("upgrade", "-f", FLEET_FILE, "--max-unavailable", String(VMS.length), "--json"),
+    ) as { name: string; outcome: string }[];
+    expect(upgraded.map((report) => report.outcome)).toEqual(VMS.map(() => "upgraded"));
+    const attached = await loops();
+    expect(attached.filter((loop) => loop.file === bases.tiny?.path)).toEqual([]);
+    const next = attached.filter((loop) => loop.file === bases["tiny-next"]?.path);
+    expect(next.map((loop) => loop.ro)).toEqual(["1"]);
+    expect(await baseDevices()).toEqual(VMS.map(() => next[0]?.device));
+    expect(await answers("cat /root/mark 2>/dev/null || echo none")).toEqual(
+      everyVm((vm) => (TMPFS_VMS.includes(vm) ? "none" : `from-${vm}`)),
+    );
   });
 
   it("shows a domU destroyed behind shoal's back as crashed; an `up` SIGKILLed while it boots the domU again is finished by the next `up`, the domU running once", async () => {
@@ -192,31 +274,40 @@ describe("backend xl on real Xen", () => {
       name: string;
       state: string;
     }[];
-    expect(ps.map((row) => [row.name, row.state])).toEqual([
-      ["vm-1", "running"],
-      ["vm-2", "crashed"],
-    ]);
+    expect(Object.fromEntries(ps.map((row) => [row.name, row.state]))).toEqual(
+      everyVm((vm) => (vm === "vm-2" ? "crashed" : "running")),
+    );
     await inDom0(
       `shoal up -f ${FLEET_FILE} 2>/tmp/up.err & up=$!
        until grep -q booting /tmp/up.err; do sleep 0.2; done
        kill -9 $up`,
     );
     const rows = await up();
-    expect(rows[0]?.done).toEqual([]);
-    expect(await domains()).toEqual(["xf.vm-1", "xf.vm-2"]);
-    expect(await answers("hostname")).toEqual({ "vm-1": "vm-1", "vm-2": "vm-2" });
+    expect(rows.filter((row) => row.done.length > 0)).toEqual([]);
+    expect(await domains()).toEqual(VMS.map((vm) => `xf.${vm}`).sort());
+    expect(await answers("hostname")).toEqual(everyVm((vm) => vm));
+    expect(await loops()).toHaveLength(LOOPS);
   });
 
-  it("`destroy` leaves no domain, loop device, vif, namespace or file; the base is unchanged", async () => {
-    await shoalOk("destroy", "-f", FLEET_FILE, "--yes");
+  it("`destroy` leaves no domain, loop device, xenstore backend, vif, namespace or file; the bases are unchanged", async () => {
+    await shoalOk("destroy", "-f", FLEET_FILE, "--yes", "--workers", String(VMS.length));
     expect(await domains()).toEqual([]);
-    expect(await inDom0("losetup --list --noheadings | wc -l")).toBe("0\n");
+    expect(await loops()).toEqual([]);
+    // libxl removed every disk's and interface's backend entry.
+    expect(
+      await inDom0(
+        "for kind in vbd vif; do xenstore-list /local/domain/0/backend/$kind 2>/dev/null; done | wc -l",
+      ),
+    ).toBe("0\n");
     expect(await inDom0("ip -o link | grep -c vif || true")).toBe("0\n");
     expect(await inDom0("ip netns list")).toBe("");
     expect(await inDom0("ls -A /var/lib/shoal/fleets")).toBe("");
+    expect(await inDom0("ls -A /var/lib/shoal/host/xl-bases 2>/dev/null || true")).toBe("");
     expect(await inDom0("ls -A /var/log/xen/console")).toBe("");
     expect(await inDom0("ls /var/log/xen | grep -c '^xl-' || true")).toBe("0\n");
     expect(await inDom0("ps -eo args= | grep -c '^xl create' || true")).toBe("0\n");
-    expect((await inDom0(`sha256sum ${basePath}`)).split(" ")[0]).toBe(baseSum);
+    for (const base of Object.values(bases)) {
+      expect((await inDom0(`sha256sum ${base.path}`)).split(" ")[0]).toBe(base.sum);
+    }
   });
 });

@@ -48,6 +48,7 @@ const DOM0_PACKAGES = [
   "dropbear-bin",
   "nftables",
   "libstdc++6",
+  "xz-utils",
 ];
 const SSH_PORT = 2222;
 const READY_TIMEOUT_MS = 300_000;

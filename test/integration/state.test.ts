@@ -153,6 +153,23 @@ describe("the fleet lock", () => {
     expect(await readFile(lock, "utf8")).toBe("");
   });
 
+  it("held shared, lets other shared holders in and keeps an exclusive one out until the last goes", async () => {
+    const lock = join(await tempDir(), "lock");
+    const options = { subject: "the base", command: "xl create", waitSeconds: 0 };
+    const runner = new ProcessRunner();
+    const first = await acquireLock(runner, lock, { ...options, shared: true });
+    const second = await acquireLock(runner, lock, { ...options, shared: true });
+    await expect(acquireLock(runner, lock, options)).rejects.toThrow(FleetLocked);
+    await first.release();
+    await expect(acquireLock(runner, lock, options)).rejects.toThrow(FleetLocked);
+    await second.release();
+    const alone = await acquireLock(runner, lock, options);
+    await expect(acquireLock(runner, lock, { ...options, shared: true })).rejects.toThrow(
+      FleetLocked,
+    );
+    await alone.release();
+  });
+
   it("gives up after waiting as long as it was told", async () => {
     const lock = join(await tempDir(), "lock");
     await firstLine(holder(lock));

@@ -88,10 +88,12 @@ describe("xl.cfg", () => {
     layer: files.layer,
     bridge: "shoal0",
     seed: files.seed,
+    baseDevice: "/dev/loop3",
+    blockScript: "/var/lib/shoal/fleets/lab/vms/agent-001/block-hotplug",
     vifScript: "/var/lib/shoal/fleets/lab/vms/agent-001/vif-hotplug",
   };
 
-  it("renders a PV domU with the shared base read-only and its own layer read-write", async () => {
+  it("renders a PV domU with the shared base's loop device read-only and its own layer read-write, every disk through shoal's block script", async () => {
     await expect(renderXlConfig(xlInput)).toMatchFileSnapshot("__snapshots__/agent-001.xl.cfg");
   });
 
@@ -103,6 +105,7 @@ describe("xl.cfg", () => {
         vm: xenTmpfsVm,
         uuid: domainUuid({ root: "/var/lib/shoal", fleet: "lab" }, "agent-002"),
         seed: files.seed.replace("agent-001", "agent-002"),
+        blockScript: xlInput.blockScript.replace("agent-001", "agent-002"),
         vifScript: xlInput.vifScript.replace("agent-001", "agent-002"),
       }),
     ).toMatchFileSnapshot("__snapshots__/agent-002-tmpfs.xl.cfg");
@@ -118,7 +121,9 @@ describe("xl.cfg", () => {
   it("refuses paths and bridge names that would break its syntax", () => {
     const render = (override: object) => () => renderXlConfig({ ...xlInput, ...override });
     expect(render({ layer: '/tmp/x", "y' })).toThrow(/^internal: layer path/);
-    expect(render({ boot: { ...boot, base: "/tmp/a,b" } })).toThrow(/^internal: base path/);
+    expect(render({ baseDevice: "/dev/loop1,x" })).toThrow(/^internal: base device path/);
+    expect(render({ baseDevice: "/tmp/base.img" })).toThrow(/^internal: base device/);
+    expect(render({ blockScript: "/tmp/a,b" })).toThrow(/^internal: block script path/);
     expect(render({ bridge: "a-bridge-name-too-long" })).toThrow(/^internal: bridge name/);
     expect(render({ vifScript: "/tmp/a b" })).toThrow(/^internal: vif script path/);
     expect(render({ uuid: 'x"\nname = "y' })).toThrow(/^internal: domain UUID/);

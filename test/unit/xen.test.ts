@@ -1,16 +1,23 @@
 import { describe, expect, it } from "vitest";
+import { isBaseLoop, loopsUnder, majMinOf } from "../../src/backends/xl/base-loops.js";
 import {
   consoleLogOwnership,
   domainOwnership,
   domainUuid,
   guestConsoleLog,
+  loopDeviceLimit,
+  parseDom0,
   parseXlDiskPaths,
   parseXlList,
   parseXlListIdentity,
+  parseXlListUuids,
   parseXlUptimeSeconds,
   xenconsoledGuestLogDir,
+  xenNeeds,
+  xenShortfall,
 } from "../../src/core/xen.js";
 import { consoleLogDir } from "../../src/host/xen.js";
+import { fleetOf } from "../helpers/fleet.js";
 
 const listing = (state: string) =>
   [
@@ -189,5 +196,129 @@ describe("where shoal finds guest console logs", () => {
     await expect(consoleLogDir(daemon(0, "relative/dir"))).rejects.toThrow(
       "which is no plain absolute path",
     );
+  });
+});
+
+describe("what starting domUs needs, and whether the host has it", () => {
+  const fleet = fleetOf(
+    "name: lab\nbackend: xl\ncount: 3\nvm: { memory: 64M }\nvms: [{ name: vm-3, layer: { type: tmpfs } }]\n",
+  );
+
+  it("counts each domU's memory, its seed and disk layer, and each base not attached yet", () => {
+    expect(xenNeeds(fleet.vms, 1)).toEqual({ memoryMiB: 192, loopDevices: 2 + 2 + 1 + 1 });
+    expect(xenNeeds(fleet.vms, 0).loopDevices).toBe(5);
+    expect(xenNeeds([], 1)).toEqual({ memoryMiB: 0, loopDevices: 0 });
+  });
+
+  it("finds the limit of loop devices in the minor numbers the loop module gives each", () => {
+    expect(loopDeviceLimit(0)).toBe(1048576);
+    expect(loopDeviceLimit(15)).toBe(65536);
+    expect(loopDeviceLimit(2 ** 19)).toBe(1);
+  });
+
+  it("names memory first, then loop devices, each with its fix", () => {
+    const room = {
+      xenVersion: "4.17.5",
+      freeMemoryMiB: 191,
+      loopDevicesAttached: 1,
+      loopDeviceLimit: 8,
+    };
+    expect(xenShortfall({ memoryMiB: 192, loopDevices: 6 }, room)).toEqual({
+      short: "memory",
+      what: "the domUs to start need 192 MiB and Xen has 191 MiB free",
+      fix: "fewer or smaller VMs (memory:), other domUs stopped, or a smaller dom0_mem",
+    });
+    expect(xenShortfall({ memoryMiB: 191, loopDevices: 8 }, room)).toMatchObject({
+      short: "loop devices",
+      what: "the domUs to start need 8 loop devices and dom0 can make 7 more (1 attached, at most 8)",
+    });
+    expect(xenShortfall({ memoryMiB: 191, loopDevices: 7 }, room)).toBeUndefined();
+  });
+
+  it("reads dom0's memory and vCPUs from `xl list 0`", () => {
+    expect(
+      parseDom0(
+        "Name                                        ID   Mem VCPUs\tState\tTime(s)\nDomain-0                                     0  1024     2     r-----      42.0\n",
+      ),
+    ).toEqual({ memoryMiB: 1024, vcpus: 2 });
+    expect(parseDom0("")).toBeUndefined();
+  });
+
+  it("lists every domain's UUID from `xl list -v`", () => {
+    const text = [
+      "Name                                        ID   Mem VCPUs\tState\tTime(s)   UUID                            Reason-Code\tSecurity Label",
+      "Domain-0                                     0  1024     2     r-----      42.0 00000000-0000-0000-0000-000000000000        -                -",
+      "lab.vm-1                                     3    64     1     -b----       1.9 a39cf9b5-41ed-81fa-abb6-1a4a2b57821f        -                -",
+      "",
+    ].join("\n");
+    expect(parseXlListUuids(text)).toEqual(
+      new Set(["00000000-0000-0000-0000-000000000000", "a39cf9b5-41ed-81fa-abb6-1a4a2b57821f"]),
+    );
+  });
+});
+
+describe("the base's loop device, as losetup shows it", () => {
+  const base = { majMin: "254:1", ino: "1234" };
+  const listing = (entry: object) =>
+    JSON.stringify({
+      loopdevices: [
+        {
+          name: "/dev/loop3",
+          "back-file": "/var/lib/shoal/images/ab/base.img",
+          "back-ino": "1234",
+          // As util-linux 2.38 prints it.
+          "back-maj:min": "     254:1  ",
+          ro: true,
+          offset: 0,
+          sizelimit: 0,
+          autoclear: false,
+          ...entry,
+        },
+      ],
+    });
+
+  it("is the whole base file, by device and inode, read-only, never clearing itself", () => {
+    expect(isBaseLoop(listing({}), "/dev/loop3", base)).toBe(true);
+    expect(isBaseLoop(listing({}), "/dev/loop4", base)).toBe(false);
+    expect(isBaseLoop(listing({ "back-ino": "99" }), "/dev/loop3", base)).toBe(false);
+    expect(isBaseLoop(listing({ "back-maj:min": "8:1" }), "/dev/loop3", base)).toBe(false);
+    expect(isBaseLoop(listing({ ro: false }), "/dev/loop3", base)).toBe(false);
+    expect(isBaseLoop(listing({ offset: 4096 }), "/dev/loop3", base)).toBe(false);
+    expect(isBaseLoop(listing({ sizelimit: 1 }), "/dev/loop3", base)).toBe(false);
+    expect(isBaseLoop(listing({ autoclear: true }), "/dev/loop3", base)).toBe(false);
+    expect(isBaseLoop("not json", "/dev/loop3", base)).toBe(false);
+  });
+
+  it("splits a device number as the kernel does", () => {
+    expect(majMinOf(0xfe01n)).toBe("254:1");
+    expect(majMinOf((259n << 8n) | 5n)).toBe("259:5");
+    // Minor numbers above 255 go into the high bits.
+    expect(majMinOf((0x1200n << 12n) | (8n << 8n) | 0x34n)).toBe(`8:${0x1234}`);
+  });
+
+  it("finds the loop devices on a VM's files by their directory, never a neighbour's", () => {
+    const text = JSON.stringify({
+      loopdevices: [
+        {
+          name: "/dev/loop1",
+          "back-file": "/s/fleets/lab/vms/vm-1/layer.img",
+          ro: false,
+          autoclear: false,
+        },
+        {
+          name: "/dev/loop2",
+          "back-file": "/s/fleets/lab/vms/vm-10/layer.img",
+          ro: false,
+          autoclear: false,
+        },
+        {
+          name: "/dev/loop3",
+          "back-file": "/s/fleets/lab/vms/vm-1/identity.tar (deleted)",
+          ro: true,
+          autoclear: false,
+        },
+      ],
+    });
+    expect(loopsUnder(text, "/s/fleets/lab/vms/vm-1")).toEqual(["/dev/loop1", "/dev/loop3"]);
   });
 });

@@ -1,12 +1,23 @@
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
-import { lstat, mkdir, readFile, readlink, rm, symlink, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { readFileSync, statSync } from "node:fs";
+import {
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { XlBackend } from "../../src/backends/xl/backend.js";
+import { LOSETUP_COLUMNS, majMinOf } from "../../src/backends/xl/base-loops.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { renderVifHotplug, renderXlConfig } from "../../src/core/render/xl.js";
 import { domainUuid } from "../../src/core/xen.js";
+import { UserError } from "../../src/errors.js";
 import type { Command, CommandResult } from "../../src/host/runner.js";
 import { imageBoot } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
@@ -57,6 +68,7 @@ const details = (...disks: string[]): Partial<CommandResult> => ({
 function xl(states: Partial<CommandResult>[], long: Partial<CommandResult> = { stdout: "[]\n" }) {
   let listings = 0;
   return new RecordingRunner((command: Command) => {
+    if (command.argv[0] === "losetup") return { stdout: '{"loopdevices": []}\n' };
     if (command.argv[1] === "list" && command.argv[2] === "-l") return long;
     if (command.argv[1] === "list") return states[Math.min(listings++, states.length - 1)] ?? {};
     if (command.argv[1] === "uptime")
@@ -66,26 +78,90 @@ function xl(states: Partial<CommandResult>[], long: Partial<CommandResult> = { s
 }
 
 /**
- * A VM of a state directory under `root`, ready to start: its spec, boot files and network
- * interface, with xenconsoled (as `processes` finds it) logging guests into `logs`.
+ * A VM of a state directory under `root`, ready to start: its spec, boot files (a base image file
+ * of its own) and network interface, with xenconsoled (as `processes` finds it) logging guests
+ * into `logs`.
  */
-async function startable(root: string) {
+async function startable(root: string, name = "vm-1") {
   const here = stateLayout(join(root, "state"));
-  const own = { fleet: "lab", name: "vm-1", paths: here.fleet("lab").vm("vm-1") };
+  const own = { fleet: "lab", name, paths: here.fleet("lab").vm(name) };
   await mkdir(own.paths.dir, { recursive: true });
-  const [spec] = fleetOf("name: lab\nbackend: xl\ncount: 1\n").vms as [VmSpec];
+  const [spec] = fleetOf(`name: lab\nbackend: xl\nvms: [{ name: ${name} }]\n`).vms as [VmSpec];
   const boot = imageBoot(here, { id: "ab".repeat(32), boot: "shoal-initramfs" });
+  await mkdir(dirname(boot.base), { recursive: true });
+  await writeFile(boot.base, "base", { flag: "a" });
+  // No bzImage shoal could unpack: domUs boot it as it is.
+  await writeFile(boot.kernel, "kernel");
   const nic = { tap: "tap1", bridge: "shoal0", namespace: "shoal-lab-1a2b3c4d" };
   const logs = join(root, "console");
-  await mkdir(logs);
-  const processes = async (name: string) =>
-    name === "xenconsoled"
+  await mkdir(logs, { recursive: true });
+  const processes = async (process: string) =>
+    process === "xenconsoled"
       ? [{ pid: 1, uid: 0, argv: ["xenconsoled", "--log=guest", `--log-dir=${logs}`] }]
       : [];
   return { here, own, spec, boot, nic, logs, processes };
 }
 
+/** losetup's JSON listing of loop devices: [device, backing file] pairs, read-only unless said. */
+function loopListing(loops: [string, string, { ro?: boolean }?][]): string {
+  return JSON.stringify({
+    loopdevices: loops.map(([name, file, options]) => {
+      const info = statSync(file, { bigint: true, throwIfNoEntry: false });
+      return {
+        name,
+        "back-file": file,
+        "back-ino": String(info?.ino ?? 0),
+        "back-maj:min": info ? majMinOf(info.dev) : "0:0",
+        ro: options?.ro ?? true,
+        offset: 0,
+        sizelimit: 0,
+        autoclear: false,
+      };
+    }),
+  });
+}
+
+/**
+ * A dom0 whose Xen has no domain of any VM's name until it is created; losetup attaches the base
+ * as /dev/loop4. `loops` are loop devices there before; `answer` answers first.
+ */
+function dom0(
+  base: string,
+  loops: [string, string, { ro?: boolean }?][] = [],
+  answer: (command: Command) => Partial<CommandResult> | undefined = () => undefined,
+) {
+  const attached = [...loops];
+  return new RecordingRunner((command: Command) => {
+    const answered = answer(command);
+    if (answered) return answered;
+    const [tool, verb] = command.argv;
+    if (tool === "losetup" && verb === "--find") {
+      attached.push(["/dev/loop4", base]);
+      return { stdout: "/dev/loop4\n" };
+    }
+    if (tool === "losetup" && verb === "--detach") {
+      attached.splice(
+        attached.findIndex(([name]) => name === command.argv[2]),
+        1,
+      );
+      return {};
+    }
+    if (tool === "losetup" && verb === "--list") {
+      const device = command.argv.at(-1) ?? "";
+      const shown = device.startsWith("/dev/")
+        ? attached.filter(([name]) => name === device)
+        : attached;
+      return { stdout: loopListing(shown) };
+    }
+    if (tool === "xl" && verb === "list" && command.argv.length > 3) return unknown;
+    if (tool === "xl" && verb === "list") return { stdout: header };
+    return {};
+  });
+}
+
 const noMonitors = async () => [];
+/** How the backend finds loop devices left on a VM's files. */
+const LIST_LOOPS = ["losetup", "--list", "--json", "--output", LOSETUP_COLUMNS];
 
 describe("xl backend", () => {
   it("asks `xl list -v` by domain name; an unknown domain is absent", async () => {
@@ -142,6 +218,7 @@ describe("xl backend", () => {
       ["xl", "destroy", "7"],
       ["xl", "list", "-v", "lab.vm-1"],
       ["xl", "list", "-v", "lab.vm-1"],
+      LIST_LOOPS,
     ]);
   });
 
@@ -152,6 +229,7 @@ describe("xl backend", () => {
       ["xl", "list", "-v", "lab.vm-1"],
       ["xl", "list", "-v", "lab.vm-1"],
       ["xl", "list", "-v", "lab.vm-1"],
+      LIST_LOOPS,
     ]);
   });
 
@@ -163,7 +241,7 @@ describe("xl backend", () => {
       { code: 1, stderr: "Error: Domain 'lab.vm-1' does not exist.\n" },
     ]);
     await xlBackend(runner, noMonitors).destroy(vm);
-    expect(runner.argvs.every((argv) => argv[1] === "list")).toBe(true);
+    expect(runner.argvs.every((argv) => argv[1] === "list" || argv[1] === "--list")).toBe(true);
   });
 
   it("ends the VM's xl monitor, which would restart a rebooting guest, before destroying", async () => {
@@ -194,16 +272,17 @@ describe("xl backend", () => {
     }
   });
 
-  it("does nothing to a domain Xen does not have", async () => {
+  it("does nothing to a domain Xen does not have, and looks for loop devices left on the VM's files", async () => {
     const runner = xl([unknown]);
     await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
       ["xl", "list", "-v", "lab.vm-1"],
       ["xl", "list", "-v", "lab.vm-1"],
+      LIST_LOOPS,
     ]);
   });
 
-  it("writes vm.xl.cfg and the vif hotplug script afresh from the record before `xl create` reads them", async () => {
+  it("writes vm.xl.cfg and the hotplug scripts afresh from the record before `xl create` reads them", async () => {
     const root = await tempDir();
     const { here, own, spec, boot, nic, processes } = await startable(root);
     const { paths } = own;
@@ -213,16 +292,17 @@ describe("xl backend", () => {
       `bootloader = "/bin/sh"\nbootloader_args = ["-c", "touch ${planted}"]\n`,
     );
     await writeFile(paths.vifHotplug, `#!/bin/sh\ntouch ${planted}\n`, { mode: 0o755 });
-    let created: { config: string; script: string } | undefined;
-    const runner = new RecordingRunner((command) => {
+    await writeFile(paths.blockHotplug, `#!/bin/sh\ntouch ${planted}\n`, { mode: 0o755 });
+    let created: { config: string; script: string; block: string } | undefined;
+    const runner = dom0(boot.base, [], (command) => {
       if (command.argv[1] === "create") {
         created = {
           config: readFileSync(paths.xlConfig, "utf8"),
           script: readFileSync(paths.vifHotplug, "utf8"),
+          block: readFileSync(paths.blockHotplug, "utf8"),
         };
       }
-      // Xen has no domain of the VM's name.
-      return command.argv[1] === "list" ? unknown : {};
+      return undefined;
     });
     await new XlBackend(runner, here, processes).start(own, spec, boot, nic);
     expect(runner.argvs.at(-1)).toEqual(["xl", "create", paths.xlConfig]);
@@ -232,6 +312,8 @@ describe("xl backend", () => {
         vm: spec,
         uuid: domainUuid({ root: here.root, fleet: "lab" }, "vm-1"),
         boot,
+        baseDevice: "/dev/loop4",
+        blockScript: paths.blockHotplug,
         seed: paths.seed,
         layer: paths.layer,
         bridge: "shoal0",
@@ -242,7 +324,132 @@ describe("xl backend", () => {
         bridge: "shoal0",
         namespace: nic.namespace,
       }),
+      block: await readFile("src/backends/xl/xen-block-hotplug", "utf8"),
     });
+  });
+});
+
+describe("xl backend and the base's loop device", () => {
+  /** Two VMs of one state directory on one base, in a dom0 that `dom0` fakes. */
+  async function twoVms(
+    loops: (base: string) => [string, string, { ro?: boolean }?][] = () => [],
+    answer?: Parameters<typeof dom0>[2],
+  ) {
+    const root = await tempDir();
+    const one = await startable(root, "vm-1");
+    const two = await startable(root, "vm-2");
+    const runner = dom0(one.boot.base, loops(one.boot.base), answer);
+    const backend = new XlBackend(runner, one.here, one.processes);
+    const start = (vm: typeof one) => backend.start(vm.own, vm.spec, vm.boot, vm.nic);
+    const base = one.here.xlBase(one.boot.baseId);
+    return { one, two, runner, backend, start, base };
+  }
+
+  const detaches = (runner: RecordingRunner) =>
+    runner.argvs.filter((argv) => argv[0] === "losetup" && argv[1] === "--detach");
+
+  it("attaches the base once, read-only, for every domain on it, and detaches it when the last one goes", async () => {
+    const { one, two, runner, backend, start, base } = await twoVms();
+    await start(one);
+    await start(two);
+    expect(runner.argvs.filter((argv) => argv[1] === "--find")).toEqual([
+      ["losetup", "--find", "--show", "--read-only", one.boot.base],
+    ]);
+    for (const vm of [one, two]) {
+      expect(readFileSync(vm.own.paths.xlConfig, "utf8")).toContain(
+        `"format=raw, vdev=xvda, access=ro, script=${vm.own.paths.blockHotplug}, target=/dev/loop4"`,
+      );
+    }
+    expect((await readdir(base.users)).sort()).toEqual(
+      [
+        domainUuid({ root: one.here.root, fleet: "lab" }, "vm-1"),
+        domainUuid({ root: one.here.root, fleet: "lab" }, "vm-2"),
+      ].sort(),
+    );
+    await backend.destroy(one.own);
+    expect(detaches(runner)).toEqual([]);
+    await backend.destroy(two.own);
+    expect(detaches(runner)).toEqual([["losetup", "--detach", "/dev/loop4"]]);
+    await expect(lstat(base.dir)).rejects.toThrow("ENOENT");
+  });
+
+  it("never uses or detaches a recorded device that is no longer the base (after a reboot, another's)", async () => {
+    const elsewhere = join(await tempDir(), "their.img");
+    await writeFile(elsewhere, "theirs");
+    const { one, runner, backend, start, base } = await twoVms(() => [["/dev/loop9", elsewhere]]);
+    await mkdir(base.dir, { recursive: true });
+    await writeFile(base.record, '{"device": "/dev/loop9"}\n');
+    await start(one);
+    expect(readFileSync(one.own.paths.xlConfig, "utf8")).toContain("target=/dev/loop4");
+    await backend.destroy(one.own);
+    expect(detaches(runner)).toEqual([["losetup", "--detach", "/dev/loop4"]]);
+  });
+
+  it("takes no writable loop device of the base for its own", async () => {
+    // /dev/loop2 is the base, but writable: another program's.
+    const { one, runner, start, base } = await twoVms((base) => [
+      ["/dev/loop2", base, { ro: false }],
+    ]);
+    await mkdir(base.dir, { recursive: true });
+    await writeFile(base.record, '{"device": "/dev/loop2"}\n');
+    await start(one);
+    expect(readFileSync(one.own.paths.xlConfig, "utf8")).toContain("target=/dev/loop4");
+    expect(detaches(runner)).toEqual([]);
+  });
+
+  it("leaves no user and no device behind when `xl create` fails", async () => {
+    const { one, runner, start, base } = await twoVms(undefined, (command) =>
+      command.argv[1] === "create" ? { code: 1, stderr: "libxl: error: no memory\n" } : undefined,
+    );
+    await expect(start(one)).rejects.toThrow(/xl create/);
+    expect(detaches(runner)).toEqual([["losetup", "--detach", "/dev/loop4"]]);
+    await expect(lstat(base.dir)).rejects.toThrow("ENOENT");
+  });
+
+  it("after a kill, releases a base whose users' domains and xl monitors are gone, and keeps one whose monitor is remaking its domain", async () => {
+    const { one, runner, start } = await twoVms();
+    await start(one);
+    // Both domains went behind shoal's back: Xen lists none.
+    const monitor = { pid: 99, uid: 0, argv: ["xl", "create", one.own.paths.xlConfig] };
+    const rebooting = new XlBackend(runner, one.here, async (name) =>
+      name === "xl" ? [monitor] : one.processes(name),
+    );
+    await rebooting.tidy();
+    expect(detaches(runner)).toEqual([]);
+    await new XlBackend(runner, one.here, one.processes).tidy();
+    expect(detaches(runner)).toEqual([["losetup", "--detach", "/dev/loop4"]]);
+    expect(runner.argvs).toContainEqual(["xl", "list", "-v"]);
+  });
+
+  it("refuses domUs Xen has no memory for before anything is made, counting the base once", async () => {
+    const { one, two, runner, backend } = await twoVms(undefined, (command) =>
+      command.argv.join(" ") === "xl info"
+        ? { stdout: "xen_version            : 4.17.5\nfree_memory            : 255\n" }
+        : undefined,
+    );
+    const starting = [one, two].map((vm) => ({ spec: vm.spec, boot: vm.boot }));
+    await expect(backend.checkRoom(starting)).rejects.toThrow(
+      new UserError(
+        "no room in this Xen host: the domUs to start need 256 MiB and Xen has 255 MiB free",
+        "fewer or smaller VMs (memory:), other domUs stopped, or a smaller dom0_mem",
+      ),
+    );
+    await backend.checkRoom(starting.slice(0, 1));
+    expect(runner.argvs.filter((argv) => argv[0] !== "xl" && argv[1] !== "--list")).toEqual([]);
+  });
+
+  it("detaches loop devices a gone domain left on the VM's own files before starting it again", async () => {
+    const root = await tempDir();
+    const vm = await startable(root);
+    await writeFile(vm.own.paths.seed, "seed");
+    const other = join(root, "other.img");
+    await writeFile(other, "other");
+    const runner = dom0(vm.boot.base, [
+      ["/dev/loop7", vm.own.paths.seed],
+      ["/dev/loop8", other],
+    ]);
+    await new XlBackend(runner, vm.here, vm.processes).start(vm.own, vm.spec, vm.boot, vm.nic);
+    expect(detaches(runner)).toEqual([["losetup", "--detach", "/dev/loop7"]]);
   });
 });
 
@@ -260,7 +467,8 @@ describe("xl backend beside other owners of a domain name", () => {
     await backend.requestShutdown(vm);
     await backend.destroy(vm);
     await expect(backend.openConsole(vm)).rejects.toThrow("VM vm-1's console is not there");
-    expect(runner.argvs.filter((argv) => argv[1] !== "list")).toEqual([]);
+    // Listings only: nothing shut down, destroyed or detached.
+    expect(runner.argvs.filter((argv) => argv[1] !== "list" && argv[1] !== "--list")).toEqual([]);
     expect(runner.argvs).toContainEqual(["xl", "list", "-l", "lab.vm-1"]);
   });
 
@@ -307,7 +515,7 @@ describe("xl backend beside other owners of a domain name", () => {
 describe("xl backend and xenconsoled's log of a domain", () => {
   async function setUp() {
     const { here, own, spec, boot, nic, processes, logs } = await startable(await tempDir());
-    const runner = xl([unknown]);
+    const runner = dom0(boot.base);
     const backend = new XlBackend(runner, here, processes);
     const start = () => backend.start(own, spec, boot, nic);
     return { runner, backend, start, own, link: join(logs, "guest-lab.vm-1.log") };

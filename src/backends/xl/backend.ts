@@ -1,10 +1,12 @@
 import { constants, openSync } from "node:fs";
 import { lstat, mkdir, readdir, readFile, readlink, rm, symlink } from "node:fs/promises";
-import { join } from "node:path";
+import { availableParallelism } from "node:os";
+import { dirname, join } from "node:path";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ReadStream } from "node:tty";
 import { fileURLToPath } from "node:url";
+import pLimit from "p-limit";
 import type { VmSpec } from "../../core/fleet.js";
 import type { Found, Owner, Ownership } from "../../core/net.js";
 import type { BootFiles } from "../../core/render/boot.js";
@@ -18,28 +20,34 @@ import {
   parseXlDiskPaths,
   parseXlList,
   parseXlListIdentity,
+  parseXlListUuids,
   parseXlUptimeSeconds,
   type XlDomainState,
+  xenNeeds,
+  xenShortfall,
 } from "../../core/xen.js";
-import { ShoalError } from "../../errors.js";
+import { ShoalError, UserError } from "../../errors.js";
 import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
-import { consoleLogDir } from "../../host/xen.js";
+import { consoleLogDir, xenRoom } from "../../host/xen.js";
 import { refuseUnlessOurs } from "../../net/network.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import type { StateLayout } from "../../state/layout.js";
-import { withLock } from "../../state/lock.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
+import { BaseLoops, type BaseUser, LOSETUP_COLUMNS, loopsUnder } from "./base-loops.js";
+import { uncompressedKernel } from "./kernel.js";
 
 /** shoal's vif hotplug script (copied per VM), from dist/backends/xl/ and src/backends/xl/ alike. */
 const VIF_HOTPLUG = fileURLToPath(new URL("../../../src/net/xen-vif-hotplug", import.meta.url));
+/** shoal's block hotplug script (copied per VM), which attaches disks without Xen's global lock. */
+const BLOCK_HOTPLUG = fileURLToPath(
+  new URL("../../../src/backends/xl/xen-block-hotplug", import.meta.url),
+);
 /** Where `xl create`'s monitor process logs, one file per domain name. */
 const XL_LOG_DIR = "/var/log/xen";
 const GONE_WAIT_MS = 30_000;
 const MONITOR_GRACE_MS = 10_000;
 const POLL_MS = 250;
-/** Long enough for a queue of domain creations on a slow dom0. */
-const CREATE_LOCK_WAIT_S = 1800;
 
 /** A domain of a VM's name as `xl list -v` shows it. */
 interface Listed {
@@ -63,15 +71,33 @@ export class XlBackend implements Backend {
   readonly nic = "vif" as const;
 
   private logDir: Promise<string> | undefined;
+  private readonly bases: BaseLoops;
+  /**
+   * `xl create`s at once, as many as dom0 has CPUs. Each domain's backends are set up in dom0's
+   * kernel one at a time (its single xenwatch thread) and libxl gives each 10 s to come up: more
+   * creations at once than dom0 can run fail with "unable to add vif devices" (measured: 2 of 10
+   * at once in the Xen lab's 2-vCPU dom0). Booting, the longer part, is not limited.
+   */
+  private readonly creations = pLimit(availableParallelism());
+  private readonly kernels = new Map<string, Promise<string>>();
 
   constructor(
     private readonly runner: Runner,
-    private readonly layout: Pick<StateLayout, "root" | "xlCreateLock">,
+    layout: Pick<StateLayout, "root" | "xlBase" | "xlBases" | "image">,
     /** Finds xl's monitor processes and xenconsoled (a parameter so that unit tests see their own). */
     private readonly processes: typeof processesNamed = processesNamed,
-  ) {}
+  ) {
+    this.root = layout.root;
+    this.bases = new BaseLoops(runner, layout, (users) => this.liveUsers(users));
+  }
 
-  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
+  private readonly root: string;
+
+  /**
+   * Writes the VM's hotplug scripts. Its xl.cfg names the base's loop device, which is there only
+   * while domains use it: that is written when the VM starts.
+   */
+  async define(vm: BackendVm, _spec: VmSpec, _boot: BootFiles, nic: VmNic): Promise<void> {
     // Replaced, never written through: a link planted there would be followed.
     await writeFileAtomic(
       vm.paths.vifHotplug,
@@ -82,46 +108,101 @@ export class XlBackend implements Backend {
       }),
       0o755,
     );
-    const config = renderXlConfig({
-      fleet: vm.fleet,
-      vm: spec,
-      uuid: domainUuid(this.owner(vm), vm.name),
-      boot,
-      seed: vm.paths.seed,
-      ...(spec.layer.type === "disk" ? { layer: vm.paths.layer } : {}),
-      bridge: nic.bridge,
-      vifScript: vm.paths.vifHotplug,
-    });
-    await writeFileAtomic(vm.paths.xlConfig, config, 0o600);
+    // A copy, as the vif script is: a domain's reboot runs it again after shoal moved or changed.
+    await writeFileAtomic(vm.paths.blockHotplug, await readFile(BLOCK_HOTPLUG), 0o755);
   }
 
   async start(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void> {
     const logDir = await this.consoleLogDir();
     await this.claim(vm, logDir, await this.listed(this.domain(vm)));
-    // xl reads the config, and Xen's hotplug runs the script, from the VM's directory as root:
-    // both are written afresh from the record first.
+    // xl reads the config, and libxl runs the scripts, from the VM's directory as root: all are
+    // written afresh from the record first.
     await this.define(vm, spec, boot, nic);
+    await this.detachLeftLoops(vm);
     await mkdir(logDir, { recursive: true });
     const link = guestConsoleLog(logDir, this.domain(vm));
     if ((await this.consoleOwnership(link, vm)).kind === "absent") {
       await symlink(vm.paths.serialLog, link);
     }
-    // Xen's block hotplug script sets up each file-backed disk under one host-wide lock and libxl
-    // kills it after 40 s, waiting included: domains created side by side queue their disks
-    // behind each other until one times out. One creation at a time keeps the queue to its own.
-    await withLock(
+    const uuid = domainUuid(this.owner(vm), vm.name);
+    await this.bases.using(boot.baseId, { uuid, config: vm.paths.xlConfig }, async (device) => {
+      const config = renderXlConfig({
+        fleet: vm.fleet,
+        vm: spec,
+        uuid,
+        boot: { ...boot, kernel: await this.kernelOf(boot) },
+        baseDevice: device,
+        blockScript: vm.paths.blockHotplug,
+        seed: vm.paths.seed,
+        ...(spec.layer.type === "disk" ? { layer: vm.paths.layer } : {}),
+        bridge: nic.bridge,
+        vifScript: vm.paths.vifHotplug,
+      });
+      await writeFileAtomic(vm.paths.xlConfig, config, 0o600);
+      await this.creations(async () => {
+        try {
+          // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it
+          // would leave a domain that looks alive and never runs. Its monitor stays, detached.
+          await this.runner.run({
+            argv: ["xl", "create", vm.paths.xlConfig],
+            uninterruptible: true,
+          });
+        } catch (error) {
+          // libxl took the half-made domain away, and with it the disks it attached, mostly: a
+          // disk whose removal timed out keeps its loop device.
+          if ((await this.listed(this.domain(vm))) === undefined) await this.detachLeftLoops(vm);
+          throw error;
+        }
+      });
+    });
+  }
+
+  /** The image's kernel as domUs boot it: unpacked once per image (see kernel.ts). */
+  private kernelOf(boot: BootFiles): Promise<string> {
+    const known = this.kernels.get(boot.kernel);
+    if (known !== undefined) return known;
+    const kernel = uncompressedKernel(
       this.runner,
-      this.layout.xlCreateLock,
-      {
-        subject: "Xen's domain creation",
-        command: "xl create",
-        waitSeconds: CREATE_LOCK_WAIT_S,
-        // Not the fleet's lock: --lock-wait has no say here, and an `xl create` this slow hangs.
-        hint: "that `xl create` is stuck: `xl list` and the logs in /var/log/xen/ show why; ending that shoal releases the lock",
-      },
-      // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it would
-      // leave a domain that looks alive and never runs. Its monitor process stays behind, detached.
-      () => this.runner.run({ argv: ["xl", "create", vm.paths.xlConfig], uninterruptible: true }),
+      boot.kernel,
+      join(dirname(boot.kernel), "vmlinux"),
+    );
+    this.kernels.set(boot.kernel, kernel);
+    return kernel;
+  }
+
+  /**
+   * Detaches loop devices left on the VM's own files (its seed, its layer) by a domain that went
+   * without its remove hotplug: called only while the VM has no domain, so none is in use.
+   */
+  private async detachLeftLoops(vm: BackendVm): Promise<void> {
+    const listing = await this.runner.run({
+      argv: ["losetup", "--list", "--json", "--output", LOSETUP_COLUMNS],
+      probe: true,
+    });
+    for (const device of loopsUnder(listing.stdout, vm.paths.dir)) {
+      await this.runner.run({ argv: ["losetup", "--detach", device], okCodes: [0, 1] });
+    }
+  }
+
+  /** Releases the loop devices of bases no domain of this state directory boots from any more. */
+  async tidy(): Promise<void> {
+    await this.bases.releaseUnused();
+  }
+
+  /** Which of a base's users are there: a domain of its UUID, or an xl monitor of its config. */
+  private async liveUsers(users: readonly BaseUser[]): Promise<ReadonlySet<string>> {
+    const listing = await this.runner.run({ argv: ["xl", "list", "-v"], probe: true });
+    const domains = parseXlListUuids(listing.stdout);
+    const monitors = (await this.processes("xl")).filter(
+      ({ uid, argv }) => uid === 0 && argv.includes("create"),
+    );
+    return new Set(
+      users
+        .filter(
+          (user) =>
+            domains.has(user.uuid) || monitors.some(({ argv }) => argv.includes(user.config)),
+        )
+        .map((user) => user.uuid),
     );
   }
 
@@ -135,6 +216,19 @@ export class XlBackend implements Backend {
       const listed = parseXlListIdentity(listing.stdout, this.domain(vm));
       await this.claim(vm, logDir, listed);
     }
+  }
+
+  async checkRoom(starting: readonly { readonly spec: VmSpec; readonly boot: BootFiles }[]) {
+    if (starting.length === 0) return;
+    const unattached = new Set(
+      starting.map(({ boot }) => boot.baseId).filter((id) => !this.bases.isHeld(id)),
+    );
+    const needs = xenNeeds(
+      starting.map(({ spec }) => spec),
+      unattached.size,
+    );
+    const short = xenShortfall(needs, await xenRoom(this.runner));
+    if (short) throw new UserError(`no room in this Xen host: ${short.what}`, short.fix);
   }
 
   /** A domain or console log of the VM's name that is not the VM's stops everything. */
@@ -200,7 +294,7 @@ export class XlBackend implements Backend {
   }
 
   private owner(vm: BackendVm): Owner {
-    return { root: this.layout.root, fleet: vm.fleet };
+    return { root: this.root, fleet: vm.fleet };
   }
 
   /** The domain of that name as `xl list -v` shows it; undefined when Xen does not know it. */
@@ -256,13 +350,17 @@ export class XlBackend implements Backend {
     await this.stopMonitors(vm);
     // By id: a domain that took the name meanwhile is not the one shoal checked.
     const domid = (await this.own(vm))?.domid;
-    if (domid === undefined) return;
-    await this.runner.run({ argv: ["xl", "destroy", String(domid)], okCodes: [0, 1] });
-    if (!(await this.gone(domain, GONE_WAIT_MS))) {
-      throw new ShoalError(`Xen still holds domain ${domain} after \`xl destroy\``, {
-        hint: "see `xl list` and /var/log/xen/xl-*.log",
-      });
+    if (domid !== undefined) {
+      await this.runner.run({ argv: ["xl", "destroy", String(domid)], okCodes: [0, 1] });
+      if (!(await this.gone(domain, GONE_WAIT_MS))) {
+        throw new ShoalError(`Xen still holds domain ${domain} after \`xl destroy\``, {
+          hint: "see `xl list` and /var/log/xen/xl-*.log",
+        });
+      }
     }
+    // Also after a domain that went behind shoal's back, or a shoal killed before it got here.
+    await this.detachLeftLoops(vm);
+    await this.bases.leave(domainUuid(this.owner(vm), vm.name));
   }
 
   /** Kills the `xl create` monitor processes of this VM's definition. */
