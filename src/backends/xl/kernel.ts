@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { chmod, mkdir, open, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Runner } from "../../host/runner.js";
 import { removeStaleTempFiles, tempPathBeside } from "../../state/atomic.js";
@@ -61,7 +61,8 @@ export async function uncompressedKernel(
   kernel: string,
   vmlinux: string,
 ): Promise<string> {
-  const done = await stat(vmlinux).catch(() => undefined);
+  // Never through a link: what domUs boot is a file shoal made beside the image's kernel.
+  const done = await lstat(vmlinux).catch(() => undefined);
   if (done?.isFile()) return vmlinux;
   const image = await readFile(kernel);
   const payload = bzImagePayload(image);
