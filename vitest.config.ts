@@ -21,6 +21,8 @@ export default defineConfig({
           globalSetup: ["test/integration/build.ts", "test/e2e/image-cache.ts"],
           // Real VMs under software emulation: one file at a time, each VM given minutes.
           fileParallelism: false,
+          // Tests marked concurrent (one VM each) run two at a time: one per core here.
+          maxConcurrency: 2,
           testTimeout: 900_000,
           hookTimeout: 900_000,
         },

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "@commander-js/extra-typings";
+import { packagePath } from "../assets.js";
 import { escapeText } from "../core/terminal.js";
 import { ExitCode, ShoalError, SpecError } from "../errors.js";
 import { consoleCommand } from "./console.js";
@@ -29,9 +30,9 @@ import { upgradeCommand } from "./upgrade.js";
 import { validateCommand } from "./validate.js";
 import { waitCommand } from "./wait.js";
 
-const packageJson = JSON.parse(
-  readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
-) as { version: string };
+const packageJson = JSON.parse(readFileSync(packagePath("package.json"), "utf8")) as {
+  version: string;
+};
 
 function buildProgram() {
   const program = new Command("shoal")

@@ -13,6 +13,8 @@
 #   shoal.on_base_change=keep|warn|reset   what to do with a layer made over another base
 #   shoal.fallback=tmpfs        use a tmpfs layer when the disk layer cannot be used
 #   shoal.seed=DEV              the VM's identity (a tar archive shoal made on the host)
+#   rootdelay=SECONDS           how long to wait for each of these devices (default 30), as
+#                               initramfs-tools reads it
 #
 # After boot: the base at /run/shoal/base, the layer at /run/shoal/layer (upper/ and work/ are
 # overlayfs's; shoal/base-id names the base the layer was made over).
@@ -54,10 +56,14 @@ shoal_fail() {
 }
 
 shoal_wait_for_device() {
+  shoal_delay=$(shoal_param rootdelay) || shoal_delay=30
+  case "$shoal_delay" in
+    '' | *[!0-9]*) shoal_delay=30 ;;
+  esac
   shoal_tries=0
   while [ ! -b "$1" ]; do
     shoal_tries=$((shoal_tries + 1))
-    [ "$shoal_tries" -gt 300 ] && return 1
+    [ "$shoal_tries" -gt $((shoal_delay * 10)) ] && return 1
     sleep 0.1
   done
   return 0
@@ -102,7 +108,7 @@ shoal_layer_unusable() {
 shoal_mount_disk_layer() {
   shoal_dev=$1
   if ! shoal_wait_for_device "$shoal_dev"; then
-    shoal_layer_unusable "layer device $shoal_dev not found"
+    shoal_layer_unusable "layer device $shoal_dev not found (waited ${shoal_delay}s; rootdelay= sets it)"
     return
   fi
   case "$(shoal_signature "$shoal_dev")" in

@@ -1,6 +1,6 @@
 import { chmod, copyFile, mkdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { packagePath } from "../assets.js";
 import { SEED_PATHS } from "../core/seed.js";
 import { SANDBOX_IDS, subordinateStart } from "../core/subids.js";
 import { ShoalError } from "../errors.js";
@@ -8,8 +8,7 @@ import { type Command, CommandFailed, type Runner } from "../host/runner.js";
 import { debugfsQuote, Ext4Image } from "./ext4.js";
 import { imageFromTree } from "./mkfs.js";
 
-/** From dist/image/ and src/image/ alike. */
-const WITH_ROOT = fileURLToPath(new URL("../../src/image/with-root.sh", import.meta.url));
+const WITH_ROOT = packagePath("src/image/with-root.sh");
 
 /** How with-root.sh puts an image's root together, and for what. */
 type RootView =

@@ -1,6 +1,6 @@
 import { chmod, copyFile, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join, relative, resolve, sep } from "node:path";
-import { fileURLToPath } from "node:url";
+import { packagePath } from "../assets.js";
 import { isKernelVersion, isModulePath } from "../core/modules.js";
 import { ShoalError } from "../errors.js";
 import { pathExists } from "../host/paths.js";
@@ -8,8 +8,8 @@ import type { Runner } from "../host/runner.js";
 import type { Ext4Image } from "./ext4.js";
 import type { ImageKernel } from "./kernel.js";
 
-/** The in-guest scripts, shipped beside the code (src/guest), both from src/ and from dist/. */
-export const GUEST_DIR = fileURLToPath(new URL("../../src/guest/", import.meta.url));
+/** The in-guest scripts, shipped beside the code. */
+export const GUEST_DIR = packagePath("src/guest/");
 
 const DECOMPRESSORS: Record<string, readonly [string, ...string[]]> = {
   ".xz": ["xz", "-d"],

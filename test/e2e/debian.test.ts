@@ -2,7 +2,7 @@ import { execFile, spawn } from "node:child_process";
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import { Ext4Image } from "../../src/image/ext4.js";
@@ -29,7 +29,7 @@ import {
  */
 
 const exec = promisify(execFile);
-const tempDir = useTempDirs();
+const tempDir = useTempDirs("file");
 const stateDir = useFileTempDir("shoal-debian-");
 const fleetFiles = useFileTempDir("shoal-fleets-");
 const runner = new ProcessRunner();
@@ -54,9 +54,9 @@ beforeAll(async () => {
   );
 });
 
-afterEach(killAllVms);
 afterAll(async () => {
   // Whatever a failed test left goes (VMs, networks); the state directory itself is removed after.
+  await killAllVms();
   await destroyAllFleets(state);
   await killQemusMentioning(state);
 });
@@ -109,7 +109,8 @@ async function bootToLogin(vm: TestVm, layerDescription: RegExp): Promise<void> 
   await vm.powerOffByButton();
 }
 
-describe("a Debian image", () => {
+// Its two VMs boot side by side, each on one vCPU of the host.
+describe.concurrent("a Debian image", () => {
   it("is sealed, with a kernel, systemd and sshd", async () => {
     const image = images.debian;
     if (!image) throw new Error("no image");

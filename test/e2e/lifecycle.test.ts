@@ -398,7 +398,9 @@ describe("a fleet of 8 tiny VMs", () => {
   });
 });
 
-describe("changing the fleet file", () => {
+// The next three use fleets of their own, mostly one VM booting at a time: they run side by side
+// (two at a time, maxConcurrency in vitest.config.ts), each on one of the host's cores.
+describe.concurrent("changing the fleet file", () => {
   it("adds VMs, deletes removed ones with their layer, restarts only changed VMs, and moves VMs to a new image keeping their layers", async () => {
     const fleet = "change";
     const file = await fleetFile(fleet, "name: change\ncount: 3\nvm: { layer: { size: 64M } }\n");
@@ -457,7 +459,7 @@ describe("changing the fleet file", () => {
   });
 });
 
-describe("an upgrade to a base that does not boot", () => {
+describe.concurrent("an upgrade to a base that does not boot", () => {
   it("stops at the first VM that does not come back, leaves the rest running on the old base, and an upgrade back repairs it", async () => {
     const fleet = "rollout";
     const file = await fleetFile(fleet, "name: rollout\ncount: 3\nvm: { layer: { size: 64M } }\n");
@@ -602,7 +604,7 @@ function firstEntryIn(dir: string): Promise<void> {
   });
 }
 
-describe("crash safety", () => {
+describe.concurrent("crash safety", () => {
   const fleet = "crash";
   let file: string;
 
@@ -629,7 +631,8 @@ describe("crash safety", () => {
     expect((await ps(file)).map((row) => row.state)).toEqual(["running", "running"]);
   }
 
-  it.each([
+  // Its own tests share the fleet "crash", one after another.
+  it.sequential.each([
     ["while it writes the first VM's files", "files"],
     ["right after the VMs were created", "vm-\\d: created"],
     ["while the first VM boots", "vm-\\d: booting"],
@@ -648,18 +651,18 @@ describe("crash safety", () => {
     await expectConverged();
   });
 
-  it("a SIGKILLed `destroy` is finished by the next `destroy`", async () => {
+  it.sequential("a SIGKILLed `destroy` is finished by the next `destroy`", async () => {
     await up(file);
     await killDuring(["destroy", "-f", file, "--yes", "--workers", "1"], (stderr) =>
       /deleted/.test(stderr),
     );
     const again = await run(["destroy", "-f", file, "--yes"]);
     expect(again.code, again.stderr).toBe(0);
-    expect(await qemuPidsMentioning(state)).toEqual([]);
+    expect(await qemuPidsMentioning(`${stateLayout(state).fleet(fleet).dir}/`)).toEqual([]);
     await expect(stat(stateLayout(state).fleet(fleet).dir)).rejects.toThrow();
   });
 
-  it("refuses a second command on a fleet while one holds its lock", async () => {
+  it.sequential("refuses a second command on a fleet while one holds its lock", async () => {
     const first = spawn(process.execPath, [SHOAL, "--state-dir", state, "up", "-f", file], {
       stdio: ["ignore", "ignore", "pipe"],
     });

@@ -1,6 +1,6 @@
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import type { ImageMeta } from "../../src/image/store.js";
@@ -17,7 +17,7 @@ import { killAllVms, sha256, TestVm } from "../helpers/vm.js";
  * shoal's initramfs. The console is a root shell, which the tests drive.
  */
 
-const tempDir = useTempDirs();
+const tempDir = useTempDirs("file");
 const stateDir = useFileTempDir("shoal-e2e-");
 const runner = new ProcessRunner();
 let state: string;
@@ -37,7 +37,9 @@ beforeAll(async () => {
   await buildImage("tiny-next", 2);
 });
 
-afterEach(killAllVms);
+// Each test boots its own VMs, with one vCPU each, and the tests run two at a time (maxConcurrency
+// in vitest.config.ts) on the host's cores; a VM a failed test left is killed at the end.
+afterAll(killAllVms);
 
 function vmSpec(layer: string, name = "agent-1"): VmSpec {
   const vm = fleetOf(`name: test\nvms: [{ name: ${name}, layer: ${layer} }]\n`).vms[0];
@@ -60,7 +62,8 @@ async function boot(options: {
     vm: options.spec ?? vmSpec(options.layer ? "{ type: disk }" : "{ type: tmpfs }"),
     dir,
     ...(options.layer ? { layer: options.layer } : {}),
-    ...(options.withoutLayerDrive ? { withoutLayerDrive: true } : {}),
+    // A missing device is waited for rootdelay= seconds: 3 instead of 30.
+    ...(options.withoutLayerDrive ? { withoutLayerDrive: true, rootDelaySeconds: 3 } : {}),
   });
 }
 
@@ -80,7 +83,7 @@ async function newLayer(): Promise<string> {
   return layer;
 }
 
-describe("a disk layer", () => {
+describe.concurrent("a disk layer", () => {
   it("takes the VM's writes and deletions, while the base stays read-only and unchanged", async () => {
     const tiny = images.tiny;
     if (!tiny) throw new Error("no image");
@@ -156,14 +159,16 @@ describe("a disk layer", () => {
   });
 });
 
-describe("failing closed", () => {
+describe.concurrent("failing closed", () => {
   it("stops a VM whose layer device is missing, naming the cause", async () => {
     const tiny = images.tiny;
     if (!tiny) throw new Error("no image");
     const vm = await boot({ layer: await newLayer(), withoutLayerDrive: true });
     await vm.waitForExit();
     const output = await vm.output();
-    expect(output).toContain("shoal: FATAL: layer device /dev/vdc not found");
+    expect(output).toContain(
+      "shoal: FATAL: layer device /dev/vdc not found (waited 3s; rootdelay= sets it)",
+    );
     expect(output).toContain(
       "shoal: FATAL: refusing to run the shared base read-write; powering off",
     );
@@ -189,14 +194,16 @@ describe("failing closed", () => {
       withoutLayerDrive: true,
       spec: vmSpec("{ type: disk, fallback: tmpfs }"),
     });
-    await vm.waitFor(/WARNING: layer device \/dev\/vdc not found; FALLING BACK TO A TMPFS LAYER/);
+    await vm.waitFor(
+      /WARNING: layer device \/dev\/vdc not found \(waited 3s; rootdelay= sets it\); FALLING BACK TO A TMPFS LAYER/,
+    );
     await ready(vm);
     expect((await vm.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toContain("tmpfs");
     await powerOff(vm);
   });
 });
 
-describe("a layer booted over another base", () => {
+describe.concurrent("a layer booted over another base", () => {
   it("is kept, kept with a warning, or reset, as the fleet's policy says", async () => {
     const layer = await newLayer();
     const policy = (onBaseChange: string) =>
@@ -232,7 +239,7 @@ describe("a layer booted over another base", () => {
   });
 });
 
-describe("the union's /etc/fstab", () => {
+describe.concurrent("the union's /etc/fstab", () => {
   it("loses the lines for / and swap that an imported image brings, and keeps the rest", async () => {
     const tiny = images.tiny;
     if (!tiny) throw new Error("no image");

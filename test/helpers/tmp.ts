@@ -3,10 +3,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll } from "vitest";
 
-/** A fresh temporary directory per call, removed after the test whether it passed or not. */
-export function useTempDirs(): () => Promise<string> {
+/**
+ * A fresh temporary directory per call, removed after the test whether it passed or not; or, for
+ * a file whose tests run concurrently (where "after the test" would also take a running test's
+ * directories), after the file's last test.
+ */
+export function useTempDirs(until: "test" | "file" = "test"): () => Promise<string> {
   const made: string[] = [];
-  afterEach(async () => {
+  (until === "test" ? afterEach : afterAll)(async () => {
     await Promise.all(made.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
   });
   return async () => {

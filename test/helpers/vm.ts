@@ -38,6 +38,8 @@ export interface BootOptions {
   readonly ownInitramfs?: boolean;
   /** Leave the layer's drive out while the kernel command line still names it. */
   readonly withoutLayerDrive?: boolean;
+  /** The guest's `rootdelay=`: how long its initramfs waits for a missing device. */
+  readonly rootDelaySeconds?: number;
   readonly accel?: Accelerator;
 }
 
@@ -169,6 +171,10 @@ export class TestVm extends GuestConsole {
       files,
       accel: options.accel ?? "tcg",
     });
+    if (options.rootDelaySeconds !== undefined) {
+      const append = argv.indexOf("-append") + 1;
+      argv[append] = `${argv[append]} rootdelay=${options.rootDelaySeconds}`;
+    }
     if (options.withoutLayerDrive) {
       const drive = argv.findIndex((arg) => arg.startsWith("if=none,id=layer"));
       argv = [argv[0], ...argv.slice(1, drive - 1), ...argv.slice(drive + 3)];

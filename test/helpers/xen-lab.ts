@@ -19,7 +19,7 @@ import { type CliResult, collect } from "./cli.js";
 /**
  * A real Xen host for the tests: Debian's Xen hypervisor booted by QEMU (software emulation, as
  * measured in the lab notes) with a PV dom0 running the host's Debian kernel, a Debian root built
- * by mmdebstrap with xen-utils, and shoal itself (this checkout, its node_modules and the node
+ * by mmdebstrap with xen-utils, and shoal itself (this checkout's bundle and assets, and the node
  * binary running the tests) inside dom0. The test drives shoal in dom0 over SSH: QEMU's user
  * network forwards a port on the loopback of a network namespace of the test's own, so nothing
  * leaves the machine and nothing is reachable from outside.
@@ -185,7 +185,7 @@ export class XenLab {
     // shoal as this checkout has it built, run by the same node binary as the tests.
     const shoal = join(root, "opt/shoal");
     await mkdir(shoal, { recursive: true });
-    for (const entry of ["bin", "dist", "src", "node_modules", "package.json"]) {
+    for (const entry of ["bin", "dist", "src", "package.json"]) {
       await cp(join(REPO, entry), join(shoal, entry), { recursive: true, verbatimSymlinks: true });
     }
     await copyFile(process.execPath, join(root, "usr/local/bin/node"));

@@ -5,8 +5,8 @@ import { dirname, join } from "node:path";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ReadStream } from "node:tty";
-import { fileURLToPath } from "node:url";
 import pLimit from "p-limit";
+import { packagePath } from "../../assets.js";
 import type { VmSpec } from "../../core/fleet.js";
 import type { Found, Owner, Ownership } from "../../core/net.js";
 import type { BootFiles } from "../../core/render/boot.js";
@@ -37,12 +37,10 @@ import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 import { BaseLoops, type BaseUser, LOSETUP_COLUMNS, loopsUnder } from "./base-loops.js";
 import { uncompressedKernel } from "./kernel.js";
 
-/** shoal's vif hotplug script (copied per VM), from dist/backends/xl/ and src/backends/xl/ alike. */
-const VIF_HOTPLUG = fileURLToPath(new URL("../../../src/net/xen-vif-hotplug", import.meta.url));
+/** shoal's vif hotplug script (copied per VM). */
+const VIF_HOTPLUG = packagePath("src/net/xen-vif-hotplug");
 /** shoal's block hotplug script (copied per VM), which attaches disks without Xen's global lock. */
-const BLOCK_HOTPLUG = fileURLToPath(
-  new URL("../../../src/backends/xl/xen-block-hotplug", import.meta.url),
-);
+const BLOCK_HOTPLUG = packagePath("src/backends/xl/xen-block-hotplug");
 /** Where `xl create`'s monitor process logs, one file per domain name. */
 const XL_LOG_DIR = "/var/log/xen";
 const GONE_WAIT_MS = 30_000;
