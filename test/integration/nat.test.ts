@@ -51,7 +51,15 @@ async function network(op: "ensure" | "remove", dir: string, fleet: FleetSpec) {
     mode: fleet.network,
     spec: { fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms },
   };
-  const argv = ["nsenter", `--net=/run/netns/${HOST}`, "--", process.execPath, DRIVER];
+  const argv = [
+    "nsenter",
+    `--net=/run/netns/${HOST}`,
+    "--",
+    process.execPath,
+    "--import",
+    "tsx",
+    DRIVER,
+  ];
   return collect([...argv, JSON.stringify(request)]);
 }
 

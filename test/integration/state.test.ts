@@ -12,16 +12,16 @@ import { createdRecord, fleetOf } from "../helpers/fleet.js";
 import { useTempDirs } from "../helpers/tmp.js";
 
 const tempDir = useTempDirs();
-const DIST = new URL("../../dist/", import.meta.url).href;
+const SRC = new URL("../../src/", import.meta.url).href;
 const children: ChildProcess[] = [];
 
 afterEach(() => {
   for (const child of children.splice(0)) child.kill("SIGKILL");
 });
 
-/** Runs a module snippet in a separate node process against the built shoal, as a second shoal would. */
+/** Runs a module snippet in a separate node process on shoal's sources (tsx), as a second shoal would. */
 function nodeProcess(code: string): ChildProcess {
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code], {
+  const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", code], {
     stdio: ["pipe", "pipe", "inherit"],
   });
   children.push(child);
@@ -50,8 +50,8 @@ function exited(child: ChildProcess): Promise<void> {
 /** Another process that takes the lock and reports "locked"; optionally starts a long-lived child first. */
 function holder(lock: string, options: { spawnSleeper?: boolean } = {}): ChildProcess {
   return nodeProcess(`
-    const { acquireLock } = await import("${DIST}state/lock.js");
-    const { ProcessRunner } = await import("${DIST}host/runner.js");
+    const { acquireLock } = await import("${SRC}state/lock.js");
+    const { ProcessRunner } = await import("${SRC}host/runner.js");
     const { spawn } = await import("node:child_process");
     await acquireLock(new ProcessRunner(), ${JSON.stringify(lock)}, { subject: "fleet lab", command: "up", waitSeconds: 0 });
     ${options.spawnSleeper ? 'const s = spawn("sleep", ["30"], { detached: true, stdio: "ignore" }); s.unref(); console.log("sleeper " + s.pid);' : ""}
@@ -84,7 +84,7 @@ describe("atomic writes", () => {
     await writeFile(path, small);
     for (let round = 0; round < 5; round++) {
       const writer = nodeProcess(`
-        const { writeFileAtomic } = await import("${DIST}state/atomic.js");
+        const { writeFileAtomic } = await import("${SRC}state/atomic.js");
         console.log("writing");
         for (let i = 0; ; i++) await writeFileAtomic(${JSON.stringify(path)}, i % 2 ? ${JSON.stringify(small)} : "y".repeat(${large.length}));
       `);
