@@ -21,7 +21,8 @@ export default defineConfig({
           globalSetup: ["test/integration/build.ts", "test/e2e/image-cache.ts"],
           // Real VMs under software emulation: one file at a time, each VM given minutes.
           fileParallelism: false,
-          // Tests marked concurrent (one VM each) run two at a time: one per core here.
+          // Concurrent tests (one VM each) and concurrent describes run at most two at a time in each
+          // group: one per core here (nested concurrent describes multiply it).
           maxConcurrency: 2,
           testTimeout: 900_000,
           hookTimeout: 900_000,
