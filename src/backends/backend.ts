@@ -1,7 +1,11 @@
 import type { Duplex } from "node:stream";
-import type { BackendName, VmSpec } from "../core/fleet.js";
+import type { GuestDevices } from "../core/cmdline.js";
+import type { CheckResult, ToolRequirement } from "../core/doctor.js";
+import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import type { GuestModules } from "../core/modules.js";
 import type { BootFiles } from "../core/render/boot.js";
-import type { VmPaths } from "../state/layout.js";
+import type { Launcher, Runner } from "../host/runner.js";
+import type { StateLayout, VmPaths } from "../state/layout.js";
 
 /** One VM as a backend finds it: its fleet, its name and where its files are. */
 export interface BackendVm {
@@ -34,7 +38,7 @@ export type Presence =
  * timeouts, the record) is the same for every backend and lives outside.
  */
 export interface Backend {
-  readonly name: BackendName;
+  readonly name: string;
   /**
    * `tap`: shoal makes the VM's tap on the bridge before starting it; `vif`: the hypervisor makes
    * the VM's interface and its hotplug script puts it on the bridge.
@@ -75,4 +79,44 @@ export interface Backend {
   forget(vm: BackendVm): Promise<void>;
   /** The VM's serial console, both ways. */
   openConsole(vm: BackendVm): Promise<Duplex>;
+}
+
+/** What a backend needs to be made: the one runner, the state directory, a way to tell the user. */
+export interface BackendDeps {
+  readonly runner: Launcher;
+  readonly layout: StateLayout;
+  /** One-line notices for the user (the accelerator chosen, ...). */
+  readonly notice: (line: string) => void;
+  /** QEMU's accelerator: probed (`auto`), or as the user insists. */
+  readonly accel: AccelSetting;
+}
+
+export const ACCEL_SETTINGS = ["auto", "kvm", "tcg"] as const;
+export type AccelSetting = (typeof ACCEL_SETTINGS)[number];
+
+/** What `shoal doctor` gives a backend's host checks. */
+export interface HostCheckDeps {
+  readonly runner: Runner;
+  readonly layout: StateLayout;
+  /** The fleet file, when there is one: checks of room are against its VMs. */
+  readonly fleet: FleetSpec | undefined;
+}
+
+/**
+ * Everything about one hypervisor that the rest of shoal asks of it, in its own folder
+ * (src/backends/NAME/kind.ts) and listed once, in src/backends/registry.ts.
+ */
+export interface BackendKind {
+  readonly name: string;
+  /** How the guest sees its disks and console: the kernel command line names them. */
+  readonly guestDevices: GuestDevices;
+  /** The kernel modules its guests need for those disks and their network. */
+  readonly guestModules: GuestModules;
+  /** The OUI its VMs' MACs start with, as its tools customarily make them. */
+  readonly macPrefix: string;
+  /** The host tools it runs, besides the ones every backend needs; `doctor` checks them. */
+  readonly tools: readonly ToolRequirement[];
+  /** What `doctor` asks of the host for it beyond the tools: devices, daemons, room. */
+  checkHost(deps: HostCheckDeps): Promise<CheckResult[]>;
+  create(deps: BackendDeps): Backend;
 }

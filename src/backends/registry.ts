@@ -1,41 +1,41 @@
-import type { BackendName } from "../core/fleet.js";
-import type { Launcher } from "../host/runner.js";
-import type { StateLayout } from "../state/layout.js";
-import type { Backend } from "./backend.js";
-import { chooseAccel } from "./qemu/accel.js";
-import { QemuBackend } from "./qemu/backend.js";
-import { XlBackend } from "./xl/backend.js";
+import type { GuestModules } from "../core/modules.js";
+import { ShoalError } from "../errors.js";
+import type { Backend, BackendDeps, BackendKind } from "./backend.js";
+import { qemuKind } from "./qemu/kind.js";
+import { xlKind } from "./xl/kind.js";
 
-export interface BackendDeps {
-  readonly runner: Launcher;
-  readonly layout: StateLayout;
-  /** One-line notices for the user (the accelerator chosen, ...). */
-  readonly notice: (line: string) => void;
-  /** QEMU's accelerator: probed (`auto`), or as the user insists. */
-  readonly accel: AccelSetting;
+/**
+ * The one list of backends: the fleet file's schema, the fleet record, `doctor` and the image's
+ * guest modules all derive from it. A new backend is a folder with its kind.ts and a line here.
+ */
+const KINDS = { qemu: qemuKind, xl: xlKind } as const satisfies Record<string, BackendKind>;
+
+export type BackendName = keyof typeof KINDS;
+
+export const BACKEND_NAMES = Object.keys(KINDS) as [BackendName, ...BackendName[]];
+
+export function isBackendName(name: string): name is BackendName {
+  return Object.hasOwn(KINDS, name);
 }
 
-export const ACCEL_SETTINGS = ["auto", "kvm", "tcg"] as const;
-export type AccelSetting = (typeof ACCEL_SETTINGS)[number];
-
-function qemu(deps: BackendDeps): Backend {
-  let choice: Promise<"kvm" | "tcg"> | undefined;
-  return new QemuBackend(deps.runner, (kernel) => {
-    if (deps.accel !== "auto") return Promise.resolve(deps.accel);
-    choice ??= chooseAccel(deps.runner, kernel, deps.layout.accelCache).then((chosen) => {
-      if (chosen.reason !== undefined)
-        deps.notice(`${chosen.reason}: using software emulation (TCG), which is slower`);
-      return chosen.accel;
+export function backendKind(name: string): BackendKind {
+  if (!isBackendName(name)) {
+    throw new ShoalError(`backend ${JSON.stringify(name)} is not one this shoal has`, {
+      hint: `shoal has ${BACKEND_NAMES.join(", ")}`,
     });
-    return choice;
-  });
+  }
+  return KINDS[name];
 }
 
-const BACKENDS: Record<BackendName, (deps: BackendDeps) => Backend> = {
-  qemu,
-  xl: (deps) => new XlBackend(deps.runner, deps.layout),
-};
+export function backendFor(name: string, deps: BackendDeps): Backend {
+  return backendKind(name).create(deps);
+}
 
-export function backendFor(name: BackendName, deps: BackendDeps): Backend {
-  return BACKENDS[name](deps);
+/** Every backend's guest modules: one image (and its initramfs) boots on any of them. */
+export function allGuestModules(): GuestModules {
+  const kinds: BackendKind[] = Object.values(KINDS);
+  return {
+    block: kinds.flatMap((kind) => kind.guestModules.block),
+    net: kinds.flatMap((kind) => kind.guestModules.net),
+  };
 }

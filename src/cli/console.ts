@@ -1,6 +1,8 @@
 import { Command } from "@commander-js/extra-typings";
+import { oneVm } from "../fleet/select.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption } from "./options.js";
 
 /** Ctrl-], as in telnet and virsh console. */
 const ESCAPE = 0x1d;

@@ -1,11 +1,13 @@
 import { mkdir, stat } from "node:fs/promises";
 import { Command } from "@commander-js/extra-typings";
-import pLimit from "p-limit";
 import { parseCopyEnd } from "../core/reach.js";
 import { ShoalError, UserError } from "../errors.js";
+import { eachVm } from "../fleet/fan-out.js";
 import { FleetReach } from "../fleet/reach.js";
+import { createdVms } from "../fleet/select.js";
 import { fleetFileOption } from "./context.js";
-import { createdVms, fleetNameOption, notice, withFleet, workersOption } from "./fleet.js";
+import { notice, withFleet } from "./fleet.js";
+import { fleetNameOption, workersOption } from "./options.js";
 
 export function cpCommand() {
   return new Command("cp")
@@ -35,7 +37,6 @@ export function cpCommand() {
         const vms = createdVms(session, [remote.pattern]);
         const reach = await FleetReach.open(context.runner, session);
         for (const vm of vms) await reach.requireRunning(vm);
-        const limit = pLimit(options.workers);
         // From a pattern (however many VMs it matches today): one directory per VM under the
         // destination, so no copy overwrites another and the layout does not depend on the count.
         const downloadOfMany =
@@ -53,26 +54,18 @@ export function cpCommand() {
         const interrupt = new AbortController();
         const onSignal = () => interrupt.abort();
         process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
-        const results = await Promise.allSettled(
-          vms.map((vm) =>
-            limit(async () => {
-              if (interrupt.signal.aborted) throw new ShoalError("interrupted");
-              const there = { target: reach.target(vm), path: remote.path };
-              const signal = interrupt.signal;
-              if (from.kind === "local") return reach.copy(local.path, there, { signal });
-              return reach.copy(there, local.path, {
-                signal,
-                ...(downloadOfMany ? { subdirectory: vm } : {}),
-              });
-            }),
-          ),
-        ).finally(() => process.off("SIGINT", onSignal).off("SIGTERM", onSignal));
+        const results = await eachVm(vms, options.workers, async (vm) => {
+          if (interrupt.signal.aborted) throw new ShoalError("interrupted");
+          const there = { target: reach.target(vm), path: remote.path };
+          const signal = interrupt.signal;
+          if (from.kind === "local") return reach.copy(local.path, there, { signal });
+          return reach.copy(there, local.path, {
+            signal,
+            ...(downloadOfMany ? { subdirectory: vm } : {}),
+          });
+        }).finally(() => process.off("SIGINT", onSignal).off("SIGTERM", onSignal));
         if (interrupt.signal.aborted) throw new ShoalError("cp interrupted");
-        const failures = results.flatMap((result) =>
-          result.status === "rejected"
-            ? [result.reason instanceof Error ? result.reason.message : String(result.reason)]
-            : [],
-        );
+        const failures = results.flatMap((result) => (result.ok ? [] : [result.error.message]));
         if (failures.length > 0) {
           throw new ShoalError(
             `cp failed on ${failures.length} of ${vms.length} VMs: ${failures.join("; ")}`,

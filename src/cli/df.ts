@@ -4,7 +4,8 @@ import { accountDisk, type ImageUsage, type VmUsage } from "../core/usage.js";
 import { allocatedBytes } from "../host/paths.js";
 import { ImageStore } from "../image/store.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption } from "./options.js";
 import { formatTable } from "./table.js";
 
 export function dfCommand() {
@@ -21,8 +22,7 @@ export function dfCommand() {
         const names = session.recordedNames();
         const vms: VmUsage[] = await Promise.all(
           names.map(async (name) => {
-            const spec = session.book.vm(name)?.spec;
-            if (!spec) throw new Error(`internal: ${name} has no record`);
+            const { spec } = session.entry(name);
             const paths = session.paths.vm(name);
             const layerBytes = spec.layer.type === "disk" ? await allocatedBytes(paths.layer) : 0;
             return {

@@ -1,8 +1,11 @@
 import { Command } from "@commander-js/extra-typings";
 import { formatUsage } from "../core/size.js";
 import { escapeName } from "../core/terminal.js";
+import { layerChanges } from "../fleet/layers.js";
+import { oneVm } from "../fleet/select.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, lockWaitOption, oneVm, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption } from "./options.js";
 import { formatTable } from "./table.js";
 
 export function diffCommand() {
@@ -19,7 +22,7 @@ export function diffCommand() {
       // Under the fleet's lock: reading the layer replays its journal, which no `up` may race.
       await withFleet(command, options, "diff", async ({ context, session }) => {
         const vm = oneVm(session, name);
-        const changes = await session.layerChanges(vm);
+        const changes = await layerChanges(session, vm);
         if (options.json) {
           context.printJson(changes);
           return;

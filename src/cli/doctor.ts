@@ -1,12 +1,12 @@
 import { Command, Option } from "@commander-js/extra-typings";
-import type { CheckResult } from "../core/doctor.js";
-import { verdict } from "../core/doctor.js";
-import type { BackendName, FleetSpec } from "../core/fleet.js";
-import { xenNeeds } from "../core/xen.js";
+import { BACKEND_NAMES, backendKind } from "../backends/registry.js";
+import { type CheckResult, toolsFor, verdict } from "../core/doctor.js";
+import type { FleetSpec } from "../core/fleet.js";
 import { ShoalError, UserError } from "../errors.js";
-import { checkQemuHost, checkTools, checkXenHost } from "../host/doctor.js";
+import { checkTools } from "../host/doctor.js";
 import { pathExists } from "../host/paths.js";
 import { FleetNetwork } from "../net/network.js";
+import { DEFAULTS } from "../spec/defaults.js";
 import { DEFAULT_FLEET_FILE, loadFleetFile } from "../spec/load.js";
 import { contextOf, fleetFileOption } from "./context.js";
 import { formatTable } from "./table.js";
@@ -30,20 +30,22 @@ export function doctorCommand() {
       new Option(
         "--backend <backend>",
         "check for this backend instead of the fleet file's",
-      ).choices(["qemu", "xl"] as const),
+      ).choices(BACKEND_NAMES),
     )
     .addOption(fleetFileOption())
     .action(async (options, command) => {
       const context = contextOf(command);
       const fleet = await fleetIfAny(options.file);
-      const backend: BackendName = options.backend ?? fleet?.backend ?? "qemu";
-      const results: CheckResult[] = await checkTools(context.runner, backend);
-      if (backend === "qemu") {
-        results.push(...(await checkQemuHost(context.runner, (await context.layout()).accelCache)));
-      } else {
-        // The whole fleet, as if none of it ran yet, on one base.
-        results.push(...(await checkXenHost(context.runner, fleet && xenNeeds(fleet.vms, 1))));
-      }
+      const backend = options.backend ?? fleet?.backend ?? DEFAULTS.backend;
+      const kind = backendKind(backend);
+      const results: CheckResult[] = await checkTools(context.runner, toolsFor(kind.tools));
+      results.push(
+        ...(await kind.checkHost({
+          runner: context.runner,
+          layout: await context.layout(),
+          fleet,
+        })),
+      );
       const hostBridge = fleet?.network.kind === "host-bridge" ? fleet.network : undefined;
       if (fleet && hostBridge) {
         const layout = await context.layout();

@@ -1,15 +1,10 @@
 import { Command } from "@commander-js/extra-typings";
 import { stopVms } from "../fleet/power.js";
+import { createdVms } from "../fleet/select.js";
 import { contextOf, fleetFileOption } from "./context.js";
-import {
-  createdVms,
-  fleetNameOption,
-  lockWaitOption,
-  reportPower,
-  timeoutOption,
-  withFleet,
-  workersOption,
-} from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption, timeoutOption, workersOption } from "./options.js";
+import { reportPower } from "./report.js";
 
 /** `down` (the whole fleet, or some VMs) and `stop` (the VMs named): the same shutdown. */
 export function shutdownCommand(verb: "down" | "stop") {

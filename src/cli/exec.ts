@@ -1,17 +1,12 @@
 import { Command, Option } from "@commander-js/extra-typings";
-import pLimit from "p-limit";
 import { ShoalError, UserError } from "../errors.js";
+import { eachVm } from "../fleet/fan-out.js";
 import { FleetReach, lastLine, SSH_FAILED } from "../fleet/reach.js";
+import { createdVms } from "../fleet/select.js";
 import type { FleetSession } from "../fleet/session.js";
 import { fleetFileOption, wordsAfterDoubleDash } from "./context.js";
-import {
-  createdVms,
-  fleetNameOption,
-  notice,
-  positiveInteger,
-  withFleet,
-  workersOption,
-} from "./fleet.js";
+import { notice, withFleet } from "./fleet.js";
+import { fleetNameOption, positiveInteger, workersOption } from "./options.js";
 
 /** What one VM made of the command. `exitCode` is null when the command never ran there. */
 interface VmOutcome {
@@ -129,11 +124,20 @@ export function execCommand() {
       await withFleet(command, options, undefined, async ({ context, session }) => {
         const vms = targets(session, patterns, options.all === true);
         const reach = await FleetReach.open(context.runner, session);
-        const limit = pLimit(options.workers);
-        const outcomes = await Promise.all(
-          vms.map((name) =>
-            limit(() => runOn(reach, name, words, options.json !== true, timeoutMs)),
-          ),
+        const outcomes = (
+          await eachVm(vms, options.workers, (name) =>
+            runOn(reach, name, words, options.json !== true, timeoutMs),
+          )
+        ).map((result) =>
+          result.ok
+            ? result.value
+            : {
+                name: result.name,
+                exitCode: null,
+                stdout: "",
+                stderr: "",
+                error: result.error.message,
+              },
         );
         if (options.json) context.printJson(outcomes);
         const failed = outcomes.filter((outcome) => outcome.exitCode !== 0);

@@ -2,8 +2,10 @@ import { Command } from "@commander-js/extra-typings";
 import { type PortForward, parsePortForward } from "../core/reach.js";
 import { UserError } from "../errors.js";
 import { FleetReach } from "../fleet/reach.js";
+import { oneVm } from "../fleet/select.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, notice, oneVm, withFleet } from "./fleet.js";
+import { notice, withFleet } from "./fleet.js";
+import { fleetNameOption } from "./options.js";
 
 export function forwardCommand() {
   return new Command("forward")

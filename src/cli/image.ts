@@ -3,6 +3,8 @@ import { Command } from "@commander-js/extra-typings";
 import { formatSize } from "../core/size.js";
 import { LogEscaper } from "../core/terminal.js";
 import { UserError } from "../errors.js";
+import { stoppedLayer } from "../fleet/layers.js";
+import { oneVm } from "../fleet/select.js";
 import { pathExists } from "../host/paths.js";
 import { committedSource, derivedSource } from "../image/derive.js";
 import {
@@ -14,7 +16,8 @@ import {
 } from "../image/sources.js";
 import { type ImageMeta, ImageStore } from "../image/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
-import { fleetNameOption, lockWaitOption, oneVm, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption } from "./options.js";
 import { step } from "./progress.js";
 import { formatTable } from "./table.js";
 
@@ -206,7 +209,7 @@ function commitCommand() {
     .action(async (name, options, command) => {
       await withFleet(command, options, "image commit", async ({ context, session }) => {
         const vm = oneVm(session, options.fromVm);
-        const stopped = await session.stoppedLayer(vm);
+        const stopped = await stoppedLayer(session, vm);
         if (!stopped) {
           throw new UserError(
             `VM ${vm} never booted: it has no changes to commit`,

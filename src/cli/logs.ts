@@ -3,8 +3,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Command } from "@commander-js/extra-typings";
 import { LogEscaper } from "../core/terminal.js";
 import { UserError } from "../errors.js";
+import { oneVm } from "../fleet/select.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption } from "./options.js";
 
 export function logsCommand() {
   return new Command("logs")

@@ -1,12 +1,12 @@
 import { Command } from "@commander-js/extra-typings";
 import type { FleetSpec } from "../core/fleet.js";
 import { formatIpv4 } from "../core/ipv4.js";
-import { type ObservedState, planFleet, type VmAction, type VmPlan } from "../core/plan.js";
+import type { VmAction, VmPlan } from "../core/plan.js";
 import { formatSize } from "../core/size.js";
-import { observeAll } from "../fleet/converge.js";
+import { planChanges } from "../fleet/planning.js";
 import { loadFleetFile } from "../spec/load.js";
 import { checkSocketPaths } from "../state/layout.js";
-import { readFleetRecord, recordedSpecs } from "../state/store.js";
+import { readFleetRecord } from "../state/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
 import { withFleet } from "./fleet.js";
 import { formatTable } from "./table.js";
@@ -64,20 +64,12 @@ export function planCommand() {
         fleet.name,
         fleet.vms.map((vm) => vm.name),
       );
-      const record = await readFleetRecord(layout, fleet.name);
       // A fleet never brought up has nothing to observe (and needs no working backend).
-      const observed = record
-        ? await withFleet(command, options, undefined, async ({ session }) => {
-            const states = await observeAll(session, session.recordedNames());
-            return new Map([...states].map(([name, status]) => [name, status.state]));
-          })
-        : new Map<string, ObservedState>();
-      const plan = planFleet({
-        desired: fleet.vms,
-        recorded: recordedSpecs(record),
-        observed,
-        goal: "running",
-      });
+      const { plan } = (await readFleetRecord(layout, fleet.name))
+        ? await withFleet(command, options, undefined, ({ session }) =>
+            planChanges(session, fleet, "running"),
+          )
+        : await planChanges(undefined, fleet, "running");
       if (options.json) context.printJson(planJson(plan));
       else context.print(planTable(fleet, plan));
     });

@@ -1,9 +1,11 @@
 import { Command } from "@commander-js/extra-typings";
 import { formatUsage } from "../core/size.js";
-import { observeAll } from "../fleet/converge.js";
+import { observeAll } from "../fleet/planning.js";
+import { selectVms } from "../fleet/select.js";
 import { allocatedBytes } from "../host/paths.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, selectVms, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption } from "./options.js";
 import { formatTable } from "./table.js";
 
 function formatUptime(seconds: number): string {
@@ -24,7 +26,6 @@ export function psCommand() {
     .option("--json", "print an array of VM objects for scripts")
     .action(async (patterns, options, command) => {
       await withFleet(command, options, undefined, async ({ context, session, spec }) => {
-        const recorded = session.book.record.vms;
         const known = [
           ...new Set([...(spec?.vms.map((vm) => vm.name) ?? []), ...session.recordedNames()]),
         ];
@@ -34,7 +35,7 @@ export function psCommand() {
         const rows = await Promise.all(
           names.map(async (name) => {
             const vm =
-              spec?.vms.find((candidate) => candidate.name === name) ?? recorded[name]?.spec;
+              spec?.vms.find((candidate) => candidate.name === name) ?? session.book.vm(name)?.spec;
             const status = states.get(name) ?? { state: "missing" as const };
             const layer =
               vm?.layer.type === "disk" && status.state !== "missing"

@@ -1,8 +1,11 @@
 import { Command } from "@commander-js/extra-typings";
 import { UserError } from "../errors.js";
+import { resetLayers } from "../fleet/layers.js";
+import { selectVms } from "../fleet/select.js";
 import { confirm, refuseUnaskable } from "./confirm.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, lockWaitOption, selectVms, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption } from "./options.js";
 
 export function resetCommand() {
   return new Command("reset")
@@ -23,7 +26,7 @@ export function resetCommand() {
             throw new UserError("nothing reset", "pass --yes to skip this question");
           }
         }
-        await session.resetLayers(names);
+        await resetLayers(session, names);
         context.print(`reset ${names.length} VMs; they start from their base at their next boot`);
       });
     });

@@ -1,8 +1,10 @@
 import { Command } from "@commander-js/extra-typings";
 import { PassedOnExit } from "../errors.js";
 import { FleetReach } from "../fleet/reach.js";
+import { oneVm } from "../fleet/select.js";
 import { fleetFileOption } from "./context.js";
-import { fleetNameOption, oneVm, withFleet } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption } from "./options.js";
 
 export function sshCommand() {
   return new Command("ssh")

@@ -1,15 +1,10 @@
 import { Command } from "@commander-js/extra-typings";
 import { startVms, stopVms } from "../fleet/power.js";
+import { createdVms } from "../fleet/select.js";
 import { contextOf, fleetFileOption } from "./context.js";
-import {
-  createdVms,
-  fleetNameOption,
-  lockWaitOption,
-  reportPower,
-  timeoutOption,
-  withFleet,
-  workersOption,
-} from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption, lockWaitOption, timeoutOption, workersOption } from "./options.js";
+import { reportPower } from "./report.js";
 
 /** `start` and `restart` (a clean shutdown first) of created VMs, as they were defined. */
 export function powerOnCommand(verb: "start" | "restart") {

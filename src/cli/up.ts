@@ -1,16 +1,13 @@
 import { Command } from "@commander-js/extra-typings";
 import type { Goal } from "../core/plan.js";
 import { ShoalError } from "../errors.js";
-import { converge, observeAll } from "../fleet/converge.js";
-import { contextOf, fleetFileOption } from "./context.js";
-import {
-  bootFilesOf,
-  lockWaitOption,
-  selectVms,
-  timeoutOption,
-  withFleet,
-  workersOption,
-} from "./fleet.js";
+import { converge } from "../fleet/converge.js";
+import { observeAll } from "../fleet/planning.js";
+import { selectVms } from "../fleet/select.js";
+import { ImageStore } from "../image/store.js";
+import { fleetFileOption } from "./context.js";
+import { withFleet } from "./fleet.js";
+import { lockWaitOption, timeoutOption, workersOption } from "./options.js";
 import { formatTable } from "./table.js";
 
 const VERBS: Record<Goal, { verb: string; description: string }> = {
@@ -50,7 +47,9 @@ export function convergeCommand(goal: Goal) {
           if (!spec) throw new Error("internal: up needs the fleet file");
           const names = spec.vms.map((vm) => vm.name);
           const only = patterns.length > 0 ? new Set(selectVms(patterns, names)) : undefined;
-          const bootOf = await bootFilesOf(contextOf(command), spec.vms);
+          const bootOf = await new ImageStore(context.runner, await context.layout()).bootsFor(
+            spec.vms,
+          );
           const outcomes = await converge(session, spec, bootOf, {
             goal,
             workers: options.workers,

@@ -4,20 +4,15 @@ import { ShoalError, UserError } from "../errors.js";
 import {
   CONFLICT_OUTCOMES,
   CONFLICT_POLICIES,
+  conflictReports,
   type UpgradeTarget,
   upgradeCandidates,
   upgradeFleet,
 } from "../fleet/upgrade.js";
-import type { LayerChange } from "../layer/layer.js";
+import { ImageStore } from "../image/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
-import {
-  bootFilesOf,
-  lockWaitOption,
-  notice,
-  positiveInteger,
-  timeoutOption,
-  withFleet,
-} from "./fleet.js";
+import { notice, withFleet } from "./fleet.js";
+import { lockWaitOption, positiveInteger, timeoutOption } from "./options.js";
 import { formatTable } from "./table.js";
 
 export function upgradeCommand() {
@@ -62,7 +57,11 @@ export function upgradeCommand() {
           }
           const [first] = spec.vms;
           if (!first) throw new UserError(`fleet ${spec.name} has no VMs`);
-          const boot = (await bootFilesOf(context, [{ ...first, image }]))({ ...first, image });
+          const boot = (
+            await new ImageStore(context.runner, await context.layout()).bootsFor([
+              { ...first, image },
+            ])
+          )({ ...first, image });
           const target: UpgradeTarget = { image, boot };
           if (images.some((name) => name !== image)) {
             notice(
@@ -71,18 +70,7 @@ export function upgradeCommand() {
           }
           const candidates = upgradeCandidates(session, spec, target);
           if (dryRun) {
-            const rows: { name: string; conflicts: LayerChange[]; error?: string }[] = [];
-            for (const vm of candidates) {
-              try {
-                rows.push({
-                  name: vm.name,
-                  conflicts: await session.conflictsWith(vm.name, boot.base, true),
-                });
-              } catch (error) {
-                if (!(error instanceof ShoalError)) throw error;
-                rows.push({ name: vm.name, conflicts: [], error: error.message });
-              }
-            }
+            const rows = await conflictReports(session, candidates, target);
             if (options.json) {
               context.printJson(rows);
               return;

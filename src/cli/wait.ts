@@ -1,9 +1,11 @@
 import { Command } from "@commander-js/extra-typings";
-import pLimit from "p-limit";
 import { ShoalError } from "../errors.js";
+import { eachVm } from "../fleet/fan-out.js";
 import { FleetReach } from "../fleet/reach.js";
+import { createdVms } from "../fleet/select.js";
 import { fleetFileOption } from "./context.js";
-import { createdVms, fleetNameOption, timeoutOption, withFleet, workersOption } from "./fleet.js";
+import { withFleet } from "./fleet.js";
+import { fleetNameOption, timeoutOption, workersOption } from "./options.js";
 import { formatTable } from "./table.js";
 
 export function waitCommand() {
@@ -22,24 +24,15 @@ export function waitCommand() {
         const reach = await FleetReach.open(context.runner, session);
         const started = Date.now();
         const deadline = started + options.timeout * 1000;
-        const limit = pLimit(options.workers);
-        const outcomes = await Promise.all(
-          vms.map((name) =>
-            limit(async () => {
-              try {
-                await reach.waitForLogin(name, deadline);
-                return {
-                  name,
-                  ok: true,
-                  detail: `answers (${Math.round((Date.now() - started) / 1000)} s)`,
-                };
-              } catch (error) {
-                if (!(error instanceof ShoalError)) throw error;
-                return { name, ok: false, detail: error.message };
-              }
-            }),
-          ),
-        );
+        const results = await eachVm(vms, options.workers, async (name) => {
+          await reach.waitForLogin(name, deadline);
+          return `answers (${Math.round((Date.now() - started) / 1000)} s)`;
+        });
+        const outcomes = results.map((result) => ({
+          name: result.name,
+          ok: result.ok,
+          detail: result.ok ? result.value : result.error.message,
+        }));
         context.print(
           formatTable(
             ["NAME", "SSH"],

@@ -1,20 +1,20 @@
-import type { BackendName, VmSpec } from "./fleet.js";
+import type { VmSpec } from "./fleet.js";
 import { isDnsLabel } from "./names.js";
 import type { BootFiles } from "./render/boot.js";
 import { formatSize } from "./size.js";
 import { assertRenderable, checkKernelParam } from "./syntax.js";
 
 /**
- * How each backend presents the base, the identity seed, the layer and the console to the guest.
- * The seed comes before the layer so that its name does not depend on whether there is a layer disk.
+ * How a backend presents the base, the identity seed, the layer and the console to the guest
+ * (each backend's own, in src/backends/NAME/kind.ts). The seed comes before the layer so that its
+ * name does not depend on whether there is a layer disk.
  */
-export const GUEST_DEVICES = {
-  qemu: { base: "/dev/vda", seed: "/dev/vdb", layer: "/dev/vdc", console: "ttyS0" },
-  xl: { base: "/dev/xvda", seed: "/dev/xvdb", layer: "/dev/xvdc", console: "hvc0" },
-} as const satisfies Record<
-  BackendName,
-  { base: string; seed: string; layer: string; console: string }
->;
+export interface GuestDevices {
+  readonly base: string;
+  readonly seed: string;
+  readonly layer: string;
+  readonly console: string;
+}
 
 type CmdlineVm = Pick<VmSpec, "name" | "machineId" | "layer" | "kernelArgs">;
 
@@ -27,11 +27,10 @@ export const PLACEHOLDER_BOOT: Pick<BootFiles, "baseId"> = { baseId: "0".repeat(
  * systemd.hostname and systemd.machine_id give the VM its identity before anything in the image runs.
  */
 export function renderKernelCmdline(
-  backend: BackendName,
+  devices: GuestDevices,
   vm: CmdlineVm,
   boot: Pick<BootFiles, "baseId" | "ownInitramfs">,
 ): string {
-  const devices = GUEST_DEVICES[backend];
   const layer =
     vm.layer.type === "tmpfs"
       ? ["shoal.layer=tmpfs", `shoal.layer_size=${formatSize(vm.layer.sizeBytes)}`]

@@ -3,8 +3,6 @@ import type { Mac } from "./mac.js";
 
 /** The resolved fleet: every default applied, every VM's identity derived. What the rest of shoal works from. */
 
-export type BackendName = "qemu" | "xl";
-
 export type LayerType = "disk" | "tmpfs";
 
 /** What a VM's init does with a disk layer that was made over another base image. */
@@ -52,7 +50,8 @@ export type NetworkMode =
 
 export interface FleetSpec {
   readonly name: string;
-  readonly backend: BackendName;
+  /** A backend src/backends/registry.ts lists (the fleet file and the record are checked against it). */
+  readonly backend: string;
   readonly subnet: Subnet;
   readonly network: NetworkMode;
   readonly authorizedKeys: readonly string[];

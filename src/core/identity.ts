@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
-import type { BackendName, VmIdentity } from "./fleet.js";
+import type { VmIdentity } from "./fleet.js";
 import { addressSlot, formatIpv4, type Subnet, slotAddress } from "./ipv4.js";
-import { type Mac, macFromBytes, OUI } from "./mac.js";
+import { type Mac, macFromBytes } from "./mac.js";
 
 /**
  * Every VM's identity comes from the fleet file alone: the same file gives the same names,
@@ -130,7 +130,7 @@ function assignSlots(
 
 function assignMacs(
   fleet: string,
-  backend: BackendName,
+  macPrefix: string,
   requests: readonly IdentityRequest[],
   problems: IdentityProblem[],
 ) {
@@ -158,7 +158,7 @@ function assignMacs(
       const suffix = digest("mac", fleet, requests[item]?.name ?? "", attempt).subarray(0, 3);
       // All-zero and all-one NIC parts look like placeholders to some tools; skip them.
       const value = suffix.readUIntBE(0, 3);
-      return value === 0 || value === 0xffffff ? undefined : macFromBytes(OUI[backend], suffix);
+      return value === 0 || value === 0xffffff ? undefined : macFromBytes(macPrefix, suffix);
     },
     macs,
   );
@@ -173,9 +173,10 @@ function machineIdCandidate(fleet: string, name: string, attempt: number): strin
   return bytes.toString("hex");
 }
 
+/** `macPrefix`: the OUI the backend's MACs customarily start with (its kind.ts). */
 export function deriveIdentities(
   fleet: string,
-  backend: BackendName,
+  macPrefix: string,
   subnet: Subnet,
   requests: readonly IdentityRequest[],
 ): IdentityResult {
@@ -189,7 +190,7 @@ export function deriveIdentities(
   }
   const problems: IdentityProblem[] = [];
   const slots = assignSlots(fleet, subnet, requests, problems);
-  const macs = assignMacs(fleet, backend, requests, problems);
+  const macs = assignMacs(fleet, macPrefix, requests, problems);
   const machineIds = new Map<number, string>();
   const all = requests.map((_, item) => item);
   assignUnique(

@@ -17,9 +17,6 @@ export function checkUnicastMac(mac: Mac): string | undefined {
   return undefined;
 }
 
-/** The customary OUIs: Xen's own for xl, QEMU's locally used one for qemu. */
-export const OUI = { xl: "00:16:3e", qemu: "52:54:00" } as const;
-
 export function macFromBytes(oui: string, suffix: Uint8Array): Mac {
   const hex = [...suffix.subarray(0, 3)].map((byte) => byte.toString(16).padStart(2, "0"));
   return `${oui}:${hex.join(":")}`;

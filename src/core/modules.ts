@@ -3,18 +3,20 @@
  * modules the union root needs and loads them in dependency order.
  */
 
-/** The modules the union root needs: virtio and Xen block devices, ext4 (and the crc32c it asks for at mount), overlayfs. */
-export const UNION_ROOT_MODULES = [
-  "virtio_pci",
-  "virtio_blk",
-  "xen_blkfront",
-  "crc32c_generic",
-  "ext4",
-  "overlay",
-];
+/**
+ * The modules the union root needs besides each backend's block devices: ext4 (and the crc32c it
+ * asks for at mount), overlayfs.
+ */
+export const ROOT_FILESYSTEM_MODULES = ["crc32c_generic", "ext4", "overlay"];
 
-/** The modules shoal's tiny image loads itself: its network, and the power button `shoal down` presses. */
-export const TINY_IMAGE_MODULES = ["virtio_net", "xen_netfront", "button", "evdev"];
+/** The modules shoal's tiny image loads itself besides each backend's network: the power button `shoal down` presses. */
+export const TINY_IMAGE_MODULES = ["button", "evdev"];
+
+/** How a backend's guest sees its disks and network: the kernel modules for them. */
+export interface GuestModules {
+  readonly block: readonly string[];
+  readonly net: readonly string[];
+}
 
 /** "kernel/drivers/block/xen-blkfront.ko.xz" -> "xen_blkfront", as the kernel names modules. */
 export function moduleName(path: string): string {

@@ -1,12 +1,15 @@
-import pLimit from "p-limit";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { MAX_BRIDGE_PORTS } from "../core/net.js";
-import { type Goal, planFleet, type VmAction, type VmPlan } from "../core/plan.js";
+import type { Goal, VmAction, VmPlan } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { formatSize } from "../core/size.js";
-import { ShoalError, UserError } from "../errors.js";
-import { recordedSpecs } from "../state/store.js";
-import type { FleetSession, VmStatus } from "./session.js";
+import { UserError } from "../errors.js";
+import { eachVm } from "./fan-out.js";
+import { setAuthorizedKeys, writeKnownHosts } from "./identity.js";
+import { createVms, deleteVm, redefineVm, startVm, stopVm } from "./lifecycle.js";
+import { ensureNetwork, recordNetwork } from "./network-policy.js";
+import { planChanges } from "./planning.js";
+import type { FleetSession } from "./session.js";
 import { upgradeRunning } from "./upgrade.js";
 
 export interface ConvergeOptions {
@@ -46,17 +49,6 @@ function checkLayerChange(name: string, recorded: VmSpec | undefined, desired: V
   }
 }
 
-/** Observes every VM the fleet file or the record names. */
-export async function observeAll(
-  session: FleetSession,
-  names: Iterable<string>,
-): Promise<Map<string, VmStatus>> {
-  const unique = [...new Set(names)];
-  const limit = pLimit(32);
-  const states = await Promise.all(unique.map((name) => limit(() => session.status(name))));
-  return new Map(unique.map((name, i) => [name, states[i] ?? { state: "missing" }]));
-}
-
 /**
  * Brings the fleet to its file: deletes VMs no longer in it, rebuilds the changed ones (keeping
  * their layers), creates the new ones and starts what should run. Each step is idempotent and
@@ -74,14 +66,12 @@ export async function converge(
       "split it into several fleets (each gets its own network)",
     );
   }
-  const recorded = recordedSpecs(session.book.record);
-  const observed = await observeAll(session, [...recorded.keys()]);
-  const plan = planFleet({
-    desired: fleet.vms,
-    recorded,
-    observed: new Map([...observed].map(([name, status]) => [name, status.state])),
-    goal: options.goal,
-  }).filter((vm) => options.only === undefined || options.only.has(vm.name));
+  const { plan, recorded, observed } = await planChanges(
+    session,
+    fleet,
+    options.goal,
+    options.only,
+  );
   // Every image must be there, and every change possible, before anything changes.
   for (const vm of plan) if (!vm.actions.includes("delete")) bootOf(vm.spec);
   for (const vm of plan.filter((entry) => entry.changes.includes("layer"))) {
@@ -92,31 +82,29 @@ export async function converge(
     vm.actions.some((action) => action !== "delete" && action !== "stop"),
   );
   await session.backend.checkNames?.(making.map((vm) => session.vm(vm.name)));
+  const booting = (vm: VmPlan) => vm.actions.includes("start") || vm.actions.includes("upgrade");
   await session.backend.checkRoom?.(
     plan
-      .filter(
-        (vm) =>
-          (vm.actions.includes("start") || vm.actions.includes("upgrade")) &&
-          observed.get(vm.name)?.state !== "running",
-      )
+      .filter((vm) => booting(vm) && observed.get(vm.name)?.state !== "running")
       .map((vm) => ({ spec: vm.spec, boot: bootOf(vm.spec) })),
   );
+  await recordNetwork(session, fleet.subnet, fleet.network, { willStart: plan.some(booting) });
 
-  await session.recordNetwork(fleet.subnet, fleet.network, {
-    willStart: plan.some((vm) => vm.actions.includes("start") || vm.actions.includes("upgrade")),
-  });
-  const limit = pLimit(options.workers);
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
-  const fail = (vm: VmPlan, error: unknown) => {
-    const detail = error instanceof ShoalError ? error.message : String(error);
+  const failed = (vm: VmPlan, detail: string) =>
     outcomes.set(vm.name, { plan: vm, ok: false, detail });
-  };
-  const each = (vms: readonly VmPlan[], action: VmAction, work: (vm: VmPlan) => Promise<void>) =>
-    Promise.all(
-      vms
-        .filter((vm) => vm.actions.includes(action) && outcomes.get(vm.name)?.ok)
-        .map((vm) => limit(() => work(vm).catch((error: unknown) => fail(vm, error)))),
+  const byName = new Map(plan.map((vm) => [vm.name, vm]));
+  const each = async (action: VmAction, work: (vm: VmPlan) => Promise<void>) => {
+    const names = plan
+      .filter((vm) => vm.actions.includes(action) && outcomes.get(vm.name)?.ok)
+      .map((vm) => vm.name);
+    const results = await eachVm(names, options.workers, (name) =>
+      work(byName.get(name) as VmPlan),
     );
+    for (const result of results) {
+      if (!result.ok) failed(byName.get(result.name) as VmPlan, result.error.message);
+    }
+  };
 
   // A VM directory the record does not know may hold a layer someone wants: never removed
   // unasked, only reported (`shoal destroy NAME` removes it).
@@ -127,22 +115,22 @@ export async function converge(
       );
     }
   }
-  await each(plan, "delete", (vm) => session.delete(vm.name));
-  if (await session.setAuthorizedKeys(fleet.authorizedKeys)) {
+  await each("delete", (vm) => deleteVm(session, vm.name));
+  if (await setAuthorizedKeys(session, fleet.authorizedKeys)) {
     session.notice(
       "ssh.authorized_keys changed: each VM takes the new keys at its next boot (`shoal restart` now)",
     );
   }
-  await each(plan, "recreate", async (vm) => {
-    await session.stop(vm.name, options.stopTimeoutMs);
-    await session.redefine(vm.spec, bootOf(vm.spec), fleet.authorizedKeys);
+  await each("recreate", async (vm) => {
+    await stopVm(session, vm.name, options.stopTimeoutMs);
+    await redefineVm(session, vm.spec, bootOf(vm.spec), fleet.authorizedKeys);
   });
   const created = plan.filter((vm) => vm.actions.includes("create")).map((vm) => vm.spec);
-  await session.create(created, bootOf, fleet.authorizedKeys, (work) => limit(work));
-  await session.writeKnownHosts();
+  await createVms(session, created, bootOf, fleet.authorizedKeys, options.workers);
+  await writeKnownHosts(session);
   // Also when no VM needs starting: a dead dnsmasq is restarted, a changed NAT setting applied.
   if (options.goal === "running" && session.recordedNames().length > 0) {
-    await session.ensureNetwork();
+    await ensureNetwork(session);
   }
   // One VM at a time, after everything else is in place: the rest of the fleet keeps running.
   const upgrading = plan.filter((vm) => vm.actions.includes("upgrade"));
@@ -158,18 +146,19 @@ export async function converge(
     },
   );
   for (const report of reports) {
-    const vm = upgrading.find((entry) => entry.name === report.name);
+    const vm = byName.get(report.name);
     if (vm && report.outcome !== "upgraded") {
-      const detail =
+      failed(
+        vm,
         report.outcome === "pending"
           ? "not moved to its new image: an earlier VM did not come back on its new image"
-          : (report.detail ?? "it did not come back on its new image");
-      outcomes.set(vm.name, { plan: vm, ok: false, detail });
+          : (report.detail ?? "it did not come back on its new image"),
+      );
     }
   }
-  await each(plan, "start", async (vm) => {
-    const result = await session.start(vm.name, options.bootTimeoutMs);
-    if (!result.ready) outcomes.set(vm.name, { plan: vm, ok: false, detail: result.why });
+  await each("start", async (vm) => {
+    const result = await startVm(session, vm.name, options.bootTimeoutMs);
+    if (!result.ready) failed(vm, result.why);
   });
   return plan.map((vm) => outcomes.get(vm.name) ?? { plan: vm, ok: true });
 }

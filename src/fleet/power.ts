@@ -1,5 +1,5 @@
-import pLimit from "p-limit";
-import { ShoalError } from "../errors.js";
+import { eachVm } from "./fan-out.js";
+import { startVm, stopVm } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
 
 export interface PowerOutcome {
@@ -9,26 +9,16 @@ export interface PowerOutcome {
   readonly detail: string;
 }
 
-function messageOf(error: unknown): string {
-  return error instanceof ShoalError ? error.message : String(error);
-}
-
-/** Runs `work` for each VM, `workers` at a time; a VM's failure is its own outcome, not the others'. */
-function eachVm(
+async function powerEach(
   names: readonly string[],
   workers: number,
   work: (name: string) => Promise<Omit<PowerOutcome, "name">>,
 ): Promise<PowerOutcome[]> {
-  const limit = pLimit(workers);
-  return Promise.all(
-    names.map((name) =>
-      limit(() =>
-        work(name).then(
-          (outcome): PowerOutcome => ({ name, ...outcome }),
-          (error: unknown): PowerOutcome => ({ name, ok: false, detail: messageOf(error) }),
-        ),
-      ),
-    ),
+  const results = await eachVm(names, workers, work);
+  return results.map((result) =>
+    result.ok
+      ? { name: result.name, ...result.value }
+      : { name: result.name, ok: false, detail: result.error.message },
   );
 }
 
@@ -39,9 +29,9 @@ export function stopVms(
   timeoutMs: number,
   workers: number,
 ): Promise<PowerOutcome[]> {
-  return eachVm(names, workers, async (name) => {
+  return powerEach(names, workers, async (name) => {
     // The user's stop also cancels the start a killed upgrade owed the VM.
-    const outcome = await session.stop(name, timeoutMs, { cancelsUpgrade: true });
+    const outcome = await stopVm(session, name, timeoutMs, { cancelsUpgrade: true });
     const forcedAfter = outcome === "forced" && timeoutMs > 0;
     return {
       ok: true,
@@ -57,8 +47,8 @@ export function startVms(
   bootTimeoutMs: number | undefined,
   workers: number,
 ): Promise<PowerOutcome[]> {
-  return eachVm(names, workers, async (name) => {
-    const result = await session.start(name, bootTimeoutMs);
+  return powerEach(names, workers, async (name) => {
+    const result = await startVm(session, name, bootTimeoutMs);
     if (!result.ready) return { ok: false, detail: result.why };
     return { ok: true, detail: bootTimeoutMs === undefined ? "started" : "booted" };
   });

@@ -12,10 +12,11 @@ import {
   sshArgv,
 } from "../core/reach.js";
 import { ShoalError, UserError } from "../errors.js";
-import { receiveUntrusted } from "../host/guest-files.js";
 import { pathExists } from "../host/paths.js";
 import type { CommandResult, Runner } from "../host/runner.js";
 import { readClientKey } from "../identity/identity.js";
+import { receiveUntrusted } from "./guest-files.js";
+import { vmStatus } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
 
 /** Long enough for a VM under software emulation to accept a connection; short enough to retry. */
@@ -65,14 +66,12 @@ export class FleetReach {
   }
 
   target(name: string): SshTarget {
-    const entry = this.session.book.vm(name);
-    if (!entry) throw new Error(`internal: ${name} has no record`);
-    return { name, ip: entry.spec.ip };
+    return { name, ip: this.session.entry(name).spec.ip };
   }
 
   /** Why a VM cannot answer (`it is stopped`), or undefined for a running one. */
   async notRunning(name: string): Promise<string | undefined> {
-    const { state } = await this.session.status(name);
+    const { state } = await vmStatus(this.session, name);
     return state === "running" ? undefined : `it is ${state}`;
   }
 

@@ -2,6 +2,10 @@ import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { ShoalError } from "../errors.js";
 import type { LayerChange } from "../layer/layer.js";
+import type { VmRecord } from "../state/store.js";
+import { eachVm } from "./fan-out.js";
+import { conflictsWith, resetLayers } from "./layers.js";
+import { markUpgrading, redefineVm, startVm, stopVm, vmStatus } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
 
 /** What an upgrade does with a VM whose layer hides files the new base changed. */
@@ -46,10 +50,8 @@ export interface UpgradeReport {
   readonly detail?: string;
 }
 
-type VmEntry = NonNullable<ReturnType<FleetSession["book"]["vm"]>>;
-
 /** Whether a VM's definition boots from the target base (records from before upgrades: by name). */
-function onTarget(entry: VmEntry, target: UpgradeTarget): boolean {
+function onTarget(entry: VmRecord, target: UpgradeTarget): boolean {
   return entry.baseId === undefined
     ? entry.spec.image === target.image
     : entry.baseId === target.boot.baseId && entry.spec.image === target.image;
@@ -71,6 +73,34 @@ export function upgradeCandidates(
   });
 }
 
+/** What `upgrade --dry-run` shows of a VM: the files its layer hides, or why they could not be read. */
+export interface ConflictReport {
+  readonly name: string;
+  readonly conflicts: LayerChange[];
+  readonly error?: string;
+}
+
+/** Each VM's conflicts with the target, read from copies of running VMs' layers: nothing changes. */
+export async function conflictReports(
+  session: FleetSession,
+  vms: readonly VmSpec[],
+  target: UpgradeTarget,
+): Promise<ConflictReport[]> {
+  const reports: ConflictReport[] = [];
+  for (const vm of vms) {
+    try {
+      reports.push({
+        name: vm.name,
+        conflicts: await conflictsWith(session, vm.name, target.boot.base, true),
+      });
+    } catch (error) {
+      if (!(error instanceof ShoalError)) throw error;
+      reports.push({ name: vm.name, conflicts: [], error: error.message });
+    }
+  }
+  return reports;
+}
+
 /**
  * Moves VMs to a new base, `maxUnavailable` at a time: each is stopped, checked for conflicts,
  * redefined on the new base with its layer (and everything else it was made with) kept, and
@@ -88,19 +118,18 @@ export async function upgradeFleet(
   const reports: UpgradeReport[] = [];
   for (let i = 0; i < pending.length; i += options.maxUnavailable) {
     const batch = pending.slice(i, i + options.maxUnavailable);
-    const settled = await Promise.allSettled(
-      batch.map((vm) => upgradeOne(session, fleet, vm.name, target, options)),
+    const results = await eachVm(
+      batch.map((vm) => vm.name),
+      batch.length,
+      (name) => upgradeOne(session, fleet, name, target, options),
     );
-    settled.forEach((result, j) => {
-      if (result.status === "fulfilled") {
-        reports.push(result.value);
-        return;
-      }
-      // A bug is not a VM's failure: it goes up once the batch has settled.
-      if (!(result.reason instanceof ShoalError)) throw result.reason;
-      const name = batch[j]?.name ?? "";
-      reports.push({ name, outcome: "failed", conflicts: [], detail: result.reason.message });
-    });
+    for (const result of results) {
+      reports.push(
+        result.ok
+          ? result.value
+          : { name: result.name, outcome: "failed", conflicts: [], detail: result.error.message },
+      );
+    }
     if (reports.some((report) => report.outcome === "failed")) {
       for (const vm of pending.slice(i + options.maxUnavailable)) {
         reports.push({ name: vm.name, outcome: "pending", conflicts: [] });
@@ -118,14 +147,13 @@ async function upgradeOne(
   target: UpgradeTarget,
   options: UpgradeOptions,
 ): Promise<UpgradeReport> {
-  const entry = session.book.vm(name);
-  if (!entry) throw new Error(`internal: ${name} has no record`);
-  const running = (await session.status(name)).state === "running";
+  const entry = session.entry(name);
+  const running = (await vmStatus(session, name)).state === "running";
   // Marked: a killed or failed upgrade stopped it (or it did not come back) and owes it a start.
   const wasRunning = running || entry.upgrading === true;
   const resume = async (): Promise<{ ok: boolean; detail?: string }> => {
     if (!wasRunning) return { ok: true };
-    const started = await session.start(name, options.bootTimeoutMs);
+    const started = await startVm(session, name, options.bootTimeoutMs);
     return started.ready ? { ok: true } : { ok: false, detail: started.why };
   };
   const report = (
@@ -147,39 +175,43 @@ async function upgradeOne(
   if (options.policy === "skip" && running) {
     // Looked at on a copy first, so that a VM that stays is not stopped for nothing; a copy that
     // cannot be read (caught mid-write) leaves the decision to the check after the stop.
-    const seen = await session
-      .conflictsWith(name, target.boot.base, true)
-      .catch((error: unknown) => (error instanceof ShoalError ? [] : Promise.reject(error)));
+    const seen = await conflictsWith(session, name, target.boot.base, true).catch(
+      (error: unknown) => (error instanceof ShoalError ? [] : Promise.reject(error)),
+    );
     if (seen.length > 0) {
       // A mark on a running VM is stale (an upgrade killed before its stop): it owes nothing.
-      if (entry.upgrading) await session.markUpgrading(name, false);
+      if (entry.upgrading) await markUpgrading(session, name, false);
       return report("skipped", seen, { ok: true });
     }
   }
-  if (wasRunning) await session.markUpgrading(name, true);
+  if (wasRunning) await markUpgrading(session, name, true);
   let conflicts: LayerChange[];
   let detail: string | undefined;
   try {
-    await session.stop(name, options.stopTimeoutMs);
+    await stopVm(session, name, options.stopTimeoutMs);
     conflicts = await conflictsOf(session, entry, target);
     if (conflicts.length > 0 && options.policy === "skip") {
       return report("skipped", conflicts, await resume());
     }
     if (conflicts.length > 0 && options.policy === "reset") {
-      await session.resetLayers([name]);
+      await resetLayers(session, [name]);
       detail = "its layer was reset";
     }
     if (entry.spec.layer.type === "disk" && entry.spec.layer.onBaseChange === "reset") {
       detail = "its layer is reset at its first boot on the new base (on_base_change: reset)";
     }
-    await session.redefine(
+    await redefineVm(
+      session,
       { ...entry.spec, image: target.image },
       target.boot,
       session.book.record.authorizedKeys ?? fleet.authorizedKeys,
     );
   } catch (error) {
     // Not moved: it goes back to running on its old base (or stays marked for the next upgrade).
-    await resume().catch(() => undefined);
+    // The failure reported is the one that stopped the move; one of the start after it is not.
+    await resume().catch((resumeError: unknown) => {
+      if (!(resumeError instanceof ShoalError)) throw resumeError;
+    });
     throw error;
   }
   return report("upgraded", conflicts, await resume(), detail);
@@ -188,11 +220,11 @@ async function upgradeOne(
 /** A stopped VM's conflicts with the target base; none for a tmpfs layer or one never booted. */
 function conflictsOf(
   session: FleetSession,
-  entry: VmEntry,
+  entry: VmRecord,
   target: UpgradeTarget,
 ): Promise<LayerChange[]> {
   if (entry.spec.layer.type !== "disk") return Promise.resolve([]);
-  return session.conflictsWith(entry.spec.name, target.boot.base);
+  return conflictsWith(session, entry.spec.name, target.boot.base);
 }
 
 /**

@@ -3,6 +3,19 @@ import { access, lstat, readdir, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { UserError } from "../errors.js";
 
+/**
+ * The promise's value, or undefined when what it reads is not there (ENOENT). Any other failure
+ * (a permission, a loop of links, an I/O error) is not absence and is thrown with its cause.
+ */
+export async function ifExists<T>(pending: Promise<T>): Promise<T | undefined> {
+  try {
+    return await pending;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException | undefined)?.code === "ENOENT") return undefined;
+    throw error;
+  }
+}
+
 /** Whether a path exists (with `mode`: and may be used so), for checks that only look. */
 export function pathExists(path: string, mode: number = constants.F_OK): Promise<boolean> {
   return access(path, mode).then(

@@ -1,12 +1,18 @@
+import { allGuestModules } from "../backends/registry.js";
 import {
   isKernelVersion,
   loadOrder,
   type ModuleIndex,
   parseModuleIndex,
-  UNION_ROOT_MODULES,
+  ROOT_FILESYSTEM_MODULES,
 } from "../core/modules.js";
 import { UserError } from "../errors.js";
 import { type DirEntry, type Ext4Image, S_IFMT, S_IFREG } from "./ext4.js";
+
+/** What shoal's initramfs loads: every backend's block devices (one image boots on any), then the root's filesystems. */
+export function unionRootModules(): string[] {
+  return [...allGuestModules().block, ...ROOT_FILESYSTEM_MODULES];
+}
 
 export interface ImageKernel {
   readonly version: string;
@@ -81,7 +87,7 @@ export async function findImageKernel(image: Ext4Image, label: string): Promise<
     );
   }
   const modules = parsed.index;
-  const order = loadOrder(modules, UNION_ROOT_MODULES);
+  const order = loadOrder(modules, unionRootModules());
   if (!order.ok) {
     const what = order.missing.includes("overlay")
       ? "no overlay support"

@@ -170,6 +170,24 @@ export class ImageStore {
     return imageBoot(this.layout, meta);
   }
 
+  /**
+   * The boot files of every image the VMs name, all looked up before anything changes; a missing
+   * image is bad input.
+   */
+  async bootsFor(
+    vms: readonly { readonly name: string; readonly image: string }[],
+  ): Promise<(vm: { readonly name: string; readonly image: string }) => BootFiles> {
+    const boots = new Map<string, BootFiles>();
+    for (const name of new Set(vms.map((vm) => vm.image))) {
+      boots.set(name, imageBoot(this.layout, await this.get(name)));
+    }
+    return (vm) => {
+      const boot = boots.get(vm.image);
+      if (!boot) throw new Error(`internal: image ${vm.image} of ${vm.name} was not looked up`);
+      return boot;
+    };
+  }
+
   async get(name: string): Promise<ImageMeta> {
     checkImageName(name);
     const image = await this.find(name);

@@ -1,16 +1,12 @@
 import { chmod, copyFile, mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { allGuestModules } from "../backends/registry.js";
 import { parseLdd } from "../core/ldd.js";
-import {
-  loadOrder,
-  parseModuleIndex,
-  TINY_IMAGE_MODULES,
-  UNION_ROOT_MODULES,
-} from "../core/modules.js";
+import { loadOrder, parseModuleIndex, TINY_IMAGE_MODULES } from "../core/modules.js";
 import { ShoalError } from "../errors.js";
 import type { Runner } from "../host/runner.js";
 import { GUEST_DIR } from "./initramfs.js";
-import { newestKernel } from "./kernel.js";
+import { newestKernel, unionRootModules } from "./kernel.js";
 
 /**
  * shoal's tiny image: static busybox (a shell and networking tools) with the host's Debian kernel
@@ -135,7 +131,11 @@ export async function buildTinyTree(runner: Runner, root: string): Promise<void>
       `${hostModules}/${parsed.bad.file} line ${parsed.bad.line} names no module file: ${JSON.stringify(parsed.bad.entry)}`,
       { hint: "run depmod for that kernel" },
     );
-  const order = loadOrder(parsed.index, [...UNION_ROOT_MODULES, ...TINY_IMAGE_MODULES]);
+  const order = loadOrder(parsed.index, [
+    ...unionRootModules(),
+    ...allGuestModules().net,
+    ...TINY_IMAGE_MODULES,
+  ]);
   if (!order.ok)
     throw new ShoalError(
       `the host kernel ${version} lacks the modules ${order.missing.join(", ")}`,

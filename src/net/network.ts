@@ -1,6 +1,9 @@
+// Over 400 lines: one object, a fleet's network (namespace, bridge, dnsmasq, NAT, taps), whose
+// parts share its ownership checks; the renderers and the pure rules are in core/.
 import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
+import { QEMU_USER } from "../backends/qemu/render.js";
 import type { NetworkMode, VmIdentity } from "../core/fleet.js";
 import type { Subnet } from "../core/ipv4.js";
 import { formatIpv4 } from "../core/ipv4.js";
@@ -29,7 +32,6 @@ import {
   renderNatRemoval,
   upstreamNameservers,
 } from "../core/render/nft.js";
-import { QEMU_USER } from "../core/render/qemu.js";
 import { ShoalError, UserError } from "../errors.js";
 import { pathExists, requireReachable } from "../host/paths.js";
 import { CommandFailed, type Runner } from "../host/runner.js";

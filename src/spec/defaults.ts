@@ -1,4 +1,5 @@
-import type { BackendName, BaseChangePolicy, LayerType } from "../core/fleet.js";
+import type { BackendName } from "../backends/registry.js";
+import type { BaseChangePolicy, LayerType } from "../core/fleet.js";
 
 /**
  * The built-in defaults, in one place: a fleet file with only `name:` is a complete fleet of three

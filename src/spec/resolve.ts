@@ -1,3 +1,4 @@
+import { backendKind } from "../backends/registry.js";
 import { PLACEHOLDER_BOOT, renderKernelCmdline } from "../core/cmdline.js";
 import type { FleetSpec, LayerSpec, VmSpec } from "../core/fleet.js";
 import { deriveIdentities, type IdentityRequest } from "../core/identity.js";
@@ -204,7 +205,11 @@ function checkCmdline(
   entry: PlannedVm["entry"],
   problems: PathProblem[],
 ) {
-  const length = renderKernelCmdline(backend, vm, PLACEHOLDER_BOOT).length;
+  const length = renderKernelCmdline(
+    backendKind(backend).guestDevices,
+    vm,
+    PLACEHOLDER_BOOT,
+  ).length;
   if (length <= KERNEL_CMDLINE_MAX) return;
   const path =
     entry?.value.kernel_args !== undefined
@@ -237,7 +242,7 @@ export function resolveFleet(checked: CheckedFleetFile): {
   const backend = file.backend ?? DEFAULTS.backend;
   const identity = deriveIdentities(
     file.name,
-    backend,
+    backendKind(backend).macPrefix,
     subnet,
     planned.map((vm) => vm.request),
   );

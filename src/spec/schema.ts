@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { BACKEND_NAMES } from "../backends/registry.js";
 import { excerpt, quoted } from "../core/excerpt.js";
 import { checkFleetSubnet, parseAddressBlock, parseCidr, parseIpv4 } from "../core/ipv4.js";
 import { checkUnicastMac, MAC_RULE, parseMac } from "../core/mac.js";
@@ -234,10 +235,13 @@ export function tooManyVms(vms: number): string {
 export const fleetFileSchema = z
   .strictObject({
     name: dnsLabel.meta({ description: "The fleet's name." }),
-    backend: z.enum(["qemu", "xl"]).optional().meta({
-      default: DEFAULTS.backend,
-      description: "The hypervisor: qemu (QEMU/KVM) or xl (Xen).",
-    }),
+    backend: z
+      .enum(BACKEND_NAMES)
+      .optional()
+      .meta({
+        default: DEFAULTS.backend,
+        description: `The hypervisor: ${BACKEND_NAMES.join(" or ")}.`,
+      }),
     image: imageName.optional().meta({ default: DEFAULTS.image }),
     count: z
       .int()

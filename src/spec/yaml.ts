@@ -1,3 +1,5 @@
+// Over 400 lines: one job, YAML text to values with a position for every node, and the limits
+// that keep hostile input bounded; split, each half would need the other's node walk.
 import {
   type Alias,
   Composer,

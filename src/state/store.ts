@@ -1,5 +1,6 @@
 import { mkdir, readFile } from "node:fs/promises";
 import { z } from "zod";
+import { isBackendName } from "../backends/registry.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";
 import { ShoalError } from "../errors.js";
@@ -36,7 +37,7 @@ const vmSpecRecord = z.object({
 const fleetRecord = z.object({
   version: z.literal(STATE_VERSION),
   fleet: z.string(),
-  backend: z.enum(["qemu", "xl"]),
+  backend: z.string().refine((name): boolean => isBackendName(name)),
   /**
    * The fleet network as the fleet file last set it, for commands that run without the file: its
    * subnet and gateway, and the host bridge its VMs are on or whether its own network is NATed.

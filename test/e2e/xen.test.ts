@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { domainUuid } from "../../src/backends/xl/xen.js";
 import { namespaceName } from "../../src/core/net.js";
-import { domainUuid } from "../../src/core/xen.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";

@@ -81,7 +81,10 @@ async function reachOver(runner: Runner): Promise<FleetReach> {
     fleet: "cp-test",
     paths: { clientKeys: keys, knownHosts },
     network: { namespace: undefined },
-    book: { vm: (name: string) => (name === VM.name ? { spec: { ip: VM.ip } } : undefined) },
+    entry: (name: string) => {
+      if (name !== VM.name) throw new Error(`no VM ${name}`);
+      return { spec: { ip: VM.ip } };
+    },
   } as unknown as FleetSession;
   return FleetReach.open(runner, session);
 }

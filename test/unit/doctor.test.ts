@@ -1,8 +1,10 @@
 import { describe, expect, it } from "vitest";
+import { qemuKind } from "../../src/backends/qemu/kind.js";
+import { xlKind } from "../../src/backends/xl/kind.js";
+import { parseXlInfo } from "../../src/backends/xl/xen.js";
 import {
+  COMMON_TOOLS,
   missingTool,
-  parseXlInfo,
-  TOOLS,
   toolsFor,
   verdict,
   versionLine,
@@ -19,8 +21,8 @@ describe("shoal doctor's checks", () => {
   });
 
   it("check the tools each backend needs, and only those", () => {
-    const qemu = toolsFor("qemu").map((tool) => tool.name);
-    const xl = toolsFor("xl").map((tool) => tool.name);
+    const qemu = toolsFor(qemuKind.tools).map((tool) => tool.name);
+    const xl = toolsFor(xlKind.tools).map((tool) => tool.name);
     expect(qemu).toContain("qemu-system-x86_64");
     expect(qemu).not.toContain("xl");
     expect(xl).toContain("xl");
@@ -32,8 +34,8 @@ describe("shoal doctor's checks", () => {
   });
 
   it("fail on a missing required tool and warn on an optional one, naming the package", () => {
-    const dnsmasq = TOOLS.find((tool) => tool.name === "dnsmasq");
-    const nft = TOOLS.find((tool) => tool.name === "nft");
+    const dnsmasq = COMMON_TOOLS.find((tool) => tool.name === "dnsmasq");
+    const nft = COMMON_TOOLS.find((tool) => tool.name === "nft");
     if (!dnsmasq || !nft) throw new Error("tools missing from the table");
     expect(missingTool(dnsmasq)).toEqual({
       name: "dnsmasq",

@@ -156,7 +156,12 @@ describe("uniqueness across the whole fleet", () => {
   it("resolves MAC hash collisions instead of sharing a MAC", () => {
     // 20000 names over 2^24 MAC suffixes collide about a dozen times on the first attempt.
     const requests = Array.from({ length: 20_000 }, (_, i) => ({ name: `n${i}`, counter: i + 1 }));
-    const { identities: vms } = deriveIdentities("lab", "qemu", subnet("10.0.0.0/16"), requests);
+    const { identities: vms } = deriveIdentities(
+      "lab",
+      "52:54:00",
+      subnet("10.0.0.0/16"),
+      requests,
+    );
     const firstAttempt = requests.map(({ name }) =>
       createHash("sha256").update(`mac\0lab\0${name}\x000`).digest().subarray(0, 3).toString("hex"),
     );

@@ -1,10 +1,14 @@
 import { describe, expect, it } from "vitest";
+import { QEMU_GUEST_DEVICES, QEMU_USER, renderQemuArgv } from "../../src/backends/qemu/render.js";
+import {
+  renderVifHotplug,
+  renderXlConfig,
+  XL_GUEST_DEVICES,
+} from "../../src/backends/xl/render.js";
+import { domainUuid } from "../../src/backends/xl/xen.js";
 import { renderKernelCmdline } from "../../src/core/cmdline.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { renderDhcpHosts, renderDnsHosts } from "../../src/core/render/dnsmasq.js";
-import { QEMU_USER, renderQemuArgv } from "../../src/core/render/qemu.js";
-import { renderVifHotplug, renderXlConfig } from "../../src/core/render/xl.js";
-import { domainUuid } from "../../src/core/xen.js";
 import { fleetOf } from "../helpers/fleet.js";
 
 const fleet = fleetOf(`name: lab
@@ -44,19 +48,19 @@ const files = {
 
 describe("kernel command line", () => {
   it("tells the union-root init where base and layer are, and gives the VM its identity", () => {
-    expect(renderKernelCmdline("qemu", diskVm, boot)).toMatchInlineSnapshot(
+    expect(renderKernelCmdline(QEMU_GUEST_DEVICES, diskVm, boot)).toMatchInlineSnapshot(
       `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet loglevel=4"`,
     );
   });
 
   it("names a tmpfs layer and its size instead of a device", () => {
-    expect(renderKernelCmdline("qemu", tmpfsVm, boot)).toMatchInlineSnapshot(
+    expect(renderKernelCmdline(QEMU_GUEST_DEVICES, tmpfsVm, boot)).toMatchInlineSnapshot(
       `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592"`,
     );
   });
 
   it("uses Xen's PV devices and console for xl", () => {
-    expect(renderKernelCmdline("xl", xenDiskVm, boot)).toMatchInlineSnapshot(
+    expect(renderKernelCmdline(XL_GUEST_DEVICES, xenDiskVm, boot)).toMatchInlineSnapshot(
       `"console=hvc0 shoal.base=/dev/xvda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/xvdb shoal.layer=/dev/xvdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0"`,
     );
   });
@@ -67,14 +71,14 @@ describe("kernel command line", () => {
       kernelArgs: [],
       layer: { ...diskVm.layer, onBaseChange: "reset" as const, fallback: "tmpfs" as const },
     };
-    expect(renderKernelCmdline("qemu", vm, { ...boot, ownInitramfs: true })).toBe(
+    expect(renderKernelCmdline(QEMU_GUEST_DEVICES, vm, { ...boot, ownInitramfs: true })).toBe(
       `console=ttyS0 root=/dev/vda ro shoal.base=/dev/vda shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=reset shoal.fallback=tmpfs systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0`,
     );
   });
 
   it("refuses a parameter that slipped past validation", () => {
     expect(() =>
-      renderKernelCmdline("qemu", { ...diskVm, kernelArgs: ['init="/bin/sh"'] }, boot),
+      renderKernelCmdline(QEMU_GUEST_DEVICES, { ...diskVm, kernelArgs: ['init="/bin/sh"'] }, boot),
     ).toThrow(/^internal: kernel parameter/);
   });
 });

@@ -1,6 +1,5 @@
 import { describe, expect, it } from "vitest";
 import { kvmProbeArgv } from "../../src/backends/qemu/accel.js";
-import { selectVms } from "../../src/cli/fleet.js";
 import { makeSubnet, parseCidr, subnetsOverlap } from "../../src/core/ipv4.js";
 import { hostTapName } from "../../src/core/net.js";
 import { SEED_PATHS, seedFiles } from "../../src/core/seed.js";
@@ -12,6 +11,7 @@ import {
   publicKeyLine,
   renderKnownHosts,
 } from "../../src/core/ssh.js";
+import { selectVms } from "../../src/fleet/select.js";
 
 // RFC 8032, section 7.1, test 1: a published ed25519 key pair.
 const key = {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { isBaseLoop, loopsUnder, majMinOf } from "../../src/backends/xl/base-loops.js";
+import { consoleLogDir } from "../../src/backends/xl/host.js";
 import {
   consoleLogOwnership,
   domainOwnership,
@@ -15,8 +16,7 @@ import {
   xenconsoledGuestLogDir,
   xenNeeds,
   xenShortfall,
-} from "../../src/core/xen.js";
-import { consoleLogDir } from "../../src/host/xen.js";
+} from "../../src/backends/xl/xen.js";
 import { fleetOf } from "../helpers/fleet.js";
 
 const listing = (state: string) =>

@@ -14,9 +14,9 @@ import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { XlBackend } from "../../src/backends/xl/backend.js";
 import { LOSETUP_COLUMNS, majMinOf } from "../../src/backends/xl/base-loops.js";
+import { renderVifHotplug, renderXlConfig } from "../../src/backends/xl/render.js";
+import { domainUuid } from "../../src/backends/xl/xen.js";
 import type { VmSpec } from "../../src/core/fleet.js";
-import { renderVifHotplug, renderXlConfig } from "../../src/core/render/xl.js";
-import { domainUuid } from "../../src/core/xen.js";
 import { UserError } from "../../src/errors.js";
 import type { Command, CommandResult } from "../../src/host/runner.js";
 import { imageBoot } from "../../src/image/store.js";
@@ -320,7 +320,7 @@ describe("xl backend", () => {
         vifScript: paths.vifHotplug,
       }),
       script: renderVifHotplug({
-        script: await readFile("src/net/xen-vif-hotplug", "utf8"),
+        script: await readFile("src/backends/xl/xen-vif-hotplug", "utf8"),
         bridge: "shoal0",
         namespace: nic.namespace,
       }),

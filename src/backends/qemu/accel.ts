@@ -2,11 +2,11 @@ import { constants } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { z } from "zod";
-import { type Accelerator, asUser, QEMU_SANDBOX, QEMU_USER } from "../../core/render/qemu.js";
 import { closedToOthers, pathExists } from "../../host/paths.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
+import { type Accelerator, asUser, QEMU_SANDBOX, QEMU_USER } from "./render.js";
 import { requireQemuUser } from "./user.js";
 
 const PROBE_TIMEOUT_MS = 20_000;

@@ -6,7 +6,6 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { VmSpec } from "../../core/fleet.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
-import { type Accelerator, QEMU_USER, renderQemuArgv } from "../../core/render/qemu.js";
 import { ShoalError } from "../../errors.js";
 import { requireReachable } from "../../host/paths.js";
 import type { Launcher } from "../../host/runner.js";
@@ -15,6 +14,7 @@ import { writeFileAtomic } from "../../state/atomic.js";
 import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 import { grantQemuAccess, launchQemu } from "./launch.js";
 import { QmpClient } from "./qmp.js";
+import { type Accelerator, QEMU_USER, renderQemuArgv } from "./render.js";
 import { type QemuUser, requireQemuUser } from "./user.js";
 
 const QMP_TIMEOUT_MS = 3000;

@@ -1,6 +1,6 @@
-import { QEMU_USER } from "../../core/render/qemu.js";
 import { UserError } from "../../errors.js";
 import type { Runner } from "../../host/runner.js";
+import { QEMU_USER } from "./render.js";
 
 export interface QemuUser {
   readonly uid: number;

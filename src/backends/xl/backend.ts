@@ -1,3 +1,5 @@
+// Over 400 lines: one class, xl's side of the Backend interface; the pieces that stand alone
+// (base loop devices, kernel unpacking, rendering, host probes) are already files of their own.
 import { constants, openSync } from "node:fs";
 import { lstat, mkdir, readdir, readFile, readlink, rm, symlink } from "node:fs/promises";
 import { availableParallelism } from "node:os";
@@ -11,7 +13,17 @@ import type { VmSpec } from "../../core/fleet.js";
 import type { Found, Owner, Ownership } from "../../core/net.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
-import { renderVifHotplug, renderXlConfig } from "../../core/render/xl.js";
+import { ShoalError, UserError } from "../../errors.js";
+import { processesNamed } from "../../host/processes.js";
+import { CommandFailed, type Runner } from "../../host/runner.js";
+import { refuseUnlessOurs } from "../../net/network.js";
+import { writeFileAtomic } from "../../state/atomic.js";
+import type { StateLayout } from "../../state/layout.js";
+import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
+import { BaseLoops, type BaseUser, LOSETUP_COLUMNS, loopsUnder } from "./base-loops.js";
+import { consoleLogDir, xenRoom } from "./host.js";
+import { uncompressedKernel } from "./kernel.js";
+import { renderVifHotplug, renderXlConfig } from "./render.js";
 import {
   consoleLogOwnership,
   domainOwnership,
@@ -25,20 +37,10 @@ import {
   type XlDomainState,
   xenNeeds,
   xenShortfall,
-} from "../../core/xen.js";
-import { ShoalError, UserError } from "../../errors.js";
-import { processesNamed } from "../../host/processes.js";
-import { CommandFailed, type Runner } from "../../host/runner.js";
-import { consoleLogDir, xenRoom } from "../../host/xen.js";
-import { refuseUnlessOurs } from "../../net/network.js";
-import { writeFileAtomic } from "../../state/atomic.js";
-import type { StateLayout } from "../../state/layout.js";
-import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
-import { BaseLoops, type BaseUser, LOSETUP_COLUMNS, loopsUnder } from "./base-loops.js";
-import { uncompressedKernel } from "./kernel.js";
+} from "./xen.js";
 
 /** shoal's vif hotplug script (copied per VM). */
-const VIF_HOTPLUG = packagePath("src/net/xen-vif-hotplug");
+const VIF_HOTPLUG = packagePath("src/backends/xl/xen-vif-hotplug");
 /** shoal's block hotplug script (copied per VM), which attaches disks without Xen's global lock. */
 const BLOCK_HOTPLUG = packagePath("src/backends/xl/xen-block-hotplug");
 /** Where `xl create`'s monitor process logs, one file per domain name. */

@@ -1,8 +1,21 @@
-import { renderKernelCmdline } from "../cmdline.js";
-import type { VmSpec } from "../fleet.js";
-import { inNamespace } from "../net.js";
-import { assertRenderable, UNIX_SOCKET_PATH_MAX } from "../syntax.js";
-import { assertSafePaths, type BootFiles, domainName, isInterfaceName } from "./boot.js";
+import { type GuestDevices, renderKernelCmdline } from "../../core/cmdline.js";
+import type { VmSpec } from "../../core/fleet.js";
+import { inNamespace } from "../../core/net.js";
+import {
+  assertSafePaths,
+  type BootFiles,
+  domainName,
+  isInterfaceName,
+} from "../../core/render/boot.js";
+import { assertRenderable, UNIX_SOCKET_PATH_MAX } from "../../core/syntax.js";
+
+/** How a QEMU guest sees its disks (virtio, in this order) and its serial console. */
+export const QEMU_GUEST_DEVICES: GuestDevices = {
+  base: "/dev/vda",
+  seed: "/dev/vdb",
+  layer: "/dev/vdc",
+  console: "ttyS0",
+};
 
 export type Accelerator = "kvm" | "tcg";
 
@@ -118,7 +131,7 @@ export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
     "-initrd",
     boot.initrd,
     "-append",
-    renderKernelCmdline("qemu", vm, boot),
+    renderKernelCmdline(QEMU_GUEST_DEVICES, vm, boot),
     "-drive",
     `if=none,id=base,file=${boot.base},format=raw,readonly=on`,
     "-device",

@@ -1,3 +1,5 @@
+// Over 400 lines: one security boundary, what a guest sends landing on the host; every check
+// is in one file so that a reviewer reads the whole path from inbox to destination at once.
 import { constants, type Stats } from "node:fs";
 import {
   type FileHandle,

@@ -1,7 +1,20 @@
-import { renderKernelCmdline } from "../cmdline.js";
-import type { VmSpec } from "../fleet.js";
-import { assertRenderable } from "../syntax.js";
-import { assertSafePaths, type BootFiles, domainName, isInterfaceName } from "./boot.js";
+import { type GuestDevices, renderKernelCmdline } from "../../core/cmdline.js";
+import type { VmSpec } from "../../core/fleet.js";
+import {
+  assertSafePaths,
+  type BootFiles,
+  domainName,
+  isInterfaceName,
+} from "../../core/render/boot.js";
+import { assertRenderable } from "../../core/syntax.js";
+
+/** How a PV domU sees its disks (Xen's block frontend, in this order) and its console. */
+export const XL_GUEST_DEVICES: GuestDevices = {
+  base: "/dev/xvda",
+  seed: "/dev/xvdb",
+  layer: "/dev/xvdc",
+  console: "hvc0",
+};
 
 export interface XlConfigInput {
   readonly fleet: string;
@@ -66,7 +79,7 @@ export function renderXlConfig(input: XlConfigInput): string {
     `type = "pv"`,
     `kernel = ${quoted(boot.kernel)}`,
     `ramdisk = ${quoted(boot.initrd)}`,
-    `cmdline = ${quoted(renderKernelCmdline("xl", vm, boot))}`,
+    `cmdline = ${quoted(renderKernelCmdline(XL_GUEST_DEVICES, vm, boot))}`,
     `memory = ${vm.memoryMiB}`,
     `maxmem = ${vm.memoryMiB}`,
     `vcpus = ${vm.vcpus}`,
@@ -81,7 +94,7 @@ export function renderXlConfig(input: XlConfigInput): string {
 }
 
 export interface VifHotplugInput {
-  /** shoal's hotplug script (src/net/xen-vif-hotplug), which takes NAMESPACE BRIDGE COMMAND. */
+  /** shoal's hotplug script (src/backends/xl/xen-vif-hotplug), which takes NAMESPACE BRIDGE COMMAND. */
   readonly script: string;
   /** The fleet's network namespace; absent for a bridge in the host's namespace. */
   readonly namespace?: string;

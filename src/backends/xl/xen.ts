@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
-import type { VmSpec } from "./fleet.js";
-import { isDnsLabel } from "./names.js";
-import type { Owner, Ownership } from "./net.js";
-import { assertRenderable, isSafePath } from "./syntax.js";
+import type { VmSpec } from "../../core/fleet.js";
+import { isDnsLabel } from "../../core/names.js";
+import type { Owner, Ownership } from "../../core/net.js";
+import { assertRenderable, isSafePath } from "../../core/syntax.js";
 
 /**
  * What xl and xenconsoled say, read without I/O: a domain's state from `xl list`, its uptime from
@@ -274,4 +274,14 @@ export function parseDom0(text: string): { memoryMiB: number; vcpus: number } | 
     if (Number.isInteger(memoryMiB) && Number.isInteger(vcpus)) return { memoryMiB, vcpus };
   }
   return undefined;
+}
+
+/** `xl info`'s `key : value` lines. */
+export function parseXlInfo(text: string): Map<string, string> {
+  const fields = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const match = /^(\w+)\s*:\s*(.*)$/.exec(line.trim());
+    if (match?.[1] !== undefined) fields.set(match[1], match[2] ?? "");
+  }
+  return fields;
 }

@@ -1,10 +1,9 @@
 import { readFile } from "node:fs/promises";
-import { parseXlInfo } from "../core/doctor.js";
-import { isSafePath } from "../core/syntax.js";
-import { loopDeviceLimit, type XenRoom, xenconsoledGuestLogDir } from "../core/xen.js";
-import { ShoalError } from "../errors.js";
-import { processesNamed } from "./processes.js";
-import type { Runner } from "./runner.js";
+import { isSafePath } from "../../core/syntax.js";
+import { ShoalError } from "../../errors.js";
+import { processesNamed } from "../../host/processes.js";
+import type { Runner } from "../../host/runner.js";
+import { loopDeviceLimit, parseXlInfo, type XenRoom, xenconsoledGuestLogDir } from "./xen.js";
 
 export const XENCONSOLED_FIX =
   "start xenconsoled with --log=guest (Debian: XENCONSOLED_ARGS=--log=guest in /etc/default/xen, then /etc/init.d/xen restart)";

@@ -1,0 +1,23 @@
+import { rm } from "node:fs/promises";
+import { eachVm, throwFirstFailure } from "./fan-out.js";
+import { writeKnownHosts } from "./identity.js";
+import { deleteVm } from "./lifecycle.js";
+import type { FleetSession } from "./session.js";
+
+/**
+ * Removes VMs with every file and process they had; with `whole`, the fleet's network and
+ * directory too. Every VM's removal is tried before a failure is reported.
+ */
+export async function destroyVms(
+  session: FleetSession,
+  names: readonly string[],
+  options: { readonly whole: boolean; readonly workers: number },
+): Promise<void> {
+  throwFirstFailure(await eachVm(names, options.workers, (name) => deleteVm(session, name)));
+  if (options.whole) {
+    await session.network.remove();
+    await rm(session.paths.dir, { recursive: true, force: true });
+  } else {
+    await writeKnownHosts(session);
+  }
+}

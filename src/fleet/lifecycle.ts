@@ -1,0 +1,291 @@
+import { mkdir, rm, stat } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { quoted } from "../core/excerpt.js";
+import type { VmSpec } from "../core/fleet.js";
+import type { ObservedState } from "../core/plan.js";
+import type { BootFiles } from "../core/render/boot.js";
+import { checkKernelParam } from "../core/syntax.js";
+import { UserError } from "../errors.js";
+import { type BootOutcome, waitForBoot } from "../guest/boot-wait.js";
+import { pathExists } from "../host/paths.js";
+import { makeHostKey } from "../identity/identity.js";
+import { ImageStore } from "../image/store.js";
+import { createLayer } from "../layer/layer.js";
+import { eachVm, throwFirstFailure } from "./fan-out.js";
+import { writeIdentity } from "./identity.js";
+import { ensureNetwork } from "./network-policy.js";
+import type { FleetSession } from "./session.js";
+
+const POLL_MS = 250;
+const PRESS_AGAIN_MS = 10_000;
+
+export interface VmStatus {
+  readonly state: ObservedState;
+  /** When it started, for a running VM. */
+  readonly since?: Date;
+}
+
+/** A VM's state: the hypervisor's word, and for one it does not hold, the record's. */
+export async function vmStatus(session: FleetSession, name: string): Promise<VmStatus> {
+  const recorded = session.book.vm(name);
+  if (recorded?.phase !== "created") return { state: "missing" };
+  const presence = await session.backend.presence(session.vm(name));
+  switch (presence.kind) {
+    case "running":
+      return presence.since ? { state: "running", since: presence.since } : { state: "running" };
+    case "crashed":
+      return { state: "crashed" };
+    case "powered-off":
+      return { state: "stopped" };
+    case "absent": {
+      const defined = await pathExists(session.paths.vm(name).dir);
+      if (!defined) return { state: "missing" };
+      return { state: recorded.running ? "crashed" : "stopped" };
+    }
+  }
+}
+
+/**
+ * Writes every file of new VMs: host key, identity seed, blank layer, hypervisor definition.
+ * Recorded as `creating` before and `created` after, with one filesystem sync for the batch.
+ */
+export async function createVms(
+  session: FleetSession,
+  specs: readonly VmSpec[],
+  bootOf: (vm: VmSpec) => BootFiles,
+  authorizedKeys: readonly string[],
+  workers: number,
+): Promise<void> {
+  if (specs.length === 0) return;
+  const now = new Date().toISOString();
+  await session.book.update((record) => {
+    for (const spec of specs) {
+      record.vms[spec.name] = {
+        spec,
+        createdAt: now,
+        updatedAt: now,
+        phase: "creating",
+        running: false,
+        baseId: bootOf(spec).baseId,
+      };
+    }
+  });
+  const bySpec = new Map(specs.map((spec) => [spec.name, spec]));
+  const written = await eachVm([...bySpec.keys()], workers, async (name) => {
+    const spec = bySpec.get(name) as VmSpec;
+    const paths = session.paths.vm(name);
+    // Whatever a killed run left of this VM was never booted: start it afresh.
+    await session.backend.destroy(session.vm(name));
+    await rm(paths.dir, { recursive: true, force: true });
+    await mkdir(paths.dir, { recursive: true, mode: 0o700 });
+    await makeHostKey(paths.hostKeys, `root@${spec.hostname}`);
+    await writeIdentity(session, spec, authorizedKeys, "new");
+    if (spec.layer.type === "disk") await createLayer(paths.layer, spec.layer.sizeBytes);
+    await session.backend.define(session.vm(name), spec, bootOf(spec), session.nic(spec));
+  });
+  throwFirstFailure(written);
+  await session.sync();
+  await session.book.update((record) => {
+    for (const spec of specs) {
+      const entry = record.vms[spec.name];
+      if (entry) entry.phase = "created";
+    }
+  });
+  for (const spec of specs) session.event({ vm: spec.name, phase: "created" });
+}
+
+/** Rewrites a stopped VM's definition and identity for a changed spec; its layer and host key stay. */
+export async function redefineVm(
+  session: FleetSession,
+  spec: VmSpec,
+  boot: BootFiles,
+  authorizedKeys: readonly string[],
+): Promise<void> {
+  await writeIdentity(session, spec, authorizedKeys, "replace");
+  await session.backend.define(session.vm(spec.name), spec, boot, session.nic(spec));
+  await session.sync();
+  await session.book.update((record) => {
+    const entry = record.vms[spec.name];
+    if (entry) {
+      entry.spec = spec;
+      entry.baseId = boot.baseId;
+      entry.updatedAt = new Date().toISOString();
+    }
+  });
+}
+
+/** Records that an upgrade stopped this VM and owes it a start (or paid it). */
+export async function markUpgrading(
+  session: FleetSession,
+  name: string,
+  upgrading: boolean,
+): Promise<void> {
+  await session.book.update((record) => {
+    const entry = record.vms[name];
+    if (!entry) return;
+    if (upgrading) entry.upgrading = true;
+    else delete entry.upgrading;
+  });
+}
+
+/**
+ * A start an upgrade owed this VM is paid once the VM is up; one that failed stays owed, so the
+ * next upgrade starts the VM again (also after it powered itself off).
+ */
+async function paid(session: FleetSession, name: string, result: BootOutcome) {
+  if (result.ready && session.book.vm(name)?.upgrading) await markUpgrading(session, name, false);
+  return result;
+}
+
+async function setRunning(session: FleetSession, name: string, running: boolean): Promise<void> {
+  await session.book.update((record) => {
+    const entry = record.vms[name];
+    if (entry) entry.running = running;
+  });
+}
+
+/**
+ * Starts a VM and, with `timeoutMs`, waits until its serial log shows the union root built and
+ * the image's init started, or a failure.
+ */
+export async function startVm(
+  session: FleetSession,
+  name: string,
+  timeoutMs: number | undefined,
+): Promise<BootOutcome> {
+  const vm = session.vm(name);
+  const entry = session.entry(name);
+  const presence = await session.backend.presence(vm);
+  if (presence.kind === "running") return paid(session, name, { ready: true });
+  // A guest that powered itself off, or crashed, is still held by the hypervisor.
+  if (presence.kind !== "absent") await session.backend.destroy(vm);
+  await setRunning(session, name, true);
+  const offset = await stat(vm.paths.serialLog).then(
+    (info) => info.size,
+    () => 0,
+  );
+  try {
+    const { spec } = entry;
+    checkRecordedKernelArgs(name, spec.kernelArgs);
+    await ensureNetwork(session);
+    if (session.backend.nic === "tap") await session.network.ensureTap(spec.index);
+    const boot = await new ImageStore(session.runner, session.layout).recordedBoot(name, entry);
+    await session.backend.start(vm, spec, boot, session.nic(spec));
+  } catch (error) {
+    // It never ran: a VM that could not start is stopped, not crashed.
+    await setRunning(session, name, false);
+    throw error;
+  }
+  session.event({ vm: name, phase: "booting" });
+  if (timeoutMs === undefined) return paid(session, name, { ready: true });
+  const result = await waitForBoot({
+    vm: name,
+    serialLog: vm.paths.serialLog,
+    offset,
+    timeoutMs,
+    stopped: async () => {
+      const now = await session.backend.presence(vm);
+      return now.kind === "running" ? undefined : now.kind;
+    },
+  });
+  session.event(
+    result.ready ? { vm: name, phase: "ready" } : { vm: name, phase: "failed", detail: result.why },
+  );
+  return paid(session, name, result);
+}
+
+/**
+ * Stops a VM: the power button, then, after `timeoutMs` (0: at once), the hypervisor ends it.
+ * Recorded as not meant to run first, so a stop that is cut short never reads as a crash.
+ */
+export async function stopVm(
+  session: FleetSession,
+  name: string,
+  timeoutMs: number,
+  { cancelsUpgrade = false } = {},
+): Promise<"clean" | "forced" | "was stopped"> {
+  const vm = session.vm(name);
+  const recorded = session.book.vm(name);
+  if (recorded?.running || (recorded?.upgrading && cancelsUpgrade)) {
+    await session.book.update((record) => {
+      const entry = record.vms[name];
+      if (!entry) return;
+      entry.running = false;
+      if (cancelsUpgrade) delete entry.upgrading;
+    });
+  }
+  const presence = await session.backend.presence(vm);
+  if (presence.kind === "absent") return "was stopped";
+  session.event({ vm: name, phase: "stopping" });
+  let outcome: "clean" | "forced" = "forced";
+  if (presence.kind === "running" && timeoutMs > 0) {
+    const deadline = Date.now() + timeoutMs;
+    let pressedAt = 0;
+    while (Date.now() < deadline) {
+      // A guest that is still booting may not listen to the button yet, and loses the press.
+      if (Date.now() - pressedAt >= PRESS_AGAIN_MS) {
+        // A button that cannot be pressed (QEMU's monitor gone) leaves the forced end.
+        const pressed = await session.backend.requestShutdown(vm).then(
+          () => true,
+          () => false,
+        );
+        if (!pressed) break;
+        pressedAt = Date.now();
+      }
+      if ((await session.backend.presence(vm)).kind !== "running") {
+        outcome = "clean";
+        break;
+      }
+      await sleep(POLL_MS);
+    }
+  } else if (presence.kind === "powered-off") {
+    outcome = "clean";
+  }
+  await session.backend.destroy(vm);
+  session.event({ vm: name, phase: "stopped", detail: outcome });
+  return outcome;
+}
+
+/**
+ * Ends a VM and removes it with its layer and every file. Marked `deleting` first, so that a
+ * half-removed VM is never taken for one that can start; the record entry goes last.
+ */
+export async function deleteVm(session: FleetSession, name: string): Promise<void> {
+  const vm = session.vm(name);
+  await session.backend.destroy(vm);
+  const index = session.book.vm(name)?.spec.index;
+  if (index !== undefined && session.backend.nic === "tap") await session.network.removeTap(index);
+  await session.backend.forget(vm);
+  if (session.book.vm(name)) {
+    await session.book.update((record) => {
+      const entry = record.vms[name];
+      if (entry) {
+        entry.phase = "deleting";
+        entry.running = false;
+      }
+    });
+  }
+  await rm(vm.paths.dir, { recursive: true, force: true });
+  if (session.book.vm(name)) {
+    await session.book.update((record) => {
+      delete record.vms[name];
+    });
+  }
+  session.event({ vm: name, phase: "deleted" });
+}
+
+/**
+ * A VM made by an earlier shoal may carry a kernel parameter shoal now refuses (`console=`,
+ * `init=`): its definition is rendered again at every start, so it is named here with the fix.
+ */
+function checkRecordedKernelArgs(name: string, kernelArgs: readonly string[]): void {
+  for (const param of kernelArgs) {
+    const problem = checkKernelParam(param);
+    if (problem !== undefined) {
+      throw new UserError(
+        `VM ${name} was made with kernel_args ${quoted(param)}, which shoal no longer takes: ${problem}`,
+        "take it out of the fleet file's kernel_args and run `shoal up`, which redefines the VM",
+      );
+    }
+  }
+}

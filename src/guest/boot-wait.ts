@@ -1,0 +1,66 @@
+import { open } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { escapeLine } from "../core/terminal.js";
+import { ifExists } from "../host/paths.js";
+
+const POLL_MS = 250;
+
+/** The lines union-root.sh (beside this file) prints on the serial console when the boot is decided. */
+const READY_LINE = /shoal: root is the union of base/;
+const FATAL_LINE = /shoal: FATAL: ([^\r\n]*)/;
+
+/** What a boot came to: the image's init runs, or why not. */
+export type BootOutcome =
+  | { readonly ready: true }
+  | { readonly ready: false; readonly why: string };
+
+export interface BootWatch {
+  readonly vm: string;
+  /** The VM's serial log, and where this boot's output starts in it. */
+  readonly serialLog: string;
+  readonly offset: number;
+  readonly timeoutMs: number;
+  /** Why the VM is no longer running (its hypervisor's word), or undefined while it runs. */
+  readonly stopped: () => Promise<string | undefined>;
+}
+
+/** Waits until the guest's init says its union root is up, or that it failed, or gives up. */
+export async function waitForBoot(watch: BootWatch): Promise<BootOutcome> {
+  const deadline = Date.now() + watch.timeoutMs;
+  for (;;) {
+    const log = await readFrom(watch.serialLog, watch.offset);
+    if (READY_LINE.test(log)) return { ready: true };
+    const fatal = FATAL_LINE.exec(log);
+    // The guest wrote it: shown escaped, and no longer than a line.
+    if (fatal) {
+      return { ready: false, why: escapeLine((fatal[1] || "the VM's init failed").slice(0, 300)) };
+    }
+    const stopped = await watch.stopped();
+    if (stopped !== undefined) {
+      return {
+        ready: false,
+        why: `it stopped while booting (${stopped}); see \`shoal logs ${watch.vm}\``,
+      };
+    }
+    if (Date.now() > deadline) {
+      return {
+        ready: false,
+        why: `not booted after ${Math.round(watch.timeoutMs / 1000)} s; it keeps running, see \`shoal logs ${watch.vm}\``,
+      };
+    }
+    await sleep(POLL_MS);
+  }
+}
+
+async function readFrom(path: string, offset: number): Promise<string> {
+  const handle = await ifExists(open(path, "r"));
+  if (!handle) return "";
+  try {
+    const { size } = await handle.stat();
+    const buffer = Buffer.alloc(Math.max(0, size - offset));
+    await handle.read(buffer, 0, buffer.length, offset);
+    return buffer.toString("utf8");
+  } finally {
+    await handle.close();
+  }
+}
