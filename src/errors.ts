@@ -78,3 +78,9 @@ export class PassedOnExit extends ShoalError {
     return [];
   }
 }
+
+/** For a probe whose expected failure means "no answer": undefined for a ShoalError, a bug thrown on. */
+export function undefinedUnlessBug(error: unknown): undefined {
+  if (error instanceof ShoalError) return undefined;
+  throw error;
+}

@@ -5,6 +5,7 @@ import { ShoalError, UserError } from "../errors.js";
 import { eachVm } from "../fleet/fan-out.js";
 import { FleetReach } from "../fleet/reach.js";
 import { createdVms } from "../fleet/select.js";
+import { ifExists } from "../host/paths.js";
 import { fleetFileOption } from "./context.js";
 import { notice, withFleet } from "./fleet.js";
 import { fleetNameOption, workersOption } from "./options.js";
@@ -42,7 +43,7 @@ export function cpCommand() {
         const downloadOfMany =
           from.kind === "vm" && !(vms.length === 1 && vms[0] === remote.pattern);
         if (downloadOfMany) {
-          const existing = await stat(local.path).catch(() => undefined);
+          const existing = await ifExists(stat(local.path));
           if (existing && !existing.isDirectory()) {
             throw new UserError(
               `${local.path} is not a directory; copies from ${vms.length} VMs go into DIR/VM/`,

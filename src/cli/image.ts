@@ -15,6 +15,7 @@ import {
   tinySource,
 } from "../image/sources.js";
 import { type ImageMeta, ImageStore } from "../image/store.js";
+import { fleetsUsingImage } from "../state/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
 import { withFleet } from "./fleet.js";
 import { fleetNameOption, lockWaitOption } from "./options.js";
@@ -144,7 +145,8 @@ function removeCommand() {
     .argument("<name>")
     .action(async (name, _options, command) => {
       const { context, store } = await storeOf(command);
-      await store.remove(name);
+      const layout = await context.layout();
+      await store.remove(name, (image) => fleetsUsingImage(layout, image));
       context.print(`removed image ${name}`);
     });
 }

@@ -4,6 +4,7 @@ import { Command } from "@commander-js/extra-typings";
 import { LogEscaper } from "../core/terminal.js";
 import { UserError } from "../errors.js";
 import { oneVm } from "../fleet/select.js";
+import { ifExists } from "../host/paths.js";
 import { fleetFileOption } from "./context.js";
 import { withFleet } from "./fleet.js";
 import { fleetNameOption } from "./options.js";
@@ -22,7 +23,7 @@ export function logsCommand() {
     .action(async (name, options, command) => {
       await withFleet(command, options, undefined, async ({ session }) => {
         const vm = oneVm(session, name);
-        const log = await open(session.paths.vm(vm).serialLog, "r").catch(() => undefined);
+        const log = await ifExists(open(session.paths.vm(vm).serialLog, "r"));
         if (!log) {
           throw new UserError(
             `VM ${vm} has no console log yet`,

@@ -15,6 +15,7 @@ import {
 import { basename, dirname, join } from "node:path";
 import { bytesToText, escapeName } from "../core/terminal.js";
 import { ShoalError, UserError } from "../errors.js";
+import { ifExists } from "../host/paths.js";
 import { isStaleTempName, isTempName, tempPathBeside } from "../state/atomic.js";
 
 /**
@@ -280,9 +281,8 @@ async function resolvePlace(landing: Landing): Promise<Place> {
     if (name === "" || name === "." || name === "..") {
       throw new UserError(`${JSON.stringify(landing.path)} names no file or directory`);
     }
-    const parent = await realpath(dirname(landing.path)).catch(() => {
-      throw new UserError(`${dirname(landing.path)} does not exist`);
-    });
+    const parent = await ifExists(realpath(dirname(landing.path)));
+    if (parent === undefined) throw new UserError(`${dirname(landing.path)} does not exist`);
     refuseScratchPath(join(parent, name));
     return { dir: await HeldDirectory.open(parent, dirname(landing.path)), as: Buffer.from(name) };
   }

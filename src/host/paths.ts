@@ -16,6 +16,17 @@ export async function ifExists<T>(pending: Promise<T>): Promise<T | undefined> {
   }
 }
 
+/** Like `ifExists`, for a process's files in /proc: a process that ended between two reads is gone too (ESRCH). */
+export async function ifProcessExists<T>(pending: Promise<T>): Promise<T | undefined> {
+  try {
+    return await pending;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException | undefined)?.code;
+    if (code === "ENOENT" || code === "ESRCH") return undefined;
+    throw error;
+  }
+}
+
 /** Whether a path exists (with `mode`: and may be used so), for checks that only look. */
 export function pathExists(path: string, mode: number = constants.F_OK): Promise<boolean> {
   return access(path, mode).then(
@@ -26,7 +37,7 @@ export function pathExists(path: string, mode: number = constants.F_OK): Promise
 
 /** The disk space a file, or a directory with everything in it, takes (allocated blocks, not sizes). */
 export async function allocatedBytes(path: string): Promise<number> {
-  const info = await lstat(path).catch(() => undefined);
+  const info = await ifExists(lstat(path));
   if (!info) return 0;
   if (!info.isDirectory()) return info.blocks * 512;
   let total = info.blocks * 512;

@@ -1,4 +1,5 @@
 import { readdir, readFile, stat } from "node:fs/promises";
+import { ifProcessExists } from "./paths.js";
 
 /** Whether a process exists; a process of another user counts (kill answers EPERM). */
 export function isProcessAlive(pid: number): boolean {
@@ -22,11 +23,11 @@ export async function processesNamed(comm: string): Promise<NamedProcess[]> {
   const found: NamedProcess[] = [];
   for (const entry of await readdir("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
-    const name = await readFile(`/proc/${entry}/comm`, "utf8").catch(() => "");
+    const name = (await ifProcessExists(readFile(`/proc/${entry}/comm`, "utf8"))) ?? "";
     if (name.trim() !== comm) continue;
-    const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+    const cmdline = (await ifProcessExists(readFile(`/proc/${entry}/cmdline`, "utf8"))) ?? "";
     // A zombie has an empty command line: it does not run.
-    const owner = await stat(`/proc/${entry}`).catch(() => undefined);
+    const owner = await ifProcessExists(stat(`/proc/${entry}`));
     if (cmdline && owner) {
       found.push({
         pid: Number(entry),

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { pack } from "tar-stream";
 import type { SeedFile } from "../core/seed.js";
 import { type Ed25519Key, privateKeyFile, publicKeyLine } from "../core/ssh.js";
+import { ifExists } from "../host/paths.js";
 import { writeFileAtomic } from "../state/atomic.js";
 
 /**
@@ -72,7 +73,7 @@ export function clientKeyPath(dir: string): string {
 
 /** The fleet's client key in `dir`, or undefined before the fleet has one. */
 export async function readClientKey(dir: string): Promise<ClientKey | undefined> {
-  const publicKey = await readPublicKey(dir, CLIENT_KEY_FILE).catch(() => undefined);
+  const publicKey = await ifExists(readPublicKey(dir, CLIENT_KEY_FILE));
   return publicKey === undefined ? undefined : { privateKeyPath: clientKeyPath(dir), publicKey };
 }
 

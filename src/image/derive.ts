@@ -4,6 +4,7 @@ import { packagePath } from "../assets.js";
 import { SEED_PATHS } from "../core/seed.js";
 import { SANDBOX_IDS, subordinateStart } from "../core/subids.js";
 import { ShoalError } from "../errors.js";
+import { ifExists } from "../host/paths.js";
 import { type Command, CommandFailed, type Runner } from "../host/runner.js";
 import { debugfsQuote, Ext4Image } from "./ext4.js";
 import { imageFromTree } from "./mkfs.js";
@@ -81,7 +82,7 @@ export async function sandboxIds(files = { uid: "/etc/subuid", gid: "/etc/subgid
   const root = { name: "root", id: 0 };
   const [uid, gid] = await Promise.all(
     [files.uid, files.gid].map(async (file) =>
-      subordinateStart(await readFile(file, "utf8").catch(() => ""), root),
+      subordinateStart((await ifExists(readFile(file, "utf8"))) ?? "", root),
     ),
   );
   if (uid === undefined || gid === undefined) {

@@ -3,6 +3,7 @@ import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { UserError } from "../errors.js";
+import { ifExists } from "../host/paths.js";
 import { CommandFailed, type Runner } from "../host/runner.js";
 import { parseJsonOrUndefined } from "../state/json.js";
 import { GUEST_DIR } from "./initramfs.js";
@@ -295,7 +296,7 @@ export async function importSource(
   path: string,
 ): Promise<{ raw: string; format: string }> {
   const source = resolve(path);
-  const info = await stat(source).catch(() => undefined);
+  const info = await ifExists(stat(source));
   if (!info) throw new UserError(`no such file or directory: ${path}`);
   if (info.isDirectory()) {
     // mkfs.ext4 -d copies the tree's links as links; it never follows one to copy what it names.

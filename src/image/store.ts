@@ -16,13 +16,13 @@ import { z } from "zod";
 import { IMAGE_NAME_RULE, isImageName } from "../core/names.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { ShoalError, UserError } from "../errors.js";
+import { ifExists } from "../host/paths.js";
 import { isProcessAlive } from "../host/processes.js";
 import type { Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import { parseJsonOrUndefined } from "../state/json.js";
 import { IMAGE_ID, type StateLayout } from "../state/layout.js";
 import { withLock } from "../state/lock.js";
-import { readFleetRecord } from "../state/store.js";
 import { checkNoLinksIn, checkOwnDirectory } from "../state/trust.js";
 import { Ext4Image } from "./ext4.js";
 import { buildInitramfs } from "./initramfs.js";
@@ -96,7 +96,7 @@ export class ImageStore {
   }
 
   async list(): Promise<ImageMeta[]> {
-    const names = await readdir(this.layout.imageNames).catch(() => [] as string[]);
+    const names = (await ifExists(readdir(this.layout.imageNames))) ?? [];
     const images = await Promise.all(names.sort().map((name) => this.find(name)));
     return images.filter((image): image is ImageMeta => image !== undefined);
   }
@@ -129,7 +129,7 @@ export class ImageStore {
   private async meta(id: string): Promise<ImageMeta | undefined> {
     await checkNoLinksIn(this.layout.image(id).dir);
     const meta = imageMeta.safeParse(
-      parseJsonOrUndefined(await readFile(this.layout.image(id).meta, "utf8").catch(() => "")),
+      parseJsonOrUndefined((await ifExists(readFile(this.layout.image(id).meta, "utf8"))) ?? ""),
     );
     return meta.success && meta.data.id === id ? meta.data : undefined;
   }
@@ -201,7 +201,7 @@ export class ImageStore {
 
   /** Removes staging directories of builds whose process is gone. */
   private async removeStaleStaging(): Promise<void> {
-    for (const entry of await readdir(this.layout.images).catch(() => [] as string[])) {
+    for (const entry of (await ifExists(readdir(this.layout.images))) ?? []) {
       const pid = Number(
         entry.startsWith(STAGING_PREFIX)
           ? entry.slice(STAGING_PREFIX.length).split("-")[0]
@@ -300,7 +300,7 @@ export class ImageStore {
           throw new UserError(`an image named ${request.name} exists already`);
         await this.removeUnnamedImages();
         const target = this.layout.image(id).dir;
-        const known = await stat(target).catch(() => undefined);
+        const known = await ifExists(stat(target));
         if (known) await rm(staging, { recursive: true, force: true });
         else await rename(staging, target);
         await this.link(request.name, id);
@@ -320,24 +320,14 @@ export class ImageStore {
     await rename(temp, link);
   }
 
-  /** The fleets whose recorded VMs use an image. */
-  private async usersOf(name: string): Promise<string[]> {
-    const fleets = await readdir(this.layout.fleets).catch(() => [] as string[]);
-    const users: string[] = [];
-    for (const fleet of fleets) {
-      const record = await readFleetRecord(this.layout, fleet);
-      if (Object.values(record?.vms ?? {}).some((vm) => vm.spec.image === name)) users.push(fleet);
-    }
-    return users;
-  }
-
-  async remove(name: string): Promise<void> {
+  /** Removes an image; refused while `usersOf` (the fleets whose VMs use it) names any. */
+  async remove(name: string, usersOf: (image: string) => Promise<string[]>): Promise<void> {
     checkImageName(name);
     const id = await this.idOf(name);
     if (id === undefined)
       throw new UserError(`no image named ${name}`, "`shoal image ls` lists the images");
     await this.locked("image rm", async () => {
-      const users = await this.usersOf(name);
+      const users = await usersOf(name);
       if (users.length > 0) {
         throw new UserError(
           `image ${name} is used by fleet ${users.join(", ")}`,

@@ -4,6 +4,7 @@ import { allGuestModules } from "../backends/registry.js";
 import { parseLdd } from "../core/ldd.js";
 import { loadOrder, parseModuleIndex, TINY_IMAGE_MODULES } from "../core/modules.js";
 import { ShoalError } from "../errors.js";
+import { ifExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
 import { GUEST_DIR } from "./initramfs.js";
 import { newestKernel, unionRootModules } from "./kernel.js";
@@ -41,8 +42,8 @@ const SCRIPTS: Record<string, string> = {
 async function hostKernel(runner: Runner): Promise<string> {
   const find = async () =>
     newestKernel(
-      await readdir("/boot").catch(() => [] as string[]),
-      await readdir("/lib/modules").catch(() => [] as string[]),
+      (await ifExists(readdir("/boot"))) ?? [],
+      (await ifExists(readdir("/lib/modules"))) ?? [],
     );
   const found = await find();
   if (found) return found;

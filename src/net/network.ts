@@ -33,7 +33,7 @@ import {
   upstreamNameservers,
 } from "../core/render/nft.js";
 import { ShoalError, UserError } from "../errors.js";
-import { pathExists, requireReachable } from "../host/paths.js";
+import { ifExists, ifProcessExists, pathExists, requireReachable } from "../host/paths.js";
 import { CommandFailed, type Runner } from "../host/runner.js";
 import { writeFileAtomic } from "../state/atomic.js";
 import type { NetworkPaths } from "../state/layout.js";
@@ -60,7 +60,7 @@ const RESOLV_CONFS = ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"];
 
 export async function hostNameservers(): Promise<string[]> {
   for (const path of RESOLV_CONFS) {
-    const servers = upstreamNameservers(await readFile(path, "utf8").catch(() => ""));
+    const servers = upstreamNameservers((await ifExists(readFile(path, "utf8"))) ?? "");
     if (servers.length > 0) return servers;
   }
   return [];
@@ -324,7 +324,7 @@ export class FleetNetwork {
     const hosts = [renderDhcpHosts(spec.vms), renderDnsHosts(spec.fleet, spec.vms)] as const;
     const before = await Promise.all(
       [this.paths.conf, this.paths.dhcpHosts, this.paths.dnsHosts].map((path) =>
-        readFile(path, "utf8").catch(() => undefined),
+        ifExists(readFile(path, "utf8")),
       ),
     );
     // dnsmasq drops to an unprivileged user and re-reads the host files as that user on SIGHUP.
@@ -380,7 +380,7 @@ export class FleetNetwork {
 
   /** Drops the leases of MACs the fleet no longer has (lines: expiry mac ip hostname client-id). */
   private async keepLeasesOf(macs: readonly string[]): Promise<void> {
-    const leases = await readFile(this.paths.leases, "utf8").catch(() => undefined);
+    const leases = await ifExists(readFile(this.paths.leases, "utf8"));
     if (leases === undefined) return;
     const known = new Set(macs);
     const kept = leases.split("\n").filter((line) => known.has(line.split(" ")[1] ?? ""));
@@ -389,9 +389,9 @@ export class FleetNetwork {
 
   /** The running dnsmasq of this fleet: its pid file's process, started with this config. */
   async dnsmasqPid(): Promise<number | undefined> {
-    const pid = Number((await readFile(this.paths.pid, "utf8").catch(() => "")).trim());
+    const pid = Number(((await ifExists(readFile(this.paths.pid, "utf8"))) ?? "").trim());
     if (!Number.isInteger(pid) || pid <= 0) return undefined;
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    const cmdline = (await ifProcessExists(readFile(`/proc/${pid}/cmdline`, "utf8"))) ?? "";
     return cmdline.includes(`--conf-file=${this.paths.conf}\0`) ? pid : undefined;
   }
 
@@ -399,7 +399,7 @@ export class FleetNetwork {
   private async inNamespace(pid: number): Promise<boolean> {
     const [theirs, ours] = await Promise.all(
       [`/proc/${pid}/ns/net`, `/run/netns/${this.namespace}`].map((path) =>
-        stat(path).catch(() => undefined),
+        ifProcessExists(stat(path)),
       ),
     );
     return theirs !== undefined && theirs.ino === ours?.ino && theirs.dev === ours.dev;

@@ -1,9 +1,10 @@
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile } from "node:fs/promises";
 import { z } from "zod";
 import { isBackendName } from "../backends/registry.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";
 import { ShoalError } from "../errors.js";
+import { ifExists } from "../host/paths.js";
 import { writeFileAtomic } from "./atomic.js";
 import { parseJsonOrUndefined } from "./json.js";
 import { IMAGE_ID, type StateLayout } from "./layout.js";
@@ -114,6 +115,17 @@ export async function readFleetRecord(
   return result.data;
 }
 
+/** The fleets of the state directory whose recorded VMs use an image. */
+export async function fleetsUsingImage(layout: StateLayout, image: string): Promise<string[]> {
+  const fleets = (await ifExists(readdir(layout.fleets))) ?? [];
+  const users: string[] = [];
+  for (const fleet of fleets) {
+    const record = await readFleetRecord(layout, fleet);
+    if (Object.values(record?.vms ?? {}).some((vm) => vm.spec.image === image)) users.push(fleet);
+  }
+  return users;
+}
+
 export async function writeFleetRecord(layout: StateLayout, record: FleetRecord): Promise<void> {
   const dir = layout.fleet(record.fleet).dir;
   await mkdir(dir, { recursive: true });
@@ -143,6 +155,7 @@ export class RecordBook {
   update(change: (record: FleetRecord) => void): Promise<void> {
     change(this.record);
     const write = this.queue.then(() => writeFleetRecord(this.layout, this.record));
+    // The queue outlives a failed write (its caller gets the failure); the next write goes on.
     this.queue = write.catch(() => {});
     return write;
   }

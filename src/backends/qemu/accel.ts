@@ -2,7 +2,7 @@ import { constants } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { z } from "zod";
-import { closedToOthers, pathExists } from "../../host/paths.js";
+import { closedToOthers, ifExists, pathExists } from "../../host/paths.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
@@ -104,7 +104,7 @@ export async function chooseAccel(
 ): Promise<AccelChoice> {
   const bootId = (await readFile("/proc/sys/kernel/random/boot_id", "utf8")).trim();
   const cached = cachedChoice.safeParse(
-    parseJsonOrUndefined(await readFile(cacheFile, "utf8").catch(() => "")),
+    parseJsonOrUndefined((await ifExists(readFile(cacheFile, "utf8"))) ?? ""),
   );
   if (cached.success && cached.data.bootId === bootId) {
     const { accel, reason } = cached.data;

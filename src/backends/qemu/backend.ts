@@ -7,7 +7,7 @@ import type { VmSpec } from "../../core/fleet.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
 import { ShoalError } from "../../errors.js";
-import { requireReachable } from "../../host/paths.js";
+import { ifExists, ifProcessExists, requireReachable } from "../../host/paths.js";
 import type { Launcher } from "../../host/runner.js";
 import { connectSocketFile } from "../../host/unix-socket.js";
 import { writeFileAtomic } from "../../state/atomic.js";
@@ -135,11 +135,11 @@ export class QemuBackend implements Backend {
    * are read.
    */
   private async pid(vm: BackendVm): Promise<number | undefined> {
-    const pid = Number((await readHead(vm.paths.pidFile, PID_FILE_MAX).catch(() => "")).trim());
+    const pid = Number(((await ifExists(readHead(vm.paths.pidFile, PID_FILE_MAX))) ?? "").trim());
     if (!Number.isInteger(pid) || pid <= 0) return undefined;
     const [cmdline, stat] = await Promise.all([
-      readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => ""),
-      readFile(`/proc/${pid}/stat`, "utf8").catch(() => ""),
+      ifProcessExists(readFile(`/proc/${pid}/cmdline`, "utf8")).then((text) => text ?? ""),
+      ifProcessExists(readFile(`/proc/${pid}/stat`, "utf8")).then((text) => text ?? ""),
     ]);
     if (/^\d+ \(.*\) Z /.test(stat)) return undefined;
     const name = domainName(vm.fleet, vm.name);
@@ -151,6 +151,7 @@ export class QemuBackend implements Backend {
 
   async presence(vm: BackendVm): Promise<Presence> {
     if ((await this.pid(vm)) === undefined) return { kind: "absent" };
+    // A monitor that does not answer (QEMU starting, or ending) tells nothing: the process decides.
     const status = await this.qmp(vm, (qmp) =>
       qmp.execute<{ status: string }>("query-status"),
     ).catch(() => undefined);

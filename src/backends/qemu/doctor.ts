@@ -2,6 +2,7 @@ import { readdir, stat } from "node:fs/promises";
 import type { CheckResult } from "../../core/doctor.js";
 import { UserError } from "../../errors.js";
 import { deviceCheck } from "../../host/doctor.js";
+import { ifExists } from "../../host/paths.js";
 import type { Runner } from "../../host/runner.js";
 import { newestKernel } from "../../image/kernel.js";
 import { chooseAccel } from "./accel.js";
@@ -22,7 +23,7 @@ async function checkQemuUser(runner: Runner): Promise<CheckResult> {
     return { name, level: "fail", detail: user.message, ...(user.hint ? { fix: user.hint } : {}) };
   }
   const found = `${QEMU_USER} (uid ${user.uid}): each QEMU runs as it, under its seccomp sandbox`;
-  const kvm = await stat("/dev/kvm").catch(() => undefined);
+  const kvm = await ifExists(stat("/dev/kvm"));
   if (kvm === undefined) return { name, level: "ok", detail: found };
   const groups = await runner.run({ argv: ["id", "-G", QEMU_USER], probe: true });
   if (groups.stdout.trim().split(/\s+/).map(Number).includes(kvm.gid)) {
@@ -64,8 +65,8 @@ export async function checkQemuHost(runner: Runner, accelCache: string): Promise
     return results;
   }
   const version = newestKernel(
-    await readdir("/boot").catch(() => [] as string[]),
-    await readdir("/lib/modules").catch(() => [] as string[]),
+    (await ifExists(readdir("/boot"))) ?? [],
+    (await ifExists(readdir("/lib/modules"))) ?? [],
   );
   if (version === undefined) {
     results.push({

@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { mkdir, open, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { ifExists } from "../../host/paths.js";
 import { CommandFailed, type Launcher } from "../../host/runner.js";
 import type { VmPaths } from "../../state/layout.js";
 import { QmpClient } from "./qmp.js";
@@ -53,7 +54,7 @@ export async function grantQemuAccess(
 
 /** What QEMU wrote to its log since `offset` (its last part). */
 async function logSince(log: string, offset: number): Promise<string> {
-  const handle = await open(log, O_RDONLY | O_NOFOLLOW).catch(() => undefined);
+  const handle = await ifExists(open(log, O_RDONLY | O_NOFOLLOW));
   if (!handle) return "";
   try {
     const { size } = await handle.stat();

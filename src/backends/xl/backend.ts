@@ -1,5 +1,6 @@
 // Over 400 lines: one class, xl's side of the Backend interface; the pieces that stand alone
 // (base loop devices, kernel unpacking, rendering, host probes) are already files of their own.
+
 import { constants, openSync } from "node:fs";
 import { lstat, mkdir, readdir, readFile, readlink, rm, symlink } from "node:fs/promises";
 import { availableParallelism } from "node:os";
@@ -13,7 +14,8 @@ import type { VmSpec } from "../../core/fleet.js";
 import type { Found, Owner, Ownership } from "../../core/net.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
-import { ShoalError, UserError } from "../../errors.js";
+import { ShoalError, UserError, undefinedUnlessBug } from "../../errors.js";
+import { ifExists } from "../../host/paths.js";
 import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { refuseUnlessOurs } from "../../net/network.js";
@@ -211,7 +213,7 @@ export class XlBackend implements Backend {
     if (vms.length === 0) return;
     const listing = await this.runner.run({ argv: ["xl", "list", "-v"], probe: true });
     // Without xenconsoled's log directory the start fails later, saying why.
-    const logDir = await this.consoleLogDir().catch(() => undefined);
+    const logDir = await this.consoleLogDir().catch(undefinedUnlessBug);
     for (const vm of vms) {
       const listed = parseXlListIdentity(listing.stdout, this.domain(vm));
       await this.claim(vm, logDir, listed);
@@ -324,7 +326,7 @@ export class XlBackend implements Backend {
     const uptime = await this.runner
       .run({ argv: ["xl", "uptime", domain], probe: true })
       .then((result) => parseXlUptimeSeconds(result.stdout, domain))
-      .catch(() => undefined);
+      .catch(undefinedUnlessBug);
     return uptime === undefined
       ? { kind: "running" }
       : { kind: "running", since: new Date(Date.now() - uptime * 1000) };
@@ -389,7 +391,7 @@ export class XlBackend implements Backend {
 
   async forget(vm: BackendVm): Promise<void> {
     const domain = this.domain(vm);
-    const logDir = await this.consoleLogDir().catch(() => undefined);
+    const logDir = await this.consoleLogDir().catch(undefinedUnlessBug);
     if (logDir !== undefined) {
       const link = guestConsoleLog(logDir, domain);
       if ((await this.consoleOwnership(link, vm)).kind === "ours") await rm(link);
@@ -398,7 +400,7 @@ export class XlBackend implements Backend {
     if ((await this.listed(domain)) !== undefined) return;
     // xl keeps its monitor's log per domain name, the older ones numbered: xl-NAME.log.1, ...
     const own = new RegExp(`^xl-${domain.replaceAll(".", "\\.")}\\.log(\\.\\d+)?$`);
-    for (const entry of await readdir(XL_LOG_DIR).catch(() => [] as string[])) {
+    for (const entry of (await ifExists(readdir(XL_LOG_DIR))) ?? []) {
       if (own.test(entry)) await rm(join(XL_LOG_DIR, entry), { force: true });
     }
   }
@@ -413,7 +415,8 @@ export class XlBackend implements Backend {
     const tty = await this.runner
       .run({ argv: ["xenstore-read", `/local/domain/${domid}/console/tty`], probe: true })
       .then((result) => result.stdout.trim())
-      .catch(() => {
+      .catch((error: unknown) => {
+        if (!(error instanceof ShoalError)) throw error;
         throw notRunning;
       });
     // xenconsoled writes the pty's name once it has set it up.

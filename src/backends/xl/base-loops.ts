@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { isSafePath } from "../../core/syntax.js";
 import { ShoalError } from "../../errors.js";
+import { ifExists } from "../../host/paths.js";
 import type { Runner } from "../../host/runner.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import { parseJsonOrUndefined } from "../../state/json.js";
@@ -272,7 +273,7 @@ export class BaseLoops {
 
   /** Whether the kernel shows `device` as the whole base `id`, read-only. */
   private async isBase(device: string, id: string): Promise<boolean> {
-    const file = await stat(this.layout.image(id).base, { bigint: true }).catch(() => undefined);
+    const file = await ifExists(stat(this.layout.image(id).base, { bigint: true }));
     if (file === undefined) return false;
     const listing = await this.runner.run({
       argv: ["losetup", "--list", "--json", "--output", LOSETUP_COLUMNS, device],

@@ -1,8 +1,8 @@
 import { readFile } from "node:fs/promises";
 import type { CheckResult } from "../../core/doctor.js";
-import { ShoalError } from "../../errors.js";
+import { ShoalError, undefinedUnlessBug } from "../../errors.js";
 import { deviceCheck } from "../../host/doctor.js";
-import { pathExists } from "../../host/paths.js";
+import { ifExists, pathExists } from "../../host/paths.js";
 import { processesNamed } from "../../host/processes.js";
 import type { Runner } from "../../host/runner.js";
 import { consoleLogDir, XENCONSOLED_FIX, xenRoom } from "./host.js";
@@ -17,7 +17,7 @@ export async function checkXenHost(
   runner: Runner,
   needs: XenNeeds | undefined,
 ): Promise<CheckResult[]> {
-  const capabilities = await readFile("/proc/xen/capabilities", "utf8").catch(() => undefined);
+  const capabilities = await ifExists(readFile("/proc/xen/capabilities", "utf8"));
   if (capabilities === undefined || !capabilities.includes("control_d")) {
     const why =
       capabilities === undefined
@@ -60,7 +60,7 @@ export async function checkXenHost(
   const dom0 = await runner
     .run({ argv: ["xl", "list", "0"], probe: true })
     .then((result) => parseDom0(result.stdout))
-    .catch(() => undefined);
+    .catch(undefinedUnlessBug);
   if (dom0) {
     results.push({
       name: "dom0",

@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { isSafePath } from "../../core/syntax.js";
 import { ShoalError } from "../../errors.js";
+import { ifExists } from "../../host/paths.js";
 import { processesNamed } from "../../host/processes.js";
 import type { Runner } from "../../host/runner.js";
 import { loopDeviceLimit, parseXlInfo, type XenRoom, xenconsoledGuestLogDir } from "./xen.js";
@@ -47,7 +48,7 @@ export async function xenRoom(runner: Runner, sys = "/sys"): Promise<XenRoom> {
     probe: true,
   });
   const maxPart = Number(
-    (await readFile(`${sys}/module/loop/parameters/max_part`, "utf8").catch(() => "0")).trim(),
+    ((await ifExists(readFile(`${sys}/module/loop/parameters/max_part`, "utf8"))) ?? "0").trim(),
   );
   return {
     xenVersion: info.get("xen_version") ?? "?",

@@ -1,6 +1,7 @@
 import { constants } from "node:fs";
 import { chmod, lstat, mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { ifExists } from "../../host/paths.js";
 import type { Runner } from "../../host/runner.js";
 import { removeStaleTempFiles, tempPathBeside } from "../../state/atomic.js";
 
@@ -62,7 +63,7 @@ export async function uncompressedKernel(
   vmlinux: string,
 ): Promise<string> {
   // Never through a link: what domUs boot is a file shoal made beside the image's kernel.
-  const done = await lstat(vmlinux).catch(() => undefined);
+  const done = await ifExists(lstat(vmlinux));
   if (done?.isFile()) return vmlinux;
   const image = await readFile(kernel);
   const payload = bzImagePayload(image);
@@ -95,7 +96,7 @@ export async function uncompressedKernel(
 }
 
 async function isElf(path: string): Promise<boolean> {
-  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+  const handle = await ifExists(open(path, constants.O_RDONLY | constants.O_NOFOLLOW));
   if (handle === undefined) return false;
   try {
     const head = Buffer.alloc(4);
