@@ -7,13 +7,7 @@ import { stoppedLayer } from "../fleet/layers.js";
 import { oneVm } from "../fleet/select.js";
 import { pathExists } from "../host/paths.js";
 import { committedSource, derivedSource } from "../image/derive.js";
-import {
-  checkPackages,
-  DEBIAN_SUITES,
-  debianSource,
-  importSource,
-  tinySource,
-} from "../image/sources.js";
+import { buildRecipe, DEBIAN_SUITES, importSource } from "../image/sources.js";
 import { type ImageMeta, ImageStore } from "../image/store.js";
 import { fleetsUsingImage } from "../state/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
@@ -43,43 +37,8 @@ function buildCommand() {
     )
     .action(async (name, options, command) => {
       const { context, store } = await storeOf(command);
-      const include = options.include?.split(",").filter(Boolean) ?? [];
-      // Checked before any work starts; debianSource checks again where the names reach mmdebstrap.
-      checkPackages(include);
-      if (options.hook !== undefined && options.hook !== "initramfs-tools") {
-        throw new UserError(
-          `--hook ${options.hook} is not known`,
-          "the only hook is initramfs-tools",
-        );
-      }
-      const hook = options.hook === "initramfs-tools";
-      let image: ImageMeta;
-      if (options.from === "busybox") {
-        if (include.length > 0 || hook)
-          throw new UserError("--include and --hook go with --from debian:SUITE only");
-        image = await store.add(
-          { name, source: "busybox" },
-          (staging) => tinySource(context.runner, staging),
-          step,
-        );
-      } else {
-        const suite = /^debian:(.+)$/.exec(options.from)?.[1];
-        if (!suite || !(DEBIAN_SUITES as readonly string[]).includes(suite)) {
-          throw new UserError(
-            `--from ${options.from} is not a source shoal knows`,
-            `use busybox or debian:SUITE with SUITE one of ${DEBIAN_SUITES.join(", ")}`,
-          );
-        }
-        image = await store.add(
-          {
-            name,
-            source: options.from + (include.length > 0 ? ` +${include.join(",")}` : ""),
-            ownInitramfs: hook,
-          },
-          (staging) => debianSource(context.runner, staging, { suite, include, hook }),
-          step,
-        );
-      }
+      const build = buildRecipe(context.runner, name, options);
+      const image = await store.add(build.request, build.make, step);
       context.print(describe(image));
     });
 }

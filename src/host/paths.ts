@@ -27,12 +27,23 @@ export async function ifProcessExists<T>(pending: Promise<T>): Promise<T | undef
   }
 }
 
-/** Whether a path exists (with `mode`: and may be used so), for checks that only look. */
-export function pathExists(path: string, mode: number = constants.F_OK): Promise<boolean> {
-  return access(path, mode).then(
-    () => true,
-    () => false,
-  );
+/** The answers of access(2) that mean "there, but not to be used so". */
+const REFUSED = new Set(["EACCES", "EPERM", "EROFS", "ETXTBSY"]);
+
+/**
+ * Whether a path exists (with `mode`: and may be used so), for checks that only look. Absence is
+ * ENOENT; with a mode, a refusal is a "no" too. Anything else (ENOTDIR, ELOOP, EIO) is thrown.
+ */
+export async function pathExists(path: string, mode: number = constants.F_OK): Promise<boolean> {
+  try {
+    await access(path, mode);
+    return true;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException | undefined)?.code;
+    if (code === "ENOENT") return false;
+    if (mode !== constants.F_OK && code !== undefined && REFUSED.has(code)) return false;
+    throw error;
+  }
 }
 
 /** The disk space a file, or a directory with everything in it, takes (allocated blocks, not sizes). */

@@ -8,9 +8,45 @@ import { CommandFailed, type Runner } from "../host/runner.js";
 import { parseJsonOrUndefined } from "../state/json.js";
 import { GUEST_DIR } from "./initramfs.js";
 import { imageFromTree, rawFromTree } from "./mkfs.js";
+import type { ImageRequest } from "./store.js";
 import { buildTinyTree } from "./tiny.js";
 
 /** Each source writes a raw ext4 image into a staging directory and returns its path. */
+
+/** What `image build --from SOURCE` makes, and how: checked before any work starts. */
+export function buildRecipe(
+  runner: Runner,
+  name: string,
+  options: { readonly from: string; readonly include?: string; readonly hook?: string },
+): { request: ImageRequest; make: (staging: string) => Promise<string> } {
+  const include = options.include?.split(",").filter(Boolean) ?? [];
+  // Checked here; debianSource checks again where the names reach mmdebstrap.
+  checkPackages(include);
+  if (options.hook !== undefined && options.hook !== "initramfs-tools") {
+    throw new UserError(`--hook ${options.hook} is not known`, "the only hook is initramfs-tools");
+  }
+  const hook = options.hook === "initramfs-tools";
+  if (options.from === "busybox") {
+    if (include.length > 0 || hook)
+      throw new UserError("--include and --hook go with --from debian:SUITE only");
+    return { request: { name, source: "busybox" }, make: (staging) => tinySource(runner, staging) };
+  }
+  const suite = /^debian:(.+)$/.exec(options.from)?.[1];
+  if (!suite || !(DEBIAN_SUITES as readonly string[]).includes(suite)) {
+    throw new UserError(
+      `--from ${options.from} is not a source shoal knows`,
+      `use busybox or debian:SUITE with SUITE one of ${DEBIAN_SUITES.join(", ")}`,
+    );
+  }
+  return {
+    request: {
+      name,
+      source: options.from + (include.length > 0 ? ` +${include.join(",")}` : ""),
+      ownInitramfs: hook,
+    },
+    make: (staging) => debianSource(runner, staging, { suite, include, hook }),
+  };
+}
 
 export function tinySource(runner: Runner, staging: string): Promise<string> {
   return rawFromTree(runner, staging, (tree) => buildTinyTree(runner, tree));

@@ -2,7 +2,9 @@ import { constants } from "node:fs";
 import { mkdir, open, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { ExitCode, ShoalError } from "../errors.js";
+import { ifExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
+import { parseJsonOrUndefined } from "./json.js";
 
 /**
  * One lock per fleet (and one for the image store, and one host-wide for `xl create`), so two shoal
@@ -55,17 +57,17 @@ export interface LockOptions {
 }
 
 async function readHolder(path: string): Promise<LockHolder | undefined> {
-  try {
-    const holder = JSON.parse(await readFile(path, "utf8")) as Partial<LockHolder>;
-    if (
-      typeof holder.pid === "number" &&
-      typeof holder.command === "string" &&
-      typeof holder.since === "string"
-    ) {
-      return { pid: holder.pid, command: holder.command, since: holder.since };
-    }
-  } catch {
-    // Empty (a holder between taking the lock and writing its name) or unreadable: unknown holder.
+  // Empty or not JSON (a holder between taking the lock and writing its name): unknown holder.
+  const holder = parseJsonOrUndefined((await ifExists(readFile(path, "utf8"))) ?? "") as
+    | Partial<LockHolder>
+    | null
+    | undefined;
+  if (
+    typeof holder?.pid === "number" &&
+    typeof holder.command === "string" &&
+    typeof holder.since === "string"
+  ) {
+    return { pid: holder.pid, command: holder.command, since: holder.since };
   }
   return undefined;
 }

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { VmSpec } from "../../core/fleet.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
-import { ShoalError } from "../../errors.js";
+import { ShoalError, undefinedUnlessBug } from "../../errors.js";
 import { ifExists, ifProcessExists, requireReachable } from "../../host/paths.js";
 import type { Launcher } from "../../host/runner.js";
 import { connectSocketFile } from "../../host/unix-socket.js";
@@ -154,15 +154,12 @@ export class QemuBackend implements Backend {
     // A monitor that does not answer (QEMU starting, or ending) tells nothing: the process decides.
     const status = await this.qmp(vm, (qmp) =>
       qmp.execute<{ status: string }>("query-status"),
-    ).catch(() => undefined);
+    ).catch(undefinedUnlessBug);
     if (status?.status === "shutdown") return { kind: "powered-off" };
     if (status?.status === "guest-panicked" || status?.status === "internal-error") {
       return { kind: "crashed", reason: `QEMU reports ${status.status}` };
     }
-    const since = await stat(vm.paths.pidFile).then(
-      (info) => info.mtime,
-      () => undefined,
-    );
+    const since = (await ifExists(stat(vm.paths.pidFile)))?.mtime;
     return since ? { kind: "running", since } : { kind: "running" };
   }
 

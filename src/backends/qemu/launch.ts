@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { mkdir, open, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { undefinedUnlessBug } from "../../errors.js";
 import { ifExists } from "../../host/paths.js";
 import { CommandFailed, type Launcher } from "../../host/runner.js";
 import type { VmPaths } from "../../state/layout.js";
@@ -77,10 +78,7 @@ export async function launchQemu(
   argv: readonly [string, ...string[]],
   files: { readonly qmpSocket: string; readonly log: string },
 ): Promise<void> {
-  const offset = await stat(files.log).then(
-    (info) => info.size,
-    () => 0,
-  );
+  const offset = (await ifExists(stat(files.log)))?.size ?? 0;
   const launched = await runner.launch({ argv, output: files.log });
   if (launched === undefined) return;
   let exitCode: number | undefined;
@@ -89,8 +87,9 @@ export async function launchQemu(
   });
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
+    // Not answering yet is the expected failure here, not absence: only a bug is thrown on.
     const qmp = await QmpClient.connect(files.qmpSocket, GREETING_TIMEOUT_MS).catch(
-      () => undefined,
+      undefinedUnlessBug,
     );
     if (qmp) {
       qmp.close();
@@ -107,8 +106,9 @@ export async function launchQemu(
     if (Date.now() > deadline) {
       try {
         process.kill(launched.pid, "SIGKILL");
-      } catch {
+      } catch (error) {
         // Gone meanwhile.
+        if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
       }
       throw new CommandFailed(
         argv,

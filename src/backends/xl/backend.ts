@@ -372,8 +372,9 @@ export class XlBackend implements Backend {
       if (uid === 0 && argv.includes("create") && argv.includes(vm.paths.xlConfig)) {
         try {
           process.kill(pid, "SIGKILL");
-        } catch {
+        } catch (error) {
           // It ended meanwhile.
+          if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
         }
       }
     }
