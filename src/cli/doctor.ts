@@ -2,7 +2,7 @@ import { Command, Option } from "@commander-js/extra-typings";
 import { BACKEND_NAMES, backendKind } from "../backends/registry.js";
 import { type CheckResult, toolsFor, verdict } from "../core/doctor.js";
 import type { FleetSpec } from "../core/fleet.js";
-import { ShoalError, UserError } from "../errors.js";
+import { ShoalError } from "../errors.js";
 import { checkTools } from "../host/doctor.js";
 import { pathExists } from "../host/paths.js";
 import { FleetNetwork } from "../net/network.js";
@@ -46,26 +46,17 @@ export function doctorCommand() {
           fleet,
         })),
       );
-      const hostBridge = fleet?.network.kind === "host-bridge" ? fleet.network : undefined;
-      if (fleet && hostBridge) {
+      if (fleet) {
         const layout = await context.layout();
-        const net = layout.fleet(fleet.name).net;
         const owner = { root: layout.root, fleet: fleet.name };
-        const network = new FleetNetwork(context.runner, net, owner, hostBridge);
-        results.push(
-          await network.checkBridge().then(
-            (): CheckResult => ({ name: "bridge", level: "ok", detail: hostBridge.bridge }),
-            (error: unknown): CheckResult => {
-              if (!(error instanceof UserError)) throw error;
-              return {
-                name: "bridge",
-                level: "fail",
-                detail: error.message,
-                ...(error.hint ? { fix: error.hint } : {}),
-              };
-            },
-          ),
+        const network = new FleetNetwork(
+          context.runner,
+          layout.fleet(fleet.name).net,
+          owner,
+          fleet.network,
         );
+        const bridge = await network.hostBridgeCheck();
+        if (bridge) results.push(bridge);
       }
       context.print(`shoal doctor: backend ${backend}${fleet ? ` (fleet ${fleet.name})` : ""}`);
       context.print(

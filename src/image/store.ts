@@ -110,6 +110,8 @@ export class ImageStore {
     const link = join(this.layout.imageNames, name);
     const target = await readlink(link).catch((error: NodeJS.ErrnoException) => {
       if (error.code === "ENOENT") return undefined;
+      // EINVAL is readlink's "not a link"; any other failure is not about what is there.
+      if (error.code !== "EINVAL") throw error;
       throw new ShoalError(`the image name ${link} is not a link shoal made`, {
         hint: "someone changed the image store: look at it, and remove what is not shoal's",
       });

@@ -1,9 +1,11 @@
 // Over 400 lines: one object, a fleet's network (namespace, bridge, dnsmasq, NAT, taps), whose
 // parts share its ownership checks; the renderers and the pure rules are in core/.
+
 import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
 import { QEMU_USER } from "../backends/qemu/render.js";
+import type { CheckResult } from "../core/doctor.js";
 import type { NetworkMode, VmIdentity } from "../core/fleet.js";
 import type { Subnet } from "../core/ipv4.js";
 import { formatIpv4 } from "../core/ipv4.js";
@@ -368,6 +370,24 @@ export class FleetNetwork {
         `make it first (\`ip link add ${bridge} type bridge\`), or leave out bridge: for the fleet's own network`,
       );
     }
+  }
+
+  /** `doctor`'s line for the host bridge the fleet is on; none for a fleet's own network. */
+  async hostBridgeCheck(): Promise<CheckResult | undefined> {
+    if (this.mode.kind !== "host-bridge") return undefined;
+    const bridge = this.mode.bridge;
+    return this.checkBridge().then(
+      (): CheckResult => ({ name: "bridge", level: "ok", detail: bridge }),
+      (error: unknown): CheckResult => {
+        if (!(error instanceof UserError)) throw error;
+        return {
+          name: "bridge",
+          level: "fail",
+          detail: error.message,
+          ...(error.hint ? { fix: error.hint } : {}),
+        };
+      },
+    );
   }
 
   /**

@@ -37,6 +37,7 @@ const KERNEL_TREES = ["/dev", "/proc", "/sys"];
 
 const FIX = "it must be owned by root and writable by no other user";
 
+/** ENOTDIR too: a file where a directory above was, so nothing at the path; the caller says what is there. */
 function isMissing(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException).code;
   return code === "ENOENT" || code === "ENOTDIR";
