@@ -3,6 +3,7 @@ import { BACKEND_NAMES, backendKind } from "../backends/registry.js";
 import { type CheckResult, toolsFor, verdict } from "../core/doctor.js";
 import type { FleetSpec } from "../core/fleet.js";
 import { ShoalError } from "../errors.js";
+import { ownerOf } from "../fleet/session.js";
 import { checkTools } from "../host/doctor.js";
 import { pathExists } from "../host/paths.js";
 import { FleetNetwork } from "../net/network.js";
@@ -48,11 +49,10 @@ export function doctorCommand() {
       );
       if (fleet) {
         const layout = await context.layout();
-        const owner = { root: layout.root, fleet: fleet.name };
         const network = new FleetNetwork(
           context.runner,
           layout.fleet(fleet.name).net,
-          owner,
+          ownerOf(layout, fleet.name),
           fleet.network,
         );
         const bridge = await network.hostBridgeCheck();

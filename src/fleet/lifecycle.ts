@@ -7,7 +7,7 @@ import type { BootFiles } from "../core/render/boot.js";
 import { checkKernelParam } from "../core/syntax.js";
 import { UserError } from "../errors.js";
 import { type BootOutcome, waitForBoot } from "../guest/boot-wait.js";
-import { pathExists } from "../host/paths.js";
+import { ifExists, pathExists } from "../host/paths.js";
 import { makeHostKey } from "../identity/identity.js";
 import { ImageStore } from "../image/store.js";
 import { createLayer } from "../layer/layer.js";
@@ -160,10 +160,7 @@ export async function startVm(
   // A guest that powered itself off, or crashed, is still held by the hypervisor.
   if (presence.kind !== "absent") await session.backend.destroy(vm);
   await setRunning(session, name, true);
-  const offset = await stat(vm.paths.serialLog).then(
-    (info) => info.size,
-    () => 0,
-  );
+  const offset = (await ifExists(stat(vm.paths.serialLog)))?.size ?? 0;
   try {
     const { spec } = entry;
     checkRecordedKernelArgs(name, spec.kernelArgs);
