@@ -93,17 +93,13 @@ export async function converge(
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
   const failed = (vm: VmPlan, detail: string) =>
     outcomes.set(vm.name, { plan: vm, ok: false, detail });
-  const byName = new Map(plan.map((vm) => [vm.name, vm]));
   const each = async (action: VmAction, work: (vm: VmPlan) => Promise<void>) => {
-    const names = plan
-      .filter((vm) => vm.actions.includes(action) && outcomes.get(vm.name)?.ok)
-      .map((vm) => vm.name);
-    const results = await eachVm(names, options.workers, (name) =>
-      work(byName.get(name) as VmPlan),
-    );
-    for (const result of results) {
-      if (!result.ok) failed(byName.get(result.name) as VmPlan, result.error.message);
-    }
+    const vms = plan.filter((vm) => vm.actions.includes(action) && outcomes.get(vm.name)?.ok);
+    const results = await eachVm(vms, options.workers, work);
+    results.forEach((result, i) => {
+      const vm = vms[i];
+      if (!result.ok && vm) failed(vm, result.error.message);
+    });
   };
 
   // A VM directory the record does not know may hold a layer someone wants: never removed
@@ -146,7 +142,7 @@ export async function converge(
     },
   );
   for (const report of reports) {
-    const vm = byName.get(report.name);
+    const vm = outcomes.get(report.name)?.plan;
     if (vm && report.outcome !== "upgraded") {
       failed(
         vm,

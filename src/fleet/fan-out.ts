@@ -7,23 +7,25 @@ export type VmResult<T> =
   | { readonly name: string; readonly ok: false; readonly error: ShoalError };
 
 /**
- * Runs `work` for each VM, `workers` at a time. A ShoalError is that VM's failure (the others go
- * on; the command exits 1 naming it); anything else is a bug, thrown once every VM's work has
- * settled (exit 70), so none is still writing when the fleet's lock goes.
+ * Runs `work` for each VM (a name, or anything that carries one), `workers` at a time. A
+ * ShoalError is that VM's failure (the others go on; the command exits 1 naming it); anything
+ * else is a bug, thrown once every VM's work has settled (exit 70), so none is still writing when
+ * the fleet's lock goes.
  */
-export async function eachVm<T>(
-  names: readonly string[],
+export async function eachVm<I extends string | { readonly name: string }, T>(
+  vms: readonly I[],
   workers: number,
-  work: (name: string) => Promise<T>,
+  work: (vm: I) => Promise<T>,
 ): Promise<VmResult<T>[]> {
   const limit = pLimit(workers);
-  const settled = await Promise.allSettled(names.map((name) => limit(() => work(name))));
+  const settled = await Promise.allSettled(vms.map((vm) => limit(() => work(vm))));
   const bug = settled.find(
     (result) => result.status === "rejected" && !(result.reason instanceof ShoalError),
   );
   if (bug?.status === "rejected") throw bug.reason;
   return settled.map((result, i): VmResult<T> => {
-    const name = names[i] ?? "";
+    const vm = vms[i];
+    const name = typeof vm === "string" ? vm : (vm?.name ?? "");
     return result.status === "fulfilled"
       ? { name, ok: true, value: result.value }
       : { name, ok: false, error: result.reason as ShoalError };

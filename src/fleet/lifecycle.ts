@@ -70,18 +70,16 @@ export async function createVms(
       };
     }
   });
-  const bySpec = new Map(specs.map((spec) => [spec.name, spec]));
-  const written = await eachVm([...bySpec.keys()], workers, async (name) => {
-    const spec = bySpec.get(name) as VmSpec;
-    const paths = session.paths.vm(name);
+  const written = await eachVm(specs, workers, async (spec) => {
+    const paths = session.paths.vm(spec.name);
     // Whatever a killed run left of this VM was never booted: start it afresh.
-    await session.backend.destroy(session.vm(name));
+    await session.backend.destroy(session.vm(spec.name));
     await rm(paths.dir, { recursive: true, force: true });
     await mkdir(paths.dir, { recursive: true, mode: 0o700 });
     await makeHostKey(paths.hostKeys, `root@${spec.hostname}`);
     await writeIdentity(session, spec, authorizedKeys, "new");
     if (spec.layer.type === "disk") await createLayer(paths.layer, spec.layer.sizeBytes);
-    await session.backend.define(session.vm(name), spec, bootOf(spec), session.nic(spec));
+    await session.backend.define(session.vm(spec.name), spec, bootOf(spec), session.nic(spec));
   });
   throwFirstFailure(written);
   await session.sync();

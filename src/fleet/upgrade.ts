@@ -118,10 +118,8 @@ export async function upgradeFleet(
   const reports: UpgradeReport[] = [];
   for (let i = 0; i < pending.length; i += options.maxUnavailable) {
     const batch = pending.slice(i, i + options.maxUnavailable);
-    const results = await eachVm(
-      batch.map((vm) => vm.name),
-      batch.length,
-      (name) => upgradeOne(session, fleet, name, target, options),
+    const results = await eachVm(batch, batch.length, (vm) =>
+      upgradeOne(session, fleet, vm.name, target, options),
     );
     for (const result of results) {
       reports.push(

@@ -64,6 +64,12 @@ interface UpRow {
   error?: string;
 }
 
+async function ok(...args: string[]): Promise<string> {
+  const result = await run(args);
+  expect(result.code, `shoal ${args.join(" ")}\n${result.stderr}`).toBe(0);
+  return result.stdout;
+}
+
 async function up(file: string, ...extra: string[]): Promise<UpRow[]> {
   const result = await run(["up", "-f", file, "--json", ...extra]);
   expect(result.code, result.stderr).toBe(0);
@@ -96,21 +102,29 @@ async function attach(fleet: string, vm: string): Promise<GuestConsole> {
   return GuestConsole.attach(await pidOf(fleet, vm), paths.serialLog, paths.consoleSocket);
 }
 
-describe("a fleet of 8 tiny VMs", () => {
-  const fleet = "eight";
+describe("a fleet of 5 tiny VMs", () => {
+  const fleet = "five";
+  // The last one is on a tmpfs layer.
+  const COUNT = 5;
+  const TMPFS_VM = `vm-${COUNT}`;
   let file: string;
 
   beforeAll(async () => {
     file = await fleetFile(
       fleet,
-      "name: eight\ncount: 8\nvm: { layer: { type: disk, size: 64M } }\nvms:\n  - { name: vm-8, layer: { type: tmpfs } }\n",
+      `name: five\ncount: ${COUNT}\nvm: { layer: { type: disk, size: 64M } }\nvms:\n  - { name: ${TMPFS_VM}, layer: { type: tmpfs } }\n`,
     );
   });
 
   it("comes up with `shoal up`, each VM with its own hostname, machine-id and SSH host key, as known_hosts lists them", async () => {
     const rows = await up(file, "--workers", "4");
     expect(rows.map((row) => [row.name, row.state, row.done, row.ok])).toEqual(
-      Array.from({ length: 8 }, (_, i) => [`vm-${i + 1}`, "running", ["create", "start"], true]),
+      Array.from({ length: COUNT }, (_, i) => [
+        `vm-${i + 1}`,
+        "running",
+        ["create", "start"],
+        true,
+      ]),
     );
     const plan = JSON.parse((await run(["plan", "-f", file, "--json"])).stdout) as {
       name: string;
@@ -131,9 +145,9 @@ describe("a fleet of 8 tiny VMs", () => {
       reported.push(identity.hostKey);
     }
     const prints = await fingerprints(reported);
-    expect(new Set(prints).size).toBe(8);
+    expect(new Set(prints).size).toBe(COUNT);
     expect(prints.every((print) => print.startsWith("SHA256:"))).toBe(true);
-    expect(new Set(plan.map((vm) => vm.machineId)).size).toBe(8);
+    expect(new Set(plan.map((vm) => vm.machineId)).size).toBe(COUNT);
     // Private keys are root's only; identity seeds (they hold the host key) also QEMU's group's.
     const qemuGid = Number((await exec("id", ["-g", "shoal-qemu"])).stdout);
     for (const vm of plan) {
@@ -154,7 +168,7 @@ describe("a fleet of 8 tiny VMs", () => {
       (await exec("id", [...args, "shoal-qemu"])).stdout.trim();
     const [uid, gid, groups] = [await id("-u"), await id("-g"), await id("-G")];
     const namespace = (await stat(`/run/netns/${namespaceName({ root: state, fleet })}`)).ino;
-    for (let i = 1; i <= 8; i++) {
+    for (let i = 1; i <= COUNT; i++) {
       const pid = await pidOf(fleet, `vm-${i}`);
       const status = Object.fromEntries(
         (await readFile(`/proc/${pid}/status`, "utf8"))
@@ -204,23 +218,62 @@ describe("a fleet of 8 tiny VMs", () => {
 
   it("does nothing on a second `up`, and `ps` shows every VM running with its layer's disk use", async () => {
     const pids = await Promise.all(
-      Array.from({ length: 8 }, (_, i) => pidOf(fleet, `vm-${i + 1}`)),
+      Array.from({ length: COUNT }, (_, i) => pidOf(fleet, `vm-${i + 1}`)),
     );
     const rows = await up(file);
     expect(rows.every((row) => row.done.length === 0 && row.state === "running")).toBe(true);
     expect(
-      await Promise.all(Array.from({ length: 8 }, (_, i) => pidOf(fleet, `vm-${i + 1}`))),
+      await Promise.all(Array.from({ length: COUNT }, (_, i) => pidOf(fleet, `vm-${i + 1}`))),
     ).toEqual(pids);
     const listed = await ps(file);
-    expect(listed.map((row) => row.state)).toEqual(Array(8).fill("running"));
+    expect(listed.map((row) => row.state)).toEqual(Array(COUNT).fill("running"));
     expect(listed.every((row) => row.uptimeSeconds !== null)).toBe(true);
     // The guest formatted its 64M layer: some KiB to MiB used, far below the size.
-    for (const row of listed.slice(0, 7)) {
+    for (const row of listed.slice(0, -1)) {
       expect(row.layerBytes).toBeGreaterThan(0);
       expect(row.layerBytes).toBeLessThan(16 * 1024 ** 2);
     }
-    expect(listed[7]?.layerBytes).toBeNull();
-    expect((await qemuPidsMentioning(state)).length).toBe(8);
+    expect(listed[COUNT - 1]?.layerBytes).toBeNull();
+    expect((await qemuPidsMentioning(state)).length).toBe(COUNT);
+  });
+
+  it("`df` counts the base once and each disk layer by what it really takes", async () => {
+    const usage = JSON.parse(await ok("df", "-f", file, "--json")) as {
+      images: { name: string; id: string; bytes: number; vms: number }[];
+      vms: { name: string; layerType: string; layerBytes: number; otherBytes: number }[];
+      basesBytes: number;
+      totalBytes: number;
+      fullCopiesBytes: number;
+      ratio: number;
+    };
+    const tiny = images.tiny?.id ?? "";
+    const base = (await stat(stateLayout(state).image(tiny).base)).blocks * 512;
+    expect(usage.images).toEqual([{ name: "tiny", id: tiny, bytes: base, vms: COUNT }]);
+    expect(usage.basesBytes).toBe(base);
+    expect(usage.vms.map((vm) => [vm.name, vm.layerType])).toEqual(
+      Array.from({ length: COUNT }, (_, i) => [`vm-${i + 1}`, i < COUNT - 1 ? "disk" : "tmpfs"]),
+    );
+    let layers = 0;
+    for (const vm of usage.vms.slice(0, -1)) {
+      const layer = await stat(vmPaths(fleet, vm.name).layer);
+      // Booted: the guest formatted its layer and wrote to it, a little, not a copy of the base.
+      expect(vm.layerBytes).toBe(layer.blocks * 512);
+      expect(vm.layerBytes).toBeGreaterThan(0);
+      expect(vm.layerBytes).toBeLessThan(base / 2);
+      expect(layer.size).toBe(64 * 1024 ** 2);
+      layers += vm.layerBytes;
+    }
+    expect(usage.vms[COUNT - 1]?.layerBytes).toBe(0);
+    const others = usage.vms.reduce((sum, vm) => sum + vm.otherBytes, 0);
+    expect(usage.totalBytes).toBe(base + layers + others);
+    expect(usage.fullCopiesBytes).toBe(COUNT * base + others);
+    expect(usage.ratio).toBeGreaterThan(2);
+    const text = await ok("df", "-f", file);
+    expect(text).toMatch(new RegExp(`^tiny\\s+${tiny.slice(0, 12)}\\s+\\S+\\s+${COUNT}$`, "m"));
+    expect(text).toMatch(new RegExp(`^${TMPFS_VM}\\s+tiny\\s+tmpfs\\s+\\S+$`, "m"));
+    expect(text).toMatch(
+      new RegExp(`^total \\S+: bases \\S+ \\(each once\\) \\+ ${COUNT} VMs \\S+$`, "m"),
+    );
   });
 
   it("gives each VM its planned address by DHCP, in a network namespace of the fleet's own, where VMs reach each other", async () => {
@@ -338,8 +391,55 @@ describe("a fleet of 8 tiny VMs", () => {
     expect(logs.stdout).toContain("shoal-identity: hostname=vm-2");
   });
 
+  it("`diff` lists exactly what a VM wrote and deleted; `reset` takes it away and keeps the identity", async () => {
+    const vm = "vm-3";
+    const onVm = async (line: string) => {
+      await ok("start", vm, "-f", file);
+      await ok("wait", vm, "-f", file);
+      return ok("exec", vm, "-f", file, "--", line);
+    };
+    const changes = async () =>
+      JSON.parse(await ok("diff", vm, "-f", file, "--json")) as {
+        path: string;
+        change: string;
+        type: string;
+        size: number;
+      }[];
+    await ok("stop", vm, "-f", file);
+    // What booting and stopping alone leave (DHCP's resolv.conf, the power button's log): not
+    // the test's doing, though those files may grow by the next stop.
+    const seen = new Set((await changes()).map((change) => change.path));
+    await onVm(
+      "echo hello > /root/greeting && mkdir -p /srv/app && head -c 3000 /dev/zero > /srv/app/blob && rm /etc/os-release && sync",
+    );
+    await ok("stop", vm, "-f", file);
+    expect((await changes()).filter((change) => !seen.has(change.path))).toEqual([
+      { path: "/etc/os-release", change: "deleted", type: "file", size: expect.any(Number) },
+      { path: "/root/greeting", change: "added", type: "file", size: 6 },
+      { path: "/srv", change: "added", type: "dir", size: 0 },
+      { path: "/srv/app", change: "added", type: "dir", size: 0 },
+      { path: "/srv/app/blob", change: "added", type: "file", size: 3000 },
+    ]);
+    expect(await ok("diff", vm, "-f", file)).toMatch(/^deleted\s+file\s+\S+\s+\/etc\/os-release$/m);
+
+    const running = await run(["reset", "vm-4", "-f", file, "--yes"]);
+    expect(running.code).toBe(2);
+    expect(running.stderr).toContain("VM vm-4 is running: its layer is in use");
+
+    await ok("reset", vm, "-f", file, "--yes");
+    expect(await ok("diff", vm, "-f", file)).toBe(`VM ${vm} has no changes of its own\n`);
+    // Its own hostname, and the host key known_hosts holds (ssh checks it strictly).
+    expect(
+      await onVm(
+        "hostname; ls /root/greeting /srv 2>&1; test -f /etc/os-release && echo os-release back",
+      ),
+    ).toMatch(
+      /^vm-3: vm-3\nvm-3: .*No such file.*\nvm-3: .*No such file.*\nvm-3: os-release back\n$/,
+    );
+  });
+
   it("keeps a file written in a disk-layer VM across `down` and `up`; a tmpfs VM loses it", async () => {
-    for (const vm of ["vm-1", "vm-8"]) {
+    for (const vm of ["vm-1", TMPFS_VM]) {
       const guest = await attach(fleet, vm);
       expect((await guest.sh("echo kept-by-$(hostname) > /root/note; sync")).code).toBe(0);
       guest.detach();
@@ -353,8 +453,8 @@ describe("a fleet of 8 tiny VMs", () => {
         .split("\n")
         .slice(1)
         .map((line) => line.split(/\s+/)[1]),
-    ).toEqual(Array(8).fill("clean"));
-    expect((await ps(file)).map((row) => row.state)).toEqual(Array(8).fill("stopped"));
+    ).toEqual(Array(COUNT).fill("clean"));
+    expect((await ps(file)).map((row) => row.state)).toEqual(Array(COUNT).fill("stopped"));
     expect(await qemuPidsMentioning(state)).toEqual([]);
 
     const rows = await up(file);
@@ -362,12 +462,12 @@ describe("a fleet of 8 tiny VMs", () => {
     const disk = await attach(fleet, "vm-1");
     expect((await disk.sh("cat /root/note")).out.trim()).toBe("kept-by-vm-1");
     disk.detach();
-    const tmpfs = await attach(fleet, "vm-8");
+    const tmpfs = await attach(fleet, TMPFS_VM);
     const lost = await tmpfs.sh("cat /root/note");
     expect(lost.code).not.toBe(0);
     // The tmpfs VM got its identity again at this boot.
     expect((await tmpfs.sh("hostname; cat /etc/machine-id")).out.trim().split("\n")[0]).toBe(
-      "vm-8",
+      TMPFS_VM,
     );
     tmpfs.detach();
   });
@@ -462,7 +562,7 @@ describe.concurrent("changing the fleet file", () => {
 describe.concurrent("an upgrade to a base that does not boot", () => {
   it("stops at the first VM that does not come back, leaves the rest running on the old base, and an upgrade back repairs it", async () => {
     const fleet = "rollout";
-    const file = await fleetFile(fleet, "name: rollout\ncount: 3\nvm: { layer: { size: 64M } }\n");
+    const file = await fleetFile(fleet, "name: rollout\ncount: 2\nvm: { layer: { size: 64M } }\n");
     await up(file);
     const mine = await attach(fleet, "vm-1");
     expect((await mine.sh("echo kept > /root/mine; sync")).code).toBe(0);
@@ -479,7 +579,7 @@ describe.concurrent("an upgrade to a base that does not boot", () => {
     ]);
     expect(derived.code, derived.stderr).toBe(0);
     const broken = JSON.parse((await run(["image", "inspect", "tiny-broken"])).stdout) as ImageMeta;
-    const untouched = [await pidOf(fleet, "vm-2"), await pidOf(fleet, "vm-3")];
+    const untouched = await pidOf(fleet, "vm-2");
 
     const failed = await run([
       "upgrade",
@@ -503,19 +603,14 @@ describe.concurrent("an upgrade to a base that does not boot", () => {
     expect(reports.map((report) => [report.name, report.outcome])).toEqual([
       ["vm-1", "failed"],
       ["vm-2", "pending"],
-      ["vm-3", "pending"],
     ]);
     expect(reports[0]?.detail).toBeTruthy();
     const record = JSON.parse(await readFile(stateLayout(state).fleet(fleet).state, "utf8")) as {
       vms: Record<string, { baseId: string }>;
     };
-    expect(Object.values(record.vms).map((vm) => vm.baseId)).toEqual([
-      broken.id,
-      images.tiny?.id,
-      images.tiny?.id,
-    ]);
-    expect([await pidOf(fleet, "vm-2"), await pidOf(fleet, "vm-3")]).toEqual(untouched);
-    expect((await ps(file)).slice(1).map((row) => row.state)).toEqual(["running", "running"]);
+    expect(Object.values(record.vms).map((vm) => vm.baseId)).toEqual([broken.id, images.tiny?.id]);
+    expect(await pidOf(fleet, "vm-2")).toBe(untouched);
+    expect((await ps(file))[1]?.state).toBe("running");
     // vm-1 never came back: the start the upgrade owes it stays owed, also once it is gone.
     expect(await upgradingMarks(fleet)).toEqual({ "vm-1": true });
     process.kill(await pidOf(fleet, "vm-1"), "SIGKILL");
@@ -535,29 +630,6 @@ describe.concurrent("an upgrade to a base that does not boot", () => {
     expect((await again.sh("cat /root/mine")).out.trim()).toBe("kept");
     again.detach();
 
-    // An upgrade killed after it moved vm-2 and before it started it again left it stopped and
-    // marked: the next upgrade starts it; a user's `stop` would have cancelled that start.
-    expect(await upgradingMarks(fleet)).toEqual({});
-    const marked = async (vms: string[]) => {
-      expect((await run(["stop", "-f", file, ...vms])).code).toBe(0);
-      const path = stateLayout(state).fleet(fleet).state;
-      const text = JSON.parse(await readFile(path, "utf8")) as {
-        vms: Record<string, { upgrading?: boolean }>;
-      };
-      for (const vm of vms) (text.vms[vm] ?? {}).upgrading = true;
-      await writeFile(path, JSON.stringify(text));
-    };
-    await marked(["vm-2", "vm-3"]);
-    expect((await run(["stop", "-f", file, "vm-3"])).code).toBe(0);
-    const owed = await run(["upgrade", "-f", file, "--json"]);
-    expect(owed.code, owed.stderr).toBe(0);
-    expect(
-      (JSON.parse(owed.stdout) as { name: string; outcome: string }[]).map((report) => [
-        report.name,
-        report.outcome,
-      ]),
-    ).toEqual([["vm-2", "upgraded"]]);
-    expect((await ps(file)).map((row) => row.state)).toEqual(["running", "running", "stopped"]);
     const destroyed = await run(["destroy", "-f", file, "--yes"]);
     expect(destroyed.code, destroyed.stderr).toBe(0);
   });
@@ -632,9 +704,10 @@ describe.concurrent("crash safety", () => {
   }
 
   // Its own tests share the fleet "crash", one after another.
+  // Killed between creating and starting a VM, or before creating the next: the fake backend's
+  // tests (test/unit/converge.test.ts); these need real files, processes and boots.
   it.sequential.each([
     ["while it writes the first VM's files", "files"],
-    ["right after the VMs were created", "vm-\\d: created"],
     ["while the first VM boots", "vm-\\d: booting"],
     ["once one VM is up", "vm-\\d: ready"],
   ])("a SIGKILLed `up` (%s) is finished by the next `up`", async (_when, point) => {
