@@ -91,15 +91,14 @@ export async function converge(
   await recordNetwork(session, fleet.subnet, fleet.network, { willStart: plan.some(booting) });
 
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
-  const failed = (vm: VmPlan, detail: string) =>
-    outcomes.set(vm.name, { plan: vm, ok: false, detail });
+  const failed = (name: string, detail: string) => {
+    const outcome = outcomes.get(name);
+    if (outcome) outcomes.set(name, { plan: outcome.plan, ok: false, detail });
+  };
   const each = async (action: VmAction, work: (vm: VmPlan) => Promise<void>) => {
     const vms = plan.filter((vm) => vm.actions.includes(action) && outcomes.get(vm.name)?.ok);
     const results = await eachVm(vms, options.workers, work);
-    results.forEach((result, i) => {
-      const vm = vms[i];
-      if (!result.ok && vm) failed(vm, result.error.message);
-    });
+    for (const result of results) if (!result.ok) failed(result.name, result.error.message);
   };
 
   // A VM directory the record does not know may hold a layer someone wants: never removed
@@ -142,10 +141,9 @@ export async function converge(
     },
   );
   for (const report of reports) {
-    const vm = outcomes.get(report.name)?.plan;
-    if (vm && report.outcome !== "upgraded") {
+    if (report.outcome !== "upgraded") {
       failed(
-        vm,
+        report.name,
         report.outcome === "pending"
           ? "not moved to its new image: an earlier VM did not come back on its new image"
           : (report.detail ?? "it did not come back on its new image"),
@@ -154,7 +152,7 @@ export async function converge(
   }
   await each("start", async (vm) => {
     const result = await startVm(session, vm.name, options.bootTimeoutMs);
-    if (!result.ready) failed(vm, result.why);
+    if (!result.ready) failed(vm.name, result.why);
   });
   return plan.map((vm) => outcomes.get(vm.name) ?? { plan: vm, ok: true });
 }

@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { namespaceName } from "../../src/core/net.js";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
-import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
+import { destroyAllFleets, SHOAL, shoal, shoalOk } from "../helpers/cli.js";
 import { fingerprints, waitForIdentity } from "../helpers/identity.js";
 import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
@@ -64,10 +64,8 @@ interface UpRow {
   error?: string;
 }
 
-async function ok(...args: string[]): Promise<string> {
-  const result = await run(args);
-  expect(result.code, `shoal ${args.join(" ")}\n${result.stderr}`).toBe(0);
-  return result.stdout;
+function ok(...args: string[]): Promise<string> {
+  return shoalOk(state, args);
 }
 
 async function up(file: string, ...extra: string[]): Promise<UpRow[]> {

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
-import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
+import { destroyAllFleets, SHOAL, shoal, shoalOk } from "../helpers/cli.js";
 import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { killQemusMentioning, sha256 } from "../helpers/vm.js";
@@ -26,10 +26,8 @@ const VMS = ["up-1", "up-2", "up-3"];
 const PACKAGE = "tree";
 const PACKAGE_FILE = "/usr/bin/tree";
 
-async function ok(...args: string[]): Promise<string> {
-  const result = await shoal(["--state-dir", state, ...args]);
-  expect(result.code, `shoal ${args.join(" ")}\n${result.stderr}\n${result.stdout}`).toBe(0);
-  return result.stdout;
+function ok(...args: string[]): Promise<string> {
+  return shoalOk(state, args);
 }
 
 async function inspect(name: string): Promise<ImageMeta> {

@@ -1,6 +1,7 @@
 import { spawn } from "node:child_process";
 import { readdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
 
 export const SHOAL = fileURLToPath(new URL("../../bin/shoal.js", import.meta.url));
 
@@ -30,6 +31,13 @@ export function shoal(
           ...args,
         ];
   return collect(argv, { cwd: options.cwd, env: { ...process.env, ...options.env } });
+}
+
+/** `shoal --state-dir STATE ARGS`, which must succeed; its stdout. */
+export async function shoalOk(stateDir: string, args: readonly string[]): Promise<string> {
+  const result = await shoal(["--state-dir", stateDir, ...args]);
+  expect(result.code, `shoal ${args.join(" ")}\n${result.stderr}\n${result.stdout}`).toBe(0);
+  return result.stdout;
 }
 
 /** Runs a program to its end with `input` on its stdin; its exit code and whole output. */
