@@ -2,10 +2,19 @@ import { readFileSync } from "node:fs";
 import { appendFile, mkdir, writeFile } from "node:fs/promises";
 import type { Duplex } from "node:stream";
 import type { Backend, BackendVm, Presence } from "../../src/backends/backend.js";
-import type { FleetSpec } from "../../src/core/fleet.js";
+import type { FleetSpec, VmSpec } from "../../src/core/fleet.js";
 import type { BootFiles } from "../../src/core/render/boot.js";
+import { type ConvergeOptions, converge } from "../../src/fleet/converge.js";
 import { FleetSession } from "../../src/fleet/session.js";
+import {
+  type Command,
+  type CommandResult,
+  ProcessRunner,
+  type Runner,
+} from "../../src/host/runner.js";
 import { type StateLayout, stateLayout } from "../../src/state/layout.js";
+import { readFleetRecord } from "../../src/state/store.js";
+import { fleetOf } from "./fleet.js";
 import { RecordingRunner } from "./recording-runner.js";
 
 /** What a fake guest does when it is started. */
@@ -125,13 +134,31 @@ export class FakeBackend implements Backend {
 /** The bridge fake fleets sit on, so that no network of their own is made. */
 export const FAKE_BRIDGE = "br-fake";
 
+/** How the host answers the check that the fake fleets' bridge is there. */
+function fakeBridgeAnswer(command: Command): CommandResult | undefined {
+  return command.argv.join(" ") === `ip -d -o link show dev ${FAKE_BRIDGE}`
+    ? {
+        code: 0,
+        stdout: `7: ${FAKE_BRIDGE}: <BROADCAST,UP> mtu 1500 \\    bridge forward_delay 0\n`,
+        stderr: "",
+      }
+    : undefined;
+}
+
 /** A runner that runs nothing and says the fake fleets' bridge is there. */
 export function fakeHostRunner(): RecordingRunner {
-  return new RecordingRunner((command) =>
-    command.argv.join(" ") === `ip -d -o link show dev ${FAKE_BRIDGE}`
-      ? { stdout: `7: ${FAKE_BRIDGE}: <BROADCAST,UP> mtu 1500 \\    bridge forward_delay 0\n` }
-      : {},
-  );
+  return new RecordingRunner((command) => fakeBridgeAnswer(command) ?? {});
+}
+
+/**
+ * A runner that runs every command for real (debugfs, e2fsck, cp on real layer files), but for
+ * the check that the fake fleets' bridge is there.
+ */
+export function realToolsRunner(): Runner {
+  const real = new ProcessRunner();
+  return {
+    run: async (command) => fakeBridgeAnswer(command) ?? real.run(command),
+  };
 }
 
 /** An image in the store as far as a VM's start reads it: its record, under a made-up id. */
@@ -162,9 +189,13 @@ export async function fakeImage(layout: StateLayout, name: string, idDigit: stri
 }
 
 /** A session on a state directory, as each shoal command opens one (a new one after a kill). */
-export function openSession(stateDir: string, fleet: FleetSpec, backend: FakeBackend) {
+export function openSession(
+  stateDir: string,
+  fleet: FleetSpec,
+  backend: FakeBackend,
+  runner: Runner = fakeHostRunner(),
+) {
   const events: string[] = [];
-  const runner = fakeHostRunner();
   return FleetSession.open(
     {
       runner,
@@ -174,5 +205,48 @@ export function openSession(stateDir: string, fleet: FleetSpec, backend: FakeBac
     },
     fleet,
     backend,
-  ).then((session) => ({ session, events, runner }));
+  ).then((session) => ({ session, events }));
+}
+
+/** Fleet "fake" of `count` VMs on the fake bridge (small layers: some tests read them whole). */
+export const fakeFleet = (count: number, image = "tiny") =>
+  fleetOf(
+    `name: fake\nimage: ${image}\ncount: ${count}\nvm: { layer: { size: 64M } }\nnetwork: { bridge: ${FAKE_BRIDGE}, managed: false }\n`,
+  );
+
+const UP: ConvergeOptions = {
+  goal: "running",
+  workers: 4,
+  bootTimeoutMs: 5_000,
+  stopTimeoutMs: 1_000,
+};
+
+/** A state directory with images "tiny" and "next", as `up` and `upgrade` find them. */
+export async function stateWithImages(dir: string) {
+  const layout = stateLayout(dir);
+  const tiny = await fakeImage(layout, "tiny", "a");
+  const next = await fakeImage(layout, "next", "b");
+  const bootOf = (vm: Pick<VmSpec, "image">) => (vm.image === "next" ? next.boot : tiny.boot);
+  return { dir, layout, tiny, next, bootOf };
+}
+
+/** One `shoal up`: a fresh session on the state directory, as a new shoal process opens it. */
+export async function upOnFake(
+  dir: string,
+  fleet: FleetSpec,
+  backend: FakeBackend,
+  bootOf: (vm: VmSpec) => BootFiles,
+  options: Partial<ConvergeOptions> = {},
+  runner?: Runner,
+) {
+  const { session, events } = await openSession(dir, fleet, backend, runner);
+  const outcomes = await converge(session, fleet, bootOf, { ...UP, ...options });
+  return { session, events, outcomes };
+}
+
+/** Fleet "fake"'s record as the last command left it. */
+export async function fakeRecord(dir: string) {
+  const record = await readFleetRecord(stateLayout(dir), "fake");
+  if (!record) throw new Error("no record");
+  return record;
 }

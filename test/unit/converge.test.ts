@@ -1,78 +1,34 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
-import type { FleetSpec, VmSpec } from "../../src/core/fleet.js";
-import type { BootFiles } from "../../src/core/render/boot.js";
-import { type ConvergeOptions, converge } from "../../src/fleet/converge.js";
 import { observeAll } from "../../src/fleet/planning.js";
 import { stopVms } from "../../src/fleet/power.js";
 import { upgradeFleet } from "../../src/fleet/upgrade.js";
 import { stateLayout } from "../../src/state/layout.js";
-import { readFleetRecord } from "../../src/state/store.js";
 import {
-  FAKE_BRIDGE,
   FakeBackend,
-  fakeImage,
+  fakeFleet,
+  fakeRecord,
   Killed,
   openSession,
+  stateWithImages,
+  upOnFake,
 } from "../helpers/fake-backend.js";
-import { fleetOf } from "../helpers/fleet.js";
 import { useTempDirs } from "../helpers/tmp.js";
 
 const tempDir = useTempDirs();
 
-const fleetFile = (count: number, image = "tiny") =>
-  fleetOf(
-    `name: fake\nimage: ${image}\ncount: ${count}\nnetwork: { bridge: ${FAKE_BRIDGE}, managed: false }\n`,
-  );
-
-const UP: ConvergeOptions = {
-  goal: "running",
-  workers: 4,
-  bootTimeoutMs: 5_000,
-  stopTimeoutMs: 1_000,
-};
-
-/** A state directory with two images, as `up` and `upgrade` find them. */
-async function stateWithImages() {
-  const dir = await tempDir();
-  const layout = stateLayout(dir);
-  const tiny = await fakeImage(layout, "tiny", "a");
-  const next = await fakeImage(layout, "next", "b");
-  const bootOf = (vm: Pick<VmSpec, "image">) => (vm.image === "next" ? next.boot : tiny.boot);
-  return { dir, layout, tiny, next, bootOf };
-}
-
-/** One `shoal up`: a fresh session on the state directory, as a new shoal process opens it. */
-async function up(
-  dir: string,
-  fleet: FleetSpec,
-  backend: FakeBackend,
-  bootOf: (vm: VmSpec) => BootFiles,
-  options: Partial<ConvergeOptions> = {},
-) {
-  const { session, events } = await openSession(dir, fleet, backend);
-  const outcomes = await converge(session, fleet, bootOf, { ...UP, ...options });
-  return { session, events, outcomes };
-}
-
-async function recordOf(dir: string) {
-  const record = await readFleetRecord(stateLayout(dir), "fake");
-  if (!record) throw new Error("no record");
-  return record;
-}
-
 describe("the lifecycle on a fake backend", () => {
   it("creates and starts every VM, records them, and a second up does nothing", async () => {
-    const { dir, bootOf, tiny } = await stateWithImages();
+    const { dir, bootOf, tiny } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    const first = await up(dir, fleetFile(3), backend, bootOf);
+    const first = await upOnFake(dir, fakeFleet(3), backend, bootOf);
     expect(first.outcomes.map((outcome) => [outcome.plan.name, outcome.ok])).toEqual([
       ["vm-1", true],
       ["vm-2", true],
       ["vm-3", true],
     ]);
     expect([...backend.running.keys()].sort()).toEqual(["vm-1", "vm-2", "vm-3"]);
-    const record = await recordOf(dir);
+    const record = await fakeRecord(dir);
     for (const name of ["vm-1", "vm-2", "vm-3"]) {
       expect(record.vms[name]).toMatchObject({ phase: "created", running: true, baseId: tiny.id });
     }
@@ -80,7 +36,7 @@ describe("the lifecycle on a fake backend", () => {
     expect(knownHosts.split("\n").filter(Boolean)).toHaveLength(3);
 
     backend.calls.length = 0;
-    const again = await up(dir, fleetFile(3), backend, bootOf);
+    const again = await upOnFake(dir, fakeFleet(3), backend, bootOf);
     expect(backend.calls).toEqual([]);
     expect(again.outcomes.every((outcome) => outcome.ok && outcome.plan.actions.length === 0)).toBe(
       true,
@@ -88,18 +44,18 @@ describe("the lifecycle on a fake backend", () => {
   });
 
   it("makes afresh the VMs a shoal killed while creating them, and starts them all", async () => {
-    const { dir, bootOf } = await stateWithImages();
+    const { dir, bootOf } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
     backend.killAt = "define vm-2";
-    await expect(up(dir, fleetFile(3), backend, bootOf)).rejects.toThrow(Killed);
+    await expect(upOnFake(dir, fakeFleet(3), backend, bootOf)).rejects.toThrow(Killed);
     await backend.afterKill();
-    const killed = await recordOf(dir);
+    const killed = await fakeRecord(dir);
     expect(killed.vms["vm-2"]?.phase).toBe("creating");
     expect(backend.running.size).toBe(0);
 
-    const repaired = await up(dir, fleetFile(3), backend, bootOf);
+    const repaired = await upOnFake(dir, fakeFleet(3), backend, bootOf);
     expect(repaired.outcomes.every((outcome) => outcome.ok)).toBe(true);
-    const record = await recordOf(dir);
+    const record = await fakeRecord(dir);
     expect(Object.values(record.vms).map((vm) => vm.phase)).toEqual([
       "created",
       "created",
@@ -109,17 +65,17 @@ describe("the lifecycle on a fake backend", () => {
   });
 
   it("starts a VM whose start a killed shoal had recorded but not made, and one that crashed", async () => {
-    const { dir, bootOf } = await stateWithImages();
+    const { dir, bootOf } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
     backend.killAt = "start vm-3";
-    await expect(up(dir, fleetFile(3), backend, bootOf)).rejects.toThrow(Killed);
+    await expect(upOnFake(dir, fakeFleet(3), backend, bootOf)).rejects.toThrow(Killed);
     await backend.afterKill();
     // Recorded as meant to run before the start: a VM that is not there reads as crashed.
-    const { session } = await openSession(dir, fleetFile(3), backend);
+    const { session } = await openSession(dir, fakeFleet(3), backend);
     expect((await observeAll(session, ["vm-3"])).get("vm-3")?.state).toBe("crashed");
 
     backend.crash("vm-1");
-    const repaired = await up(dir, fleetFile(3), backend, bootOf);
+    const repaired = await upOnFake(dir, fakeFleet(3), backend, bootOf);
     expect(
       Object.fromEntries(
         repaired.outcomes.map((outcome) => [outcome.plan.name, outcome.plan.actions]),
@@ -129,11 +85,11 @@ describe("the lifecycle on a fake backend", () => {
   });
 
   it("makes a guest that fails its boot that VM's failure, and boots the others", async () => {
-    const { dir, bootOf } = await stateWithImages();
+    const { dir, bootOf } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
     backend.guests.set("vm-2", "fails");
     backend.guests.set("vm-3", "powers off");
-    const { outcomes } = await up(dir, fleetFile(3), backend, bootOf);
+    const { outcomes } = await upOnFake(dir, fakeFleet(3), backend, bootOf);
     expect(outcomes.map((outcome) => [outcome.plan.name, outcome.ok, outcome.detail])).toEqual([
       ["vm-1", true, undefined],
       ["vm-2", false, "the fake guest fails"],
@@ -142,7 +98,7 @@ describe("the lifecycle on a fake backend", () => {
   });
 
   it("lets a bug go up (exit 70) once every VM's work has settled, instead of failing one VM", async () => {
-    const { dir, bootOf } = await stateWithImages();
+    const { dir, bootOf } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
     const start = backend.start.bind(backend);
     backend.start = async (vm, spec, boot) => {
@@ -150,36 +106,36 @@ describe("the lifecycle on a fake backend", () => {
       await new Promise((resolve) => setTimeout(resolve, 50));
       return start(vm, spec, boot);
     };
-    await expect(up(dir, fleetFile(3), backend, bootOf)).rejects.toThrow(TypeError);
+    await expect(upOnFake(dir, fakeFleet(3), backend, bootOf)).rejects.toThrow(TypeError);
     // The others' starts were not cut off half-way: both run and are recorded as meant to.
     expect([...backend.running.keys()].sort()).toEqual(["vm-2", "vm-3"]);
-    const record = await recordOf(dir);
+    const record = await fakeRecord(dir);
     expect(record.vms["vm-1"]?.running).toBe(false);
     expect(record.vms["vm-2"]?.running).toBe(true);
   });
 
   it("deletes the VMs the fleet file no longer has, and keeps a stopped VM stopped for `create`", async () => {
-    const { dir, bootOf } = await stateWithImages();
+    const { dir, bootOf } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await up(dir, fleetFile(3), backend, bootOf);
-    const { session } = await openSession(dir, fleetFile(3), backend);
+    await upOnFake(dir, fakeFleet(3), backend, bootOf);
+    const { session } = await openSession(dir, fakeFleet(3), backend);
     await stopVms(session, ["vm-1"], 1_000, 2);
-    const shrunk = await up(dir, fleetFile(2), backend, bootOf, { goal: "created" });
+    const shrunk = await upOnFake(dir, fakeFleet(2), backend, bootOf, { goal: "created" });
     expect(
       Object.fromEntries(
         shrunk.outcomes.map((outcome) => [outcome.plan.name, outcome.plan.actions]),
       ),
     ).toEqual({ "vm-1": [], "vm-2": [], "vm-3": ["stop", "delete"] });
-    expect(Object.keys((await recordOf(dir)).vms)).toEqual(["vm-1", "vm-2"]);
+    expect(Object.keys((await fakeRecord(dir)).vms)).toEqual(["vm-1", "vm-2"]);
     expect([...backend.running.keys()]).toEqual(["vm-2"]);
   });
 
   it("forces off a guest that ignores the power button once the stop timeout is over", async () => {
-    const { dir, bootOf } = await stateWithImages();
+    const { dir, bootOf } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await up(dir, fleetFile(2), backend, bootOf);
+    await upOnFake(dir, fakeFleet(2), backend, bootOf);
     backend.deaf.add("vm-2");
-    const { session } = await openSession(dir, fleetFile(2), backend);
+    const { session } = await openSession(dir, fakeFleet(2), backend);
     const outcomes = await stopVms(session, ["vm-1", "vm-2"], 300, 2);
     expect(outcomes).toEqual([
       { name: "vm-1", ok: true, detail: "clean" },
@@ -198,12 +154,12 @@ describe("upgrade bookkeeping on a fake backend", () => {
   };
 
   it("moves each VM to the new base, running ones started again, stopped ones left stopped", async () => {
-    const { dir, bootOf, next } = await stateWithImages();
+    const { dir, bootOf, next } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await up(dir, fleetFile(3), backend, bootOf);
-    const { session } = await openSession(dir, fleetFile(3), backend);
+    await upOnFake(dir, fakeFleet(3), backend, bootOf);
+    const { session } = await openSession(dir, fakeFleet(3), backend);
     await stopVms(session, ["vm-3"], 1_000, 1);
-    const reports = await upgradeFleet(session, fleetFile(3, "next"), next, options);
+    const reports = await upgradeFleet(session, fakeFleet(3, "next"), next, options);
     expect(reports.map((report) => [report.name, report.outcome])).toEqual([
       ["vm-1", "upgraded"],
       ["vm-2", "upgraded"],
@@ -211,7 +167,7 @@ describe("upgrade bookkeeping on a fake backend", () => {
     ]);
     expect(backend.baseOf("vm-1")).toBe(next.id);
     expect(backend.baseOf("vm-3")).toBeUndefined();
-    const record = await recordOf(dir);
+    const record = await fakeRecord(dir);
     expect(Object.values(record.vms).map((vm) => [vm.baseId, vm.spec.image, vm.upgrading])).toEqual(
       [
         [next.id, "next", undefined],
@@ -222,36 +178,36 @@ describe("upgrade bookkeeping on a fake backend", () => {
   });
 
   it("owes a start to a VM a killed upgrade had stopped, and the next upgrade pays it", async () => {
-    const { dir, bootOf, next } = await stateWithImages();
+    const { dir, bootOf, next } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await up(dir, fleetFile(2), backend, bootOf);
+    await upOnFake(dir, fakeFleet(2), backend, bootOf);
     backend.killAt = "start vm-1";
-    const killed = await openSession(dir, fleetFile(2), backend);
-    await expect(upgradeFleet(killed.session, fleetFile(2, "next"), next, options)).rejects.toThrow(
+    const killed = await openSession(dir, fakeFleet(2), backend);
+    await expect(upgradeFleet(killed.session, fakeFleet(2, "next"), next, options)).rejects.toThrow(
       Killed,
     );
     await backend.afterKill();
-    const owed = await recordOf(dir);
+    const owed = await fakeRecord(dir);
     expect(owed.vms["vm-1"]).toMatchObject({ upgrading: true, baseId: next.id });
     expect(backend.running.has("vm-1")).toBe(false);
 
-    const resumed = await openSession(dir, fleetFile(2), backend);
-    const reports = await upgradeFleet(resumed.session, fleetFile(2, "next"), next, options);
+    const resumed = await openSession(dir, fakeFleet(2), backend);
+    const reports = await upgradeFleet(resumed.session, fakeFleet(2, "next"), next, options);
     expect(reports.map((report) => [report.name, report.outcome])).toEqual([
       ["vm-1", "upgraded"],
       ["vm-2", "upgraded"],
     ]);
     expect(backend.baseOf("vm-1")).toBe(next.id);
-    expect((await recordOf(dir)).vms["vm-1"]?.upgrading).toBeUndefined();
+    expect((await fakeRecord(dir)).vms["vm-1"]?.upgrading).toBeUndefined();
   });
 
   it("stops the rollout at a VM that does not come back, leaving the rest on the old base", async () => {
-    const { dir, bootOf, next, tiny } = await stateWithImages();
+    const { dir, bootOf, next, tiny } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await up(dir, fleetFile(3), backend, bootOf);
+    await upOnFake(dir, fakeFleet(3), backend, bootOf);
     backend.guests.set("vm-2", "fails");
-    const { session } = await openSession(dir, fleetFile(3), backend);
-    const reports = await upgradeFleet(session, fleetFile(3, "next"), next, options);
+    const { session } = await openSession(dir, fakeFleet(3), backend);
+    const reports = await upgradeFleet(session, fakeFleet(3, "next"), next, options);
     expect(reports.map((report) => [report.name, report.outcome])).toEqual([
       ["vm-1", "upgraded"],
       ["vm-2", "failed"],
@@ -259,33 +215,33 @@ describe("upgrade bookkeeping on a fake backend", () => {
     ]);
     expect(backend.baseOf("vm-3")).toBe(tiny.id);
     // The failed start stays owed: the next upgrade starts it again.
-    expect((await recordOf(dir)).vms["vm-2"]?.upgrading).toBe(true);
+    expect((await fakeRecord(dir)).vms["vm-2"]?.upgrading).toBe(true);
   });
 
   it("cancels the owed start when the user stops the VM", async () => {
-    const { dir, bootOf, next } = await stateWithImages();
+    const { dir, bootOf, next } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await up(dir, fleetFile(1), backend, bootOf);
+    await upOnFake(dir, fakeFleet(1), backend, bootOf);
     backend.killAt = "start vm-1";
-    const killed = await openSession(dir, fleetFile(1), backend);
-    await expect(upgradeFleet(killed.session, fleetFile(1, "next"), next, options)).rejects.toThrow(
+    const killed = await openSession(dir, fakeFleet(1), backend);
+    await expect(upgradeFleet(killed.session, fakeFleet(1, "next"), next, options)).rejects.toThrow(
       Killed,
     );
     await backend.afterKill();
-    const { session } = await openSession(dir, fleetFile(1), backend);
+    const { session } = await openSession(dir, fakeFleet(1), backend);
     await stopVms(session, ["vm-1"], 1_000, 1);
-    expect((await recordOf(dir)).vms["vm-1"]?.upgrading).toBeUndefined();
-    const reports = await upgradeFleet(session, fleetFile(1, "next"), next, options);
+    expect((await fakeRecord(dir)).vms["vm-1"]?.upgrading).toBeUndefined();
+    const reports = await upgradeFleet(session, fakeFleet(1, "next"), next, options);
     expect(reports).toEqual([]);
     expect(backend.running.size).toBe(0);
   });
 
   it("moves running VMs whose only change is the image during `up`, one at a time", async () => {
-    const { dir, bootOf, next } = await stateWithImages();
+    const { dir, bootOf, next } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await up(dir, fleetFile(2), backend, bootOf);
+    await upOnFake(dir, fakeFleet(2), backend, bootOf);
     backend.calls.length = 0;
-    const { outcomes } = await up(dir, fleetFile(2, "next"), backend, bootOf);
+    const { outcomes } = await upOnFake(dir, fakeFleet(2, "next"), backend, bootOf);
     expect(
       outcomes.map((outcome) => [outcome.plan.name, outcome.plan.actions, outcome.ok]),
     ).toEqual([
