@@ -3,7 +3,13 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { escapeLine } from "../core/terminal.js";
 import { ifExists } from "../host/paths.js";
 
-const POLL_MS = 250;
+const POLL_MS = 500;
+/**
+ * How often the hypervisor is asked whether the VM still runs: the console log is read far more
+ * often, but asking Xen is a dom0 process per VM, and hundreds of VMs booting at once would keep
+ * dom0 busy listing them instead of setting up and serving their devices.
+ */
+const STOPPED_POLL_MS = 5_000;
 
 /** The lines union-root.sh (beside this file) prints on the serial console when the boot is decided. */
 const READY_LINE = /shoal: root is the union of base/;
@@ -27,6 +33,7 @@ export interface BootWatch {
 /** Waits until the guest's init says its union root is up, or that it failed, or gives up. */
 export async function waitForBoot(watch: BootWatch): Promise<BootOutcome> {
   const deadline = Date.now() + watch.timeoutMs;
+  let asked = Number.NEGATIVE_INFINITY;
   for (;;) {
     const log = await readFrom(watch.serialLog, watch.offset);
     if (READY_LINE.test(log)) return { ready: true };
@@ -35,14 +42,19 @@ export async function waitForBoot(watch: BootWatch): Promise<BootOutcome> {
     if (fatal) {
       return { ready: false, why: escapeLine((fatal[1] || "the VM's init failed").slice(0, 300)) };
     }
-    const stopped = await watch.stopped();
+    const overdue = Date.now() > deadline;
+    let stopped: string | undefined;
+    if (overdue || Date.now() - asked >= STOPPED_POLL_MS) {
+      asked = Date.now();
+      stopped = await watch.stopped();
+    }
     if (stopped !== undefined) {
       return {
         ready: false,
         why: `it stopped while booting (${stopped}); see \`shoal logs ${watch.vm}\``,
       };
     }
-    if (Date.now() > deadline) {
+    if (overdue) {
       return {
         ready: false,
         why: `not booted after ${Math.round(watch.timeoutMs / 1000)} s; it keeps running, see \`shoal logs ${watch.vm}\``,

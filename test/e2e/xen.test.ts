@@ -78,10 +78,13 @@ interface UpRow {
   ok: boolean;
 }
 
-/** `up` of the whole fleet at once; its rows for the fleet's VMs (not for VMs it deleted). */
+/**
+ * `up` of the whole fleet at once; its rows for the fleet's VMs (not for VMs it deleted). Ten
+ * domUs booting under a Xen that is itself emulated take minutes each: they are given 10.
+ */
 async function up(): Promise<UpRow[]> {
   const rows = JSON.parse(
-    await shoalOk("up", "-f", FLEET_FILE, "--workers", String(WIDE), "--json"),
+    await shoalOk("up", "-f", FLEET_FILE, "--workers", String(WIDE), "--timeout", "600", "--json"),
   ) as UpRow[];
   const kept = rows.filter((row) => VMS.includes(row.name));
   expect(kept.map((row) => [row.name, row.state, row.ok])).toEqual(

@@ -6,6 +6,7 @@ import {
   domainOwnership,
   domainUuid,
   guestConsoleLog,
+  isDeviceSetupTimeout,
   loopDeviceLimit,
   parseDom0,
   parseXlDiskPaths,
@@ -76,6 +77,28 @@ describe("xl uptime", () => {
 
   it("has no answer for another domain", () => {
     expect(parseXlUptimeSeconds(uptime(" 0:01:05"), "lab.vm-2")).toBeUndefined();
+  });
+});
+
+describe("xl create's failures", () => {
+  it("tells dom0's slowness (libxl's fixed device timeouts) from other failures", () => {
+    expect(
+      isDeviceSetupTimeout(
+        "libxl: error: libxl_create.c:1672:domcreate_launch_dm: Domain 6:unable to add disk devices",
+      ),
+    ).toBe(true);
+    expect(
+      isDeviceSetupTimeout(
+        "libxl: error: libxl_create.c:1898:domcreate_attach_devices: Domain 4:unable to add vif devices",
+      ),
+    ).toBe(true);
+    expect(
+      isDeviceSetupTimeout(
+        "libxl: error: libxl_aoutils.c:539:hotplug_timeout: killing execution of /etc/xen/scripts/block add because of timeout",
+      ),
+    ).toBe(true);
+    expect(isDeviceSetupTimeout("libxl: error: failed to get free memory")).toBe(false);
+    expect(isDeviceSetupTimeout("")).toBe(false);
   });
 });
 

@@ -62,15 +62,23 @@ const details = (...disks: string[]): Partial<CommandResult> => ({
 });
 
 /**
- * A runner whose `xl list -v NAME` answers come from `states` in turn (the last one repeats), and
- * whose `xl list -l NAME` answer is `long`.
+ * A runner whose `xl list -v` answers come from `states` in turn (the last one repeats), each the
+ * answer of `xl list -v lab.vm-1` at that moment (`xl list -v` of every domain lists no domain
+ * where that one is unknown), and whose `xl list -l NAME` answer is `long`.
  */
 function xl(states: Partial<CommandResult>[], long: Partial<CommandResult> = { stdout: "[]\n" }) {
   let listings = 0;
+  const now = () => states[Math.min(listings, states.length) - 1] ?? {};
   return new RecordingRunner((command: Command) => {
     if (command.argv[0] === "losetup") return { stdout: '{"loopdevices": []}\n' };
     if (command.argv[1] === "list" && command.argv[2] === "-l") return long;
-    if (command.argv[1] === "list") return states[Math.min(listings++, states.length - 1)] ?? {};
+    if (command.argv.join(" ") === "xl list -v") {
+      listings++;
+      return now() === unknown || /does not exist/.test(now().stderr ?? "")
+        ? { stdout: header }
+        : now();
+    }
+    if (command.argv[1] === "list") return now();
     if (command.argv[1] === "uptime")
       return { stdout: `Name                                ID Uptime\nlab.vm-1   7  0:02:03\n` };
     return {};
@@ -164,10 +172,42 @@ const noMonitors = async () => [];
 const LIST_LOOPS = ["losetup", "--list", "--json", "--output", LOSETUP_COLUMNS];
 
 describe("xl backend", () => {
-  it("asks `xl list -v` by domain name; an unknown domain is absent", async () => {
+  it("finds its domain in `xl list -v`; one not listed there is absent", async () => {
     const runner = xl([unknown]);
     expect(await xlBackend(runner).presence(vm)).toEqual({ kind: "absent" });
-    expect(runner.argvs).toEqual([["xl", "list", "-v", "lab.vm-1"]]);
+    expect(runner.argvs).toEqual([["xl", "list", "-v"]]);
+  });
+
+  it("lists the domains once for all the VMs asked about at once, each answer begun after its question", async () => {
+    let answered = 0;
+    let release = () => {};
+    const runner = new RecordingRunner((command) => {
+      if (command.argv[1] === "uptime") return {};
+      answered++;
+      return listed("-b----");
+    });
+    const slow = {
+      run: async (command: Command) => {
+        const answer = runner.run(command);
+        if (command.argv[1] === "list") await new Promise<void>((resolve) => (release = resolve));
+        return answer;
+      },
+    };
+    const backend = new XlBackend(slow as unknown as RecordingRunner, layout);
+    const first = backend.presence(vm);
+    // Asked while the first listing runs: all three share the next one, not the one under way.
+    await new Promise((resolve) => setImmediate(resolve));
+    const later = [backend.presence(vm), backend.presence(vm), backend.presence(vm)];
+    release();
+    await first;
+    await new Promise((resolve) => setImmediate(resolve));
+    release();
+    for (const presence of await Promise.all(later)) expect(presence.kind).toBe("running");
+    expect(answered).toBe(2);
+    expect(runner.argvs.filter((argv) => argv[1] === "list")).toEqual([
+      ["xl", "list", "-v"],
+      ["xl", "list", "-v"],
+    ]);
   });
 
   it("reads a running domain's start from `xl uptime`", async () => {
@@ -180,8 +220,8 @@ describe("xl backend", () => {
     expect(since).toBeGreaterThanOrEqual(before - 123_000);
     expect(since).toBeLessThanOrEqual(after - 123_000);
     expect(runner.argvs).toEqual([
-      ["xl", "list", "-v", "lab.vm-1"],
-      ["xl", "uptime", "lab.vm-1"],
+      ["xl", "list", "-v"],
+      ["xl", "uptime"],
     ]);
   });
 
@@ -197,14 +237,16 @@ describe("xl backend", () => {
 
   it("fails on an `xl list` error other than an unknown domain", async () => {
     const runner = xl([{ code: 1, stderr: "libxl: error: cannot connect to xenstored\n" }]);
-    await expect(xlBackend(runner).presence(vm)).rejects.toThrow(/xl list -v lab\.vm-1/);
+    await expect(xlBackend(runner).presence(vm)).rejects.toThrow(
+      /: xl list -v\nlibxl: error: cannot connect to xenstored/,
+    );
   });
 
   it("presses the power button of the VM's own domain, by its id", async () => {
     const runner = xl([listed("-b----")]);
     await xlBackend(runner).requestShutdown(vm);
     expect(runner.argvs).toEqual([
-      ["xl", "list", "-v", "lab.vm-1"],
+      ["xl", "list", "-v"],
       ["xl", "shutdown", "7"],
     ]);
   });
@@ -213,11 +255,11 @@ describe("xl backend", () => {
     const runner = xl([listed("-b----"), listed("-b----"), listed("-b---d"), unknown]);
     await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
-      ["xl", "list", "-v", "lab.vm-1"],
-      ["xl", "list", "-v", "lab.vm-1"],
+      ["xl", "list", "-v"],
+      ["xl", "list", "-v"],
       ["xl", "destroy", "7"],
-      ["xl", "list", "-v", "lab.vm-1"],
-      ["xl", "list", "-v", "lab.vm-1"],
+      ["xl", "list", "-v"],
+      ["xl", "list", "-v"],
       LIST_LOOPS,
     ]);
   });
@@ -226,9 +268,9 @@ describe("xl backend", () => {
     const runner = xl([listed("--ps--"), unknown]);
     await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs).toEqual([
-      ["xl", "list", "-v", "lab.vm-1"],
-      ["xl", "list", "-v", "lab.vm-1"],
-      ["xl", "list", "-v", "lab.vm-1"],
+      ["xl", "list", "-v"],
+      ["xl", "list", "-v"],
+      ["xl", "list", "-v"],
       LIST_LOOPS,
     ]);
   });
@@ -242,6 +284,8 @@ describe("xl backend", () => {
     ]);
     await xlBackend(runner, noMonitors).destroy(vm);
     expect(runner.argvs.every((argv) => argv[1] === "list" || argv[1] === "--list")).toBe(true);
+    // Only asked by its name can a nameless dying domain be told to be the VM's.
+    expect(runner.argvs).toContainEqual(["xl", "list", "-v", "lab.vm-1"]);
   });
 
   it("ends the VM's xl monitor, which would restart a rebooting guest, before destroying", async () => {
@@ -275,11 +319,7 @@ describe("xl backend", () => {
   it("does nothing to a domain Xen does not have, and looks for loop devices left on the VM's files", async () => {
     const runner = xl([unknown]);
     await xlBackend(runner, noMonitors).destroy(vm);
-    expect(runner.argvs).toEqual([
-      ["xl", "list", "-v", "lab.vm-1"],
-      ["xl", "list", "-v", "lab.vm-1"],
-      LIST_LOOPS,
-    ]);
+    expect(runner.argvs).toEqual([["xl", "list", "-v"], ["xl", "list", "-v"], LIST_LOOPS]);
   });
 
   it("writes vm.xl.cfg and the hotplug scripts afresh from the record before `xl create` reads them", async () => {
@@ -404,6 +444,33 @@ describe("xl backend and the base's loop device", () => {
     await expect(start(one)).rejects.toThrow(/xl create/);
     expect(detaches(runner)).toEqual([["losetup", "--detach", "/dev/loop4"]]);
     await expect(lstat(base.dir)).rejects.toThrow("ENOENT");
+  });
+
+  it("creates a domain again once when dom0 set its devices up too slowly for libxl, and only then", async () => {
+    const slow = [
+      "libxl: error: libxl_device.c:1181:device_backend_callback: Domain 6:unable to add device with path /local/domain/0/backend/vbd/6/51728",
+      "libxl: error: libxl_create.c:1672:domcreate_launch_dm: Domain 6:unable to add disk devices",
+      "libxl: error: libxl_domain.c:1183:libxl__destroy_domid: Domain 6:Non-existant domain",
+    ].join("\n");
+    let creates = 0;
+    const once = await twoVms(undefined, (command) =>
+      command.argv[1] === "create" && creates++ === 0 ? { code: 3, stderr: slow } : undefined,
+    );
+    await once.start(once.one);
+    expect(once.runner.argvs.filter((argv) => argv[1] === "create")).toHaveLength(2);
+
+    const always = await twoVms(undefined, (command) =>
+      command.argv[1] === "create" ? { code: 3, stderr: slow } : undefined,
+    );
+    await expect(always.start(always.one)).rejects.toThrow(/unable to add disk devices/);
+    expect(always.runner.argvs.filter((argv) => argv[1] === "create")).toHaveLength(2);
+    await expect(lstat(always.base.dir)).rejects.toThrow("ENOENT");
+
+    const other = await twoVms(undefined, (command) =>
+      command.argv[1] === "create" ? { code: 3, stderr: "libxl: error: no memory\n" } : undefined,
+    );
+    await expect(other.start(other.one)).rejects.toThrow(/no memory/);
+    expect(other.runner.argvs.filter((argv) => argv[1] === "create")).toHaveLength(1);
   });
 
   it("after a kill, releases a base whose users' domains and xl monitors are gone, and keeps one whose monitor is remaking its domain", async () => {

@@ -18,6 +18,7 @@ import { ShoalError, UserError, undefinedUnlessBug } from "../../errors.js";
 import { ifExists } from "../../host/paths.js";
 import { processesNamed } from "../../host/processes.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
+import { SharedCommand } from "../../host/shared-command.js";
 import { refuseUnlessOurs } from "../../net/network.js";
 import { writeFileAtomic } from "../../state/atomic.js";
 import type { StateLayout } from "../../state/layout.js";
@@ -31,6 +32,7 @@ import {
   domainOwnership,
   domainUuid,
   guestConsoleLog,
+  isDeviceSetupTimeout,
   parseXlDiskPaths,
   parseXlList,
   parseXlListIdentity,
@@ -50,6 +52,8 @@ const XL_LOG_DIR = "/var/log/xen";
 const GONE_WAIT_MS = 30_000;
 const MONITOR_GRACE_MS = 10_000;
 const POLL_MS = 250;
+/** `xl create`s of one domain, when dom0 was too slow to set up its devices in libxl's time. */
+const CREATE_ATTEMPTS = 2;
 
 /** A domain of a VM's name as `xl list -v` shows it. */
 interface Listed {
@@ -82,6 +86,12 @@ export class XlBackend implements Backend {
    */
   private readonly creations = pLimit(availableParallelism());
   private readonly kernels = new Map<string, Promise<string>>();
+  /**
+   * Every domain, listed once for all the VMs asked about at once (see SharedCommand): each `xl`
+   * run costs a dom0 process, and every VM waiting for its boot asks about its domain.
+   */
+  private readonly domainListing: SharedCommand;
+  private readonly uptimeListing: SharedCommand;
 
   constructor(
     private readonly runner: Runner,
@@ -91,6 +101,8 @@ export class XlBackend implements Backend {
   ) {
     this.root = layout.root;
     this.bases = new BaseLoops(runner, layout, (users) => this.liveUsers(users));
+    this.domainListing = new SharedCommand(runner, { argv: ["xl", "list", "-v"], probe: true });
+    this.uptimeListing = new SharedCommand(runner, { argv: ["xl", "uptime"], probe: true });
   }
 
   private readonly root: string;
@@ -142,18 +154,24 @@ export class XlBackend implements Backend {
       });
       await writeFileAtomic(vm.paths.xlConfig, config, 0o600);
       await this.creations(async () => {
-        try {
-          // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it
-          // would leave a domain that looks alive and never runs. Its monitor stays, detached.
-          await this.runner.run({
-            argv: ["xl", "create", vm.paths.xlConfig],
-            uninterruptible: true,
-          });
-        } catch (error) {
-          // libxl took the half-made domain away, and with it the disks it attached, mostly: a
-          // disk whose removal timed out keeps its loop device.
-          if ((await this.listed(this.domain(vm))) === undefined) await this.detachLeftLoops(vm);
-          throw error;
+        for (let attempt = 1; ; attempt++) {
+          try {
+            // xl builds the domain paused and unpauses it last: cut off by a Ctrl-C in between, it
+            // would leave a domain that looks alive and never runs. Its monitor stays, detached.
+            await this.runner.run({
+              argv: ["xl", "create", vm.paths.xlConfig],
+              uninterruptible: true,
+            });
+            return;
+          } catch (error) {
+            // libxl took the half-made domain away, and with it the disks it attached, mostly: a
+            // disk whose removal timed out keeps its loop device.
+            const gone = (await this.listed(this.domain(vm))) === undefined;
+            if (gone) await this.detachLeftLoops(vm);
+            const slowDom0 =
+              error instanceof CommandFailed && isDeviceSetupTimeout(error.stderrTail);
+            if (!(gone && slowDom0 && attempt < CREATE_ATTEMPTS)) throw error;
+          }
         }
       });
     });
@@ -193,7 +211,7 @@ export class XlBackend implements Backend {
 
   /** Which of a base's users are there: a domain of its UUID, or an xl monitor of its config. */
   private async liveUsers(users: readonly BaseUser[]): Promise<ReadonlySet<string>> {
-    const listing = await this.runner.run({ argv: ["xl", "list", "-v"], probe: true });
+    const listing = await this.domainListing.result();
     const domains = parseXlListUuids(listing.stdout);
     const monitors = (await this.processes("xl")).filter(
       ({ uid, argv }) => uid === 0 && argv.includes("create"),
@@ -211,7 +229,7 @@ export class XlBackend implements Backend {
   /** Refuses each VM whose domain name or console log another state directory or program holds. */
   async checkNames(vms: readonly BackendVm[]): Promise<void> {
     if (vms.length === 0) return;
-    const listing = await this.runner.run({ argv: ["xl", "list", "-v"], probe: true });
+    const listing = await this.domainListing.result();
     // Without xenconsoled's log directory the start fails later, saying why.
     const logDir = await this.consoleLogDir().catch(undefinedUnlessBug);
     for (const vm of vms) {
@@ -301,6 +319,14 @@ export class XlBackend implements Backend {
 
   /** The domain of that name as `xl list -v` shows it; undefined when Xen does not know it. */
   private async listed(domain: string): Promise<Listed | undefined> {
+    const all = (await this.domainListing.result()).stdout;
+    const listedState = parseXlList(all, domain);
+    const listedIdentity = parseXlListIdentity(all, domain);
+    if (listedState && listedIdentity) return { state: listedState, ...listedIdentity };
+    // Not there under its name: Xen does not know it, unless a domain is dying with its name
+    // already gone (listed as "(null)"), which only xl asked for that name tells apart.
+    const nameless = /^\(null\)\s/m.test(all);
+    if (!nameless && listedState === undefined && listedIdentity === undefined) return undefined;
     const argv = ["xl", "list", "-v", domain] as const;
     const result = await this.runner.run({ argv, probe: true, okCodes: [0, 1] });
     if (result.code !== 0) {
@@ -323,8 +349,8 @@ export class XlBackend implements Backend {
     if (state.kind === "crashed") return state;
     // A dying domain is on its way out, held by Xen until its devices are gone.
     if (state.kind !== "running") return { kind: "powered-off" };
-    const uptime = await this.runner
-      .run({ argv: ["xl", "uptime", domain], probe: true })
+    const uptime = await this.uptimeListing
+      .result()
       .then((result) => parseXlUptimeSeconds(result.stdout, domain))
       .catch(undefinedUnlessBug);
     return uptime === undefined

@@ -59,6 +59,17 @@ export function parseXlUptimeSeconds(text: string, domain: string): number | und
   return undefined;
 }
 
+/**
+ * Whether `xl create` failed only because dom0 set up a device too slowly: libxl gives a device's
+ * backend 10 s to appear in dom0's kernel (and its hotplug script 40 s), hard-coded, and a dom0
+ * busy creating and serving other domains can miss that. libxl has taken the domain away again.
+ */
+export function isDeviceSetupTimeout(stderr: string): boolean {
+  return /unable to add (disk|vif|nic) devices|killing execution of .* because of timeout/.test(
+    stderr,
+  );
+}
+
 /** Where xenconsoled was built to write logs when given no `--log-dir`. */
 export const XENCONSOLED_DEFAULT_LOG_DIR = "/var/log/xen/console";
 
