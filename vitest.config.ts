@@ -1,7 +1,29 @@
+import { basename } from "node:path";
 import { defineConfig } from "vitest/config";
+import { BaseSequencer, type TestSpecification } from "vitest/node";
+
+/**
+ * The end-to-end files in the order they run (a file not named here runs last): first those whose
+ * VMs leave a core idle while the Debian images build in the background (test/e2e/image-cache.ts),
+ * then those that need them; the Xen lab, which keeps both cores busy on its own, at the end.
+ */
+const E2E_ORDER = ["union-root", "host-network", "lifecycle", "debian", "upgrade", "xen"];
+
+/** Vitest's order (slow and failed files first), with the end-to-end files in E2E_ORDER's. */
+class E2eOrder extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const rank = (file: TestSpecification) => {
+      if (file.project.name !== "e2e") return -1;
+      const found = E2E_ORDER.indexOf(basename(file.moduleId, ".test.ts"));
+      return found === -1 ? E2E_ORDER.length : found;
+    };
+    return (await super.sort(files)).sort((a, b) => rank(a) - rank(b));
+  }
+}
 
 export default defineConfig({
   test: {
+    sequence: { sequencer: E2eOrder },
     projects: [
       { test: { name: "unit", include: ["test/unit/**/*.test.ts"] } },
       {

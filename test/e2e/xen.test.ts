@@ -1,8 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { domainUuid } from "../../src/backends/xl/xen.js";
 import { namespaceName } from "../../src/core/net.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { sharedImage } from "../helpers/images.js";
+import { DOM0_ROOT, prebuilt } from "../helpers/prebuilt.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { sha256 } from "../helpers/vm.js";
 import { XenLab } from "../helpers/xen-lab.js";
@@ -125,7 +126,13 @@ beforeAll(async () => {
     };
   }
   // Assigned before it starts: afterAll stops whatever of it started, also after a timeout.
-  lab = new XenLab({ dir: labDir(), images: state, namespace: `shoal-xenlab-${process.pid}` });
+  const dom0Root = await prebuilt(inject("imageCache"), DOM0_ROOT);
+  lab = new XenLab({
+    dir: labDir(),
+    images: state,
+    namespace: `shoal-xenlab-${process.pid}`,
+    ...(dom0Root === undefined ? {} : { dom0Root }),
+  });
   await lab.start();
   await writeFleetFile(fleetFile(WIDE));
 });

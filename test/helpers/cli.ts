@@ -1,9 +1,9 @@
 import { spawn } from "node:child_process";
 import { readdir } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
 import { expect } from "vitest";
+import { SHOAL } from "./bin.js";
 
-export const SHOAL = fileURLToPath(new URL("../../bin/shoal.js", import.meta.url));
+export { SHOAL } from "./bin.js";
 
 export interface CliResult {
   code: number | null;

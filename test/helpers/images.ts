@@ -1,42 +1,28 @@
 import { execFile } from "node:child_process";
-import { mkdir, readFile, readlink, stat, symlink } from "node:fs/promises";
+import { mkdir, readFile, readlink, rm, stat, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { expect, inject } from "vitest";
 import type { ImageMeta } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "./cli.js";
+import { buildArgs, buildKey, jobPaths, prebuilt, type SharedBuild } from "./prebuilt.js";
 
 const exec = promisify(execFile);
 
-/**
- * A build the end-to-end files share: `shoal image build` with these arguments. Builds with
- * another `copy` number are made separately, for a test that needs two images with different ids.
- */
-export interface SharedBuild {
-  readonly from: "busybox" | "debian:bookworm";
-  readonly hook?: "initramfs-tools";
-  readonly copy?: number;
-}
-
 /** Each distinct build is made once per run, in a state directory of its own in the run's cache. */
 async function cachedBuild(build: SharedBuild): Promise<{ state: string; id: string }> {
-  const key = [build.from.replace(":", "-"), build.hook ?? "plain", build.copy ?? 1].join("-");
-  const state = join(inject("imageCache"), key);
+  const cache = inject("imageCache");
+  const key = buildKey(build);
+  await prebuilt(cache, key);
+  const state = jobPaths(cache, key).result;
   const link = join(stateLayout(state).imageNames, "image");
   const known = await readlink(link).catch(() => undefined);
   if (known === undefined) {
+    // Not built yet, or a background build failed: built here, where a failure shows.
+    await rm(state, { recursive: true, force: true });
     await mkdir(state, { recursive: true });
-    const built = await shoal([
-      "--state-dir",
-      state,
-      "image",
-      "build",
-      "image",
-      "--from",
-      build.from,
-      ...(build.hook ? ["--hook", build.hook] : []),
-    ]);
+    const built = await shoal(buildArgs(state, build));
     expect(built.code, built.stderr).toBe(0);
   }
   const id = (await readlink(link)).replace(/^\.\.\//, "");

@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { newestKernel } from "../../src/image/kernel.js";
 import { type CliResult, collect } from "./cli.js";
+import { dom0RootArgv } from "./prebuilt.js";
 
 /**
  * A real Xen host for the tests: Debian's Xen hypervisor booted by QEMU (software emulation, as
@@ -32,24 +33,6 @@ const REPO = fileURLToPath(new URL("../../", import.meta.url));
 /** Debian 12 ships Xen 4.17. */
 const XEN_PACKAGE = "xen-hypervisor-4.17-amd64";
 const XEN_BINARY = "boot/xen-4.17-amd64.gz";
-/** Xen's tools and what shoal runs in dom0 (the same tools setup installs on a QEMU host). */
-const DOM0_PACKAGES = [
-  "xen-utils-4.17",
-  "xenstore-utils",
-  "kmod",
-  "udev",
-  "iproute2",
-  "procps",
-  "util-linux",
-  "e2fsprogs",
-  "busybox-static",
-  "dnsmasq-base",
-  "openssh-client",
-  "dropbear-bin",
-  "nftables",
-  "libstdc++6",
-  "xz-utils",
-];
 const SSH_PORT = 2222;
 const READY_TIMEOUT_MS = 300_000;
 
@@ -60,6 +43,11 @@ export interface XenLabOptions {
   readonly images: string;
   /** The network namespace the lab's QEMU runs in; made and removed by the lab. */
   readonly namespace: string;
+  /**
+   * dom0's Debian root as a tarball `dom0RootArgv` made (test/helpers/prebuilt.ts), if there is
+   * one: the lab runs mmdebstrap itself where there is none.
+   */
+  readonly dom0Root?: string;
 }
 
 async function quiet(file: string, args: readonly string[], cwd?: string): Promise<string> {
@@ -171,13 +159,15 @@ export class XenLab {
   /** dom0's root filesystem image: Debian with Xen's tools, the host kernel's modules and shoal. */
   private static async buildDom0(options: XenLabOptions, kernelVersion: string): Promise<string> {
     const root = join(options.dir, "dom0-root");
-    await quiet("mmdebstrap", [
-      "--quiet",
-      "--variant=minbase",
-      `--include=${DOM0_PACKAGES.join(",")}`,
-      "bookworm",
-      root,
-    ]);
+    const tarball = options.dom0Root ?? join(options.dir, "dom0-root.tar");
+    if (options.dom0Root === undefined) {
+      const [file, ...args] = dom0RootArgv(tarball);
+      await quiet(file, args);
+    }
+    await mkdir(root);
+    // As root, owners and modes as mmdebstrap made them.
+    await quiet("tar", ["-x", "-p", "--numeric-owner", "-f", tarball, "-C", root]);
+    if (options.dom0Root === undefined) await rm(tarball);
     await cp(`/lib/modules/${kernelVersion}`, join(root, "lib/modules", kernelVersion), {
       recursive: true,
       verbatimSymlinks: true,
