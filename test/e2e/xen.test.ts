@@ -272,8 +272,24 @@ describe("backend xl on real Xen", () => {
   });
 
   it("keeps disk-layer changes across `down` and `up`, releasing every loop device in between; a tmpfs layer starts empty; VMs taken out of the fleet file go", async () => {
-    const down = await shoalOk("down", "-f", FLEET_FILE, "--workers", String(WIDE));
-    for (const vm of VMS) expect(down).toMatch(new RegExp(`^${vm}\\s+clean$`, "m"));
+    // Ten emulated domUs shutting down at once may take longer than the default 60 s each.
+    const down = await shoalOk(
+      "down",
+      "-f",
+      FLEET_FILE,
+      "--workers",
+      String(WIDE),
+      "--timeout",
+      "300",
+    );
+    for (const vm of VMS) {
+      if (new RegExp(`^${vm}\\s+clean$`, "m").test(down)) continue;
+      // What the guest did with its power button, for the failure below.
+      const log = await theLab().shoal(["logs", "--file", FLEET_FILE, vm]);
+      expect(down, `${vm}'s console ends with:\n${log.stdout.slice(-2000)}`).toMatch(
+        new RegExp(`^${vm}\\s+clean$`, "m"),
+      );
+    }
     expect(await domains()).toEqual([]);
     expect(await loops()).toEqual([]);
     const removed = VMS.slice(NARROW);
