@@ -198,7 +198,7 @@ export async function stopVm(
   name: string,
   timeoutMs: number,
   { cancelsUpgrade = false } = {},
-): Promise<"clean" | "forced" | "was stopped"> {
+): Promise<"clean" | "forced" | "timed out" | "was stopped"> {
   const vm = session.vm(name);
   const recorded = session.book.vm(name);
   if (recorded?.running || (recorded?.upgrading && cancelsUpgrade)) {
@@ -212,19 +212,25 @@ export async function stopVm(
   const presence = await session.backend.presence(vm);
   if (presence.kind === "absent") return "was stopped";
   session.event({ vm: name, phase: "stopping" });
-  let outcome: "clean" | "forced" = "forced";
+  let outcome: "clean" | "forced" | "timed out" = "forced";
   if (presence.kind === "running" && timeoutMs > 0) {
     const deadline = Date.now() + timeoutMs;
+    outcome = "timed out";
     let pressedAt = 0;
     while (Date.now() < deadline) {
       // A guest that is still booting may not listen to the button yet, and loses the press.
       if (Date.now() - pressedAt >= PRESS_AGAIN_MS) {
-        // A button that cannot be pressed (QEMU's monitor gone) leaves the forced end.
         const pressed = await session.backend.requestShutdown(vm).then(
           () => true,
           () => false,
         );
-        if (!pressed) break;
+        // A button that cannot be pressed at all (QEMU's monitor gone) leaves the forced end.
+        // Pressed again, it may fail because the guest went down since it was last looked at (xl
+        // no longer knows a domain its monitor destroyed): what became of it is looked at below.
+        if (!pressed && pressedAt === 0) {
+          outcome = "forced";
+          break;
+        }
         pressedAt = Date.now();
       }
       if ((await session.backend.presence(vm)).kind !== "running") {

@@ -32,10 +32,9 @@ export function stopVms(
   return powerEach(names, workers, async (name) => {
     // The user's stop also cancels the start a killed upgrade owed the VM.
     const outcome = await stopVm(session, name, timeoutMs, { cancelsUpgrade: true });
-    const forcedAfter = outcome === "forced" && timeoutMs > 0;
     return {
       ok: true,
-      detail: forcedAfter ? `forced after ${Math.round(timeoutMs / 1000)} s` : outcome,
+      detail: outcome === "timed out" ? `forced after ${Math.round(timeoutMs / 1000)} s` : outcome,
     };
   });
 }

@@ -43,6 +43,13 @@ export class FakeBackend implements Backend {
   /** A guest that ignores the power button. */
   readonly deaf = new Set<string>();
   /**
+   * A guest slow to go down: it is gone by the time the button is pressed again, and that press
+   * fails, as `xl shutdown` fails on a domain that went away since it was last looked at.
+   */
+  readonly slow = new Set<string>();
+  /** A VM whose power button cannot be pressed (QEMU's monitor gone). */
+  readonly buttonless = new Set<string>();
+  /**
    * Throws `Killed` at the call named `step VM` (once). A killed shoal runs none of its error
    * handling, so what the fleet's record held at that instant is kept for `afterKill`.
    */
@@ -100,6 +107,12 @@ export class FakeBackend implements Backend {
   async requestShutdown(vm: BackendVm): Promise<void> {
     this.call("shutdown", vm);
     const found = this.running.get(vm.name);
+    if (this.buttonless.has(vm.name)) throw new Error(`${vm.name}'s monitor is gone`);
+    if (this.slow.has(vm.name)) {
+      if (this.calls.filter((call) => call === `shutdown ${vm.name}`).length === 1) return;
+      this.running.delete(vm.name);
+      throw new Error(`${vm.name} is an invalid domain identifier`);
+    }
     if (found && !this.deaf.has(vm.name)) found.state = "powered-off";
   }
 

@@ -130,19 +130,32 @@ describe("the lifecycle on a fake backend", () => {
     expect([...backend.running.keys()]).toEqual(["vm-2"]);
   });
 
-  it("forces off a guest that ignores the power button once the stop timeout is over", async () => {
+  it("forces off a guest that ignores the power button once the stop timeout is over, and one without a button at once", async () => {
     const { dir, bootOf } = await stateWithImages(await tempDir());
     const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
-    await upOnFake(dir, fakeFleet(2), backend, bootOf);
+    await upOnFake(dir, fakeFleet(3), backend, bootOf);
     backend.deaf.add("vm-2");
-    const { session } = await openSession(dir, fakeFleet(2), backend);
-    const outcomes = await stopVms(session, ["vm-1", "vm-2"], 300, 2);
+    backend.buttonless.add("vm-3");
+    const { session } = await openSession(dir, fakeFleet(3), backend);
+    const outcomes = await stopVms(session, ["vm-1", "vm-2", "vm-3"], 1_500, 3);
     expect(outcomes).toEqual([
       { name: "vm-1", ok: true, detail: "clean" },
-      { name: "vm-2", ok: true, detail: "forced after 0 s" },
+      { name: "vm-2", ok: true, detail: "forced after 2 s" },
+      { name: "vm-3", ok: true, detail: "forced" },
     ]);
     expect(backend.running.size).toBe(0);
   });
+
+  it("takes a guest that went down before a second press of its button as stopped cleanly", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
+    await upOnFake(dir, fakeFleet(1), backend, bootOf);
+    backend.slow.add("vm-1");
+    const { session } = await openSession(dir, fakeFleet(1), backend);
+    const outcomes = await stopVms(session, ["vm-1"], 30_000, 1);
+    expect(outcomes).toEqual([{ name: "vm-1", ok: true, detail: "clean" }]);
+    expect(backend.calls.filter((call) => call === "shutdown vm-1")).toHaveLength(2);
+  }, 20_000);
 });
 
 describe("upgrade bookkeeping on a fake backend", () => {
