@@ -20,11 +20,8 @@ async function start(cache: string, job: ReturnType<typeof backgroundJobs>[numbe
   const paths = jobPaths(cache, job.key);
   if (job.stateDir) await mkdir(paths.result, { recursive: true });
   const output = await open(paths.running, "w");
-  // At the lowest priority: it takes the CPU the tests' VMs leave idle, and slows them little.
-  const child = spawn("nice", ["-n", "19", ...job.argv], {
-    stdio: ["ignore", output.fd, output.fd],
-    detached: true,
-  });
+  const [file, ...args] = job.argv;
+  const child = spawn(file, args, { stdio: ["ignore", output.fd, output.fd], detached: true });
   const ended = new Promise<void>((resolve) => {
     child.once("close", (code, signal) => {
       void output
