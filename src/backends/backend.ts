@@ -89,9 +89,13 @@ export interface BackendDeps {
   readonly notice: (line: string) => void;
   /** QEMU's accelerator: probed (`auto`), or as the user insists. */
   readonly accel: AccelSetting;
+  /** QEMU's translation cache under software emulation in MiB, when the user sets it. */
+  readonly tcgCacheMiB?: number;
 }
 
 export const ACCEL_SETTINGS = ["auto", "kvm", "tcg"] as const;
+/** QEMU takes a translation cache of up to 2 GiB less a page; shoal's limit stays well below. */
+export const MAX_TCG_CACHE_MIB = 1024;
 export type AccelSetting = (typeof ACCEL_SETTINGS)[number];
 
 /** What `shoal doctor` gives a backend's host checks. */

@@ -37,5 +37,6 @@ export function allGuestModules(): GuestModules {
   return {
     block: kinds.flatMap((kind) => kind.guestModules.block),
     net: kinds.flatMap((kind) => kind.guestModules.net),
+    memory: kinds.flatMap((kind) => kind.guestModules.memory),
   };
 }

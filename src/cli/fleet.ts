@@ -1,7 +1,8 @@
-import { ACCEL_SETTINGS, type AccelSetting } from "../backends/backend.js";
+import { ACCEL_SETTINGS, type AccelSetting, MAX_TCG_CACHE_MIB } from "../backends/backend.js";
 import { backendFor } from "../backends/registry.js";
 import type { FleetSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";
+import { MiB, parseSize } from "../core/size.js";
 import { escapeText } from "../core/terminal.js";
 import { ShoalError, UserError } from "../errors.js";
 import { FleetSession } from "../fleet/session.js";
@@ -38,6 +39,20 @@ function accelSetting(value: string | undefined): AccelSetting {
     );
   }
   return setting;
+}
+
+/** SHOAL_TCG_CACHE: software emulation's translation cache per VM (for example 32M), instead of shoal's. */
+function tcgCacheSetting(value: string | undefined): number | undefined {
+  if (value === undefined || value === "") return undefined;
+  const bytes = parseSize(value);
+  const mib = bytes === undefined ? undefined : bytes / MiB;
+  if (mib === undefined || !Number.isInteger(mib) || mib < 1 || mib > MAX_TCG_CACHE_MIB) {
+    throw new UserError(
+      `SHOAL_TCG_CACHE=${JSON.stringify(value)} is not a size from 1M to ${MAX_TCG_CACHE_MIB}M in whole MiB`,
+      "for example SHOAL_TCG_CACHE=32M, or leave it unset for shoal's default",
+    );
+  }
+  return mib;
 }
 
 /** Where progress and notices go: stderr, so stdout stays the result (tables, JSON). */
@@ -92,7 +107,9 @@ export async function withFleet<T>(
       fleet.spec.vms.map((vm) => vm.name),
     );
   }
+  const tcgCacheMiB = tcgCacheSetting(process.env.SHOAL_TCG_CACHE);
   const backend = backendFor(fleet.backend, {
+    ...(tcgCacheMiB === undefined ? {} : { tcgCacheMiB }),
     runner: context.runner,
     layout,
     notice,

@@ -16,6 +16,11 @@ export const TINY_IMAGE_MODULES = ["button", "evdev"];
 export interface GuestModules {
   readonly block: readonly string[];
   readonly net: readonly string[];
+  /**
+   * Devices that give the host memory back (virtio's balloon): loaded by shoal's initramfs when
+   * the image's kernel has them; a kernel without them still boots, keeping all its memory.
+   */
+  readonly memory: readonly string[];
 }
 
 /** "kernel/drivers/block/xen-blkfront.ko.xz" -> "xen_blkfront", as the kernel names modules. */
@@ -123,4 +128,9 @@ export function loadOrder(index: ModuleIndex, wanted: readonly string[]): LoadOr
     else if (!index.builtin.has(name)) missing.push(name);
   }
   return missing.length > 0 ? { ok: false, missing } : { ok: true, paths: ordered };
+}
+
+/** The modules of `wanted` that `index` has, as modules or built in (the others are left out). */
+export function available(index: ModuleIndex, wanted: readonly string[]): string[] {
+  return wanted.filter((name) => loadOrder(index, [name]).ok);
 }

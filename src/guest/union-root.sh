@@ -174,9 +174,18 @@ shoal_apply_seed() {
   shoal_say "identity: hostname $(cat "$1/etc/hostname"), machine-id $(cat "$1/etc/machine-id")"
 }
 
+# Lets the balloon hand free memory back to the host in chunks of 128 KiB. Linux 6.1 sets the
+# chunk to 2 MiB when the balloon registers, and reports only while 32 chunks (64 MiB) are free
+# above the low watermark: never, in a VM of 128M.
+shoal_report_free_pages() {
+  shoal_order=/sys/module/page_reporting/parameters/page_reporting_order
+  if [ -w "$shoal_order" ]; then echo 5 > "$shoal_order"; fi
+}
+
 # Mounts the base (unless the caller did) and the layer, and the union at $1.
 shoal_union_root() {
   shoal_root=$1
+  shoal_report_free_pages
   mkdir -p "$SHOAL_BASE" "$SHOAL_LAYER"
   shoal_base_dev=$(shoal_param shoal.base) || shoal_fail "no shoal.base= on the kernel command line"
   if ! grep -q " $SHOAL_BASE " /proc/mounts; then

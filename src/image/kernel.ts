@@ -1,5 +1,6 @@
 import { allGuestModules } from "../backends/registry.js";
 import {
+  available,
   isKernelVersion,
   loadOrder,
   type ModuleIndex,
@@ -21,7 +22,10 @@ export interface ImageKernel {
   /** Path of the image's own initramfs, when it has one (a regular file). */
   readonly initrd?: string;
   readonly modules: ModuleIndex;
-  /** The union root's modules in load order, relative to /lib/modules/VERSION. */
+  /**
+   * What shoal's initramfs loads, in load order, relative to /lib/modules/VERSION: the union
+   * root's modules and the memory devices the kernel has.
+   */
   readonly unionRootModules: readonly string[];
 }
 
@@ -87,7 +91,10 @@ export async function findImageKernel(image: Ext4Image, label: string): Promise<
     );
   }
   const modules = parsed.index;
-  const order = loadOrder(modules, unionRootModules());
+  const order = loadOrder(modules, [
+    ...unionRootModules(),
+    ...available(modules, allGuestModules().memory),
+  ]);
   if (!order.ok) {
     const what = order.missing.includes("overlay")
       ? "no overlay support"

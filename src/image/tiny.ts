@@ -2,7 +2,7 @@ import { chmod, copyFile, mkdir, readdir, readFile, symlink, writeFile } from "n
 import { dirname, join } from "node:path";
 import { allGuestModules } from "../backends/registry.js";
 import { parseLdd } from "../core/ldd.js";
-import { loadOrder, parseModuleIndex, TINY_IMAGE_MODULES } from "../core/modules.js";
+import { available, loadOrder, parseModuleIndex, TINY_IMAGE_MODULES } from "../core/modules.js";
 import { ShoalError } from "../errors.js";
 import { ifExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
@@ -134,6 +134,7 @@ export async function buildTinyTree(runner: Runner, root: string): Promise<void>
     );
   const order = loadOrder(parsed.index, [
     ...unionRootModules(),
+    ...available(parsed.index, allGuestModules().memory),
     ...allGuestModules().net,
     ...TINY_IMAGE_MODULES,
   ]);

@@ -205,6 +205,20 @@ describe("bad input to fleet commands", () => {
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/SHOAL_ACCEL="fast" is not one of auto, kvm, tcg/);
   });
+
+  it("SHOAL_TCG_CACHE that is not a size in whole MiB within QEMU's range", async () => {
+    const file = await fleet("tcgcache", "count: 1\n");
+    for (const value of ["big", "0", "1500K", "2G"]) {
+      const result = await shoal(["--state-dir", state, "create", "-f", file], {
+        env: { SHOAL_ACCEL: "tcg", SHOAL_TCG_CACHE: value },
+      });
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain(
+        `SHOAL_TCG_CACHE=${JSON.stringify(value)} is not a size from 1M to 1024M in whole MiB`,
+      );
+    }
+    await expect(stat(stateLayout(state).fleet("tcgcache").state)).rejects.toThrow();
+  });
 });
 
 describe("what the record does not cover", () => {

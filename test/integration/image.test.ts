@@ -95,6 +95,7 @@ describe("shoal image build --from busybox", () => {
       "ext4.ko",
       "overlay.ko",
       "crc32c_generic.ko",
+      "virtio_balloon.ko",
     ]) {
       expect(
         files.some((file) => file.endsWith(`/${module}`)),
@@ -409,7 +410,7 @@ describe("layers on the host", () => {
 });
 
 describe("shoal's initramfs", () => {
-  it("carries compressed modules decompressed, so busybox can load them", async () => {
+  it("carries compressed modules decompressed, so busybox can load them, and leaves out a balloon the kernel lacks", async () => {
     const state = await freshState();
     const tree = join(await tempDir(), "tree");
     await runner.run({ argv: ["cp", "-a", `${tinyTree}/.`, tree] });
@@ -418,7 +419,11 @@ describe("shoal's initramfs", () => {
     const dep = await readFile(join(tree, modules, "modules.dep"), "utf8");
     await writeFile(
       join(tree, modules, "modules.dep"),
-      dep.replace("overlayfs/overlay.ko:", "overlayfs/overlay.ko.xz:"),
+      dep
+        .replace("overlayfs/overlay.ko:", "overlayfs/overlay.ko.xz:")
+        .split("\n")
+        .filter((line) => !line.includes("/virtio_balloon.ko:"))
+        .join("\n"),
     );
     const result = await shoal(["--state-dir", state, "image", "import", "xz", tree]);
     expect(result.code, result.stderr).toBe(0);
@@ -432,6 +437,15 @@ describe("shoal's initramfs", () => {
       argv: ["sh", "-c", `zcat ${initrd} | cpio -i --quiet --to-stdout lib/shoal/modules`],
     });
     expect(order).toContain(`${tiny.kernelVersion}/kernel/fs/overlayfs/overlay.ko\n`);
+    expect(order).not.toContain("virtio_balloon");
+    const { stdout: tinyOrder } = await runner.run({
+      argv: [
+        "sh",
+        "-c",
+        `zcat ${stateLayout(sharedState).image(tiny.id).initrd} | cpio -i --quiet --to-stdout lib/shoal/modules`,
+      ],
+    });
+    expect(tinyOrder).toMatch(/\/virtio_balloon\.ko\n/);
   });
 });
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseLdd } from "../../src/core/ldd.js";
 import {
+  available,
   isKernelVersion,
   isModulePath,
   loadOrder,
@@ -76,6 +77,12 @@ describe("kernel modules", () => {
       ok: false,
       missing: ["zfs", "btrfs"],
     });
+  });
+
+  it("that only improve a guest (the balloon) are taken where the kernel has them, as files or built in", () => {
+    expect(available(indexOf(DEP), ["virtio_balloon", "virtio_blk"])).toEqual(["virtio_blk"]);
+    const builtin = indexOf(DEP, "kernel/drivers/virtio/virtio_balloon.ko\n");
+    expect(available(builtin, ["virtio_balloon"])).toEqual(["virtio_balloon"]);
   });
 });
 

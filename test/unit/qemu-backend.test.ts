@@ -68,7 +68,7 @@ function backend(
   launched?: () => Launched,
 ) {
   const runner = new RecordingRunner((command) => answer(command.argv), launched);
-  return { runner, qemu: new QemuBackend(runner, async () => "tcg") };
+  return { runner, qemu: new QemuBackend(runner, undefined, async () => "tcg") };
 }
 
 describe("starting a QEMU VM", () => {

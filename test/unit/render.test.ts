@@ -219,6 +219,28 @@ describe("QEMU argv", () => {
     ).toThrow(/^internal: user name/);
   });
 
+  it("bounds software emulation's translation cache by the VM's memory, or as the user sets it, and gives every VM a balloon that reports free pages", () => {
+    const accelOf = (vm: VmSpec, tcgCacheMiB?: number) => {
+      const argv = renderQemuArgv({
+        fleet: "lab",
+        vm,
+        boot,
+        files,
+        accel: "tcg",
+        ...(tcgCacheMiB === undefined ? {} : { tcgCacheMiB }),
+      });
+      expect(argv).toContain("virtio-balloon-pci,free-page-reporting=on");
+      return argv[argv.indexOf("-accel") + 1];
+    };
+    expect(accelOf({ ...diskVm, memoryMiB: 32 })).toBe("tcg,tb-size=16");
+    expect(accelOf({ ...diskVm, memoryMiB: 128 })).toBe("tcg,tb-size=32");
+    expect(accelOf({ ...diskVm, memoryMiB: 384 })).toBe("tcg,tb-size=64");
+    expect(accelOf({ ...diskVm, memoryMiB: 8192 })).toBe("tcg,tb-size=64");
+    expect(accelOf({ ...diskVm, memoryMiB: 128 }, 200)).toBe("tcg,tb-size=200");
+    expect(() => accelOf(diskVm, 0)).toThrow(/^internal: translation cache size/);
+    expect(() => accelOf(diskVm, 1.5)).toThrow(/^internal: translation cache size/);
+  });
+
   it("uses the host CPU under KVM", () => {
     const argv = renderQemuArgv({
       fleet: "lab",

@@ -68,6 +68,7 @@ export class QemuBackend implements Backend {
 
   constructor(
     private readonly runner: Launcher,
+    private readonly tcgCacheMiB: number | undefined,
     /** Decides KVM or software emulation for a kernel; asked whenever a VM is defined or started. */
     private readonly accel: (kernel: string) => Promise<Accelerator>,
   ) {}
@@ -106,6 +107,7 @@ export class QemuBackend implements Backend {
         pidFile: vm.paths.pidFile,
       },
       accel: await this.accel(boot.kernel),
+      ...(this.tcgCacheMiB === undefined ? {} : { tcgCacheMiB: this.tcgCacheMiB }),
       user: QEMU_USER,
     });
   }

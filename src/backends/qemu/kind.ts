@@ -7,7 +7,7 @@ import { QEMU_GUEST_DEVICES } from "./render.js";
 /** QEMU's accelerator is probed once per command, on the first start, and said once. */
 function create(deps: BackendDeps): Backend {
   let choice: Promise<"kvm" | "tcg"> | undefined;
-  return new QemuBackend(deps.runner, (kernel) => {
+  return new QemuBackend(deps.runner, deps.tcgCacheMiB, (kernel) => {
     if (deps.accel !== "auto") return Promise.resolve(deps.accel);
     choice ??= chooseAccel(deps.runner, kernel, deps.layout.accelCache).then((chosen) => {
       if (chosen.reason !== undefined)
@@ -21,7 +21,11 @@ function create(deps: BackendDeps): Backend {
 export const qemuKind: BackendKind = {
   name: "qemu",
   guestDevices: QEMU_GUEST_DEVICES,
-  guestModules: { block: ["virtio_pci", "virtio_blk"], net: ["virtio_net"] },
+  guestModules: {
+    block: ["virtio_pci", "virtio_blk"],
+    net: ["virtio_net"],
+    memory: ["virtio_balloon"],
+  },
   // QEMU's own, locally administered prefix.
   macPrefix: "52:54:00",
   tools: [

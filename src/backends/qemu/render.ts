@@ -8,6 +8,7 @@ import {
   isInterfaceName,
 } from "../../core/render/boot.js";
 import { assertRenderable, UNIX_SOCKET_PATH_MAX } from "../../core/syntax.js";
+import { MAX_TCG_CACHE_MIB } from "../backend.js";
 
 /** How a QEMU guest sees its disks (virtio, in this order) and its serial console. */
 export const QEMU_GUEST_DEVICES: GuestDevices = {
@@ -18,6 +19,17 @@ export const QEMU_GUEST_DEVICES: GuestDevices = {
 };
 
 export type Accelerator = "kvm" | "tcg";
+
+/**
+ * The translation cache software emulation gets by default: a quarter of the VM's memory, between
+ * 16 and 64 MiB (QEMU's own default, 1 GiB, lets it grow to what the guest ever ran). Measured
+ * here: a Debian VM of 384M boots in 22 s with 64 MiB as with QEMU's default, idle at 308 MiB of
+ * host memory instead of 582 (48 MiB: 30 s); a tiny VM of 128M boots in 7.0 s with 32 MiB as
+ * with the default, at 196 MiB instead of 232 (16 MiB: 7.8 s, 178 MiB).
+ */
+export function defaultTcgCacheMiB(memoryMiB: number): number {
+  return Math.min(64, Math.max(16, Math.floor(memoryMiB / 4)));
+}
 
 /** The unprivileged system user every QEMU runs as (made by scripts/setup). */
 export const QEMU_USER = "shoal-qemu";
@@ -71,6 +83,8 @@ export interface QemuInput {
   /** The network namespace QEMU runs in (the fleet's), so that it finds its tap there. */
   readonly namespace?: string;
   readonly accel: Accelerator;
+  /** Software emulation's translation cache in MiB; unset: defaultTcgCacheMiB. */
+  readonly tcgCacheMiB?: number;
   /** The user QEMU runs as (shoal: QEMU_USER); without one, as whoever starts it (tests). */
   readonly user?: string;
 }
@@ -79,7 +93,8 @@ export interface QemuInput {
  * The QEMU command for one VM, run unprivileged and under QEMU's seccomp sandbox; shoal starts it
  * in the background (see QEMU_SANDBOX) and talks to it over QMP, and reaches the serial console
  * over a socket while QEMU also logs it to a file. The base and the identity seed are attached
- * `readonly=on`, so QEMU itself refuses any write to them.
+ * `readonly=on`, so QEMU itself refuses any write to them. Memory the guest frees goes back to
+ * the host through the balloon's free page reporting.
  */
 export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
   const { vm, boot, files } = input;
@@ -106,6 +121,12 @@ export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
           "virtio-blk-pci,drive=layer",
         ]
       : [];
+  const tcgCache = input.tcgCacheMiB ?? defaultTcgCacheMiB(vm.memoryMiB);
+  assertRenderable(
+    "translation cache size",
+    String(tcgCache),
+    Number.isInteger(tcgCache) && tcgCache >= 1 && tcgCache <= MAX_TCG_CACHE_MIB,
+  );
   if (vm.layer.type === "disk" && files.layer === undefined) {
     throw new Error(`internal: ${vm.name} has a disk layer but no layer path`);
   }
@@ -116,7 +137,7 @@ export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
     "-machine",
     "q35",
     "-accel",
-    input.accel,
+    input.accel === "kvm" ? "kvm" : `tcg,tb-size=${tcgCache}`,
     ...(input.accel === "kvm" ? ["-cpu", "host"] : []),
     "-m",
     `${vm.memoryMiB}M`,
@@ -141,6 +162,8 @@ export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
     "-device",
     "virtio-blk-pci,drive=seed",
     ...layer,
+    "-device",
+    "virtio-balloon-pci,free-page-reporting=on",
     ...network,
     "-chardev",
     `socket,id=console,path=${files.consoleSocket},server=on,wait=off,logfile=${files.serialLog},logappend=on`,

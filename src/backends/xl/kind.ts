@@ -7,7 +7,8 @@ import { xenNeeds } from "./xen.js";
 export const xlKind: BackendKind = {
   name: "xl",
   guestDevices: XL_GUEST_DEVICES,
-  guestModules: { block: ["xen_blkfront"], net: ["xen_netfront"] },
+  // Xen's own balloon driver is built into Debian's kernel.
+  guestModules: { block: ["xen_blkfront"], net: ["xen_netfront"], memory: [] },
   // Xen's own OUI, which xl gives domUs.
   macPrefix: "00:16:3e",
   tools: [
