@@ -15,6 +15,7 @@ import { downCommand } from "./down.js";
 import { execCommand } from "./exec.js";
 import { exportCommand } from "./export.js";
 import { forwardCommand } from "./forward.js";
+import { hostCommand } from "./host.js";
 import { imageCommand } from "./image.js";
 import { logsCommand } from "./logs.js";
 import { planCommand } from "./plan.js";
@@ -65,6 +66,7 @@ function buildProgram() {
     upgradeCommand(),
     validateCommand(),
     doctorCommand(),
+    hostCommand(),
     planCommand(),
     exportCommand(),
     imageCommand(),

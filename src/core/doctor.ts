@@ -1,3 +1,5 @@
+import { formatUsage } from "./size.js";
+
 /**
  * What `shoal doctor` checks, as data: the host tools shoal runs (with the command that prints each
  * one's version and the Debian package that has it), and how one check's outcome reads.
@@ -128,4 +130,39 @@ export function missingTool(tool: ToolRequirement): CheckResult {
 /** Whether the host can run the backend: no check failed (warnings are allowed). */
 export function verdict(results: readonly CheckResult[]): boolean {
   return results.every((result) => result.level !== "fail");
+}
+
+/** What KSM costs: pages alike in two VMs become one, and the time a write to it takes tells. */
+export const KSM_TRADE_OFF =
+  "less host memory per VM, at the price of a side channel between VMs: by timing its writes, a VM can tell which of its pages another VM holds too";
+
+/** The kernel's same-page merging, as its counters in /sys/kernel/mm/ksm read. */
+export interface KsmState {
+  readonly running: boolean;
+  /** Pages kept once for several places. */
+  readonly pagesShared: number;
+  /** Places that use a shared page instead of a copy of their own: the pages saved. */
+  readonly pagesSharing: number;
+}
+
+/** x86_64's page, the only size shoal's VMs run with. */
+const PAGE_BYTES = 4096;
+
+/** KSM as `doctor` and `shoal host ksm` show it. */
+export function ksmCheck(state: KsmState | undefined): CheckResult {
+  if (state === undefined) {
+    return { name: "KSM", level: "ok", detail: "not in this kernel: VMs' alike pages stay apart" };
+  }
+  if (!state.running) {
+    return {
+      name: "KSM",
+      level: "ok",
+      detail: `off; \`shoal host ksm on\` merges pages alike in several VMs: ${KSM_TRADE_OFF}`,
+    };
+  }
+  return {
+    name: "KSM",
+    level: "ok",
+    detail: `on, ${formatUsage(state.pagesSharing * PAGE_BYTES)} saved now by merging pages alike in several VMs: ${KSM_TRADE_OFF}; \`shoal host ksm off\` ends it`,
+  };
 }

@@ -1,6 +1,6 @@
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { shoal } from "../helpers/cli.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 
@@ -24,6 +24,9 @@ describe("shoal doctor", () => {
     );
     // The same probe `up` runs: KVM works, or it says why and that TCG will be used.
     expect(result.stdout).toMatch(/^KVM +(ok +works|WARN +.*software emulation \(TCG\))/m);
+    expect(result.stdout).toMatch(
+      /^KSM +ok +(off; `shoal host ksm on`|on, [\d.]+[BKMG] saved now)/m,
+    );
     expect(result.stdout.trim().split("\n").at(-1)).toBe("backend qemu can run VMs on this host");
   });
 
@@ -54,5 +57,38 @@ describe("shoal doctor", () => {
     );
     const bad = await shoal(["--state-dir", dir, "doctor", "--backend", "vbox"]);
     expect(bad.code).toBe(2);
+  });
+});
+
+describe("shoal host ksm", () => {
+  const run = "/sys/kernel/mm/ksm/run";
+  let before: string;
+  beforeAll(async () => {
+    before = (await readFile(run, "utf8")).trim();
+  });
+  // Host-wide: put back what the host had (0 and 2 both mean stopped; 2 also unmerged).
+  afterAll(async () => {
+    await writeFile(run, before === "1" ? "1" : "2");
+  });
+
+  it("turns merging on and off for the whole host only when asked, saying what it trades", async () => {
+    const shown = await shoal(["host", "ksm"]);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect((await readFile(run, "utf8")).trim()).toBe(before);
+
+    const on = await shoal(["host", "ksm", "on"]);
+    expect(on.code, on.stderr).toBe(0);
+    expect((await readFile(run, "utf8")).trim()).toBe("1");
+    expect(on.stdout).toMatch(/^KSM: on, [\d.]+[BKMG] saved now .*side channel between VMs/);
+
+    const off = await shoal(["host", "ksm", "off"]);
+    expect(off.code, off.stderr).toBe(0);
+    // Stopped and every merged page unmerged: nothing stays shared between VMs.
+    expect((await readFile(run, "utf8")).trim()).toBe("2");
+    expect(off.stdout).toMatch(/^KSM: off; `shoal host ksm on` merges/);
+
+    const bad = await shoal(["host", "ksm", "maybe"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("Allowed choices are on, off");
   });
 });

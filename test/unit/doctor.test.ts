@@ -4,6 +4,7 @@ import { xlKind } from "../../src/backends/xl/kind.js";
 import { parseXlInfo } from "../../src/backends/xl/xen.js";
 import {
   COMMON_TOOLS,
+  ksmCheck,
   missingTool,
   toolsFor,
   verdict,
@@ -54,5 +55,16 @@ describe("shoal doctor's checks", () => {
     );
     expect(info.get("free_memory")).toBe("2913");
     expect(info.get("xen_version")).toBe("4.17.5");
+  });
+
+  it("show KSM off with what turning it on trades, and on with the memory it saves now", () => {
+    expect(ksmCheck(undefined).detail).toBe("not in this kernel: VMs' alike pages stay apart");
+    const off = ksmCheck({ running: false, pagesShared: 0, pagesSharing: 0 });
+    expect(off.level).toBe("ok");
+    expect(off.detail).toMatch(/^off; `shoal host ksm on` merges .*side channel between VMs/);
+    const on = ksmCheck({ running: true, pagesShared: 2142, pagesSharing: 12296 });
+    expect(on.detail).toMatch(
+      /^on, 48M saved now by merging .*side channel.*`shoal host ksm off` ends it$/,
+    );
   });
 });

@@ -1,7 +1,8 @@
 import { readdir, stat } from "node:fs/promises";
-import type { CheckResult } from "../../core/doctor.js";
+import { type CheckResult, ksmCheck } from "../../core/doctor.js";
 import { UserError } from "../../errors.js";
 import { deviceCheck } from "../../host/doctor.js";
+import { readKsm } from "../../host/ksm.js";
 import { ifExists } from "../../host/paths.js";
 import type { Runner } from "../../host/runner.js";
 import { newestKernel } from "../../image/kernel.js";
@@ -48,7 +49,7 @@ async function checkQemuUser(runner: Runner): Promise<CheckResult> {
  * per boot; it needs the user).
  */
 export async function checkQemuHost(runner: Runner, accelCache: string): Promise<CheckResult[]> {
-  const results: CheckResult[] = [await checkQemuUser(runner)];
+  const results: CheckResult[] = [await checkQemuUser(runner), ksmCheck(await readKsm())];
   results.push(
     await deviceCheck("/dev/net/tun", "/dev/net/tun", {
       present: "tap devices can be made",
