@@ -146,7 +146,15 @@ async function setRunning(session: FleetSession, name: string, running: boolean)
  * Starts a VM and, with `timeoutMs`, waits until its serial log shows the union root built and
  * the image's init started, or a failure.
  */
-export async function startVm(
+export function startVm(
+  session: FleetSession,
+  name: string,
+  timeoutMs: number | undefined,
+): Promise<BootOutcome> {
+  return session.admitBoot(() => startAdmitted(session, name, timeoutMs));
+}
+
+async function startAdmitted(
   session: FleetSession,
   name: string,
   timeoutMs: number | undefined,

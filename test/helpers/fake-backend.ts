@@ -54,6 +54,11 @@ export class FakeBackend implements Backend {
    * handling, so what the fleet's record held at that instant is kept for `afterKill`.
    */
   killAt: string | undefined;
+  /** How long a booting guest takes to write its boot line (0: at its start). */
+  bootMs = 0;
+  /** The most guests that were booting at one time. */
+  mostBooting = 0;
+  private booting = 0;
   private recordAtKill: { path: string; text: Buffer } | undefined;
 
   constructor(private readonly recordPath?: string) {}
@@ -94,7 +99,16 @@ export class FakeBackend implements Backend {
         : guest === "fails"
           ? "shoal: FATAL: the fake guest fails\n"
           : "";
-    await appendFile(vm.paths.serialLog, line);
+    if (guest !== "boots" || this.bootMs === 0) {
+      await appendFile(vm.paths.serialLog, line);
+      return;
+    }
+    this.booting += 1;
+    this.mostBooting = Math.max(this.mostBooting, this.booting);
+    setTimeout(() => {
+      this.booting -= 1;
+      void appendFile(vm.paths.serialLog, line);
+    }, this.bootMs);
   }
 
   async presence(vm: BackendVm): Promise<Presence> {
@@ -207,6 +221,7 @@ export function openSession(
   fleet: FleetSpec,
   backend: FakeBackend,
   runner: Runner = fakeHostRunner(),
+  bootSlots?: number,
 ) {
   const events: string[] = [];
   return FleetSession.open(
@@ -215,6 +230,7 @@ export function openSession(
       layout: stateLayout(stateDir),
       event: (event) => events.push(`${event.phase} ${event.vm}`),
       notice: () => {},
+      ...(bootSlots === undefined ? {} : { bootSlots }),
     },
     fleet,
     backend,

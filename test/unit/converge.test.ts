@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
+import { converge } from "../../src/fleet/converge.js";
 import { observeAll } from "../../src/fleet/planning.js";
 import { stopVms } from "../../src/fleet/power.js";
 import { upgradeFleet } from "../../src/fleet/upgrade.js";
@@ -144,6 +145,22 @@ describe("the lifecycle on a fake backend", () => {
       { name: "vm-3", ok: true, detail: "forced" },
     ]);
     expect(backend.running.size).toBe(0);
+  });
+
+  it("boots no more VMs at once than the host's boot slots, however many workers `up` has", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const backend = new FakeBackend(stateLayout(dir).fleet("fake").state);
+    backend.bootMs = 300;
+    const { session } = await openSession(dir, fakeFleet(6), backend, undefined, 2);
+    const outcomes = await converge(session, fakeFleet(6), bootOf, {
+      goal: "running",
+      workers: 8,
+      bootTimeoutMs: 5_000,
+      stopTimeoutMs: 1_000,
+    });
+    expect(outcomes.every((outcome) => outcome.ok)).toBe(true);
+    expect(backend.running.size).toBe(6);
+    expect(backend.mostBooting).toBe(2);
   });
 
   it("takes a guest that went down before a second press of its button as stopped cleanly", async () => {
