@@ -95,7 +95,9 @@ describe("shoal create", () => {
       expect(seeded).toBe(`${clientKey}${KEY}\n`);
       expect((await exec("tar", ["-xOf", paths.seed, "etc/hostname"])).stdout).toBe(`${name}\n`);
       const argv = JSON.parse(await readFile(paths.qemuArgv, "utf8")) as string[];
-      expect(argv).toContain("tcg");
+      // SHOAL_ACCEL=tcg: software emulation, with a 128M VM's translation cache, and a balloon.
+      expect(argv).toContain("tcg,tb-size=32");
+      expect(argv).toContain("virtio-balloon-pci,free-page-reporting=on");
       if (name === "vm-3") {
         await expect(stat(paths.layer)).rejects.toThrow();
       } else {
