@@ -7,7 +7,15 @@ import { BaseSequencer, type TestSpecification } from "vitest/node";
  * VMs leave a core idle while the Debian images build in the background (test/e2e/image-cache.ts),
  * then those that need them; the Xen lab, which keeps both cores busy on its own, at the end.
  */
-const E2E_ORDER = ["union-root", "host-network", "lifecycle", "debian", "upgrade", "xen"];
+const E2E_ORDER = [
+  "union-root",
+  "host-network",
+  "lifecycle",
+  "debian",
+  "upgrade",
+  "density",
+  "xen",
+];
 
 /** Vitest's order (slow and failed files first), with the end-to-end files in E2E_ORDER's. */
 class E2eOrder extends BaseSequencer {
