@@ -11,15 +11,16 @@ function ksmCommand() {
     )
     .addArgument(new Argument("[setting]", "on or off; without it, show").choices(["on", "off"]))
     .action(async (setting, _options, command) => {
-      const context = contextOf(command);
-      if ((await readKsm()) === undefined) {
+      const found = await readKsm();
+      if (found === undefined) {
         throw new UserError(
           `this kernel has no KSM (${KSM_DIR} is missing)`,
           "a kernel built with CONFIG_KSM has it (Debian's does)",
         );
       }
       if (setting !== undefined) await setKsm(setting === "on");
-      context.print(`KSM: ${ksmCheck(await readKsm()).detail}`);
+      const now = setting === undefined ? found : await readKsm();
+      contextOf(command).print(`KSM: ${ksmCheck(now).detail}`);
     });
 }
 

@@ -10,9 +10,13 @@ import {
 import { UserError } from "../errors.js";
 import { type DirEntry, type Ext4Image, S_IFMT, S_IFREG } from "./ext4.js";
 
-/** What shoal's initramfs loads: every backend's block devices (one image boots on any), then the root's filesystems. */
-export function unionRootModules(): string[] {
-  return [...allGuestModules().block, ...ROOT_FILESYSTEM_MODULES];
+/**
+ * What shoal's initramfs loads from a kernel's modules: every backend's block devices (one image
+ * boots on any), the root's filesystems, and the memory devices this kernel has.
+ */
+export function unionRootModules(index: ModuleIndex): string[] {
+  const guest = allGuestModules();
+  return [...guest.block, ...ROOT_FILESYSTEM_MODULES, ...available(index, guest.memory)];
 }
 
 export interface ImageKernel {
@@ -91,10 +95,7 @@ export async function findImageKernel(image: Ext4Image, label: string): Promise<
     );
   }
   const modules = parsed.index;
-  const order = loadOrder(modules, [
-    ...unionRootModules(),
-    ...available(modules, allGuestModules().memory),
-  ]);
+  const order = loadOrder(modules, unionRootModules(modules));
   if (!order.ok) {
     const what = order.missing.includes("overlay")
       ? "no overlay support"

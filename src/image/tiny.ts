@@ -2,7 +2,7 @@ import { chmod, copyFile, mkdir, readdir, readFile, symlink, writeFile } from "n
 import { dirname, join } from "node:path";
 import { allGuestModules } from "../backends/registry.js";
 import { parseLdd } from "../core/ldd.js";
-import { available, loadOrder, parseModuleIndex, TINY_IMAGE_MODULES } from "../core/modules.js";
+import { loadOrder, parseModuleIndex, TINY_IMAGE_MODULES } from "../core/modules.js";
 import { ShoalError } from "../errors.js";
 import { ifExists } from "../host/paths.js";
 import type { Runner } from "../host/runner.js";
@@ -133,8 +133,7 @@ export async function buildTinyTree(runner: Runner, root: string): Promise<void>
       { hint: "run depmod for that kernel" },
     );
   const order = loadOrder(parsed.index, [
-    ...unionRootModules(),
-    ...available(parsed.index, allGuestModules().memory),
+    ...unionRootModules(parsed.index),
     ...allGuestModules().net,
     ...TINY_IMAGE_MODULES,
   ]);
