@@ -114,6 +114,8 @@ export interface BackendKind {
   readonly name: string;
   /** How the guest sees its disks and console: the kernel command line names them. */
   readonly guestDevices: GuestDevices;
+  /** How the guest sees them when the base is mapped for DAX, where the backend can do that. */
+  readonly daxGuestDevices?: GuestDevices;
   /** The kernel modules its guests need for those disks and their network. */
   readonly guestModules: GuestModules;
   /** The OUI its VMs' MACs start with, as its tools customarily make them. */

@@ -38,5 +38,6 @@ export function allGuestModules(): GuestModules {
     block: kinds.flatMap((kind) => kind.guestModules.block),
     net: kinds.flatMap((kind) => kind.guestModules.net),
     memory: kinds.flatMap((kind) => kind.guestModules.memory),
+    dax: kinds.flatMap((kind) => kind.guestModules.dax),
   };
 }

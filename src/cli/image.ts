@@ -21,8 +21,14 @@ async function storeOf(command: { optsWithGlobals(): object }) {
   return { context, store: new ImageStore(context.runner, await context.layout()) };
 }
 
+/** How QEMU VMs get the base: mapped for DAX (read from the host's page cache), or as a disk. */
+function baseAttachment(image: ImageMeta): string {
+  if (image.dax === undefined) return "disk (image made before shoal mapped bases for DAX)";
+  return image.dax.capable ? "dax" : `disk (${image.dax.refusal ?? "not mappable"})`;
+}
+
 function describe(image: ImageMeta): string {
-  return `image ${image.name}: ${image.id.slice(0, 12)}, ${formatSize(image.size)}, kernel ${image.kernelVersion}`;
+  return `image ${image.name}: ${image.id.slice(0, 12)}, ${formatSize(image.size)}, kernel ${image.kernelVersion}, base ${baseAttachment(image)}`;
 }
 
 function buildCommand() {
@@ -82,8 +88,11 @@ function listCommand() {
         image.kernelVersion,
         image.source,
         image.created,
+        baseAttachment(image),
       ]);
-      context.print(formatTable(["NAME", "ID", "SIZE", "KERNEL", "SOURCE", "CREATED"], rows));
+      context.print(
+        formatTable(["NAME", "ID", "SIZE", "KERNEL", "SOURCE", "CREATED", "BASE"], rows),
+      );
     });
 }
 

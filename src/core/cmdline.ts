@@ -14,6 +14,10 @@ export interface GuestDevices {
   readonly seed: string;
   readonly layer: string;
   readonly console: string;
+  /** Mount options for the base (rootflags=, which initramfs-tools and shoal's init both read). */
+  readonly baseFlags?: string;
+  /** What else the guest's kernel needs for these devices. */
+  readonly kernelParams?: readonly string[];
 }
 
 type CmdlineVm = Pick<VmSpec, "name" | "machineId" | "layer" | "kernelArgs">;
@@ -49,12 +53,14 @@ export function renderKernelCmdline(
     `console=${devices.console}`,
     // The image's own initramfs (initramfs-tools) mounts root= read-only; shoal's ignores it.
     ...(boot.ownInitramfs ? [`root=${devices.base}`, "ro"] : []),
+    ...(devices.baseFlags === undefined ? [] : [`rootflags=${devices.baseFlags}`]),
     `shoal.base=${devices.base}`,
     `shoal.base_id=${boot.baseId}`,
     `shoal.seed=${devices.seed}`,
     ...layer,
     `systemd.hostname=${vm.name}`,
     `systemd.machine_id=${vm.machineId}`,
+    ...(devices.kernelParams ?? []),
     ...vm.kernelArgs,
   ].join(" ");
 }

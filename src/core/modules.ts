@@ -21,6 +21,11 @@ export interface GuestModules {
    * the image's kernel has them; a kernel without them still boots, keeping all its memory.
    */
   readonly memory: readonly string[];
+  /**
+   * The device the base is mapped into the guest's memory with, for DAX (virtio-pmem), where the
+   * backend has one; a kernel without them gets the base as a disk.
+   */
+  readonly dax: readonly string[];
 }
 
 /** "kernel/drivers/block/xen-blkfront.ko.xz" -> "xen_blkfront", as the kernel names modules. */

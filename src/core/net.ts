@@ -16,6 +16,67 @@ export const MAX_BRIDGE_PORTS = 1023;
 
 export const FLEET_BRIDGE = "shoal0";
 
+/**
+ * A fleet's own network is one L2 of several bridges in its namespace: shoal0, with the gateway,
+ * and up to 23 more, each joined to shoal0 by a veth pair. Each holds at most this many taps, so
+ * that shoal0 keeps a port for every other bridge.
+ */
+export const TAPS_PER_BRIDGE = 1000;
+export const MAX_FLEET_BRIDGES = 1 + MAX_BRIDGE_PORTS - TAPS_PER_BRIDGE;
+export const MAX_FLEET_VMS = TAPS_PER_BRIDGE * MAX_FLEET_BRIDGES;
+
+/** How many VMs a fleet's network takes, and why no more: a host bridge is one bridge. */
+export function fleetVmLimit(onHostBridge: boolean): {
+  readonly max: number;
+  readonly why: string;
+} {
+  return onHostBridge
+    ? { max: MAX_BRIDGE_PORTS, why: `a host bridge takes at most ${MAX_BRIDGE_PORTS} VMs` }
+    : {
+        max: MAX_FLEET_VMS,
+        why: `a fleet's own network takes at most ${MAX_FLEET_VMS} VMs (${MAX_FLEET_BRIDGES} bridges of ${TAPS_PER_BRIDGE})`,
+      };
+}
+
+function checkBridgeNumber(bridge: number): void {
+  assertRenderable(
+    "bridge number",
+    String(bridge),
+    Number.isInteger(bridge) && bridge >= 0 && bridge < MAX_FLEET_BRIDGES,
+  );
+}
+
+/** The name of a bridge of a fleet's own network, by its number (0: the one with the gateway). */
+export function fleetBridgeName(bridge: number): string {
+  checkBridgeNumber(bridge);
+  return bridge === 0 ? FLEET_BRIDGE : `shoal${bridge}`;
+}
+
+/** The veth pair joining a bridge to shoal0: one end a port of each. */
+export function bridgeLink(bridge: number): { readonly own: string; readonly trunk: string } {
+  checkBridgeNumber(bridge);
+  if (bridge === 0) throw new Error("internal: shoal0 is the trunk, joined to nothing");
+  return { own: `shoal${bridge}-up`, trunk: `shoal${bridge}-dn` };
+}
+
+/**
+ * The bridges for `count` new VMs, each on the first bridge with room; `placed` holds the bridge
+ * of every VM already there. Undefined when they do not fit.
+ */
+export function placeOnBridges(placed: readonly number[], count: number): number[] | undefined {
+  const taps = new Array<number>(MAX_FLEET_BRIDGES).fill(0);
+  for (const bridge of placed) taps[bridge] = (taps[bridge] ?? 0) + 1;
+  const bridges: number[] = [];
+  let bridge = 0;
+  while (bridges.length < count) {
+    while (bridge < MAX_FLEET_BRIDGES && (taps[bridge] ?? 0) >= TAPS_PER_BRIDGE) bridge++;
+    if (bridge === MAX_FLEET_BRIDGES) return undefined;
+    taps[bridge] = (taps[bridge] ?? 0) + 1;
+    bridges.push(bridge);
+  }
+  return bridges;
+}
+
 /** Who a host-wide object belongs to: a fleet of one state directory (its root path). */
 export interface Owner {
   readonly root: string;
@@ -174,4 +235,26 @@ export function notOursProblem(
         ? "shoal neither uses nor removes it; manage it from its own state directory"
         : `shoal neither uses nor removes it; manage it with \`shoal --state-dir ${ownership.root}\``,
   };
+}
+
+/** The host's neighbour (ARP) table limits: net.ipv4.neigh.default.gc_thresh2 and gc_thresh3. */
+export interface NeighbourLimits {
+  readonly soft: number;
+  readonly hard: number;
+}
+
+/** What Linux sets (gc_thresh2 512, gc_thresh3 1024): the room the host's own links keep. */
+const NEIGHBOUR_ROOM = 1024;
+
+/**
+ * Limits that leave every VM of a fleet an entry at its gateway beside what the host had room for
+ * (one table serves every namespace); undefined when the host's suffice. Never lowered.
+ */
+export function neighbourLimitsFor(
+  vms: number,
+  host: NeighbourLimits,
+): NeighbourLimits | undefined {
+  const hard = vms + NEIGHBOUR_ROOM;
+  if (host.hard >= hard) return undefined;
+  return { soft: Math.max(host.soft, Math.ceil(hard / 2)), hard };
 }

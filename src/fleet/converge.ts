@@ -1,5 +1,5 @@
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
-import { MAX_BRIDGE_PORTS } from "../core/net.js";
+import { fleetVmLimit } from "../core/net.js";
 import type { Goal, VmAction, VmPlan } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { formatSize } from "../core/size.js";
@@ -60,9 +60,10 @@ export async function converge(
   bootOf: (vm: VmSpec) => BootFiles,
   options: ConvergeOptions,
 ): Promise<VmOutcome[]> {
-  if (fleet.vms.length > MAX_BRIDGE_PORTS) {
+  const limit = fleetVmLimit(fleet.network.kind === "host-bridge");
+  if (fleet.vms.length > limit.max) {
     throw new UserError(
-      `fleet ${fleet.name} has ${fleet.vms.length} VMs; its network is one Linux bridge, which takes at most ${MAX_BRIDGE_PORTS}`,
+      `fleet ${fleet.name} has ${fleet.vms.length} VMs; ${limit.why}`,
       "split it into several fleets (each gets its own network)",
     );
   }

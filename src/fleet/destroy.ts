@@ -13,7 +13,11 @@ export async function destroyVms(
   names: readonly string[],
   options: { readonly whole: boolean; readonly workers: number },
 ): Promise<void> {
-  throwFirstFailure(await eachVm(names, options.workers, (name) => deleteVm(session, name)));
+  throwFirstFailure(
+    await eachVm(names, options.workers, (name) =>
+      deleteVm(session, name, { withNetwork: options.whole }),
+    ),
+  );
   if (options.whole) {
     await session.network.remove();
     await rm(session.paths.dir, { recursive: true, force: true });

@@ -2,6 +2,7 @@ import { mkdir, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { quoted } from "../core/excerpt.js";
 import type { VmSpec } from "../core/fleet.js";
+import { placeOnBridges } from "../core/net.js";
 import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { checkKernelParam } from "../core/syntax.js";
@@ -59,7 +60,19 @@ export async function createVms(
   if (specs.length === 0) return;
   const now = new Date().toISOString();
   await session.book.update((record) => {
-    for (const spec of specs) {
+    const others = Object.values(record.vms).filter(
+      (entry) => !specs.some((spec) => spec.name === entry.spec.name),
+    );
+    // A host bridge is one bridge, which takes them all (the fleet file is checked for that).
+    const bridges =
+      session.network.namespace === undefined
+        ? specs.map(() => 0)
+        : placeOnBridges(
+            others.map((entry) => entry.bridge ?? 0),
+            specs.length,
+          );
+    if (bridges === undefined) throw new Error("internal: more VMs than the fleet's bridges take");
+    specs.forEach((spec, i) => {
       record.vms[spec.name] = {
         spec,
         createdAt: now,
@@ -67,8 +80,9 @@ export async function createVms(
         phase: "creating",
         running: false,
         baseId: bootOf(spec).baseId,
+        bridge: bridges[i] ?? 0,
       };
-    }
+    });
   });
   const written = await eachVm(specs, workers, async (spec) => {
     const paths = session.paths.vm(spec.name);
@@ -171,7 +185,9 @@ async function startAdmitted(
     const { spec } = entry;
     checkRecordedKernelArgs(name, spec.kernelArgs);
     await ensureNetwork(session);
-    if (session.backend.nic === "tap") await session.network.ensureTap(spec.index);
+    const bridge = entry.bridge ?? 0;
+    await session.network.ensureBridge(bridge);
+    if (session.backend.nic === "tap") await session.network.ensureTap(spec.index, bridge);
     const boot = await new ImageStore(session.runner, session.layout).recordedBoot(name, entry);
     await session.backend.start(vm, spec, boot, session.nic(spec));
   } catch (error) {
@@ -259,11 +275,19 @@ export async function stopVm(
  * Ends a VM and removes it with its layer and every file. Marked `deleting` first, so that a
  * half-removed VM is never taken for one that can start; the record entry goes last.
  */
-export async function deleteVm(session: FleetSession, name: string): Promise<void> {
+export async function deleteVm(
+  session: FleetSession,
+  name: string,
+  options: { readonly withNetwork?: boolean } = {},
+): Promise<void> {
   const vm = session.vm(name);
   await session.backend.destroy(vm);
   const index = session.book.vm(name)?.spec.index;
-  if (index !== undefined && session.backend.nic === "tap") await session.network.removeTap(index);
+  // Removed with the fleet's network, the namespace takes every tap along at once.
+  const tapGoesAlone = !options.withNetwork || session.network.namespace === undefined;
+  if (index !== undefined && session.backend.nic === "tap" && tapGoesAlone) {
+    await session.network.removeTap(index);
+  }
   await session.backend.forget(vm);
   if (session.book.vm(name)) {
     await session.book.update((record) => {

@@ -11,6 +11,7 @@ import {
 import { fleetTag, natLink } from "../core/net.js";
 import { ShoalError, UserError } from "../errors.js";
 import { ifExists } from "../host/paths.js";
+import { raiseNeighbourLimits } from "../net/neighbours.js";
 import { type FleetRecord, readFleetRecord } from "../state/store.js";
 import { type FleetSession, modeOfRecord, ownerOf } from "./session.js";
 
@@ -134,11 +135,20 @@ export function ensureNetwork(session: FleetSession): Promise<void> {
           hint: "`shoal up` with its fleet file records it",
         });
       }
+      const vms = Object.values(session.book.record.vms).map((entry) => entry.spec);
       await session.network.ensure({
         fleet: session.fleet,
         subnet: makeSubnet(cidr.network, cidr.prefix, gateway),
-        vms: Object.values(session.book.record.vms).map((entry) => entry.spec),
+        vms,
       });
+      if (session.network.namespace !== undefined) {
+        const raised = await raiseNeighbourLimits(session.runner, vms.length);
+        if (raised) {
+          session.notice(
+            `raised this host's neighbour table to ${raised.hard} entries (net.ipv4.neigh.default.gc_thresh3) for fleet ${session.fleet}'s ${vms.length} VMs`,
+          );
+        }
+      }
     })();
     networkReady.set(session, ready);
   }

@@ -155,9 +155,10 @@ export class FleetSession {
   }
 
   /** Where a VM's network interface goes. */
-  nic(spec: Pick<VmSpec, "index">): VmNic {
+  nic(spec: Pick<VmSpec, "index" | "name">): VmNic {
     const network = this.network;
-    const nic = { tap: network.tap(spec.index), bridge: network.bridge };
+    const bridge = network.bridgeName(this.book.record.vms[spec.name]?.bridge ?? 0);
+    const nic = { tap: network.tap(spec.index), bridge };
     return network.namespace === undefined ? nic : { ...nic, namespace: network.namespace };
   }
 

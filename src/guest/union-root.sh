@@ -182,6 +182,16 @@ shoal_report_free_pages() {
   if [ -w "$shoal_order" ]; then echo 5 > "$shoal_order"; fi
 }
 
+# The base, read-only, with the options shoal gave (rootflags=dax=always where the base is mapped
+# for DAX); a base that refuses them still boots, reading its files through the page cache.
+shoal_mount_base() {
+  shoal_flags=$(shoal_param rootflags) || shoal_flags=
+  mount -t ext4 -o "ro${shoal_flags:+,$shoal_flags}" "$1" "$SHOAL_BASE" && return 0
+  [ -n "$shoal_flags" ] || shoal_fail "cannot mount the base $1 read-only"
+  mount -t ext4 -o ro "$1" "$SHOAL_BASE" || shoal_fail "cannot mount the base $1 read-only"
+  shoal_warn "the base $1 took no $shoal_flags: this VM keeps its own copy of the base's files in memory"
+}
+
 # Mounts the base (unless the caller did) and the layer, and the union at $1.
 shoal_union_root() {
   shoal_root=$1
@@ -190,7 +200,7 @@ shoal_union_root() {
   shoal_base_dev=$(shoal_param shoal.base) || shoal_fail "no shoal.base= on the kernel command line"
   if ! grep -q " $SHOAL_BASE " /proc/mounts; then
     shoal_wait_for_device "$shoal_base_dev" || shoal_fail "base device $shoal_base_dev not found"
-    mount -t ext4 -o ro "$shoal_base_dev" "$SHOAL_BASE" || shoal_fail "cannot mount the base $shoal_base_dev read-only"
+    shoal_mount_base "$shoal_base_dev"
   fi
   blockdev --setro "$shoal_base_dev" 2>/dev/null
   shoal_layer=$(shoal_param shoal.layer) || shoal_fail "no shoal.layer= on the kernel command line"

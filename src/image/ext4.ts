@@ -138,6 +138,15 @@ export class Ext4Image {
     return (await this.run(requests)).outputs;
   }
 
+  /** The filesystem's block size, from its superblock. */
+  async blockSize(): Promise<number> {
+    const { outputs } = await this.run(["stats -h"]);
+    const size = /^Block size:\s+(\d+)$/m.exec(outputs[0] ?? "")?.[1];
+    if (size === undefined)
+      throw new ShoalError(`cannot read the block size of image ${this.path}`);
+    return Number(size);
+  }
+
   /** The entries of a directory, without . and ..; undefined when it does not exist. */
   async list(dir: FileRef): Promise<DirEntry[] | undefined> {
     const { outputs, errors } = await this.run([`ls -p ${spec(dir)}`]);

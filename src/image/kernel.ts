@@ -16,7 +16,11 @@ import { type DirEntry, type Ext4Image, S_IFMT, S_IFREG } from "./ext4.js";
  */
 export function unionRootModules(index: ModuleIndex): string[] {
   const guest = allGuestModules();
-  return [...guest.block, ...ROOT_FILESYSTEM_MODULES, ...available(index, guest.memory)];
+  return [
+    ...guest.block,
+    ...ROOT_FILESYSTEM_MODULES,
+    ...available(index, [...guest.memory, ...guest.dax]),
+  ];
 }
 
 export interface ImageKernel {

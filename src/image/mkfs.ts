@@ -1,5 +1,6 @@
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { DAX_BLOCK_SIZE, daxAlignedMiB } from "../core/dax.js";
 import type { Runner } from "../host/runner.js";
 
 const MiB = 1024 * 1024;
@@ -7,7 +8,8 @@ const MiB = 1024 * 1024;
 /**
  * Makes a raw ext4 image from a directory tree, without mounting anything (mkfs.ext4 -d). The
  * base is only ever mounted read-only, so it needs no journal and no reserved blocks; its size is
- * the tree's with room for metadata.
+ * the tree's with room for metadata. Its blocks and size are the ones a guest can map for DAX
+ * (mkfs.ext4 would choose 1 KiB blocks below 512 MiB).
  */
 export async function imageFromTree(runner: Runner, tree: string, out: string): Promise<void> {
   const { stdout } = await runner.run({
@@ -20,7 +22,7 @@ export async function imageFromTree(runner: Runner, tree: string, out: string): 
     probe: true,
   });
   const files = Number(inodes.split(/\s/)[0]);
-  const sizeMiB = Math.ceil((bytes * 1.2 + files * 4096 + 32 * MiB) / MiB);
+  const sizeMiB = daxAlignedMiB(Math.ceil((bytes * 1.2 + files * 4096 + 32 * MiB) / MiB));
   await runner.run({
     argv: [
       "mkfs.ext4",
@@ -28,6 +30,8 @@ export async function imageFromTree(runner: Runner, tree: string, out: string): 
       "-F",
       "-t",
       "ext4",
+      "-b",
+      String(DAX_BLOCK_SIZE),
       "-L",
       "shoal-base",
       "-O",

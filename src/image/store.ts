@@ -13,6 +13,9 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
+import { allGuestModules } from "../backends/registry.js";
+import { daxRefusal } from "../core/dax.js";
+import { loadOrder, type ModuleIndex } from "../core/modules.js";
 import { IMAGE_NAME_RULE, isImageName } from "../core/names.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { ShoalError, UserError } from "../errors.js";
@@ -44,12 +47,17 @@ const imageMeta = z.object({
   created: z.string(),
   boot: z.enum(["shoal-initramfs", "image-initramfs"]),
   sealed: z.object({ removed: z.array(z.string()), emptied: z.array(z.string()) }),
+  /** Whether the base can be mapped into the guest for DAX; absent in records made before. */
+  dax: z.object({ capable: z.boolean(), refusal: z.string().optional() }).optional(),
 });
 
 export type ImageMeta = z.infer<typeof imageMeta>;
 
 /** What a VM of `image` boots from. */
-export function imageBoot(layout: StateLayout, image: Pick<ImageMeta, "id" | "boot">): BootFiles {
+export function imageBoot(
+  layout: StateLayout,
+  image: Pick<ImageMeta, "id" | "boot" | "size" | "dax">,
+): BootFiles {
   const paths = layout.image(image.id);
   return {
     kernel: paths.kernel,
@@ -57,6 +65,7 @@ export function imageBoot(layout: StateLayout, image: Pick<ImageMeta, "id" | "bo
     base: paths.base,
     baseId: image.id,
     ...(image.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+    ...(image.dax?.capable ? { dax: { bytes: image.size } } : {}),
   };
 }
 
@@ -78,6 +87,16 @@ async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest("hex");
+}
+
+async function daxSupport(image: Ext4Image, modules: ModuleIndex): Promise<ImageMeta["dax"]> {
+  const order = loadOrder(modules, allGuestModules().dax);
+  const refusal = daxRefusal({
+    blockSize: await image.blockSize(),
+    bytes: (await stat(image.path)).size,
+    missingModules: order.ok ? [] : order.missing,
+  });
+  return refusal === undefined ? { capable: true } : { capable: false, refusal };
 }
 
 export class ImageStore {
@@ -276,6 +295,7 @@ export class ImageStore {
           buildInitramfs(this.runner, image, kernel, staging, files.initrd),
         );
       }
+      const dax = await daxSupport(image, kernel.modules);
       await rename(raw, files.base);
       const id = await step("computing the image id (sha256)", () => sha256File(files.base));
       const meta: ImageMeta = {
@@ -287,6 +307,7 @@ export class ImageStore {
         created: new Date().toISOString(),
         boot: request.ownInitramfs ? "image-initramfs" : "shoal-initramfs",
         sealed: { removed: [...sealed.removed], emptied: [...sealed.emptied] },
+        dax,
       };
       for (const file of Object.values(files)) await chmod(file, 0o444);
       await writeFileAtomic(

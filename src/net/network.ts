@@ -11,8 +11,10 @@ import type { Subnet } from "../core/ipv4.js";
 import { formatIpv4 } from "../core/ipv4.js";
 import {
   ALIAS_MAX,
+  bridgeLink,
   FLEET_BRIDGE,
   type Found,
+  fleetBridgeName,
   hostTapName,
   inNamespace,
   type NatLink,
@@ -86,7 +88,8 @@ const ipLinks = z.array(
 export class FleetNetwork {
   /** The fleet's own namespace; undefined on a host bridge, which is in the host's. */
   readonly namespace: string | undefined;
-  readonly bridge: string;
+  /** The bridges joined to shoal0 in this command, each made once even when VMs start at once. */
+  private readonly joined = new Map<number, Promise<void>>();
 
   constructor(
     private readonly runner: Runner,
@@ -95,7 +98,43 @@ export class FleetNetwork {
     readonly mode: NetworkMode,
   ) {
     this.namespace = mode.kind === "isolated" ? namespaceName(owner) : undefined;
-    this.bridge = mode.kind === "isolated" ? FLEET_BRIDGE : mode.bridge;
+  }
+
+  /** A bridge of the fleet's network by its number; on a host bridge, that bridge. */
+  bridgeName(bridge: number): string {
+    return this.mode.kind === "isolated" ? fleetBridgeName(bridge) : this.mode.bridge;
+  }
+
+  /**
+   * A bridge of the fleet's own network beside shoal0, made and joined to shoal0 if missing
+   * (shoal0 itself is made with the network). All of them are one L2, without loops: taps on
+   * any of them reach the gateway, DHCP and one another.
+   */
+  ensureBridge(bridge: number): Promise<void> {
+    if (this.namespace === undefined || bridge === 0) return Promise.resolve();
+    let joining = this.joined.get(bridge);
+    if (joining === undefined) {
+      joining = this.joinBridge(bridge);
+      this.joined.set(bridge, joining);
+      joining.catch(() => this.joined.delete(bridge));
+    }
+    return joining;
+  }
+
+  private async joinBridge(bridge: number): Promise<void> {
+    const name = fleetBridgeName(bridge);
+    const link = bridgeLink(bridge);
+    if (!(await this.linkExists(name))) await this.ip("link", "add", name, "type", "bridge");
+    // A pair half made (a shoal killed in between) is made anew.
+    if (!(await this.linkExists(link.own)) || !(await this.linkExists(link.trunk))) {
+      for (const end of [link.own, link.trunk]) {
+        if (await this.linkExists(end)) await this.ip("link", "del", end);
+      }
+      await this.ip("link", "add", link.own, "type", "veth", "peer", "name", link.trunk);
+    }
+    await this.ip("link", "set", link.own, "master", name, "up");
+    await this.ip("link", "set", link.trunk, "master", FLEET_BRIDGE, "up");
+    await this.ip("link", "set", name, "up");
   }
 
   /** The VM's tap device by its address slot. */
@@ -442,7 +481,7 @@ export class FleetNetwork {
    * is made again: a tap's owner is set only when it is made. On a host bridge it is in the
    * host's namespace and carries the owner mark: one of its name without it is not shoal's.
    */
-  async ensureTap(index: number): Promise<string> {
+  async ensureTap(index: number, bridge: number): Promise<string> {
     const tap = this.tap(index);
     const shown = await this.runner.run({
       argv: this.ipArgv(["-details", "-json", "link", "show", "dev", tap]),
@@ -460,7 +499,7 @@ export class FleetNetwork {
       await this.ip("tuntap", "add", "dev", tap, "mode", "tap", "user", QEMU_USER);
       if (inHost) await this.mark(tap, "host");
     }
-    await this.ip("link", "set", tap, "master", this.bridge, "up");
+    await this.ip("link", "set", tap, "master", this.bridgeName(bridge), "up");
     return tap;
   }
 

@@ -12,7 +12,7 @@ import {
 } from "../core/ipv4.js";
 import { parseMac } from "../core/mac.js";
 import { DNS_LABEL_RULE, expandNamePattern, isDnsLabel, parseNamePattern } from "../core/names.js";
-import { MAX_BRIDGE_PORTS } from "../core/net.js";
+import { fleetVmLimit } from "../core/net.js";
 import { MiB, parseSize } from "../core/size.js";
 import { KERNEL_CMDLINE_MAX } from "../core/syntax.js";
 import { DEFAULTS } from "./defaults.js";
@@ -192,8 +192,9 @@ function checkCapacity(
     problems.push({ path, message: `${vms.length} VMs do not fit in ${fits}` });
     return false;
   }
-  if (vms.length > MAX_BRIDGE_PORTS) {
-    problems.push({ path, message: tooManyVms(vms.length) });
+  const onHostBridge = checked.file.network?.bridge !== undefined;
+  if (vms.length > fleetVmLimit(onHostBridge).max) {
+    problems.push({ path, message: tooManyVms(vms.length, onHostBridge) });
     return false;
   }
   return true;
@@ -205,8 +206,10 @@ function checkCmdline(
   entry: PlannedVm["entry"],
   problems: PathProblem[],
 ) {
+  const kind = backendKind(backend);
+  // The longer of the two ways the base can be attached.
   const length = renderKernelCmdline(
-    backendKind(backend).guestDevices,
+    kind.daxGuestDevices ?? kind.guestDevices,
     vm,
     PLACEHOLDER_BOOT,
   ).length;

@@ -10,7 +10,7 @@ import {
   isImageName,
   parseNamePattern,
 } from "../core/names.js";
-import { MAX_BRIDGE_PORTS } from "../core/net.js";
+import { fleetVmLimit, MAX_BRIDGE_PORTS, MAX_FLEET_VMS } from "../core/net.js";
 import { isInterfaceName } from "../core/render/boot.js";
 import { formatSize, MiB, parseSize, SIZE_REGEX_SOURCE, SIZE_SYNTAX } from "../core/size.js";
 import { checkAuthorizedKey, checkKernelParam, KERNEL_CMDLINE_MAX } from "../core/syntax.js";
@@ -227,9 +227,9 @@ const ssh = z
   })
   .meta({ description: "SSH access to the VMs." });
 
-/** A fleet's VMs share one Linux bridge (the fleet's own, or the host's), which takes 1023 ports. */
-export function tooManyVms(vms: number): string {
-  return `${vms} VMs are more than one Linux bridge takes (at most ${MAX_BRIDGE_PORTS}); split the fleet into several fleets (each gets its own network)`;
+/** A fleet's VMs share one network: its own (several bridges) or a host bridge (one). */
+export function tooManyVms(vms: number, onHostBridge = false): string {
+  return `${vms} VMs are too many: ${fleetVmLimit(onHostBridge).why}; split the fleet into several fleets (each gets its own network)`;
 }
 
 export const fleetFileSchema = z
@@ -246,10 +246,10 @@ export const fleetFileSchema = z
     count: z
       .int()
       .min(0)
-      .max(MAX_BRIDGE_PORTS, { error: (issue) => tooManyVms(Number(issue.input)) })
+      .max(MAX_FLEET_VMS, { error: (issue) => tooManyVms(Number(issue.input)) })
       .optional()
       .meta({
-        description: `How many VMs to make from vm.name (${DEFAULTS.count} when there is no vms: list). Without count, vms: lists every VM. At most ${MAX_BRIDGE_PORTS}.`,
+        description: `How many VMs to make from vm.name (${DEFAULTS.count} when there is no vms: list). Without count, vms: lists every VM. At most ${MAX_FLEET_VMS} (${MAX_BRIDGE_PORTS} on a host bridge).`,
       }),
     vm: z
       .strictObject({ name: namePattern.optional(), ...vmSettings })
@@ -257,7 +257,7 @@ export const fleetFileSchema = z
       .meta({ description: "Settings for every VM." }),
     vms: z
       .array(vmEntry)
-      .max(MAX_BRIDGE_PORTS, {
+      .max(MAX_FLEET_VMS, {
         error: (issue) => tooManyVms(Array.isArray(issue.input) ? issue.input.length : 0),
       })
       .optional()

@@ -3,6 +3,7 @@ import { z } from "zod";
 import { isBackendName } from "../backends/registry.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";
+import { MAX_FLEET_BRIDGES } from "../core/net.js";
 import { ShoalError } from "../errors.js";
 import { ifExists } from "../host/paths.js";
 import { writeFileAtomic } from "./atomic.js";
@@ -69,6 +70,15 @@ const fleetRecord = z.object({
       phase: z.enum(["creating", "created", "deleting"]).default("created"),
       /** Whether shoal last started it (and did not stop it): a VM meant to run that is gone crashed. */
       running: z.boolean().default(false),
+      /**
+       * Which bridge of the fleet's own network its interface is on (0: shoal0, also for records
+       * older than fleets of several bridges); placed at creation, kept for the VM's life.
+       */
+      bridge: z
+        .int()
+        .min(0)
+        .max(MAX_FLEET_BRIDGES - 1)
+        .optional(),
       /** The id of the base its definition boots from (absent in records older than upgrades). */
       baseId: z.string().regex(IMAGE_ID).optional(),
       /**
@@ -138,10 +148,14 @@ export function recordedSpecs(record: FleetRecord | undefined): Map<string, VmSp
 
 /**
  * A fleet's record held in memory while a command works on it, written through after every change.
- * Writes are queued, so that VMs worked on in parallel never write an older record over a newer.
+ * Writes are queued, so that VMs worked on in parallel never write an older record over a newer;
+ * changes made while a write waits its turn share it (it writes the record as it is when it
+ * starts), so a command on thousands of VMs writes the record far fewer than thousands of times.
  */
 export class RecordBook {
   private queue: Promise<void> = Promise.resolve();
+  /** The write that has not started yet, which every change made meanwhile waits for. */
+  private waiting: Promise<void> | undefined;
 
   constructor(
     private readonly layout: StateLayout,
@@ -154,8 +168,13 @@ export class RecordBook {
 
   update(change: (record: FleetRecord) => void): Promise<void> {
     change(this.record);
-    const write = this.queue.then(() => writeFleetRecord(this.layout, this.record));
-    // The queue outlives a failed write (its caller gets the failure); the next write goes on.
+    if (this.waiting) return this.waiting;
+    const write = this.queue.then(() => {
+      this.waiting = undefined;
+      return writeFleetRecord(this.layout, this.record);
+    });
+    this.waiting = write;
+    // The queue outlives a failed write (its callers get the failure); the next write goes on.
     this.queue = write.catch(() => {});
     return write;
   }

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import { Ext4Image } from "../../src/image/ext4.js";
-import type { ImageMeta } from "../../src/image/store.js";
+import { type ImageMeta, imageBoot } from "../../src/image/store.js";
 import { createLayer, readLayerFile } from "../../src/layer/layer.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
@@ -75,11 +75,10 @@ async function boot(imageName: string, layer: string): Promise<TestVm> {
   const dir = join(await tempDir(), "vm");
   await mkdir(dir);
   return TestVm.boot({
-    image: { ...stateLayout(state).image(image.id), id: image.id },
+    boot: imageBoot(stateLayout(state), image),
     vm: spec("{ type: disk }"),
     dir,
     layer,
-    ...(image.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
   });
 }
 
@@ -138,7 +137,7 @@ describe.concurrent("a Debian image", () => {
     const layer = await newLayer();
     await bootToLogin(
       await boot("debian", layer),
-      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdc/,
+      /root is the union of base \/dev\/pmem0 \(read-only\) and layer \/dev\/vdb/,
     );
     // systemd wrote the machine-id it was given into the union, so into the layer.
     expect(await readLayerFile(runner, layer, "/etc/machine-id")).toBe(`${spec("{}").machineId}\n`);
@@ -152,7 +151,7 @@ describe.concurrent("a Debian image", () => {
     const vm = await boot("debian-hook", layer);
     await bootToLogin(
       vm,
-      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdc/,
+      /root is the union of base \/dev\/pmem0 \(read-only\) and layer \/dev\/vdb/,
     );
     expect(await vm.output()).toContain("Loading, please wait...");
     expect(await readLayerFile(runner, layer, "/etc/machine-id")).toBe(`${spec("{}").machineId}\n`);
@@ -204,10 +203,10 @@ describe("a mixed fleet on its network", () => {
     expect(new Set(await fingerprints(keys)).size).toBe(6);
     // deb-1 boots Debian through shoal's initramfs on a tmpfs layer, deb-2 on a disk layer.
     expect(await readFile(fleet.vm("deb-1").serialLog, "utf8")).toMatch(
-      /root is the union of base \/dev\/vda \(read-only\) and layer tmpfs/,
+      /root is the union of base \/dev\/pmem0 \(read-only\) and layer tmpfs/,
     );
     expect(await readFile(fleet.vm("deb-2").serialLog, "utf8")).toMatch(
-      /root is the union of base \/dev\/vda \(read-only\) and layer \/dev\/vdc/,
+      /root is the union of base \/dev\/pmem0 \(read-only\) and layer \/dev\/vdb/,
     );
   });
 
@@ -239,6 +238,41 @@ describe("a mixed fleet on its network", () => {
     }
     const resolved = await run(["ssh", "-f", mixed, "deb-1", "--", "getent hosts vm-3.mix"]);
     expect(resolved.stdout).toContain(plan.find((vm) => vm.name === "vm-3")?.ip);
+  });
+
+  it("Debian guests read the base from the host's page cache, which holds it once for both of them", async () => {
+    // Cached less Shmem: the guest's page cache of files, tmpfs left out.
+    const cache = await run([
+      "exec",
+      "-f",
+      mixed,
+      "deb-*",
+      "--",
+      "grep ' /run/shoal/base ' /proc/mounts; awk '/^Cached:/ { c = $2 } /^Shmem:/ { s = $2 } END { print \"files\", c - s }' /proc/meminfo",
+    ]);
+    expect(cache.code, cache.stderr).toBe(0);
+    for (const name of DEBIAN) {
+      expect(cache.stdout).toMatch(
+        new RegExp(`^${name}: /dev/pmem0 /run/shoal/base ext4 ro,.*dax=always`, "m"),
+      );
+      const files = Number(new RegExp(`^${name}: files (-?\\d+)$`, "m").exec(cache.stdout)?.[1]);
+      // Booted through the page cache, a Debian guest keeps about 70 MiB of the base there.
+      expect(files, cache.stdout).toBeLessThan(16 * 1024);
+    }
+    // Each QEMU maps the base privately and read-only: its pages are the host's page cache, the
+    // same for both, and none is a private copy.
+    const base = stateLayout(state).image(images.debian?.id ?? "").base;
+    for (const name of DEBIAN) {
+      const pid = (await readFile(stateLayout(state).fleet("mix").vm(name).pidFile, "utf8")).trim();
+      const smaps = await readFile(`/proc/${pid}/smaps`, "utf8");
+      const mapping = smaps
+        .split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)
+        .find((entry) => entry.includes(base));
+      expect(mapping, name).toBeDefined();
+      expect(mapping).toMatch(/^[0-9a-f]+-[0-9a-f]+ r--p /);
+      expect(mapping).toMatch(/^Anonymous: +0 kB$/m);
+      expect(Number(/^Shared_Clean: +(\d+) kB$/m.exec(mapping ?? "")?.[1])).toBeGreaterThan(1024);
+    }
   });
 
   it("a command failing on one VM makes `exec` exit non-zero and name that VM only", async () => {

@@ -1,9 +1,10 @@
 import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { QEMU_DAX_GUEST_DEVICES } from "../../src/backends/qemu/render.js";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { ProcessRunner } from "../../src/host/runner.js";
-import type { ImageMeta } from "../../src/image/store.js";
+import { type ImageMeta, imageBoot } from "../../src/image/store.js";
 import { createLayer, listLayerChanges, readLayerFile } from "../../src/layer/layer.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
@@ -54,13 +55,16 @@ async function boot(options: {
   spec?: VmSpec;
   image?: string;
   withoutLayerDrive?: boolean;
+  /** Attach the base as a disk, as for a base that cannot be mapped for DAX. */
+  baseAsDisk?: boolean;
 }) {
   const image = images[options.image ?? "tiny"];
   if (!image) throw new Error("no image");
   const dir = join(await tempDir(), "vm");
   await mkdir(dir);
+  const { dax: _mapped, ...asDisk } = imageBoot(stateLayout(state), image);
   return TestVm.boot({
-    image: { ...image.paths, id: image.id },
+    boot: options.baseAsDisk ? asDisk : imageBoot(stateLayout(state), image),
     vm: options.spec ?? vmSpec(options.layer ? "{ type: disk }" : "{ type: tmpfs }"),
     dir,
     ...(options.layer ? { layer: options.layer } : {}),
@@ -79,6 +83,21 @@ async function powerOff(vm: TestVm): Promise<void> {
   await vm.waitForExit();
 }
 
+const dax = QEMU_DAX_GUEST_DEVICES;
+
+/** How much the guest's page cache grows while it reads every file of the base once. */
+async function cacheGrowthReadingBase(vm: TestVm): Promise<{ readKiB: number; grewKiB: number }> {
+  const cachedKiB = "awk '/^Cached:/ { print $2 }' /proc/meminfo";
+  const { out } = await vm.sh(
+    `sync; echo 1 > /proc/sys/vm/drop_caches; before=$(${cachedKiB}); ` +
+      "find /run/shoal/base -xdev -type f -exec cat {} + > /dev/null; " +
+      `echo "read $(du -sk /run/shoal/base | cut -f1) grew $(($(${cachedKiB}) - before))"`,
+  );
+  const [, read, grew] = /read (\d+) grew (-?\d+)/.exec(out) ?? [];
+  if (read === undefined) throw new Error(`no cache figures in ${out}`);
+  return { readKiB: Number(read), grewKiB: Number(grew) };
+}
+
 async function newLayer(): Promise<string> {
   const layer = join(await tempDir(), "layer.img");
   await createLayer(layer, 256 * 1024 * 1024);
@@ -92,7 +111,7 @@ describe.concurrent("a disk layer", () => {
     const layer = await newLayer();
     expect((await stat(layer)).blocks).toBe(0);
     const vm = await boot({ layer });
-    await vm.waitFor(/shoal: formatting blank layer \/dev\/vdc/);
+    await vm.waitFor(new RegExp(`shoal: formatting blank layer ${dax.layer}`));
     await ready(vm);
 
     expect(await vm.qmp<{ status: string }>("query-status")).toMatchObject({ status: "running" });
@@ -106,17 +125,21 @@ describe.concurrent("a disk layer", () => {
     );
     // The kernel lists only options that differ from its defaults: none of these may be on.
     expect(root).not.toMatch(/redirect_dir=(on|follow)|index=on|metacopy=on|xino=(on|auto)/);
+    // The base is mapped for DAX: reading all of it leaves the guest's page cache as it was.
     expect((await vm.sh("grep ' /run/shoal/base ' /proc/mounts")).out).toMatch(
-      /^\/dev\/vda \/run\/shoal\/base ext4 ro,/m,
+      /^\/dev\/pmem0 \/run\/shoal\/base ext4 ro,.*dax=always/m,
     );
+    const cached = await cacheGrowthReadingBase(vm);
+    expect(cached.readKiB).toBeGreaterThan(8 * 1024);
+    expect(cached.grewKiB).toBeLessThan(1024);
     expect((await vm.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toMatch(
-      /^\/dev\/vdc \/run\/shoal\/layer ext4 rw,/m,
+      /^\/dev\/vdb \/run\/shoal\/layer ext4 rw,/m,
     );
 
     const touch = await vm.sh("touch /run/shoal/base/x 2>&1");
     expect(touch.code).not.toBe(0);
     expect(touch.out).toContain("Read-only file system");
-    const write = await vm.sh("dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=notrunc 2>&1");
+    const write = await vm.sh("dd if=/dev/zero of=/dev/pmem0 bs=4096 count=1 conv=notrunc 2>&1");
     expect(write.code).not.toBe(0);
     expect((await vm.sh("cat /etc/fstab | grep -c -E '^[^#].* / |swap'")).out.trim()).toBe("0");
 
@@ -138,8 +161,14 @@ describe.concurrent("a disk layer", () => {
 
   it("keeps the VM's changes across a reboot, where a tmpfs layer loses them", async () => {
     const layer = await newLayer();
-    const disk = await boot({ layer });
+    // The way a base that cannot be mapped for DAX (an imported one, Xen's) is attached.
+    const disk = await boot({ layer, baseAsDisk: true });
     await ready(disk);
+    expect((await disk.sh("grep ' /run/shoal/base ' /proc/mounts")).out).toMatch(
+      /^\/dev\/vda \/run\/shoal\/base ext4 ro,/m,
+    );
+    const cached = await cacheGrowthReadingBase(disk);
+    expect(cached.grewKiB).toBeGreaterThan(cached.readKiB / 2);
     await disk.sh("echo kept > /root/note && sync");
     disk.type("reboot\n");
     await ready(disk);
@@ -169,7 +198,7 @@ describe.concurrent("failing closed", () => {
     await vm.waitForExit();
     const output = await vm.output();
     expect(output).toContain(
-      "shoal: FATAL: layer device /dev/vdc not found (waited 3s; rootdelay= sets it)",
+      `shoal: FATAL: layer device ${dax.layer} not found (waited 3s; rootdelay= sets it)`,
     );
     expect(output).toContain(
       "shoal: FATAL: refusing to run the shared base read-write; powering off",
@@ -185,7 +214,7 @@ describe.concurrent("failing closed", () => {
     const vm = await boot({ layer });
     await vm.waitForExit();
     expect(await vm.output()).toContain(
-      "shoal: FATAL: layer device /dev/vdc holds a swap signature, not a shoal layer; refusing to format it",
+      `shoal: FATAL: layer device ${dax.layer} holds a swap signature, not a shoal layer; refusing to format it`,
     );
     expect(await sha256(layer)).toBe(before);
   });
@@ -197,7 +226,9 @@ describe.concurrent("failing closed", () => {
       spec: vmSpec("{ type: disk, fallback: tmpfs }"),
     });
     await vm.waitFor(
-      /WARNING: layer device \/dev\/vdc not found \(waited 3s; rootdelay= sets it\); FALLING BACK TO A TMPFS LAYER/,
+      new RegExp(
+        `WARNING: layer device ${dax.layer} not found \\(waited 3s; rootdelay= sets it\\); FALLING BACK TO A TMPFS LAYER`,
+      ),
     );
     await ready(vm);
     expect((await vm.sh("grep ' /run/shoal/layer ' /proc/mounts")).out).toContain("tmpfs");

@@ -7,10 +7,10 @@ import { launchQemu } from "../../src/backends/qemu/launch.js";
 import { QmpClient } from "../../src/backends/qemu/qmp.js";
 import { type Accelerator, renderQemuArgv } from "../../src/backends/qemu/render.js";
 import type { VmSpec } from "../../src/core/fleet.js";
+import type { BootFiles } from "../../src/core/render/boot.js";
 import { seedFiles } from "../../src/core/seed.js";
 import { ProcessRunner } from "../../src/host/runner.js";
 import { makeHostKey, writeSeed } from "../../src/identity/identity.js";
-import type { ImagePaths } from "../../src/state/layout.js";
 
 export async function sha256(path: string): Promise<string> {
   const hash = createHash("sha256");
@@ -30,12 +30,12 @@ function alive(pid: number): boolean {
 }
 
 export interface BootOptions {
-  readonly image: ImagePaths & { readonly id: string };
+  /** What the image's VMs boot from (imageBoot). */
+  readonly boot: BootFiles;
   readonly vm: VmSpec;
   /** A directory of the test's own for the VM's sockets, log and pid file. */
   readonly dir: string;
   readonly layer?: string;
-  readonly ownInitramfs?: boolean;
   /** Leave the layer's drive out while the kernel command line still names it. */
   readonly withoutLayerDrive?: boolean;
   /** The guest's `rootdelay=`: how long its initramfs waits for a missing device. */
@@ -161,13 +161,7 @@ export class TestVm extends GuestConsole {
     let argv = renderQemuArgv({
       fleet: "test",
       vm: options.vm,
-      boot: {
-        kernel: options.image.kernel,
-        initrd: options.image.initrd,
-        base: options.image.base,
-        baseId: options.image.id,
-        ...(options.ownInitramfs ? { ownInitramfs: true } : {}),
-      },
+      boot: options.boot,
       files,
       accel: options.accel ?? "tcg",
     });

@@ -134,15 +134,16 @@ describe("shoal plan", () => {
     });
   });
 
-  it("plans 1023 VMs, the most one bridge takes, in a /16", async () => {
+  it("plans 4000 VMs, more than one bridge takes, in a /16", async () => {
     const { path, state } = await fleetFile(
-      'name: big\ncount: 1023\nvm: { name: "n{n:04}" }\nnetwork: { subnet: 10.80.0.0/16 }\n',
+      'name: big\ncount: 4000\nvm: { name: "n{n:04}" }\nnetwork: { subnet: 10.80.0.0/16 }\n',
     );
     const result = await shoal(["plan", "-f", path, "--json", "--state-dir", state]);
     const vms = JSON.parse(result.stdout) as { mac: string; ip: string }[];
-    expect(vms).toHaveLength(1023);
-    expect(new Set(vms.map((vm) => vm.mac)).size).toBe(1023);
-    expect(vms.at(-1)?.ip).toBe("10.80.4.0");
+    expect(vms).toHaveLength(4000);
+    expect(new Set(vms.map((vm) => vm.mac)).size).toBe(4000);
+    expect(new Set(vms.map((vm) => vm.ip)).size).toBe(4000);
+    expect(vms.at(-1)?.ip).toBe("10.80.15.161");
   });
 
   it("prints a table with name, hostname, MAC, IP, layer, state and action, and a summary", async () => {

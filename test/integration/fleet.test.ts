@@ -188,15 +188,25 @@ describe("bad input to fleet commands", () => {
     await expect(stat(stateLayout(state).fleet("dry").dir)).rejects.toThrow();
   });
 
-  it("a fleet larger than one bridge takes: exit 2 before anything is made", async () => {
-    const file = await fleet("huge", "count: 1024\n");
+  it("a fleet larger than its network takes: exit 2 before anything is made", async () => {
+    const file = await fleet("huge", "count: 24001\n");
     const result = await run(["create", "-f", file]);
     expect(result.code).toBe(2);
     // Refused while the file is read, so `validate` refuses it too.
     expect(result.stderr.trim()).toBe(
-      `${file}:2:8 count: 1024 VMs are more than one Linux bridge takes (at most 1023); split the fleet into several fleets (each gets its own network)`,
+      `${file}:2:8 count: 24001 VMs are too many: a fleet's own network takes at most 24000 VMs (24 bridges of 1000); split the fleet into several fleets (each gets its own network)`,
     );
     await expect(stat(stateLayout(state).fleet("huge").state)).rejects.toThrow();
+    const bridged = await fleet(
+      "bridged",
+      "count: 1024\nnetwork: { bridge: br-lab, managed: false }\n",
+    );
+    const onHostBridge = await run(["create", "-f", bridged]);
+    expect(onHostBridge.code).toBe(2);
+    expect(onHostBridge.stderr.trim()).toBe(
+      `${bridged}:2:8 count: 1024 VMs are too many: a host bridge takes at most 1023 VMs; split the fleet into several fleets (each gets its own network)`,
+    );
+    await expect(stat(stateLayout(state).fleet("bridged").state)).rejects.toThrow();
   });
 
   it("SHOAL_ACCEL with an unknown value", async () => {

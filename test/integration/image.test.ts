@@ -96,14 +96,20 @@ describe("shoal image build --from busybox", () => {
       "overlay.ko",
       "crc32c_generic.ko",
       "virtio_balloon.ko",
+      "virtio_pmem.ko",
+      "nd_pmem.ko",
     ]) {
       expect(
         files.some((file) => file.endsWith(`/${module}`)),
         module,
       ).toBe(true);
     }
-    // The host's dropbear and scp, with every library they load, for `shoal ssh`, `exec` and `cp`.
+    // The base can be mapped into QEMU guests for DAX: 4 KiB blocks, whole 2 MiB.
     const base = new Ext4Image(runner, paths.base);
+    expect(await base.blockSize()).toBe(4096);
+    expect(tiny.size % (2 * 1024 * 1024)).toBe(0);
+    expect(tiny.dax).toEqual({ capable: true });
+    // The host's dropbear and scp, with every library they load, for `shoal ssh`, `exec` and `cp`.
     for (const [dir, name] of [
       ["/usr/sbin", "dropbear"],
       ["/usr/bin", "scp"],
@@ -123,7 +129,7 @@ describe("shoal image build --from busybox", () => {
     const table = await shoal(["--state-dir", sharedState, "image", "ls"]);
     expect(table.stdout).toMatch(
       new RegExp(
-        `^tiny +${tiny.id.slice(0, 12)} +${formatSize(tiny.size)} +${tiny.kernelVersion} +busybox`,
+        `^tiny +${tiny.id.slice(0, 12)} +${formatSize(tiny.size)} +${tiny.kernelVersion} +busybox +\\S+ +dax$`,
         "m",
       ),
     );
@@ -199,6 +205,22 @@ describe("shoal image import", () => {
     // The same bytes are the same image: raw and qcow2 hold the sealed tiny image unchanged.
     expect((await inspect(state, "raw")).id).toBe(tiny.id);
     expect((await inspect(state, "qcow2")).id).toBe(tiny.id);
+    expect((await inspect(state, "dir")).dax).toEqual({ capable: true });
+  });
+
+  it("keeps a base that cannot be mapped for DAX a disk, and says why", async () => {
+    const state = await freshState();
+    const small = join(await tempDir(), "small-blocks.img");
+    await runner.run({
+      argv: ["mkfs.ext4", "-q", "-b", "1024", "-E", "root_owner=0:0", "-d", tinyTree, small, "80M"],
+    });
+    const result = await shoal(["--state-dir", state, "image", "import", "old", small]);
+    expect(result.code, result.stderr).toBe(0);
+    const why = "its ext4 blocks are 1024 bytes; DAX needs 4096 (bases shoal builds have them)";
+    expect(result.stdout).toContain(`base disk (${why})`);
+    expect((await inspect(state, "old")).dax).toEqual({ capable: false, refusal: why });
+    const table = await shoal(["--state-dir", state, "image", "ls"]);
+    expect(table.stdout).toMatch(/^old .* disk \(its ext4 blocks are 1024 bytes;/m);
   });
 
   it("refuses what it cannot use, with a clear error and nothing left behind", async () => {

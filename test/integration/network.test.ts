@@ -78,7 +78,7 @@ describe("a fleet's network", () => {
       const answer = await inNamespace(net.namespace, "busybox", "nslookup", name, "10.99.0.1");
       expect(answer).toContain(fleet.vms[1]?.ip);
     }
-    const tap = await net.ensureTap(1);
+    const tap = await net.ensureTap(1, 0);
     expect(await inNamespace(net.namespace, "ip", "-o", "link", "show", tap)).toContain(
       "master shoal0",
     );
@@ -90,13 +90,69 @@ describe("a fleet's network", () => {
     await inNamespace(net.namespace, "ip", "link", "del", tap);
     await inNamespace(net.namespace, "ip", "tuntap", "add", "dev", tap, "mode", "tap");
     expect(await owner()).toBeUndefined();
-    await net.ensureTap(1);
+    await net.ensureTap(1, 0);
     expect(await owner()).toBe("shoal-qemu");
     expect(await inNamespace(net.namespace, "ip", "-o", "link", "show", tap)).toContain(
       "master shoal0",
     );
     // Nothing of it in the host's namespace.
     await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
+  });
+
+  it("joins more bridges to shoal0 into one L2, each made once however many VMs start at once", async () => {
+    const { net, fleet, owner, paths } = await network(2);
+    await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
+    await Promise.all([net.ensureBridge(2), net.ensureBridge(2), net.ensureBridge(0)]);
+    const tap = await net.ensureTap(1, 2);
+    const links = await inNamespace(net.namespace, "ip", "-o", "link", "show");
+    expect(links).toMatch(/: tap1: .* master shoal2 /);
+    expect(links).toMatch(/: shoal2-up@shoal2-dn: .* master shoal2 /);
+    expect(links).toMatch(/: shoal2-dn@shoal2-up: .* master shoal0 /);
+    expect(links).not.toMatch(/: shoal1[:@]/);
+    expect(tap).toBe("tap1");
+    // A host on shoal2 (a namespace of the test's, as a VM's tap would be) reaches the gateway.
+    const client = `shoal-test-client-${process.pid}`;
+    await exec("ip", ["netns", "add", client]);
+    try {
+      await exec("ip", [
+        "-n",
+        client,
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "port",
+      ]);
+      await exec("ip", ["-n", client, "link", "set", "port", "netns", net.namespace ?? ""]);
+      await inNamespace(net.namespace, "ip", "link", "set", "port", "master", "shoal2", "up");
+      await exec("ip", ["-n", client, "addr", "add", "10.99.0.200/24", "dev", "eth0"]);
+      await exec("ip", ["-n", client, "link", "set", "eth0", "up"]);
+      const ping = await exec("ip", [
+        "netns",
+        "exec",
+        client,
+        "busybox",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        "10.99.0.1",
+      ]);
+      expect(ping.stdout).toContain("1 packets received");
+    } finally {
+      await exec("ip", ["netns", "del", client]);
+    }
+    // Joined again by the next shoal when the pair is gone (a veth's ends go together).
+    await inNamespace(net.namespace, "ip", "link", "del", "shoal2-up");
+    const again = new FleetNetwork(runner, paths, owner, fleet.network);
+    await again.ensureBridge(2);
+    expect(await inNamespace(net.namespace, "ip", "-o", "link", "show", "shoal2-dn")).toContain(
+      "master shoal0",
+    );
   });
 
   it("keeps serving a fleet that shrank, forgetting the leases of its removed VMs", async () => {
@@ -118,7 +174,7 @@ describe("a fleet's network", () => {
   it("takes more VMs without losing what runs, moves to a new subnet, and is gone after remove", async () => {
     const { net, fleet, paths } = await network(2);
     await net.ensure({ fleet: fleet.name, subnet: fleet.subnet, vms: fleet.vms });
-    await net.ensureTap(1);
+    await net.ensureTap(1, 0);
     const bigger = fleetOf(`name: ${fleet.name}\ncount: 3\nnetwork: { subnet: 10.99.0.0/24 }\n`);
     await net.ensure({ fleet: fleet.name, subnet: bigger.subnet, vms: bigger.vms });
     await net.ensure({ fleet: fleet.name, subnet: bigger.subnet, vms: bigger.vms });

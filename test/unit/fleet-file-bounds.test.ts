@@ -366,17 +366,20 @@ describe("the fleet file itself", () => {
 });
 
 describe("bounds that create and up enforce, and the host's limits", () => {
-  it("refuse more VMs than one bridge takes, as create does, at count or vms", () => {
-    expect(problemsOf("name: a\ncount: 2000\n")).toEqual([
-      "test.yaml:2:8 count: 2000 VMs are more than one Linux bridge takes (at most 1023); split the fleet into several fleets (each gets its own network)",
+  it("refuse more VMs than the fleet's network takes, as create does, at count or vms", () => {
+    const split = "split the fleet into several fleets (each gets its own network)";
+    expect(problemsOf("name: a\ncount: 24001\n")).toEqual([
+      `test.yaml:2:8 count: 24001 VMs are too many: a fleet's own network takes at most 24000 VMs (24 bridges of 1000); ${split}`,
     ]);
-    expect(fleetOf("name: a\ncount: 1023\n").vms).toHaveLength(1023);
-    expect(one("name: a\ncount: 1023\nvms: [{ name: x, ip: 10.77.255.1 }]\n")).toBe(
-      "test.yaml:3:6 vms: 1024 VMs are more than one Linux bridge takes (at most 1023); split the fleet into several fleets (each gets its own network)",
+    expect(fleetOf("name: a\ncount: 4000\n").vms).toHaveLength(4000);
+    const bridge = "network: { bridge: br0, managed: false }";
+    expect(fleetOf(`name: a\ncount: 1023\n${bridge}\n`).vms).toHaveLength(1023);
+    expect(one(`name: a\ncount: 1023\n${bridge}\nvms: [{ name: x, ip: 10.77.255.1 }]\n`)).toBe(
+      `test.yaml:4:6 vms: 1024 VMs are too many: a host bridge takes at most 1023 VMs; ${split}`,
     );
     const listed = Array.from({ length: 1024 }, (_, i) => `  - name: v${i}`).join("\n");
-    expect(one(`name: a\nvms:\n${listed}\n`)).toBe(
-      "test.yaml:3:3 vms: 1024 VMs are more than one Linux bridge takes (at most 1023); split the fleet into several fleets (each gets its own network)",
+    expect(one(`name: a\n${bridge}\nvms:\n${listed}\n`)).toBe(
+      `test.yaml:4:3 vms: 1024 VMs are too many: a host bridge takes at most 1023 VMs; ${split}`,
     );
   });
 

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { stringify } from "yaml";
+import { MAX_FLEET_VMS } from "../../src/core/net.js";
 import { SpecError, UserError } from "../../src/errors.js";
 import { loadFleetFile, parseFleetBytes } from "../../src/spec/load.js";
 import { useTempDirs } from "../helpers/tmp.js";
@@ -35,7 +36,7 @@ function loads(bytes: Uint8Array): void {
   const started = performance.now();
   try {
     const fleet = parseFleetBytes(bytes, FILE);
-    expect(fleet.vms.length).toBeLessThanOrEqual(1023);
+    expect(fleet.vms.length).toBeLessThanOrEqual(MAX_FLEET_VMS);
   } catch (error) {
     if (!(error instanceof SpecError)) throw error;
     expect(error.exitCode).toBe(2);

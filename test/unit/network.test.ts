@@ -2,13 +2,20 @@ import { describe, expect, it } from "vitest";
 import { makeSubnet, parseCidr } from "../../src/core/ipv4.js";
 import {
   ALIAS_MAX,
+  bridgeLink,
+  fleetBridgeName,
+  fleetVmLimit,
   inNamespace,
+  MAX_FLEET_BRIDGES,
   NFT_COMMENT_MAX,
   namespaceName,
   natLink,
+  neighbourLimitsFor,
   notOursProblem,
   ownerMark,
   ownershipOf,
+  placeOnBridges,
+  TAPS_PER_BRIDGE,
 } from "../../src/core/net.js";
 import { renderDnsmasqConf } from "../../src/core/render/dnsmasq.js";
 import {
@@ -83,6 +90,51 @@ log-dhcp
 });
 
 const lab = { root: "/var/lib/shoal", fleet: "lab" };
+
+describe("a fleet's bridges", () => {
+  it("are shoal0 with the gateway and up to 23 more, each joined to shoal0 by a veth pair", () => {
+    expect([0, 1, 23].map(fleetBridgeName)).toEqual(["shoal0", "shoal1", "shoal23"]);
+    expect(bridgeLink(23)).toEqual({ own: "shoal23-up", trunk: "shoal23-dn" });
+    expect(() => fleetBridgeName(24)).toThrow(/^internal: bridge number/);
+    expect(() => bridgeLink(0)).toThrow(/shoal0 is the trunk/);
+    // shoal0 has a port for each tap and each other bridge: one Linux bridge's 1023.
+    expect(TAPS_PER_BRIDGE + MAX_FLEET_BRIDGES - 1).toBe(1023);
+    expect(fleetVmLimit(false)).toEqual({
+      max: 24_000,
+      why: "a fleet's own network takes at most 24000 VMs (24 bridges of 1000)",
+    });
+    expect(fleetVmLimit(true).max).toBe(1023);
+  });
+
+  it("take new VMs on the first bridge with room, where VMs that went left it", () => {
+    const first = placeOnBridges([], 4000) ?? [];
+    expect([0, 999, 1000, 2999, 3000, 3999].map((i) => first[i])).toEqual([0, 0, 1, 2, 3, 3]);
+    // VMs 10..19 of shoal0 and 5 of shoal2 went; shoal1 stays full.
+    const kept = [
+      ...Array<number>(990).fill(0),
+      ...Array<number>(1000).fill(1),
+      ...Array<number>(995).fill(2),
+    ];
+    expect(placeOnBridges(kept, 20)).toEqual([
+      ...Array<number>(10).fill(0),
+      ...Array<number>(5).fill(2),
+      ...Array<number>(5).fill(3),
+    ]);
+    expect(placeOnBridges(first, 20_000)).toHaveLength(20_000);
+    expect(placeOnBridges(first, 20_001)).toBeUndefined();
+  });
+
+  it("need the host's neighbour table to hold an entry for every VM, raised and never lowered", () => {
+    const linux = { soft: 512, hard: 1024 };
+    expect(neighbourLimitsFor(0, linux)).toBeUndefined();
+    expect(neighbourLimitsFor(4000, linux)).toEqual({ soft: 2512, hard: 5024 });
+    expect(neighbourLimitsFor(4000, { soft: 4000, hard: 4096 })).toEqual({
+      soft: 4000,
+      hard: 5024,
+    });
+    expect(neighbourLimitsFor(4000, { soft: 512, hard: 8192 })).toBeUndefined();
+  });
+});
 
 describe("host-wide names", () => {
   it("name a fleet's namespace, NAT link and table after its state directory too, within Linux's limits", () => {

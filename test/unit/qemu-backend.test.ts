@@ -51,7 +51,7 @@ async function createdVm() {
   await chmod(root, 0o755);
   const layout = stateLayout(root);
   const image = layout.image("ab".repeat(32));
-  const boot = imageBoot(layout, { id: "ab".repeat(32), boot: "shoal-initramfs" });
+  const boot = imageBoot(layout, { id: "ab".repeat(32), boot: "shoal-initramfs", size: 64 << 20 });
   await mkdir(image.dir, { recursive: true });
   const paths = layout.fleet("lab").vm(spec.name);
   // The fleet's directory comes first, with its record; the VM's directories are root's alone.

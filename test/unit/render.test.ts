@@ -1,5 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { QEMU_GUEST_DEVICES, QEMU_USER, renderQemuArgv } from "../../src/backends/qemu/render.js";
+import {
+  QEMU_DAX_GUEST_DEVICES,
+  QEMU_GUEST_DEVICES,
+  QEMU_USER,
+  renderQemuArgv,
+} from "../../src/backends/qemu/render.js";
 import {
   renderVifHotplug,
   renderXlConfig,
@@ -74,6 +79,15 @@ describe("kernel command line", () => {
     expect(renderKernelCmdline(QEMU_GUEST_DEVICES, vm, { ...boot, ownInitramfs: true })).toBe(
       `console=ttyS0 root=/dev/vda ro shoal.base=/dev/vda shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=reset shoal.fallback=tmpfs systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0`,
     );
+  });
+
+  it("names the base's persistent-memory device and its DAX mount for both initramfs kinds, and keeps the guest from setting bounce buffers aside", () => {
+    expect(renderKernelCmdline(QEMU_DAX_GUEST_DEVICES, diskVm, boot)).toBe(
+      `console=ttyS0 rootflags=dax=always shoal.base=/dev/pmem0 shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vda shoal.layer=/dev/vdb shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 swiotlb=noforce quiet loglevel=4`,
+    );
+    expect(
+      renderKernelCmdline(QEMU_DAX_GUEST_DEVICES, tmpfsVm, { ...boot, ownInitramfs: true }),
+    ).toMatch(/^console=ttyS0 root=\/dev\/pmem0 ro rootflags=dax=always shoal.base=\/dev\/pmem0 /);
   });
 
   it("refuses a parameter that slipped past validation", () => {
@@ -239,6 +253,37 @@ describe("QEMU argv", () => {
     expect(accelOf({ ...diskVm, memoryMiB: 128 }, 200)).toBe("tcg,tb-size=200");
     expect(() => accelOf(diskVm, 0)).toThrow(/^internal: translation cache size/);
     expect(() => accelOf(diskVm, 1.5)).toThrow(/^internal: translation cache size/);
+  });
+
+  it("maps a base that can be for DAX privately and read-only, beside the VM's memory, and attaches the others as a disk", () => {
+    const mapped = renderQemuArgv({
+      fleet: "lab",
+      vm: diskVm,
+      boot: { ...boot, dax: { bytes: 58 * 1024 * 1024 } },
+      files,
+      accel: "tcg",
+    });
+    const at = (flag: string) => mapped[mapped.indexOf(flag) + 1];
+    expect(at("-m")).toBe("256M,maxmem=314M");
+    expect(mapped.slice(mapped.indexOf("-object"), mapped.indexOf("-object") + 4)).toEqual([
+      "-object",
+      `memory-backend-file,id=base,mem-path=${boot.base},size=58M,share=off,readonly=on`,
+      "-device",
+      "virtio-pmem-pci,memdev=base",
+    ]);
+    expect(at("-append")).toContain("shoal.base=/dev/pmem0 ");
+    expect(mapped.join(" ")).not.toContain("id=base,file=");
+    // The seed is the first disk, the layer the second.
+    expect(mapped.filter((arg) => arg.startsWith("if=none,"))).toEqual([
+      `if=none,id=seed,file=${files.seed},format=raw,readonly=on`,
+      `if=none,id=layer,file=${files.layer},format=raw,discard=unmap,detect-zeroes=unmap`,
+    ]);
+
+    const disk = renderQemuArgv({ fleet: "lab", vm: diskVm, boot, files, accel: "tcg" });
+    expect(disk[disk.indexOf("-m") + 1]).toBe("256M");
+    expect(disk).not.toContain("-object");
+    expect(disk[disk.indexOf("-append") + 1]).toContain("shoal.base=/dev/vda ");
+    expect(disk).toContain(`if=none,id=base,file=${boot.base},format=raw,readonly=on`);
   });
 
   it("uses the host CPU under KVM", () => {

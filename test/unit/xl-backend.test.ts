@@ -95,7 +95,7 @@ async function startable(root: string, name = "vm-1") {
   const own = { fleet: "lab", name, paths: here.fleet("lab").vm(name) };
   await mkdir(own.paths.dir, { recursive: true });
   const [spec] = fleetOf(`name: lab\nbackend: xl\nvms: [{ name: ${name} }]\n`).vms as [VmSpec];
-  const boot = imageBoot(here, { id: "ab".repeat(32), boot: "shoal-initramfs" });
+  const boot = imageBoot(here, { id: "ab".repeat(32), boot: "shoal-initramfs", size: 64 << 20 });
   await mkdir(dirname(boot.base), { recursive: true });
   await writeFile(boot.base, "base", { flag: "a" });
   // No bzImage shoal could unpack: domUs boot it as it is.

@@ -2,7 +2,7 @@ import type { Backend, BackendDeps, BackendKind } from "../backend.js";
 import { chooseAccel } from "./accel.js";
 import { QemuBackend } from "./backend.js";
 import { checkQemuHost } from "./doctor.js";
-import { QEMU_GUEST_DEVICES } from "./render.js";
+import { QEMU_DAX_GUEST_DEVICES, QEMU_GUEST_DEVICES } from "./render.js";
 
 /** QEMU's accelerator is probed once per command, on the first start, and said once. */
 function create(deps: BackendDeps): Backend {
@@ -21,10 +21,12 @@ function create(deps: BackendDeps): Backend {
 export const qemuKind: BackendKind = {
   name: "qemu",
   guestDevices: QEMU_GUEST_DEVICES,
+  daxGuestDevices: QEMU_DAX_GUEST_DEVICES,
   guestModules: {
     block: ["virtio_pci", "virtio_blk"],
     net: ["virtio_net"],
     memory: ["virtio_balloon"],
+    dax: ["virtio_pmem", "nd_pmem"],
   },
   // QEMU's own, locally administered prefix.
   macPrefix: "52:54:00",

@@ -7,8 +7,9 @@ import { xenNeeds } from "./xen.js";
 export const xlKind: BackendKind = {
   name: "xl",
   guestDevices: XL_GUEST_DEVICES,
-  // Xen's own balloon driver is built into Debian's kernel.
-  guestModules: { block: ["xen_blkfront"], net: ["xen_netfront"], memory: [] },
+  // Xen's own balloon driver is built into Debian's kernel; a PV domU has no persistent-memory
+  // device to map the base with, so it reads the base as a disk.
+  guestModules: { block: ["xen_blkfront"], net: ["xen_netfront"], memory: [], dax: [] },
   // Xen's own OUI, which xl gives domUs.
   macPrefix: "00:16:3e",
   tools: [

@@ -10,6 +10,8 @@ export interface BootFiles {
   readonly baseId: string;
   /** The image boots with its own initramfs (initramfs-tools hook), which needs root= to find the base. */
   readonly ownInitramfs?: boolean;
+  /** Set when the base can be mapped into the guest for DAX (see core/dax.ts): its size. */
+  readonly dax?: { readonly bytes: number };
 }
 
 /** The hypervisor-facing name of a VM; the dot cannot occur in either label, so names never clash across fleets. */
