@@ -4,9 +4,9 @@ import type { Goal, VmAction, VmPlan } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
-import { eachVm } from "./fan-out.js";
+import { eachVm, type VmResult } from "./fan-out.js";
 import { setAuthorizedKeys, writeKnownHosts } from "./identity.js";
-import { createVms, deleteVm, redefineVm, startVm, stopVm } from "./lifecycle.js";
+import { createVms, deleteVms, redefineVm, startVm, stopVm } from "./lifecycle.js";
 import { ensureNetwork, recordNetwork } from "./network-policy.js";
 import { planChanges } from "./planning.js";
 import type { FleetSession } from "./session.js";
@@ -96,11 +96,15 @@ export async function converge(
     const outcome = outcomes.get(name);
     if (outcome) outcomes.set(name, { plan: outcome.plan, ok: false, detail });
   };
-  const each = async (action: VmAction, work: (vm: VmPlan) => Promise<void>) => {
+  const inBatch = async (
+    action: VmAction,
+    run: (vms: VmPlan[]) => Promise<readonly VmResult<unknown>[]>,
+  ) => {
     const vms = plan.filter((vm) => vm.actions.includes(action) && outcomes.get(vm.name)?.ok);
-    const results = await eachVm(vms, options.workers, work);
-    for (const result of results) if (!result.ok) failed(result.name, result.error.message);
+    for (const result of await run(vms)) if (!result.ok) failed(result.name, result.error.message);
   };
+  const each = (action: VmAction, work: (vm: VmPlan) => Promise<void>) =>
+    inBatch(action, (vms) => eachVm(vms, options.workers, work));
 
   // A VM directory the record does not know may hold a layer someone wants: never removed
   // unasked, only reported (`shoal destroy NAME` removes it).
@@ -111,7 +115,13 @@ export async function converge(
       );
     }
   }
-  await each("delete", (vm) => deleteVm(session, vm.name));
+  await inBatch("delete", (vms) =>
+    deleteVms(
+      session,
+      vms.map((vm) => vm.name),
+      options.workers,
+    ),
+  );
   if (await setAuthorizedKeys(session, fleet.authorizedKeys)) {
     session.notice(
       "ssh.authorized_keys changed: each VM takes the new keys at its next boot (`shoal restart` now)",

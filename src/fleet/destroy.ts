@@ -1,7 +1,7 @@
 import { rm } from "node:fs/promises";
-import { eachVm, throwFirstFailure } from "./fan-out.js";
+import { throwFirstFailure } from "./fan-out.js";
 import { writeKnownHosts } from "./identity.js";
-import { deleteVm } from "./lifecycle.js";
+import { deleteVms } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
 
 /**
@@ -14,9 +14,7 @@ export async function destroyVms(
   options: { readonly whole: boolean; readonly workers: number },
 ): Promise<void> {
   throwFirstFailure(
-    await eachVm(names, options.workers, (name) =>
-      deleteVm(session, name, { withNetwork: options.whole }),
-    ),
+    await deleteVms(session, names, options.workers, { withNetwork: options.whole }),
   );
   if (options.whole) {
     await session.network.remove();

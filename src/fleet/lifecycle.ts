@@ -12,7 +12,7 @@ import { ifExists, pathExists } from "../host/paths.js";
 import { makeHostKey } from "../identity/identity.js";
 import { ImageStore } from "../image/store.js";
 import { createLayer } from "../layer/layer.js";
-import { eachVm, throwFirstFailure } from "./fan-out.js";
+import { eachVm, throwFirstFailure, type VmResult } from "./fan-out.js";
 import { writeIdentity } from "./identity.js";
 import { ensureNetwork } from "./network-policy.js";
 import type { FleetSession } from "./session.js";
@@ -272,39 +272,48 @@ export async function stopVm(
 }
 
 /**
- * Ends a VM and removes it with its layer and every file. Marked `deleting` first, so that a
- * half-removed VM is never taken for one that can start; the record entry goes last.
+ * Ends VMs and removes each with its layer and every file, `workers` at a time. All are marked
+ * `deleting` first, so that a half-removed VM is never taken for one that can start; the entries
+ * of those removed go last. Two record writes for the batch, however many VMs.
  */
-export async function deleteVm(
+export async function deleteVms(
   session: FleetSession,
-  name: string,
+  names: readonly string[],
+  workers: number,
   options: { readonly withNetwork?: boolean } = {},
-): Promise<void> {
-  const vm = session.vm(name);
-  await session.backend.destroy(vm);
-  const index = session.book.vm(name)?.spec.index;
-  // Removed with the fleet's network, the namespace takes every tap along at once.
-  const tapGoesAlone = !options.withNetwork || session.network.namespace === undefined;
-  if (index !== undefined && session.backend.nic === "tap" && tapGoesAlone) {
-    await session.network.removeTap(index);
-  }
-  await session.backend.forget(vm);
-  if (session.book.vm(name)) {
+): Promise<VmResult<void>[]> {
+  const recorded = names.filter((name) => session.book.vm(name) !== undefined);
+  if (recorded.length > 0) {
     await session.book.update((record) => {
-      const entry = record.vms[name];
-      if (entry) {
-        entry.phase = "deleting";
-        entry.running = false;
+      for (const name of recorded) {
+        const entry = record.vms[name];
+        if (entry) {
+          entry.phase = "deleting";
+          entry.running = false;
+        }
       }
     });
   }
-  await rm(vm.paths.dir, { recursive: true, force: true });
-  if (session.book.vm(name)) {
+  // Removed with the fleet's network, the namespace takes every tap along at once.
+  const tapsGoAlone = !options.withNetwork || session.network.namespace === undefined;
+  const results = await eachVm(names, workers, async (name) => {
+    const vm = session.vm(name);
+    await session.backend.destroy(vm);
+    const index = session.book.vm(name)?.spec.index;
+    if (index !== undefined && session.backend.nic === "tap" && tapsGoAlone) {
+      await session.network.removeTap(index);
+    }
+    await session.backend.forget(vm);
+    await rm(vm.paths.dir, { recursive: true, force: true });
+  });
+  const removed = results.filter((result) => result.ok).map((result) => result.name);
+  if (removed.some((name) => session.book.vm(name) !== undefined)) {
     await session.book.update((record) => {
-      delete record.vms[name];
+      for (const name of removed) delete record.vms[name];
     });
   }
-  session.event({ vm: name, phase: "deleted" });
+  for (const name of removed) session.event({ vm: name, phase: "deleted" });
+  return results;
 }
 
 /**

@@ -1,7 +1,9 @@
+import { execFile } from "node:child_process";
 import { chmod, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { destroyAllFleets, shoalOk } from "../helpers/cli.js";
+import { destroyAllFleets, shoal, shoalOk } from "../helpers/cli.js";
 import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir } from "../helpers/tmp.js";
 import { killQemusMentioning, qemuPidsMentioning } from "../helpers/vm.js";
@@ -13,7 +15,12 @@ import { killQemusMentioning, qemuPidsMentioning } from "../helpers/vm.js";
  * bench/density.ts holds the targets.
  */
 
+const exec = promisify(execFile);
 const COUNT = 30;
+const NEIGHBOUR_LIMITS = ["gc_thresh2", "gc_thresh3"].map(
+  (name) => `/proc/sys/net/ipv4/neigh/default/${name}`,
+);
+let neighbourLimits: string[];
 const stateDir = useFileTempDir("shoal-density-");
 const fleetDir = useFileTempDir("shoal-density-fleets-");
 let state: string;
@@ -23,11 +30,14 @@ beforeAll(async () => {
   // As a host's state directory is: dnsmasq (user nobody) and QEMU (shoal-qemu) get through it.
   await chmod(state, 0o755);
   await sharedImage(state, "tiny", { from: "busybox" });
+  neighbourLimits = await Promise.all(NEIGHBOUR_LIMITS.map((path) => readFile(path, "utf8")));
 });
 
 afterAll(async () => {
   await destroyAllFleets(state);
   await killQemusMentioning(state);
+  // shoal raises the host's neighbour table for the 4000 VMs and never lowers it; the test does.
+  await Promise.all(NEIGHBOUR_LIMITS.map((path, i) => writeFile(path, neighbourLimits[i] ?? "")));
 });
 
 /** A QEMU's proportional share of the host memory it uses, in MiB. */
@@ -68,13 +78,13 @@ describe("a fleet of 30 tiny VMs", () => {
         "--all",
         "--json",
         "--",
-        "echo $(hostname) $(cat /sys/module/page_reporting/parameters/page_reporting_order) $(grep -c ' / overlay ' /proc/mounts)",
+        "echo $(hostname) $(cat /sys/module/page_reporting/parameters/page_reporting_order) $(grep -c ' / overlay ' /proc/mounts) $(grep -c '^/dev/pmem0 /run/shoal/base ext4 ro,.*dax=always' /proc/mounts)",
       ]),
     ) as { name: string; exitCode: number; stdout: string }[];
     expect(answers).toHaveLength(COUNT);
     for (const answer of answers) {
-      // Its own name, free pages reported in 128 KiB chunks, a union root.
-      expect(answer.stdout, answer.name).toBe(`${answer.name} 5 1\n`);
+      // Its own name, free pages reported in 128 KiB chunks, a union root, the base mapped for DAX.
+      expect(answer.stdout, answer.name).toBe(`${answer.name} 5 1 1\n`);
     }
 
     // Loosely: QEMU's defaults alone left an idle tiny VM at about 217 MiB here, these at about 150.
@@ -83,5 +93,51 @@ describe("a fleet of 30 tiny VMs", () => {
     const pss = await Promise.all(pids.map(pssMiB));
     const mean = pss.reduce((sum, value) => sum + value, 0) / pss.length;
     expect(mean).toBeLessThan(200);
+  });
+});
+
+describe("a fleet of 4000 VMs, more than one bridge takes", () => {
+  it("validates, plans and is created; VMs on different bridges boot and reach each other by name; destroy leaves nothing", async () => {
+    const file = join(fleetDir(), "big.yaml");
+    await writeFile(
+      file,
+      'name: big\ncount: 4000\nvm: { name: "n{n:04}", layer: { type: tmpfs } }\nnetwork: { subnet: 10.83.0.0/16 }\n',
+    );
+    expect(await shoalOk(state, ["validate", "-f", file])).toContain("4000 VMs on qemu");
+    const plan = JSON.parse(await shoalOk(state, ["plan", "-f", file, "--json"])) as unknown[];
+    expect(plan).toHaveLength(4000);
+    await shoalOk(state, ["create", "-f", file]);
+    const ps = JSON.parse(await shoalOk(state, ["ps", "-f", file, "--json"])) as {
+      state: string;
+    }[];
+    expect(ps.filter((vm) => vm.state === "stopped")).toHaveLength(4000);
+
+    // The first on shoal0, with the gateway; the others on bridges joined to it.
+    const booted = ["n0001", "n1500", "n3999"];
+    await shoalOk(state, ["start", "-f", file, ...booted]);
+    await shoalOk(state, ["wait", "-f", file, ...booted, "--timeout", "300"]);
+    const namespace = (await exec("ip", ["netns", "list"])).stdout.match(/^shoal-big-\S+/m)?.[0];
+    const links = (await exec("ip", ["-n", namespace ?? "", "-o", "link", "show"])).stdout;
+    expect(links).toMatch(/: tap1: .* master shoal0 /);
+    expect(links).toMatch(/: tap1500: .* master shoal1 /);
+    expect(links).toMatch(/: tap3999: .* master shoal3 /);
+    expect(links).toMatch(/: shoal3-dn@shoal3-up: .* master shoal0 /);
+    const pings = await shoalOk(state, [
+      "exec",
+      "-f",
+      file,
+      ...booted,
+      "--",
+      `for h in ${booted.join(" ")}; do ping -c 1 -W 5 $h > /dev/null && echo "ok $h" || echo "FAILED $h"; done`,
+    ]);
+    for (const from of booted) {
+      for (const to of booted) expect(pings).toContain(`${from}: ok ${to}\n`);
+    }
+    expect(Number(await readFile(NEIGHBOUR_LIMITS[1] ?? "", "utf8"))).toBeGreaterThanOrEqual(5024);
+
+    const destroyed = await shoal(["--state-dir", state, "destroy", "-f", file, "--yes"]);
+    expect(destroyed.code, destroyed.stderr).toBe(0);
+    expect((await exec("ip", ["netns", "list"])).stdout).not.toContain("shoal-big-");
+    expect(await qemuPidsMentioning(join(state, "fleets", "big"))).toEqual([]);
   });
 });

@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -207,6 +208,29 @@ describe("bad input to fleet commands", () => {
       `${bridged}:2:8 count: 1024 VMs are too many: a host bridge takes at most 1023 VMs; split the fleet into several fleets (each gets its own network)`,
     );
     await expect(stat(stateLayout(state).fleet("bridged").state)).rejects.toThrow();
+  });
+
+  it("more vCPUs or memory than this host can run: `up` refuses with the host's figures, before anything is made", async () => {
+    const cpus = availableParallelism();
+    const wide = await fleet("wide", `count: 1\nvm: { vcpus: ${cpus + 1} }\n`);
+    const refused = await run(["up", "-f", wide]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(
+      new RegExp(
+        `^shoal: no room on this host: VM vm-1 has ${cpus + 1} vCPUs; this host has ${cpus} CPUs and \\d+ MiB of memory, \\d+ MiB of it available; give it at most ${cpus} vcpus:\n$`,
+      ),
+    );
+    await expect(stat(stateLayout(state).fleet("wide").state)).rejects.toThrow();
+    const many = await fleet("many", "count: 4000\nvm: { memory: 1G }\n");
+    const tooMuch = await run(["up", "-f", many]);
+    expect(tooMuch.code).toBe(2);
+    expect(tooMuch.stderr).toMatch(
+      /^shoal: no room on this host: the 4000 VMs to start have 4096000 MiB of memory together; this host has \d+ CPUs and \d+ MiB of memory, \d+ MiB of it available, and shoal starts VMs of at most 2 times that/,
+    );
+    await expect(stat(stateLayout(state).fleet("many").state)).rejects.toThrow();
+    // `doctor` shows the same figures, and the shortfall for the fleet file.
+    const doctor = await run(["doctor", "-f", many]);
+    expect(doctor.stdout).toMatch(/room .*the 4000 VMs to start have 4096000 MiB/);
   });
 
   it("SHOAL_ACCEL with an unknown value", async () => {

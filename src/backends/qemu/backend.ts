@@ -6,7 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { VmSpec } from "../../core/fleet.js";
 import type { BootFiles } from "../../core/render/boot.js";
 import { domainName } from "../../core/render/boot.js";
-import { ShoalError, undefinedUnlessBug } from "../../errors.js";
+import { ShoalError, UserError, undefinedUnlessBug } from "../../errors.js";
 import { ifExists, ifProcessExists, requireReachable } from "../../host/paths.js";
 import type { Launcher } from "../../host/runner.js";
 import { connectSocketFile } from "../../host/unix-socket.js";
@@ -15,6 +15,7 @@ import type { Backend, BackendVm, Presence, VmNic } from "../backend.js";
 import { grantQemuAccess, launchQemu } from "./launch.js";
 import { QmpClient } from "./qmp.js";
 import { type Accelerator, QEMU_USER, renderQemuArgv } from "./render.js";
+import { hostRoom, qemuShortfall } from "./room.js";
 import { type QemuUser, requireQemuUser } from "./user.js";
 
 const QMP_TIMEOUT_MS = 3000;
@@ -149,6 +150,15 @@ export class QemuBackend implements Backend {
       cmdline.includes(`\0-name\0${name}\0`) &&
       cmdline.includes(`\0-pidfile\0${vm.paths.pidFile}\0`);
     return ours ? pid : undefined;
+  }
+
+  async checkRoom(starting: readonly { readonly spec: VmSpec }[]): Promise<void> {
+    if (starting.length === 0) return;
+    const short = qemuShortfall(
+      starting.map(({ spec }) => spec),
+      await hostRoom(),
+    );
+    if (short) throw new UserError(`no room on this host: ${short.what}`, short.fix);
   }
 
   async presence(vm: BackendVm): Promise<Presence> {

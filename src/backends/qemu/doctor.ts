@@ -1,5 +1,6 @@
 import { readdir, stat } from "node:fs/promises";
 import { type CheckResult, ksmCheck } from "../../core/doctor.js";
+import type { VmSpec } from "../../core/fleet.js";
 import { UserError } from "../../errors.js";
 import { deviceCheck } from "../../host/doctor.js";
 import { readKsm } from "../../host/ksm.js";
@@ -8,6 +9,7 @@ import type { Runner } from "../../host/runner.js";
 import { newestKernel } from "../../image/kernel.js";
 import { chooseAccel } from "./accel.js";
 import { QEMU_USER } from "./render.js";
+import { describeRoom, type HostRoom, hostRoom, qemuShortfall } from "./room.js";
 import { requireQemuUser } from "./user.js";
 
 /**
@@ -44,12 +46,32 @@ async function checkQemuUser(runner: Runner): Promise<CheckResult> {
   };
 }
 
+/** The host's CPUs and memory, and whether the fleet's VMs all fit (as `up` checks them). */
+function roomCheck(room: HostRoom, fleetVms: readonly VmSpec[] | undefined): CheckResult {
+  const short = fleetVms && qemuShortfall(fleetVms, room);
+  const fleet =
+    fleetVms === undefined
+      ? ""
+      : `; the fleet's ${fleetVms.length} VMs have ${fleetVms.reduce((sum, vm) => sum + vm.memoryMiB, 0)} MiB`;
+  return short
+    ? { name: "room", level: "fail", detail: short.what, fix: short.fix }
+    : { name: "room", level: "ok", detail: `${describeRoom(room)}${fleet}` };
+}
+
 /**
- * QEMU: its user, tap devices, and whether KVM really runs a guest (the probe `up` uses, cached
+ * QEMU: its user, the host's room, tap devices, and whether KVM really runs a guest (the probe `up` uses, cached
  * per boot; it needs the user).
  */
-export async function checkQemuHost(runner: Runner, accelCache: string): Promise<CheckResult[]> {
-  const results: CheckResult[] = [await checkQemuUser(runner), ksmCheck(await readKsm())];
+export async function checkQemuHost(
+  runner: Runner,
+  accelCache: string,
+  fleetVms: readonly VmSpec[] | undefined,
+): Promise<CheckResult[]> {
+  const results: CheckResult[] = [
+    await checkQemuUser(runner),
+    roomCheck(await hostRoom(), fleetVms),
+    ksmCheck(await readKsm()),
+  ];
   results.push(
     await deviceCheck("/dev/net/tun", "/dev/net/tun", {
       present: "tap devices can be made",

@@ -44,6 +44,6 @@ export const qemuKind: BackendKind = {
       neededFor: "running QEMU unprivileged",
     },
   ],
-  checkHost: ({ runner, layout }) => checkQemuHost(runner, layout.accelCache),
+  checkHost: ({ runner, layout, fleet }) => checkQemuHost(runner, layout.accelCache, fleet?.vms),
   create,
 };

@@ -1,0 +1,75 @@
+import { readFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
+import type { VmSpec } from "../../core/fleet.js";
+
+/**
+ * Whether this host can run the QEMU VMs about to start. Guests hand back the memory they do not
+ * use (the balloon's free page reporting) and an idle one touches a fraction of what it was given,
+ * so their memory may add up to more than the host has: up to MEMORY_OVERCOMMIT times what is
+ * available now. A single VM may not have more than the host's memory, nor more vCPUs than its
+ * CPUs (software emulation runs each vCPU in a thread of its own, as KVM does).
+ */
+export const MEMORY_OVERCOMMIT = 2;
+
+export interface HostRoom {
+  readonly cpus: number;
+  readonly memoryMiB: number;
+  readonly availableMiB: number;
+}
+
+/** MemTotal and MemAvailable from /proc/meminfo's text, in MiB. */
+export function parseMeminfo(text: string): { memoryMiB: number; availableMiB: number } {
+  const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB$`, "m").exec(text)?.[1]);
+  return {
+    memoryMiB: Math.floor(kib("MemTotal") / 1024),
+    availableMiB: Math.floor(kib("MemAvailable") / 1024),
+  };
+}
+
+export async function hostRoom(): Promise<HostRoom> {
+  return {
+    cpus: availableParallelism(),
+    ...parseMeminfo(await readFile("/proc/meminfo", "utf8")),
+  };
+}
+
+/** The host's figures as messages show them. */
+export function describeRoom(room: HostRoom): string {
+  return `this host has ${room.cpus} CPUs and ${room.memoryMiB} MiB of memory, ${room.availableMiB} MiB of it available`;
+}
+
+/** Why the host cannot start `starting`, with the fix; undefined when it can. */
+export function qemuShortfall(
+  starting: readonly Pick<VmSpec, "name" | "memoryMiB" | "vcpus">[],
+  room: HostRoom,
+): { readonly what: string; readonly fix: string } | undefined {
+  const widest = starting.reduce<(typeof starting)[number] | undefined>(
+    (most, vm) => (most === undefined || vm.vcpus > most.vcpus ? vm : most),
+    undefined,
+  );
+  if (widest !== undefined && widest.vcpus > room.cpus) {
+    return {
+      what: `VM ${widest.name} has ${widest.vcpus} vCPUs; ${describeRoom(room)}`,
+      fix: `give it at most ${room.cpus} vcpus:`,
+    };
+  }
+  const largest = starting.reduce<(typeof starting)[number] | undefined>(
+    (most, vm) => (most === undefined || vm.memoryMiB > most.memoryMiB ? vm : most),
+    undefined,
+  );
+  if (largest !== undefined && largest.memoryMiB > room.memoryMiB) {
+    return {
+      what: `VM ${largest.name} has ${largest.memoryMiB} MiB of memory; ${describeRoom(room)}`,
+      fix: `give it at most ${room.memoryMiB}M of memory:`,
+    };
+  }
+  const memoryMiB = starting.reduce((sum, vm) => sum + vm.memoryMiB, 0);
+  const most = MEMORY_OVERCOMMIT * room.availableMiB;
+  if (memoryMiB > most) {
+    return {
+      what: `the ${starting.length} VMs to start have ${memoryMiB} MiB of memory together; ${describeRoom(room)}, and shoal starts VMs of at most ${MEMORY_OVERCOMMIT} times that (${most} MiB)`,
+      fix: "start fewer VMs (`shoal start NAME...`), give them less memory:, or stop others",
+    };
+  }
+  return undefined;
+}
