@@ -12,7 +12,8 @@
  * its VMs would not fit in this host's memory (at QEMU's default footprint).
  *
  * Run as root after scripts/setup: `npx tsx bench/density.ts [--tiny 10,50,100,200] [--debian 5,20]`
- * (those are the defaults; about an hour on 2 cores under software emulation). Writes
+ * (those are the defaults; about an hour on 2 cores under software emulation). `up` refuses more
+ * VMs than the host's available memory holds at their configured memory (README, Room). Writes
  * bench/results/density.json, density.md (the table) and density.svg (memory per VM against N).
  */
 import { execFileSync, spawnSync } from "node:child_process";
@@ -118,9 +119,12 @@ async function measure(
   };
 }
 
-function settle(): Record<string, number> {
+/** The host's memory with its page cache emptied, but for what every run reads itself (Node and shoal, ssh). */
+function settle(state: string): Record<string, number> {
   execFileSync("sync");
   writeFileSync("/proc/sys/vm/drop_caches", "3");
+  shoal(state, ["image", "ls"]);
+  spawnSync("ssh", ["-V"]);
   return meminfoMiB();
 }
 
@@ -131,7 +135,7 @@ async function shoalRun(state: string, dir: string, image: ImageName, count: num
     file,
     `name: ${name}\ncount: ${count}\nimage: ${image}\nvm: { memory: ${IMAGES[image].memory}, layer: { size: 256M } }\nnetwork: { subnet: 10.84.0.0/16 }\n`,
   );
-  const before = settle();
+  const before = settle(state);
   const started = Date.now();
   shoal(state, ["up", "-f", file, "--timeout", "3600"]);
   shoal(state, ["wait", "-f", file, "--timeout", "3600"]);
@@ -187,7 +191,7 @@ async function plainRun(state: string, dir: string, image: ImageName, count: num
   const work = join(dir, name);
   mkdirSync(work);
   const key = join(stateLayout(state).fleet(name).dir, "ssh", "id_ed25519");
-  const before = settle();
+  const before = settle(state);
   const started = Date.now();
   const pids: number[] = [];
   fleet.vms.forEach((vm, i) => {
@@ -283,6 +287,7 @@ function plot(rows: readonly Row[]): string {
   const series = [...new Set(rows.map((row) => `${row.image}, ${row.way}`))];
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    "<title>Host memory per idle VM (mean QEMU PSS) against the number of VMs</title>",
     `<rect width="${width}" height="${height}" fill="white"/>`,
     `<line x1="${left}" y1="${y(0)}" x2="${width - 20}" y2="${y(0)}" stroke="black"/>`,
     `<line x1="${left}" y1="20" x2="${left}" y2="${y(0)}" stroke="black"/>`,
@@ -312,38 +317,55 @@ function plot(rows: readonly Row[]): string {
   return `${parts.join("\n")}\n`;
 }
 
-const plan: [ImageName, number[]][] = [
-  ["tiny", counts("--tiny", [10, 50, 100, 200])],
-  ["debian", counts("--debian", [5, 20])],
-];
-const dir = mkdtempSync(join(tmpdir(), "shoal-bench-"));
-chmodSync(dir, 0o755);
-const state = join(dir, "state");
-const rows: Row[] = [];
-try {
-  for (const [image, ns] of plan) {
-    if (ns.length === 0) continue;
-    shoal(state, ["image", "build", image, ...IMAGES[image].build]);
-    for (const n of ns) {
-      rows.push(await shoalRun(state, dir, image, n));
-      console.log(table(rows.slice(-1)).split("\n")[2]);
-      if (n * DIY_FOOTPRINT_MIB[image] < 0.9 * (meminfoMiB().MemAvailable ?? 0)) {
-        rows.push(await plainRun(state, dir, image, n));
-        console.log(table(rows.slice(-1)).split("\n")[2]);
-      } else {
-        console.log(
-          `${image} ${n}: plain QEMU left out, ${n} x ${DIY_FOOTPRINT_MIB[image]} MiB would not fit`,
-        );
-      }
-    }
-  }
-} finally {
+function writeResults(rows: readonly Row[], header: string): void {
   const results = join("bench", "results");
   mkdirSync(results, { recursive: true });
-  const header = `${availableParallelism()} CPUs, ${(meminfoMiB().MemTotal ?? 0).toFixed(0)} MiB; ${new Date().toISOString()}\n\n`;
-  writeFileSync(join(results, "density.json"), `${JSON.stringify(rows, null, 2)}\n`);
-  writeFileSync(join(results, "density.md"), header + table(rows));
+  writeFileSync(join(results, "density.json"), `${JSON.stringify({ header, rows }, null, 2)}\n`);
+  writeFileSync(join(results, "density.md"), `${header}\n\n${table(rows)}`);
   writeFileSync(join(results, "density.svg"), plot(rows));
-  console.log(header + table(rows));
-  rmSync(dir, { recursive: true, force: true });
+  console.log(`${header}\n\n${table(rows)}`);
+}
+
+async function run(): Promise<void> {
+  const plan: [ImageName, number[]][] = [
+    ["tiny", counts("--tiny", [10, 50, 100, 200])],
+    ["debian", counts("--debian", [5, 20])],
+  ];
+  const dir = mkdtempSync(join(tmpdir(), "shoal-bench-"));
+  chmodSync(dir, 0o755);
+  const state = join(dir, "state");
+  const rows: Row[] = [];
+  try {
+    for (const [image, ns] of plan) {
+      if (ns.length === 0) continue;
+      shoal(state, ["image", "build", image, ...IMAGES[image].build]);
+      for (const n of ns) {
+        rows.push(await shoalRun(state, dir, image, n));
+        console.log(table(rows.slice(-1)).split("\n")[2]);
+        if (n * DIY_FOOTPRINT_MIB[image] < 0.9 * (meminfoMiB().MemAvailable ?? 0)) {
+          rows.push(await plainRun(state, dir, image, n));
+          console.log(table(rows.slice(-1)).split("\n")[2]);
+        } else {
+          console.log(
+            `${image} ${n}: plain QEMU left out, ${n} x ${DIY_FOOTPRINT_MIB[image]} MiB would not fit`,
+          );
+        }
+      }
+    }
+  } finally {
+    const header = `${availableParallelism()} CPUs, ${(meminfoMiB().MemTotal ?? 0).toFixed(0)} MiB; ${new Date().toISOString()}`;
+    writeResults(rows, header);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// --replot writes the table and the plot again from the last run's density.json.
+if (process.argv.includes("--replot")) {
+  const last = JSON.parse(readFileSync(join("bench", "results", "density.json"), "utf8")) as
+    | Row[]
+    | { header: string; rows: Row[] };
+  if (Array.isArray(last)) writeResults(last, "(machine not recorded)");
+  else writeResults(last.rows, last.header);
+} else {
+  await run();
 }

@@ -225,7 +225,7 @@ describe("bad input to fleet commands", () => {
     const tooMuch = await run(["up", "-f", many]);
     expect(tooMuch.code).toBe(2);
     expect(tooMuch.stderr).toMatch(
-      /^shoal: no room on this host: the 4000 VMs to start have 4096000 MiB of memory together; this host has \d+ CPUs and \d+ MiB of memory, \d+ MiB of it available, and shoal starts VMs of at most 2 times that/,
+      /^shoal: no room on this host: the 4000 VMs to start have 4096000 MiB of memory together; this host has \d+ CPUs and \d+ MiB of memory, \d+ MiB of it available; start fewer VMs/,
     );
     await expect(stat(stateLayout(state).fleet("many").state)).rejects.toThrow();
     // `doctor` shows the same figures, and the shortfall for the fleet file.

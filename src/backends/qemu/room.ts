@@ -3,14 +3,13 @@ import { availableParallelism } from "node:os";
 import type { VmSpec } from "../../core/fleet.js";
 
 /**
- * Whether this host can run the QEMU VMs about to start. Guests hand back the memory they do not
- * use (the balloon's free page reporting) and an idle one touches a fraction of what it was given,
- * so their memory may add up to more than the host has: up to MEMORY_OVERCOMMIT times what is
- * available now. A single VM may not have more than the host's memory, nor more vCPUs than its
- * CPUs (software emulation runs each vCPU in a thread of its own, as KVM does).
+ * Whether this host can run the QEMU VMs about to start: their memory together within what is
+ * available now, no VM with more memory than the host has, nor with more vCPUs than its CPUs
+ * (software emulation runs each vCPU in a thread of its own, as KVM does). Idle guests hand back
+ * what they do not use, but a busy one may touch all it was given, and QEMU itself takes more
+ * (a tiny VM of 128M costs the host about 140 MiB idle here): beyond this, the kernel's
+ * out-of-memory killer would pick the VMs to end.
  */
-export const MEMORY_OVERCOMMIT = 2;
-
 export interface HostRoom {
   readonly cpus: number;
   readonly memoryMiB: number;
@@ -64,10 +63,9 @@ export function qemuShortfall(
     };
   }
   const memoryMiB = starting.reduce((sum, vm) => sum + vm.memoryMiB, 0);
-  const most = MEMORY_OVERCOMMIT * room.availableMiB;
-  if (memoryMiB > most) {
+  if (memoryMiB > room.availableMiB) {
     return {
-      what: `the ${starting.length} VMs to start have ${memoryMiB} MiB of memory together; ${describeRoom(room)}, and shoal starts VMs of at most ${MEMORY_OVERCOMMIT} times that (${most} MiB)`,
+      what: `the ${starting.length} VMs to start have ${memoryMiB} MiB of memory together; ${describeRoom(room)}`,
       fix: "start fewer VMs (`shoal start NAME...`), give them less memory:, or stop others",
     };
   }
