@@ -9,11 +9,12 @@
  * Run after scripts/setup with `npx tsx bench/create.ts` (root; about a minute). Target: per VM,
  * faster than the qcow2 clone and under 1 MiB of disk.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stateLayout } from "../src/state/layout.js";
+import { linkedClone, shoal } from "./tools.js";
 
 const COUNT = 200;
 const MiB = 1024 ** 2;
@@ -22,16 +23,6 @@ function timed(work: () => void): number {
   const started = process.hrtime.bigint();
   work();
   return Number(process.hrtime.bigint() - started) / 1e6;
-}
-
-function shoal(state: string, args: readonly string[]): string {
-  // The KVM probe runs once per host boot, not per VM; it is left out of the timing.
-  const result = spawnSync(process.execPath, ["bin/shoal.js", "--state-dir", state, ...args], {
-    env: { ...process.env, SHOAL_ACCEL: "tcg" },
-    maxBuffer: 64 * MiB,
-  });
-  if (result.status !== 0) throw new Error(`shoal ${args.join(" ")}: ${result.stderr}`);
-  return result.stdout.toString();
 }
 
 function diskUse(dir: string): number {
@@ -67,17 +58,7 @@ try {
   mkdirSync(clones);
   const cloneMs = timed(() => {
     for (let i = 1; i <= COUNT; i++) {
-      execFileSync("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        base,
-        "-F",
-        "raw",
-        join(clones, `vm-${i}.qcow2`),
-      ]);
+      linkedClone(base, join(clones, `vm-${i}.qcow2`));
     }
   });
   results.push(["qcow2 linked clone", cloneMs, diskUse(clones)]);

@@ -6,6 +6,8 @@
  *     qcow2 overlay of the same base (`qemu-img create -b`), user-mode networking with SSH
  *     forwarded to a port of 127.0.0.1. Same kernel, shoal's initramfs and identity seeds, so that
  *     both boot the same system and answer the same SSH key.
+ * Both keep the VMs' writes in tmpfs layers inside the guests, so that the host's page cache shows
+ * what reading the base costs; both run under software emulation (SHOAL_ACCEL=tcg).
  * For each N: seconds until every VM answers SSH, host memory per VM once idle (the drop of
  * MemAvailable, and the mean PSS of the QEMU processes), idle CPU per VM, the growth of the host's
  * page cache, and the memory the guests report as used. The do-it-yourself run is left out where
@@ -32,8 +34,8 @@ import { QEMU_GUEST_DEVICES } from "../src/backends/qemu/render.js";
 import { renderKernelCmdline } from "../src/core/cmdline.js";
 import { parseFleetText } from "../src/spec/load.js";
 import { stateLayout } from "../src/state/layout.js";
+import { linkedClone, shoal } from "./tools.js";
 
-const MiB = 1024 ** 2;
 const IDLE_SECONDS = 60;
 const CPU_WINDOW_SECONDS = 30;
 /** An idle VM of QEMU's defaults took about 217 MiB (tiny, 128M) and 770 MiB (Debian, 384M) here. */
@@ -51,14 +53,6 @@ function counts(flag: string, fallback: number[]): number[] {
 }
 
 const sleep = (seconds: number) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-
-function shoal(state: string, args: readonly string[]): string {
-  const result = spawnSync(process.execPath, ["bin/shoal.js", "--state-dir", state, ...args], {
-    maxBuffer: 256 * MiB,
-  });
-  if (result.status !== 0) throw new Error(`shoal ${args.join(" ")}: ${result.stderr}`);
-  return result.stdout.toString();
-}
 
 function meminfoMiB(): Record<string, number> {
   const fields: Record<string, number> = {};
@@ -133,7 +127,7 @@ async function shoalRun(state: string, dir: string, image: ImageName, count: num
   const name = `d${image[0]}${count}`;
   writeFileSync(
     file,
-    `name: ${name}\ncount: ${count}\nimage: ${image}\nvm: { memory: ${IMAGES[image].memory}, layer: { size: 256M } }\nnetwork: { subnet: 10.84.0.0/16 }\n`,
+    `name: ${name}\ncount: ${count}\nimage: ${image}\nvm: { memory: ${IMAGES[image].memory}, layer: { type: tmpfs } }\nnetwork: { subnet: 10.84.0.0/16 }\n`,
   );
   const before = settle(state);
   const started = Date.now();
@@ -196,17 +190,7 @@ async function plainRun(state: string, dir: string, image: ImageName, count: num
   const pids: number[] = [];
   fleet.vms.forEach((vm, i) => {
     const overlay = join(work, `${vm.name}.qcow2`);
-    execFileSync("qemu-img", [
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-b",
-      meta.files.base,
-      "-F",
-      "raw",
-      overlay,
-    ]);
+    linkedClone(meta.files.base, overlay);
     const pidFile = join(work, `${vm.name}.pid`);
     execFileSync("qemu-system-x86_64", [
       "-machine",
