@@ -78,11 +78,7 @@ function guestUsedMiB(meminfo: string): number {
   return (kib("MemTotal") - kib("MemAvailable")) / 1024;
 }
 
-interface Row {
-  image: ImageName;
-  count: number;
-  way: "shoal" | "plain QEMU + qcow2";
-  secondsToSsh: number;
+interface Figures {
   memAvailableDropMiB: number;
   meanPssMiB: number;
   idleCpuPercent: number;
@@ -90,12 +86,22 @@ interface Row {
   guestUsedMiB: number;
 }
 
+/** One run; without figures when not every VM answered (`note` says what became of the others). */
+interface Row extends Partial<Figures> {
+  image: ImageName;
+  count: number;
+  way: "shoal" | "plain QEMU + qcow2";
+  answered: number;
+  secondsToSsh?: number;
+  note?: string;
+}
+
 /** What every run measures once its VMs answer SSH: idle memory and CPU, then the guests' view. */
 async function measure(
   pids: readonly number[],
   before: Record<string, number>,
   guestMeminfo: () => string[],
-): Promise<Omit<Row, "image" | "count" | "way" | "secondsToSsh">> {
+): Promise<Figures> {
   await sleep(IDLE_SECONDS);
   const after = meminfoMiB();
   const ticks = pids.map(cpuTicks);
@@ -146,7 +152,7 @@ async function shoalRun(state: string, dir: string, image: ImageName, count: num
     ).map((outcome) => outcome.stdout),
   );
   shoal(state, ["destroy", "-f", file, "--yes"]);
-  return { image, count, way: "shoal", secondsToSsh, ...figures };
+  return { image, count, way: "shoal", answered: count, secondsToSsh, ...figures };
 }
 
 function sshArgs(key: string, port: number, command: string): string[] {
@@ -222,21 +228,41 @@ async function plainRun(state: string, dir: string, image: ImageName, count: num
     ]);
     pids.push(Number(readFileSync(pidFile, "utf8")));
   });
-  const waiting = new Set(fleet.vms.map((_, i) => 30_000 + i));
-  while (waiting.size > 0) {
-    for (const port of waiting) {
+  // All at once, a guest may never come up: under software emulation on a loaded host Linux can
+  // find its timer broken and panic. Such a VM, or one still silent at the deadline, is reported.
+  const deadline = started + Math.max(600, 20 * count) * 1000;
+  const waiting = new Map(fleet.vms.map((vm, i) => [30_000 + i, vm.name]));
+  const lost: string[] = [];
+  while (waiting.size > 0 && Date.now() < deadline) {
+    for (const [port, vm] of waiting) {
       if (spawnSync("ssh", sshArgs(key, port, "true")).status === 0) waiting.delete(port);
+      const panic = /Kernel panic - [^\n]*/.exec(readFileSync(join(work, `${vm}.log`), "utf8"));
+      if (panic) {
+        lost.push(`${vm}: ${panic[0].trim()}`);
+        waiting.delete(port);
+      }
     }
     await sleep(2);
   }
+  for (const vm of waiting.values())
+    lost.push(`${vm}: no SSH after ${(deadline - started) / 1000} s`);
   const secondsToSsh = (Date.now() - started) / 1000;
   try {
+    if (lost.length > 0) {
+      return {
+        image,
+        count,
+        way: "plain QEMU + qcow2",
+        answered: count - lost.length,
+        note: lost.join("; "),
+      };
+    }
     const figures = await measure(pids, before, () =>
       fleet.vms.map((_, i) =>
         execFileSync("ssh", sshArgs(key, 30_000 + i, "cat /proc/meminfo")).toString(),
       ),
     );
-    return { image, count, way: "plain QEMU + qcow2", secondsToSsh, ...figures };
+    return { image, count, way: "plain QEMU + qcow2", answered: count, secondsToSsh, ...figures };
   } finally {
     for (const pid of pids) process.kill(pid, "SIGKILL");
     shoal(state, ["destroy", "-f", file, "--yes"]);
@@ -245,22 +271,25 @@ async function plainRun(state: string, dir: string, image: ImageName, count: num
 
 function table(rows: readonly Row[]): string {
   const lines = [
-    "| image | N | way | s to SSH | MemAvailable drop / VM | mean QEMU PSS | idle CPU / VM | page cache growth | guest used |",
-    "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| image | N | way | answered SSH | s to SSH | MemAvailable drop / VM | mean QEMU PSS | idle CPU / VM | page cache growth | guest used |",
+    "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
+  const shown = (value: number | undefined, digits: number, unit: string) =>
+    value === undefined ? "-" : `${value.toFixed(digits)}${unit}`;
   for (const row of rows) {
     lines.push(
-      `| ${row.image} | ${row.count} | ${row.way} | ${row.secondsToSsh.toFixed(0)} | ${row.memAvailableDropMiB.toFixed(0)} MiB | ${row.meanPssMiB.toFixed(0)} MiB | ${row.idleCpuPercent.toFixed(1)} % | ${row.pageCacheGrowthMiB.toFixed(0)} MiB | ${row.guestUsedMiB.toFixed(0)} MiB |`,
+      `| ${row.image} | ${row.count} | ${row.way} | ${row.answered} | ${shown(row.secondsToSsh, 0, "")} | ${shown(row.memAvailableDropMiB, 0, " MiB")} | ${shown(row.meanPssMiB, 0, " MiB")} | ${shown(row.idleCpuPercent, 1, " %")} | ${shown(row.pageCacheGrowthMiB, 0, " MiB")} | ${shown(row.guestUsedMiB, 0, " MiB")} |`,
     );
   }
-  return `${lines.join("\n")}\n`;
+  const notes = rows.filter((row) => row.note !== undefined);
+  return `${lines.join("\n")}\n${notes.map((row) => `\n${row.image} ${row.count}, ${row.way}: ${row.note}\n`).join("")}`;
 }
 
 /** Mean QEMU PSS per VM against N, one line per image and way, on log-scaled N. */
 function plot(rows: readonly Row[]): string {
   const [width, height, left, bottom] = [640, 360, 60, 40];
   const xs = [...new Set(rows.map((row) => row.count))].sort((a, b) => a - b);
-  const maxY = Math.max(...rows.map((row) => row.meanPssMiB), 1) * 1.1;
+  const maxY = Math.max(...rows.map((row) => row.meanPssMiB ?? 0), 1) * 1.1;
   const x = (n: number) =>
     left +
     ((Math.log(n) - Math.log(xs[0] ?? 1)) /
@@ -285,8 +314,8 @@ function plot(rows: readonly Row[]): string {
   ];
   series.forEach((name, i) => {
     const points = rows
-      .filter((row) => `${row.image}, ${row.way}` === name)
-      .map((row) => `${x(row.count).toFixed(1)},${y(row.meanPssMiB).toFixed(1)}`);
+      .filter((row) => `${row.image}, ${row.way}` === name && row.meanPssMiB !== undefined)
+      .map((row) => `${x(row.count).toFixed(1)},${y(row.meanPssMiB ?? 0).toFixed(1)}`);
     const colour = colours[i % colours.length];
     parts.push(
       `<polyline fill="none" stroke="${colour}" stroke-width="2" points="${points.join(" ")}"/>`,
@@ -319,16 +348,19 @@ async function run(): Promise<void> {
   chmodSync(dir, 0o755);
   const state = join(dir, "state");
   const rows: Row[] = [];
+  const header = `${availableParallelism()} CPUs, ${(meminfoMiB().MemTotal ?? 0).toFixed(0)} MiB; ${new Date().toISOString()}`;
+  const add = (row: Row) => {
+    rows.push(row);
+    writeResults(rows, header);
+  };
   try {
     for (const [image, ns] of plan) {
       if (ns.length === 0) continue;
       shoal(state, ["image", "build", image, ...IMAGES[image].build]);
       for (const n of ns) {
-        rows.push(await shoalRun(state, dir, image, n));
-        console.log(table(rows.slice(-1)).split("\n")[2]);
+        add(await shoalRun(state, dir, image, n));
         if (n * DIY_FOOTPRINT_MIB[image] < 0.9 * (meminfoMiB().MemAvailable ?? 0)) {
-          rows.push(await plainRun(state, dir, image, n));
-          console.log(table(rows.slice(-1)).split("\n")[2]);
+          add(await plainRun(state, dir, image, n));
         } else {
           console.log(
             `${image} ${n}: plain QEMU left out, ${n} x ${DIY_FOOTPRINT_MIB[image]} MiB would not fit`,
@@ -337,8 +369,6 @@ async function run(): Promise<void> {
       }
     }
   } finally {
-    const header = `${availableParallelism()} CPUs, ${(meminfoMiB().MemTotal ?? 0).toFixed(0)} MiB; ${new Date().toISOString()}`;
-    writeResults(rows, header);
     rmSync(dir, { recursive: true, force: true });
   }
 }
