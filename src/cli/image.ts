@@ -1,7 +1,7 @@
 import { constants } from "node:fs";
 import { Command } from "@commander-js/extra-typings";
 import { formatSize } from "../core/size.js";
-import { LogEscaper } from "../core/terminal.js";
+import { escapeLine, LogEscaper } from "../core/terminal.js";
 import { UserError } from "../errors.js";
 import { stoppedLayer } from "../fleet/layers.js";
 import { oneVm } from "../fleet/select.js";
@@ -24,7 +24,8 @@ async function storeOf(command: { optsWithGlobals(): object }) {
 /** How QEMU VMs get the base: mapped for DAX (read from the host's page cache), or as a disk. */
 function baseAttachment(image: ImageMeta): string {
   if (image.dax === undefined) return "disk (image made before shoal mapped bases for DAX)";
-  return image.dax.capable ? "dax" : `disk (${image.dax.refusal ?? "not mappable"})`;
+  // The reason is read back from the image's record: escaped like anything else read from a file.
+  return image.dax.capable ? "dax" : `disk (${escapeLine(image.dax.refusal ?? "not mappable")})`;
 }
 
 function describe(image: ImageMeta): string {
@@ -86,7 +87,7 @@ function listCommand() {
         image.id.slice(0, 12),
         formatSize(image.size),
         image.kernelVersion,
-        image.source,
+        escapeLine(image.source),
         image.created,
         baseAttachment(image),
       ]);

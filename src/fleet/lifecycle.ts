@@ -60,9 +60,8 @@ export async function createVms(
   if (specs.length === 0) return;
   const now = new Date().toISOString();
   await session.book.update((record) => {
-    const others = Object.values(record.vms).filter(
-      (entry) => !specs.some((spec) => spec.name === entry.spec.name),
-    );
+    const making = new Set(specs.map((spec) => spec.name));
+    const others = Object.values(record.vms).filter((entry) => !making.has(entry.spec.name));
     // A host bridge is one bridge, which takes them all (the fleet file is checked for that).
     const bridges =
       session.network.namespace === undefined

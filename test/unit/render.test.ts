@@ -279,6 +279,17 @@ describe("QEMU argv", () => {
       `if=none,id=layer,file=${files.layer},format=raw,discard=unmap,detect-zeroes=unmap`,
     ]);
 
+    for (const bytes of [0, -2 * 1024 * 1024, 57 * 1024 * 1024, 2 ** 60]) {
+      expect(() =>
+        renderQemuArgv({
+          fleet: "lab",
+          vm: diskVm,
+          boot: { ...boot, dax: { bytes } },
+          files,
+          accel: "tcg",
+        }),
+      ).toThrow(/^internal: base size/);
+    }
     const disk = renderQemuArgv({ fleet: "lab", vm: diskVm, boot, files, accel: "tcg" });
     expect(disk[disk.indexOf("-m") + 1]).toBe("256M");
     expect(disk).not.toContain("-object");

@@ -1,4 +1,5 @@
 import { type GuestDevices, renderKernelCmdline } from "../../core/cmdline.js";
+import { DAX_ALIGNMENT } from "../../core/dax.js";
 import type { VmSpec } from "../../core/fleet.js";
 import { inNamespace } from "../../core/net.js";
 import {
@@ -147,7 +148,16 @@ export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
   if (vm.layer.type === "disk" && files.layer === undefined) {
     throw new Error(`internal: ${vm.name} has a disk layer but no layer path`);
   }
-  const baseMiB = boot.dax === undefined ? 0 : Math.ceil(boot.dax.bytes / MiB);
+  const baseMiB = boot.dax === undefined ? 0 : boot.dax.bytes / MiB;
+  // The size comes from the image's record: whole 2 MiB, as QEMU maps it and the guest needs it.
+  assertRenderable(
+    "base size",
+    String(boot.dax?.bytes),
+    boot.dax === undefined ||
+      (Number.isSafeInteger(boot.dax.bytes) &&
+        boot.dax.bytes > 0 &&
+        boot.dax.bytes % DAX_ALIGNMENT === 0),
+  );
   // Mapped privately and read-only: QEMU cannot write to the file, and no VM's page is another's.
   const base =
     boot.dax === undefined
