@@ -14,6 +14,8 @@ const STOPPED_POLL_MS = 5_000;
 /** The lines union-root.sh (beside this file) prints on the serial console when the boot is decided. */
 const READY_LINE = /shoal: root is the union of base/;
 const FATAL_LINE = /shoal: FATAL: ([^\r\n]*)/;
+/** What the guest's kernel prints when it panics; without panic= it then waits there forever. */
+const PANIC_LINE = /Kernel panic - not syncing: ([^\r\n]*)/;
 
 /** What a boot came to: the image's init runs, or why not. */
 export type BootOutcome =
@@ -41,6 +43,13 @@ export async function waitForBoot(watch: BootWatch): Promise<BootOutcome> {
     // The guest wrote it: shown escaped, and no longer than a line.
     if (fatal) {
       return { ready: false, why: escapeLine((fatal[1] || "the VM's init failed").slice(0, 300)) };
+    }
+    const panic = PANIC_LINE.exec(log);
+    if (panic) {
+      return {
+        ready: false,
+        why: `its kernel panicked: ${escapeLine((panic[1] ?? "").slice(0, 200))}; it keeps running, see \`shoal logs ${watch.vm}\``,
+      };
     }
     const overdue = Date.now() > deadline;
     let stopped: string | undefined;

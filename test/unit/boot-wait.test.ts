@@ -45,6 +45,20 @@ describe("waiting for a boot", () => {
     ).toEqual({ ready: false, why: "no layer device\\x1b[0m" });
   });
 
+  it("gives up at once when the guest's kernel panics, naming the panic", async () => {
+    const watch = await watched(10_000);
+    expect(
+      await watch.outcome({
+        afterMs: 300,
+        line: "[    1.2] Kernel panic - not syncing: IO-APIC + timer doesn't work!\x07 Boot with apic=debug\r\n",
+      }),
+    ).toEqual({
+      ready: false,
+      why: "its kernel panicked: IO-APIC + timer doesn't work!\\x07 Boot with apic=debug; it keeps running, see `shoal logs vm-1`",
+    });
+    expect(watch.asked.length).toBeLessThanOrEqual(1);
+  });
+
   it("says so when the VM stopped while booting", async () => {
     const watch = await watched(10_000, "powered-off");
     expect(await watch.outcome()).toEqual({

@@ -54,13 +54,13 @@ const files = {
 describe("kernel command line", () => {
   it("tells the union-root init where base and layer are, and gives the VM its identity", () => {
     expect(renderKernelCmdline(QEMU_GUEST_DEVICES, diskVm, boot)).toMatchInlineSnapshot(
-      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 quiet loglevel=4"`,
+      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 no_timer_check quiet loglevel=4"`,
     );
   });
 
   it("names a tmpfs layer and its size instead of a device", () => {
     expect(renderKernelCmdline(QEMU_GUEST_DEVICES, tmpfsVm, boot)).toMatchInlineSnapshot(
-      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592"`,
+      `"console=ttyS0 shoal.base=/dev/vda shoal.base_id=abababababababababababababababababababababababababababababababab shoal.seed=/dev/vdb shoal.layer=tmpfs shoal.layer_size=64M systemd.hostname=agent-002 systemd.machine_id=ff1c00870fc94d92b6ab5accf7269592 no_timer_check"`,
     );
   });
 
@@ -77,13 +77,13 @@ describe("kernel command line", () => {
       layer: { ...diskVm.layer, onBaseChange: "reset" as const, fallback: "tmpfs" as const },
     };
     expect(renderKernelCmdline(QEMU_GUEST_DEVICES, vm, { ...boot, ownInitramfs: true })).toBe(
-      `console=ttyS0 root=/dev/vda ro shoal.base=/dev/vda shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=reset shoal.fallback=tmpfs systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0`,
+      `console=ttyS0 root=/dev/vda ro shoal.base=/dev/vda shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vdb shoal.layer=/dev/vdc shoal.on_base_change=reset shoal.fallback=tmpfs systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 no_timer_check`,
     );
   });
 
   it("names the base's persistent-memory device and its DAX mount for both initramfs kinds, and keeps the guest from setting bounce buffers aside", () => {
     expect(renderKernelCmdline(QEMU_DAX_GUEST_DEVICES, diskVm, boot)).toBe(
-      `console=ttyS0 rootflags=dax=always shoal.base=/dev/pmem0 shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vda shoal.layer=/dev/vdb shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 swiotlb=noforce quiet loglevel=4`,
+      `console=ttyS0 rootflags=dax=always shoal.base=/dev/pmem0 shoal.base_id=${"ab".repeat(32)} shoal.seed=/dev/vda shoal.layer=/dev/vdb shoal.on_base_change=warn systemd.hostname=agent-001 systemd.machine_id=5432d5c765c44aada58e382792843ff0 no_timer_check swiotlb=noforce quiet loglevel=4`,
     );
     expect(
       renderKernelCmdline(QEMU_DAX_GUEST_DEVICES, tmpfsVm, { ...boot, ownInitramfs: true }),
