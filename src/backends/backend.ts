@@ -51,10 +51,12 @@ export interface Backend {
   checkNames?(vms: readonly BackendVm[]): Promise<void>;
   /**
    * Refuses, before anything is made, to start VMs the host has no room for (xl: Xen's free
-   * memory, dom0's loop devices), naming the limit and the fix.
+   * memory, dom0's loop devices), naming the limit and the fix. `overcommit`: the user accepts
+   * VMs whose memory adds up to more than the host has free, where the hypervisor can.
    */
   checkRoom?(
     starting: readonly { readonly spec: VmSpec; readonly boot: BootFiles }[],
+    overcommit: boolean,
   ): Promise<void>;
   /**
    * Releases what the backend holds on the host for VMs that are gone (xl: a base's loop device no

@@ -36,6 +36,10 @@ export function convergeCommand(goal: Goal) {
     .addOption(lockWaitOption())
     .addOption(timeoutOption("how long a VM may take to boot, or to shut down for a change", 300))
     .option("--no-wait", "start VMs without waiting for them to boot")
+    .option(
+      "--overcommit",
+      "start VMs whose memory adds up to more than the host has available (QEMU: idle guests give back what they do not use, KSM shares equal pages; if they use it all, the out-of-memory killer ends VMs)",
+    )
     .option("--json", "print the result as JSON for scripts")
     .action(async (patterns, options, command) => {
       const result = await withFleet(
@@ -55,6 +59,7 @@ export function convergeCommand(goal: Goal) {
             workers: options.workers,
             bootTimeoutMs: options.wait && goal === "running" ? options.timeout * 1000 : undefined,
             stopTimeoutMs: options.timeout * 1000,
+            overcommit: options.overcommit ?? false,
             ...(only ? { only } : {}),
           });
           const states = await observeAll(

@@ -25,6 +25,8 @@ export interface ConvergeOptions {
   readonly stopTimeoutMs: number;
   /** Only these VMs; undefined: the whole fleet, which also deletes VMs no longer in it. */
   readonly only?: ReadonlySet<string>;
+  /** Start VMs whose memory adds up to more than the host has available (the user's choice). */
+  readonly overcommit?: boolean;
 }
 
 export interface VmOutcome {
@@ -88,6 +90,7 @@ export async function converge(
     plan
       .filter((vm) => booting(vm) && observed.get(vm.name)?.state !== "running")
       .map((vm) => ({ spec: vm.spec, boot: bootOf(vm.spec) })),
+    options.overcommit ?? false,
   );
   await recordNetwork(session, fleet.subnet, fleet.network, { willStart: plan.some(booting) });
 

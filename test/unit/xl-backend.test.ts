@@ -495,13 +495,17 @@ describe("xl backend and the base's loop device", () => {
         : undefined,
     );
     const starting = [one, two].map((vm) => ({ spec: vm.spec, boot: vm.boot }));
-    await expect(backend.checkRoom(starting)).rejects.toThrow(
+    await expect(backend.checkRoom(starting, false)).rejects.toThrow(
       new UserError(
         "no room in this Xen host: the domUs to start need 256 MiB and Xen has 255 MiB free",
         "fewer or smaller VMs (memory:), other domUs stopped, or a smaller dom0_mem",
       ),
     );
-    await backend.checkRoom(starting.slice(0, 1));
+    // Xen allocates a domain's memory whole: asking it to overcommit is refused, not ignored.
+    await expect(backend.checkRoom(starting.slice(0, 1), true)).rejects.toThrow(
+      /^--overcommit: Xen gives every domain all its memory when it starts/,
+    );
+    await backend.checkRoom(starting.slice(0, 1), false);
     expect(runner.argvs.filter((argv) => argv[0] !== "xl" && argv[1] !== "--list")).toEqual([]);
   });
 

@@ -152,11 +152,12 @@ export class QemuBackend implements Backend {
     return ours ? pid : undefined;
   }
 
-  async checkRoom(starting: readonly { readonly spec: VmSpec }[]): Promise<void> {
+  async checkRoom(starting: readonly { readonly spec: VmSpec }[], overcommit: boolean) {
     if (starting.length === 0) return;
     const short = qemuShortfall(
       starting.map(({ spec }) => spec),
       await hostRoom(),
+      overcommit,
     );
     if (short) throw new UserError(`no room on this host: ${short.what}`, short.fix);
   }

@@ -37,10 +37,15 @@ export function describeRoom(room: HostRoom): string {
   return `this host has ${room.cpus} CPUs and ${room.memoryMiB} MiB of memory, ${room.availableMiB} MiB of it available`;
 }
 
-/** Why the host cannot start `starting`, with the fix; undefined when it can. */
+/**
+ * Why the host cannot start `starting`, with the fix; undefined when it can. With `overcommit`
+ * (the user's choice) their memory may add up to more than is available: idle guests hand back
+ * what they do not use, and KSM shares identical pages between them.
+ */
 export function qemuShortfall(
   starting: readonly Pick<VmSpec, "name" | "memoryMiB" | "vcpus">[],
   room: HostRoom,
+  overcommit = false,
 ): { readonly what: string; readonly fix: string } | undefined {
   const widest = starting.reduce<(typeof starting)[number] | undefined>(
     (most, vm) => (most === undefined || vm.vcpus > most.vcpus ? vm : most),
@@ -63,10 +68,10 @@ export function qemuShortfall(
     };
   }
   const memoryMiB = starting.reduce((sum, vm) => sum + vm.memoryMiB, 0);
-  if (memoryMiB > room.availableMiB) {
+  if (!overcommit && memoryMiB > room.availableMiB) {
     return {
       what: `the ${starting.length} VMs to start have ${memoryMiB} MiB of memory together; ${describeRoom(room)}`,
-      fix: "start fewer VMs (`shoal start NAME...`), give them less memory:, or stop others",
+      fix: "start fewer VMs (`shoal start NAME...`), give them less memory:, stop others, or `up --overcommit` (the out-of-memory killer ends VMs if they use it all)",
     };
   }
   return undefined;

@@ -238,7 +238,16 @@ export class XlBackend implements Backend {
     }
   }
 
-  async checkRoom(starting: readonly { readonly spec: VmSpec; readonly boot: BootFiles }[]) {
+  async checkRoom(
+    starting: readonly { readonly spec: VmSpec; readonly boot: BootFiles }[],
+    overcommit: boolean,
+  ) {
+    if (overcommit) {
+      throw new UserError(
+        "--overcommit: Xen gives every domain all its memory when it starts, so it cannot run more than it has",
+        "leave out --overcommit, or give the VMs less memory:",
+      );
+    }
     if (starting.length === 0) return;
     const unattached = new Set(
       starting.map(({ boot }) => boot.baseId).filter((id) => !this.bases.isHeld(id)),
