@@ -38,6 +38,8 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { QEMU_GUEST_DEVICES } from "../src/backends/qemu/render.js";
 import { renderKernelCmdline } from "../src/core/cmdline.js";
+import { parseSize } from "../src/core/size.js";
+import { KSM_DIR, readKsm, setKsm } from "../src/host/ksm.js";
 import { parseFleetText } from "../src/spec/load.js";
 import { stateLayout } from "../src/state/layout.js";
 import { BENCH_ACCEL, linkedClone, shoal } from "./tools.js";
@@ -171,15 +173,18 @@ function singleBoot(state: string, dir: string, image: ImageName): number {
 }
 
 /** Runs `work` with KSM on and scanning faster, then puts KSM back as it was found. */
-function withKsm<T>(work: () => Promise<T>): Promise<T> {
-  const knob = (name: string) => join("/sys/kernel/mm/ksm", name);
-  const found = ["run", "pages_to_scan"].map((name) => readFileSync(knob(name), "utf8").trim());
-  writeFileSync(knob("pages_to_scan"), "1000");
-  writeFileSync(knob("run"), "1");
-  return work().finally(() => {
-    writeFileSync(knob("run"), found[0] === "1" ? "1" : "2");
-    writeFileSync(knob("pages_to_scan"), found[1] ?? "100");
-  });
+async function withKsm<T>(work: () => Promise<T>): Promise<T> {
+  const scanRate = join(KSM_DIR, "pages_to_scan");
+  const wasRunning = (await readKsm())?.running ?? false;
+  const foundRate = readFileSync(scanRate, "utf8").trim();
+  writeFileSync(scanRate, "1000");
+  await setKsm(true);
+  try {
+    return await work();
+  } finally {
+    await setKsm(wasRunning);
+    writeFileSync(scanRate, foundRate);
+  }
 }
 
 async function shoalRun(
@@ -221,7 +226,7 @@ async function shoalRun(
 }
 
 function memoryMiB(image: ImageName): number {
-  return Number.parseInt(IMAGES[image].memory, 10);
+  return (parseSize(IMAGES[image].memory) ?? 0) / 1024 / 1024;
 }
 
 function baseOf(state: string, image: ImageName): string {
