@@ -149,6 +149,7 @@ function deriveCommand() {
           name,
           source: `${from.name} (${from.id.slice(0, 12)}) + ${"run" in change ? `--run ${change.run}` : `--script ${change.script}`}`,
           ...(from.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+          ...(from.reportsBoot ? { reportsBoot: true } : {}),
         },
         async (staging) => {
           // The image's own programs print this: shown, not obeyed, by the terminal.
@@ -195,6 +196,7 @@ function commitCommand() {
             name,
             source: `VM ${vm} of fleet ${session.fleet} over ${from?.name ?? "image"} (${baseId.slice(0, 12)})`,
             ...(from?.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+            ...(from?.reportsBoot ? { reportsBoot: true } : {}),
           },
           (staging) => committedSource(context.runner, staging, stopped.base, stopped.layer),
           step,

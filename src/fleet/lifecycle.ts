@@ -157,7 +157,8 @@ async function setRunning(session: FleetSession, name: string, running: boolean)
 
 /**
  * Starts a VM and, with `timeoutMs`, waits until its serial log shows the union root built and
- * the image's init started, or a failure.
+ * the image's init started (for shoal's own images: until the image says it is booted), or a
+ * failure.
  */
 export function startVm(
   session: FleetSession,
@@ -180,6 +181,7 @@ async function startAdmitted(
   if (presence.kind !== "absent") await session.backend.destroy(vm);
   await setRunning(session, name, true);
   const offset = (await ifExists(stat(vm.paths.serialLog)))?.size ?? 0;
+  let untilBooted = false;
   try {
     const { spec } = entry;
     checkRecordedKernelArgs(name, spec.kernelArgs);
@@ -188,6 +190,7 @@ async function startAdmitted(
     await session.network.ensureBridge(bridge);
     if (session.backend.nic === "tap") await session.network.ensureTap(spec.index, bridge);
     const boot = await new ImageStore(session.runner, session.layout).recordedBoot(name, entry);
+    untilBooted = boot.reportsBoot === true;
     await session.backend.start(vm, spec, boot, session.nic(spec));
   } catch (error) {
     // It never ran: a VM that could not start is stopped, not crashed.
@@ -201,6 +204,7 @@ async function startAdmitted(
     serialLog: vm.paths.serialLog,
     offset,
     timeoutMs,
+    untilBooted,
     stopped: async () => {
       const now = await session.backend.presence(vm);
       return now.kind === "running" ? undefined : now.kind;

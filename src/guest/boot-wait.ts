@@ -16,6 +16,8 @@ const READY_LINE = /shoal: root is the union of base/;
 const FATAL_LINE = /shoal: FATAL: ([^\r\n]*)/;
 /** What the guest's kernel prints when it panics; without panic= it then waits there forever. */
 const PANIC_LINE = /Kernel panic - not syncing: ([^\r\n]*)/;
+/** What shoal's images print once booted, SSH up (tiny/rcS, debian/report-identity). */
+const BOOTED_LINE = /shoal-identity: /;
 
 /** What a boot came to: the image's init runs, or why not. */
 export type BootOutcome =
@@ -28,17 +30,28 @@ export interface BootWatch {
   readonly serialLog: string;
   readonly offset: number;
   readonly timeoutMs: number;
+  /**
+   * The image says when it is booted: the wait goes on past the union root until it does, so that
+   * boot admission keeps the VM's slot while its init is busiest. Reaching the timeout after the
+   * union root is still a boot: the image's init runs, only slowly.
+   */
+  readonly untilBooted?: boolean;
   /** Why the VM is no longer running (its hypervisor's word), or undefined while it runs. */
   readonly stopped: () => Promise<string | undefined>;
 }
 
-/** Waits until the guest's init says its union root is up, or that it failed, or gives up. */
+/**
+ * Waits until the guest's init says its union root is up (and, for images that say so, that it is
+ * booted), or that it failed, or gives up.
+ */
 export async function waitForBoot(watch: BootWatch): Promise<BootOutcome> {
   const deadline = Date.now() + watch.timeoutMs;
   let asked = Number.NEGATIVE_INFINITY;
   for (;;) {
     const log = await readFrom(watch.serialLog, watch.offset);
-    if (READY_LINE.test(log)) return { ready: true };
+    const rooted = READY_LINE.exec(log);
+    if (rooted && !watch.untilBooted) return { ready: true };
+    if (rooted && BOOTED_LINE.test(log.slice(rooted.index))) return { ready: true };
     const fatal = FATAL_LINE.exec(log);
     // The guest wrote it: shown escaped, and no longer than a line.
     if (fatal) {
@@ -63,6 +76,7 @@ export async function waitForBoot(watch: BootWatch): Promise<BootOutcome> {
         why: `it stopped while booting (${stopped}); see \`shoal logs ${watch.vm}\``,
       };
     }
+    if (overdue && rooted) return { ready: true };
     if (overdue) {
       return {
         ready: false,

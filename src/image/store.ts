@@ -49,6 +49,8 @@ const imageMeta = z.object({
   sealed: z.object({ removed: z.array(z.string()), emptied: z.array(z.string()) }),
   /** Whether the base can be mapped into the guest for DAX; absent in records made before. */
   dax: z.object({ capable: z.boolean(), refusal: z.string().optional() }).optional(),
+  /** Its init prints a `shoal-identity:` line once it is booted (see guest/boot-wait.ts). */
+  reportsBoot: z.boolean().optional(),
 });
 
 export type ImageMeta = z.infer<typeof imageMeta>;
@@ -56,7 +58,7 @@ export type ImageMeta = z.infer<typeof imageMeta>;
 /** What a VM of `image` boots from. */
 export function imageBoot(
   layout: StateLayout,
-  image: Pick<ImageMeta, "id" | "boot" | "size" | "dax">,
+  image: Pick<ImageMeta, "id" | "boot" | "size" | "dax" | "reportsBoot">,
 ): BootFiles {
   const paths = layout.image(image.id);
   return {
@@ -66,6 +68,7 @@ export function imageBoot(
     baseId: image.id,
     ...(image.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
     ...(image.dax?.capable ? { dax: { bytes: image.size } } : {}),
+    ...(image.reportsBoot ? { reportsBoot: true } : {}),
   };
 }
 
@@ -74,6 +77,8 @@ export interface ImageRequest {
   readonly source: string;
   /** Boot with the image's own initramfs (which the initramfs-tools hook made) instead of shoal's. */
   readonly ownInitramfs?: boolean;
+  /** The image's init prints a `shoal-identity:` line once booted: shoal's images, and those made from them. */
+  readonly reportsBoot?: boolean;
 }
 
 const STAGING_PREFIX = ".staging-";
@@ -308,6 +313,7 @@ export class ImageStore {
         boot: request.ownInitramfs ? "image-initramfs" : "shoal-initramfs",
         sealed: { removed: [...sealed.removed], emptied: [...sealed.emptied] },
         dax,
+        ...(request.reportsBoot ? { reportsBoot: true } : {}),
       };
       for (const file of Object.values(files)) await chmod(file, 0o444);
       await writeFileAtomic(

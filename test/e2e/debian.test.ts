@@ -5,13 +5,13 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { VmSpec } from "../../src/core/fleet.js";
 import { ProcessRunner } from "../../src/host/runner.js";
-import { Ext4Image } from "../../src/image/ext4.js";
+import { Ext4Image, S_IFLNK, S_IFMT } from "../../src/image/ext4.js";
 import { type ImageMeta, imageBoot } from "../../src/image/store.js";
 import { createLayer, readLayerFile } from "../../src/layer/layer.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { destroyAllFleets, SHOAL, shoal } from "../helpers/cli.js";
 import { fleetOf } from "../helpers/fleet.js";
-import { fingerprints, waitForIdentity } from "../helpers/identity.js";
+import { fingerprints, reportedIdentity, waitForIdentity } from "../helpers/identity.js";
 import { sharedImage } from "../helpers/images.js";
 import { useFileTempDir, useTempDirs } from "../helpers/tmp.js";
 import {
@@ -124,6 +124,11 @@ describe.concurrent("a Debian image", () => {
     expect(await base.readFile("/etc/systemd/network/80-shoal.network")).toContain(
       "ClientIdentifier=mac",
     );
+    // Masked (linked to /dev/null): nothing for them to do on a union root, only boot time to take.
+    const units = (await base.list("/etc/systemd/system"))
+      ?.filter((entry) => (entry.mode & S_IFMT) === S_IFLNK)
+      .map((entry) => entry.name);
+    expect(units).toEqual(expect.arrayContaining(["e2scrub_reap.service", "e2scrub_all.timer"]));
     expect(
       (await base.list("/boot"))?.some((entry) => entry.name === `vmlinuz-${image.kernelVersion}`),
     ).toBe(true);
@@ -186,11 +191,15 @@ describe("a mixed fleet on its network", () => {
   it("comes up; `shoal wait` returns once every VM, busybox (dropbear) or Debian (OpenSSH), accepts SSH logins", async () => {
     const up = await run(["up", "-f", mixed, "--timeout", "600"]);
     expect(up.code, up.stderr).toBe(0);
+    // shoal's images say when they are booted: `up` returns only once each one has.
+    const fleet = stateLayout(state).fleet("mix");
+    for (const name of ALL) {
+      expect(await reportedIdentity(fleet.vm(name).serialLog), name).toBeDefined();
+    }
     const waited = await run(["wait", "-f", mixed, "--timeout", "600"]);
     expect(waited.code, waited.stderr).toBe(0);
     for (const name of ALL) expect(waited.stdout).toMatch(new RegExp(`^${name}\\s+answers`, "m"));
     // Each VM reports its own identity; the host keys its SSH server uses are distinct, as listed.
-    const fleet = stateLayout(state).fleet("mix");
     const knownHosts = await readFile(fleet.knownHosts, "utf8");
     const keys: string[] = [];
     for (const vm of plan as { name: string; ip: string; machineId: string }[]) {

@@ -7,19 +7,22 @@ import { useTempDirs } from "../helpers/tmp.js";
 const tempDir = useTempDirs();
 
 /** A boot watch on a fresh serial log, counting how often the hypervisor is asked. */
-async function watched(timeoutMs: number, stoppedAnswer?: string) {
+async function watched(timeoutMs: number, stoppedAnswer?: string, untilBooted = false) {
   const serialLog = join(await tempDir(), "serial.log");
   await writeFile(serialLog, "an earlier boot: shoal: root is the union of base and layer\n");
   const { size: offset } = await stat(serialLog);
   const asked: number[] = [];
   const begun = Date.now();
-  const outcome = (ready?: { afterMs: number; line: string }) => {
-    if (ready) setTimeout(() => void appendFile(serialLog, ready.line), ready.afterMs);
+  const outcome = (...lines: { afterMs: number; line: string }[]) => {
+    for (const { afterMs, line } of lines) {
+      setTimeout(() => void appendFile(serialLog, line), afterMs);
+    }
     return waitForBoot({
       vm: "vm-1",
       serialLog,
       offset,
       timeoutMs,
+      untilBooted,
       stopped: async () => {
         asked.push(Date.now() - begun);
         return stoppedAnswer;
@@ -65,6 +68,37 @@ describe("waiting for a boot", () => {
       ready: false,
       why: "it stopped while booting (powered-off); see `shoal logs vm-1`",
     });
+  });
+
+  it("for an image that reports its boot, waits past the union root until it does", async () => {
+    const watch = await watched(10_000, undefined, true);
+    const begun = Date.now();
+    expect(
+      await watch.outcome(
+        { afterMs: 300, line: "shoal: root is the union of base and layer\n" },
+        { afterMs: 2_000, line: "shoal-identity: hostname=vm-1 machine-id=1 hostkey=k\n" },
+      ),
+    ).toEqual({ ready: true });
+    expect(Date.now() - begun).toBeGreaterThanOrEqual(2_000);
+  });
+
+  it("counts a boot whose image never reported by the timeout as booted once its union root was up", async () => {
+    const watch = await watched(2_000, undefined, true);
+    const begun = Date.now();
+    expect(
+      await watch.outcome({ afterMs: 300, line: "shoal: root is the union of base and layer\n" }),
+    ).toEqual({ ready: true });
+    expect(Date.now() - begun).toBeGreaterThanOrEqual(2_000);
+  });
+
+  it("does not take an identity line from before the union root as the boot's end", async () => {
+    const watch = await watched(2_000, undefined, true);
+    expect(
+      await watch.outcome({
+        afterMs: 300,
+        line: "shoal-identity: hostname=vm-1 machine-id=1 hostkey=k\nshoal: FATAL: no layer device\n",
+      }),
+    ).toEqual({ ready: false, why: "no layer device" });
   });
 
   it("gives up at the timeout, having asked the hypervisor every 5 s and once more at the end", async () => {

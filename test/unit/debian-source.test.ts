@@ -28,12 +28,16 @@ describe("a Debian image build", () => {
       "--include=systemd-sysv,systemd-resolved,udev,openssh-server,openssh-client,iproute2,iputils-ping,e2fsprogs,linux-image-amd64,curl",
       `--customize-hook=sync-in ${files} /`,
       '--customize-hook=chroot "$1" systemctl enable systemd-networkd systemd-resolved shoal-identity',
+      '--customize-hook=chroot "$1" systemctl mask e2scrub_reap.service e2scrub_all.timer',
       '--customize-hook=ln -sf /run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"',
       "bookworm",
       join(staging, "tree"),
     ]);
     expect(await readFile(join(files, "etc/systemd/network/80-shoal.network"), "utf8")).toContain(
       "Type=ether",
+    );
+    expect(await readFile(join(files, "etc/systemd/system.conf.d/shoal.conf"), "utf8")).toContain(
+      "ShowStatus=error",
     );
   });
 

@@ -12,6 +12,8 @@ export interface BootFiles {
   readonly ownInitramfs?: boolean;
   /** Set when the base can be mapped into the guest for DAX (see core/dax.ts): its size. */
   readonly dax?: { readonly bytes: number };
+  /** The image's init says on the console when it is booted, not only when its union root is up. */
+  readonly reportsBoot?: boolean;
 }
 
 /** The hypervisor-facing name of a VM; the dot cannot occur in either label, so names never clash across fleets. */
