@@ -8,7 +8,7 @@ import { oneVm } from "../fleet/select.js";
 import { pathExists } from "../host/paths.js";
 import { committedSource, derivedSource } from "../image/derive.js";
 import { buildRecipe, DEBIAN_SUITES, importSource } from "../image/sources.js";
-import { type ImageMeta, ImageStore } from "../image/store.js";
+import { bootInheritedFrom, type ImageMeta, ImageStore } from "../image/store.js";
 import { fleetsUsingImage } from "../state/store.js";
 import { contextOf, fleetFileOption } from "./context.js";
 import { withFleet } from "./fleet.js";
@@ -148,8 +148,7 @@ function deriveCommand() {
         {
           name,
           source: `${from.name} (${from.id.slice(0, 12)}) + ${"run" in change ? `--run ${change.run}` : `--script ${change.script}`}`,
-          ...(from.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
-          ...(from.reportsBoot ? { reportsBoot: true } : {}),
+          ...bootInheritedFrom(from),
         },
         async (staging) => {
           // The image's own programs print this: shown, not obeyed, by the terminal.
@@ -195,8 +194,7 @@ function commitCommand() {
           {
             name,
             source: `VM ${vm} of fleet ${session.fleet} over ${from?.name ?? "image"} (${baseId.slice(0, 12)})`,
-            ...(from?.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
-            ...(from?.reportsBoot ? { reportsBoot: true } : {}),
+            ...bootInheritedFrom(from),
           },
           (staging) => committedSource(context.runner, staging, stopped.base, stopped.layer),
           step,

@@ -81,6 +81,16 @@ export interface ImageRequest {
   readonly reportsBoot?: boolean;
 }
 
+/** How an image made from `from` (derived, committed) boots: as `from` does. */
+export function bootInheritedFrom(
+  from: Pick<ImageMeta, "boot" | "reportsBoot"> | undefined,
+): Pick<ImageRequest, "ownInitramfs" | "reportsBoot"> {
+  return {
+    ...(from?.boot === "image-initramfs" ? { ownInitramfs: true } : {}),
+    ...(from?.reportsBoot ? { reportsBoot: true } : {}),
+  };
+}
+
 const STAGING_PREFIX = ".staging-";
 
 export function checkImageName(name: string): void {
