@@ -18,6 +18,7 @@ import { forwardCommand } from "./forward.js";
 import { hostCommand } from "./host.js";
 import { imageCommand } from "./image.js";
 import { logsCommand } from "./logs.js";
+import { netCommand } from "./net.js";
 import { planCommand } from "./plan.js";
 import { psCommand } from "./ps.js";
 import { resetCommand } from "./reset.js";
@@ -59,6 +60,7 @@ function buildProgram() {
     execCommand(),
     cpCommand(),
     forwardCommand(),
+    netCommand(),
     waitCommand(),
     diffCommand(),
     resetCommand(),

@@ -1,3 +1,4 @@
+import type { GroupPatterns, ImpairmentSet } from "./impair-plan.js";
 import type { Subnet } from "./ipv4.js";
 import type { Mac } from "./mac.js";
 
@@ -56,4 +57,9 @@ export interface FleetSpec {
   readonly network: NetworkMode;
   readonly authorizedKeys: readonly string[];
   readonly vms: readonly VmSpec[];
+  /** `groups:` and `impairments:`: the groups' patterns and what the file impairs. */
+  readonly impairments: {
+    readonly groups: GroupPatterns;
+    readonly set: ImpairmentSet;
+  };
 }

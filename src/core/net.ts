@@ -126,6 +126,30 @@ export function hostTapName(owner: Owner, index: number): string {
   return `${fleetTag(owner)}-${tapName(index).slice("tap".length)}`;
 }
 
+/** The ifb device carrying what a VM sends, for its impairments, in the fleet's own namespace. */
+export function ifbName(index: number): string {
+  return `ifb${tapName(index).slice("tap".length)}`;
+}
+
+/** The same on a bridge of the host's: the owner's tag and the VM's slot. */
+export function hostIfbName(owner: Owner, index: number): string {
+  return `${fleetTag(owner)}_${tapName(index).slice("tap".length)}`;
+}
+
+/** Whether a device in the host's namespace has the name of one of the owner's taps or ifbs. */
+export function isHostDeviceOf(owner: Owner, device: string): boolean {
+  const tag = fleetTag(owner);
+  return new RegExp(`^${tag}[-_][0-9]{1,8}$`).test(device);
+}
+
+/** The bridge table of a fleet's impairments in its own namespace. */
+export const IMPAIR_TABLE = "shoal_impair";
+
+/** The same in the host's namespace, beside other fleets' and programs' tables. */
+export function hostImpairTable(owner: Owner): string {
+  return `${IMPAIR_TABLE}_${fleetTag(owner)}`;
+}
+
 /** A command run inside a fleet's network namespace, or as it is without one. */
 export function inNamespace(
   namespace: string | undefined,

@@ -6,6 +6,7 @@ import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
 import { eachVm, type VmResult } from "./fan-out.js";
 import { setAuthorizedKeys, writeKnownHosts } from "./identity.js";
+import { recordImpairments } from "./impairments.js";
 import { createVms, deleteVms, redefineVm, startVm, stopVm } from "./lifecycle.js";
 import { ensureNetwork, recordNetwork } from "./network-policy.js";
 import { planChanges } from "./planning.js";
@@ -93,6 +94,7 @@ export async function converge(
     options.overcommit ?? false,
   );
   await recordNetwork(session, fleet.subnet, fleet.network, { willStart: plan.some(booting) });
+  await recordImpairments(session, fleet);
 
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
   const failed = (name: string, detail: string) => {

@@ -1,4 +1,5 @@
 import { rm } from "node:fs/promises";
+import { NetworkImpairments } from "../net/impairments.js";
 import { throwFirstFailure } from "./fan-out.js";
 import { writeKnownHosts } from "./identity.js";
 import { deleteVms } from "./lifecycle.js";
@@ -17,6 +18,7 @@ export async function destroyVms(
     await deleteVms(session, names, options.workers, { withNetwork: options.whole }),
   );
   if (options.whole) {
+    await new NetworkImpairments(session.runner, session.network).remove();
     await session.network.remove();
     await rm(session.paths.dir, { recursive: true, force: true });
   } else {

@@ -14,6 +14,7 @@ import { ImageStore } from "../image/store.js";
 import { createLayer } from "../layer/layer.js";
 import { eachVm, throwFirstFailure, type VmResult } from "./fan-out.js";
 import { writeIdentity } from "./identity.js";
+import { applyVmImpairments } from "./impairments.js";
 import { ensureNetwork } from "./network-policy.js";
 import type { FleetSession } from "./session.js";
 
@@ -188,7 +189,10 @@ async function startAdmitted(
     await ensureNetwork(session);
     const bridge = entry.bridge ?? 0;
     await session.network.ensureBridge(bridge);
-    if (session.backend.nic === "tap") await session.network.ensureTap(spec.index, bridge);
+    if (session.backend.nic === "tap") {
+      await session.network.ensureTap(spec.index, bridge);
+      await applyVmImpairments(session, name);
+    }
     const boot = await new ImageStore(session.runner, session.layout).recordedBoot(name, entry);
     untilBooted = boot.reportsBoot === true;
     await session.backend.start(vm, spec, boot, session.nic(spec));

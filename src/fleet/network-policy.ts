@@ -13,6 +13,7 @@ import { ShoalError, UserError } from "../errors.js";
 import { ifExists } from "../host/paths.js";
 import { raiseNeighbourLimits } from "../net/neighbours.js";
 import { type FleetRecord, readFleetRecord } from "../state/store.js";
+import { applyImpairments } from "./impairments.js";
 import { type FleetSession, modeOfRecord, ownerOf } from "./session.js";
 
 /**
@@ -141,6 +142,7 @@ export function ensureNetwork(session: FleetSession): Promise<void> {
         subnet: makeSubnet(cidr.network, cidr.prefix, gateway),
         vms,
       });
+      await applyImpairments(session);
       if (session.network.namespace !== undefined) {
         const raised = await raiseNeighbourLimits(session.runner, vms.length);
         if (raised) {

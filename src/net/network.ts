@@ -15,8 +15,13 @@ import {
   FLEET_BRIDGE,
   type Found,
   fleetBridgeName,
+  hostIfbName,
+  hostImpairTable,
   hostTapName,
+  IMPAIR_TABLE,
+  ifbName,
   inNamespace,
+  isHostDeviceOf,
   type NatLink,
   NFT_COMMENT_MAX,
   namespaceName,
@@ -29,6 +34,7 @@ import {
   tapOwner,
 } from "../core/net.js";
 import { renderDhcpHosts, renderDnsHosts, renderDnsmasqConf } from "../core/render/dnsmasq.js";
+import type { ImpairNaming } from "../core/render/impair.js";
 import {
   parseTableComment,
   renderFleetNat,
@@ -93,8 +99,8 @@ export class FleetNetwork {
 
   constructor(
     private readonly runner: Runner,
-    private readonly paths: NetworkPaths,
-    private readonly owner: Owner,
+    readonly paths: NetworkPaths,
+    readonly owner: Owner,
     readonly mode: NetworkMode,
   ) {
     this.namespace = mode.kind === "isolated" ? namespaceName(owner) : undefined;
@@ -142,7 +148,22 @@ export class FleetNetwork {
     return this.mode.kind === "isolated" ? tapName(index) : hostTapName(this.owner, index);
   }
 
-  private ipArgv(args: readonly string[]): [string, ...string[]] {
+  /** How the fleet's impairments name what they make on this network. */
+  impairNaming(): ImpairNaming {
+    if (this.mode.kind === "isolated") {
+      return { nic: tapName, ifb: ifbName, owns: () => true, match: "marks", table: IMPAIR_TABLE };
+    }
+    return {
+      nic: (index) => hostTapName(this.owner, index),
+      ifb: (index) => hostIfbName(this.owner, index),
+      owns: (device) => isHostDeviceOf(this.owner, device),
+      match: "ports",
+      table: hostImpairTable(this.owner),
+      comment: ownerMark(this.owner, NFT_COMMENT_MAX),
+    };
+  }
+
+  ipArgv(args: readonly string[]): [string, ...string[]] {
     return this.namespace === undefined ? ["ip", ...args] : ["ip", "-n", this.namespace, ...args];
   }
 
@@ -197,16 +218,20 @@ export class FleetNetwork {
   }
 
   /** Whose the host's nft table of this name is, by the owner mark in its comment. */
-  private async tableOwnership(table: string): Promise<Found> {
+  async tableOwnership(table: string, family: "ip" | "bridge" = "ip"): Promise<Found> {
     const listed = await this.runner
-      .run({ argv: ["nft", "list", "table", "ip", table], probe: true, okCodes: [1] })
+      .run({ argv: ["nft", "list", "table", family, table], probe: true, okCodes: [1] })
       .catch((error: unknown) => {
         // Without nft there are no tables.
         if (error instanceof CommandFailed && error.code === null) return undefined;
         throw error;
       });
     if (listed === undefined || listed.code !== 0) return { kind: "absent" };
-    return ownershipOf(parseTableComment(listed.stdout, table), this.owner, NFT_COMMENT_MAX);
+    return ownershipOf(
+      parseTableComment(listed.stdout, table, family),
+      this.owner,
+      NFT_COMMENT_MAX,
+    );
   }
 
   /**
@@ -503,14 +528,18 @@ export class FleetNetwork {
     return tap;
   }
 
-  /** Removes the VM's tap if it is this state directory's. */
+  /** Removes the VM's tap, and the ifb device of its impairments, if they are this state directory's. */
   async removeTap(index: number): Promise<void> {
-    const tap = this.tap(index);
-    const ours =
-      this.namespace === undefined
-        ? (await this.linkOwnership(tap, "host")).kind === "ours"
-        : (await this.namespaceOwnership()).kind === "ours" && (await this.linkExists(tap));
-    if (ours) await this.ip("link", "del", tap);
+    const naming = this.impairNaming();
+    const inOurs =
+      this.namespace !== undefined && (await this.namespaceOwnership()).kind === "ours";
+    for (const device of [this.tap(index), naming.ifb(index)]) {
+      const ours =
+        this.namespace === undefined
+          ? (await this.linkOwnership(device, "host")).kind === "ours"
+          : inOurs && (await this.linkExists(device));
+      if (ours) await this.ip("link", "del", device);
+    }
   }
 
   /**

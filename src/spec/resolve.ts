@@ -16,6 +16,7 @@ import { fleetVmLimit } from "../core/net.js";
 import { MiB, parseSize } from "../core/size.js";
 import { KERNEL_CMDLINE_MAX } from "../core/syntax.js";
 import { DEFAULTS } from "./defaults.js";
+import { resolveImpairments } from "./impairments.js";
 import { type FleetFile, tooManyVms, type VmEntry, type VmSettings } from "./schema.js";
 
 export type FieldPath = readonly (string | number)[];
@@ -260,6 +261,12 @@ export function resolveFleet(checked: CheckedFleetFile): {
     return vm;
   });
   if (problems.length > 0) return { problems };
+  const impairments = resolveImpairments(
+    file,
+    vms.map((vm) => vm.name),
+    problems,
+  );
+  if (impairments === undefined) return { problems };
   return {
     fleet: {
       name: file.name,
@@ -277,6 +284,7 @@ export function resolveFleet(checked: CheckedFleetFile): {
           : { kind: "host-bridge", bridge: file.network.bridge },
       authorizedKeys: file.ssh?.authorized_keys ?? [],
       vms,
+      impairments,
     },
     problems,
   };

@@ -1,6 +1,8 @@
 import { z } from "zod";
 import { BACKEND_NAMES } from "../backends/registry.js";
 import { excerpt, quoted } from "../core/excerpt.js";
+import { IMPAIRMENT_KEYS, type ImpairmentKey, parseImpairmentValue } from "../core/impair.js";
+import { VM_PATTERN } from "../core/impair-plan.js";
 import { checkFleetSubnet, parseAddressBlock, parseCidr, parseIpv4 } from "../core/ipv4.js";
 import { checkUnicastMac, MAC_RULE, parseMac } from "../core/mac.js";
 import {
@@ -227,6 +229,64 @@ const ssh = z
   })
   .meta({ description: "SSH access to the VMs." });
 
+const vmPattern = checkedString((value) =>
+  VM_PATTERN.test(value)
+    ? undefined
+    : `${quoted(value)} is not a VM name or pattern: VM names with * ? [...] {a,b} wildcards`,
+).meta({ description: 'A VM name or glob pattern: "web-*", "db-{1,2}".' });
+
+const vmPatterns = z.union([vmPattern, z.array(vmPattern).min(1)]);
+
+function impairmentValue(key: ImpairmentKey, description: string) {
+  return checkedString((value) => {
+    const parsed = parseImpairmentValue(key, value);
+    return parsed.ok ? undefined : parsed.message;
+  })
+    .optional()
+    .meta({ description });
+}
+
+const impairmentRule = z
+  .strictObject({
+    vms: vmPatterns.optional().meta({ description: "The VMs whose links are impaired." }),
+    group: dnsLabel
+      .optional()
+      .meta({ description: "A group (groups:) whose VMs' links are impaired, each on its own." }),
+    to: dnsLabel.optional().meta({
+      description:
+        "With group: the path from that group to this one instead (every VM of one reaching a VM of the other).",
+    }),
+    direction: z.enum(["both", "out", "in"]).optional().meta({
+      default: "both",
+      description:
+        "both (each way gets the values), out (what the VMs send; with to: from group to to), or in (what they receive).",
+    }),
+    delay: impairmentValue("delay", "Added delay: 40ms, 500us, 1s (needs sch_netem)."),
+    jitter: impairmentValue(
+      "jitter",
+      "Delay varies by up to this much either way (needs sch_netem).",
+    ),
+    loss: impairmentValue("loss", "Packets dropped at random: 1%, 0.5%."),
+    rate: impairmentValue("rate", "Bandwidth: 10mbit, 512kbit, 1gbit."),
+    corrupt: impairmentValue("corrupt", "Packets with a bit flipped: 0.1% (needs sch_netem)."),
+    duplicate: impairmentValue("duplicate", "Packets sent twice: 0.1% (needs sch_netem)."),
+  })
+  .check((ctx) => {
+    const rule = ctx.value;
+    const problem =
+      rule.vms !== undefined && rule.group !== undefined
+        ? "give vms: or group:, not both"
+        : rule.vms === undefined && rule.group === undefined
+          ? "needs vms: or group: to say whose links it impairs"
+          : rule.to !== undefined && rule.group === undefined
+            ? "to: names the other end of a path from a group; add group:"
+            : !IMPAIRMENT_KEYS.some((key) => rule[key] !== undefined)
+              ? `impairs nothing; give at least one of ${IMPAIRMENT_KEYS.join(", ")}`
+              : undefined;
+    if (problem) ctx.issues.push({ code: "custom", message: problem, input: rule });
+  })
+  .meta({ description: "Impairments of some VMs' links, or of the path between two groups." });
+
 /** A fleet's VMs share one network: its own (several bridges) or a host bridge (one). */
 export function tooManyVms(vms: number, onHostBridge = false): string {
   return `${vms} VMs are too many: ${fleetVmLimit(onHostBridge).why}; split the fleet into several fleets (each gets its own network)`;
@@ -266,6 +326,14 @@ export const fleetFileSchema = z
           "VMs by name: with count, overrides for some of them (or extra VMs with a fixed ip); without count, the whole fleet.",
       }),
     network: network.optional(),
+    groups: z.record(dnsLabel, vmPatterns).optional().meta({
+      description:
+        'Named groups of VMs, by name or pattern, for impairments and partitions: { east: "e-*", west: ["w-1", "w-2"] }. A VM is in at most one group.',
+    }),
+    impairments: z.array(impairmentRule).optional().meta({
+      description:
+        "Delay, jitter, loss, rate, corruption and duplication on VMs' links and between groups, applied on the host side; `shoal net` changes them live.",
+    }),
     ssh: ssh.optional(),
   })
   .meta({
@@ -275,6 +343,7 @@ export const fleetFileSchema = z
 
 export type FleetFile = z.infer<typeof fleetFileSchema>;
 export type VmEntry = z.infer<typeof vmEntry>;
+export type ImpairmentRule = z.infer<typeof impairmentRule>;
 export type VmSettings = Pick<VmEntry, keyof typeof vmSettings>;
 
 /** The sections of a fleet file, each validated alone so one bad section does not hide problems in the others. */

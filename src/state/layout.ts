@@ -68,6 +68,8 @@ export interface NetworkPaths {
   readonly leases: string;
   readonly pid: string;
   readonly log: string;
+  /** What the fleet's impairments last made of each device (net/impairments.ts). */
+  readonly impairments: string;
 }
 
 export interface FleetPaths {
@@ -184,6 +186,7 @@ export function stateLayout(stateDir: string): StateLayout {
           leases: join(dir, "net", "leases"),
           pid: join(dir, "net", "dnsmasq.pid"),
           log: join(dir, "net", "dnsmasq.log"),
+          impairments: join(dir, "net", "impairments.json"),
         },
         vms,
         vm(vmName) {

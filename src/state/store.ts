@@ -2,6 +2,8 @@ import { mkdir, readdir, readFile } from "node:fs/promises";
 import { z } from "zod";
 import { isBackendName } from "../backends/registry.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { MAX_DELAY_US, MAX_RATE, MIN_RATE, PPM } from "../core/impair.js";
+import { VM_PATTERN } from "../core/impair-plan.js";
 import { isDnsLabel } from "../core/names.js";
 import { MAX_FLEET_BRIDGES } from "../core/net.js";
 import { ShoalError } from "../errors.js";
@@ -36,6 +38,23 @@ const vmSpecRecord = z.object({
   kernelArgs: z.array(z.string()).readonly(),
 });
 
+const impairmentRecord = z.strictObject({
+  delay: z.int().min(0).max(MAX_DELAY_US).optional(),
+  jitter: z.int().min(0).max(MAX_DELAY_US).optional(),
+  loss: z.int().min(0).max(PPM).optional(),
+  rate: z.int().min(MIN_RATE).max(MAX_RATE).optional(),
+  corrupt: z.int().min(0).max(PPM).optional(),
+  duplicate: z.int().min(0).max(PPM).optional(),
+});
+const dnsLabelKey = z.string().refine(isDnsLabel);
+const impairmentSetRecord = z.object({
+  vms: z.record(
+    dnsLabelKey,
+    z.strictObject({ out: impairmentRecord.optional(), in: impairmentRecord.optional() }),
+  ),
+  paths: z.record(z.string().regex(/^[a-z0-9-]{1,63}>[a-z0-9-]{1,63}$/), impairmentRecord),
+});
+
 const fleetRecord = z.object({
   version: z.literal(STATE_VERSION),
   fleet: z.string(),
@@ -52,6 +71,18 @@ const fleetRecord = z.object({
       nat: z.boolean().optional(),
       /** `network.allow` of a NATed fleet, in CIDR form. */
       allow: z.array(z.string()).optional(),
+    })
+    .optional(),
+  /**
+   * The fleet's groups and impairments: the fleet file's as `up` last recorded them, the live
+   * changes of `shoal net` over them, and the groups `shoal net partition` cut apart.
+   */
+  impair: z
+    .object({
+      groups: z.record(dnsLabelKey, z.array(z.string().regex(VM_PATTERN)).min(1)),
+      file: impairmentSetRecord,
+      live: impairmentSetRecord,
+      partition: z.array(dnsLabelKey),
     })
     .optional(),
   /** `ssh.authorized_keys` as the VMs' identity seeds hold them. */

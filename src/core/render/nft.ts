@@ -112,9 +112,15 @@ export function renderNatRemoval(link: NatLink): string {
 }
 
 /** The comment of table `name` in `nft list table` output; undefined if it has none. */
-export function parseTableComment(listing: string, name: string): string | undefined {
+export function parseTableComment(
+  listing: string,
+  name: string,
+  family: "ip" | "bridge" = "ip",
+): string | undefined {
   const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-  return new RegExp(`^table ip ${escaped} \\{\\n\\s*comment "([^"\\n]*)"\\n`).exec(listing)?.[1];
+  return new RegExp(`^table ${family} ${escaped} \\{\\n\\s*comment "([^"\\n]*)"\\n`).exec(
+    listing,
+  )?.[1];
 }
 
 /**
