@@ -10,6 +10,7 @@ import { BaseSequencer, type TestSpecification } from "vitest/node";
 const E2E_ORDER = [
   "union-root",
   "host-network",
+  "impair",
   "lifecycle",
   "debian",
   "upgrade",

@@ -16,6 +16,7 @@ export interface BackendVm {
 
 /** Where a VM's network interface goes: its tap on the fleet's bridge (in the fleet's namespace). */
 export interface VmNic {
+  /** The interface's name: QEMU's tap, or the name Xen gives the VM's vif. */
   readonly tap: string;
   readonly bridge: string;
   readonly namespace?: string;

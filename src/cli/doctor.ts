@@ -1,11 +1,12 @@
 import { Command, Option } from "@commander-js/extra-typings";
 import { BACKEND_NAMES, backendKind } from "../backends/registry.js";
-import { type CheckResult, toolsFor, verdict } from "../core/doctor.js";
+import { type CheckResult, impairmentCheck, toolsFor, verdict } from "../core/doctor.js";
 import type { FleetSpec } from "../core/fleet.js";
 import { ShoalError } from "../errors.js";
 import { ownerOf } from "../fleet/session.js";
 import { checkTools } from "../host/doctor.js";
 import { pathExists } from "../host/paths.js";
+import { impairmentSupport } from "../net/impairments.js";
 import { FleetNetwork } from "../net/network.js";
 import { DEFAULTS } from "../spec/defaults.js";
 import { DEFAULT_FLEET_FILE, loadFleetFile } from "../spec/load.js";
@@ -47,6 +48,7 @@ export function doctorCommand() {
           fleet,
         })),
       );
+      results.push(impairmentCheck(await impairmentSupport(context.runner)));
       if (fleet) {
         const layout = await context.layout();
         const network = new FleetNetwork(

@@ -166,3 +166,39 @@ export function ksmCheck(state: KsmState | undefined): CheckResult {
     detail: `on, ${formatUsage(state.pagesSharing * PAGE_BYTES)} saved now by merging pages alike in several VMs: ${KSM_TRADE_OFF}; \`shoal host ksm off\` ends it`,
   };
 }
+
+/** What this kernel takes of what shoal's impairments are made of (each probed on its own). */
+export interface ImpairmentSupport {
+  /** htb, clsact, u32 and mirred: rate, and what a VM sends through an ifb. */
+  readonly shaping: boolean;
+  readonly ifb: boolean;
+  /** nftables' bridge family with numgen, marks and priorities: loss, partitions, paths. */
+  readonly bridgeRules: boolean;
+  /** sch_netem: delay, jitter, corruption, duplication. */
+  readonly netem: boolean;
+}
+
+/** `doctor`'s line of which impairments (`shoal net`, `impairments:`) this host can apply. */
+export function impairmentCheck(support: ImpairmentSupport): CheckResult {
+  const name = "impairments";
+  const can = [
+    ...(support.shaping && support.ifb ? ["rate"] : []),
+    ...(support.bridgeRules ? ["loss", "partitions"] : []),
+    ...(support.netem && support.shaping ? ["delay", "jitter", "corruption", "duplication"] : []),
+  ];
+  const missing = [
+    ...(support.shaping
+      ? []
+      : ["htb, clsact, u32 or mirred (sch_htb, sch_ingress, cls_u32, act_mirred)"]),
+    ...(support.ifb ? [] : ["ifb devices (ifb)"]),
+    ...(support.bridgeRules ? [] : ["nftables' bridge family (nf_tables, nft_numgen)"]),
+    ...(support.netem ? [] : ["netem (sch_netem)"]),
+  ];
+  if (missing.length === 0) return { name, level: "ok", detail: `all: ${can.join(", ")}` };
+  return {
+    name,
+    level: "warn",
+    detail: `${can.length > 0 ? can.join(", ") : "none"}; this kernel lacks ${missing.join(", ")}`,
+    fix: "load the modules named (Debian's kernels have them all), or use a kernel built with them",
+  };
+}

@@ -62,15 +62,18 @@ function recordedVms(session: FleetSession) {
 }
 
 function render(session: FleetSession, plan: ImpairmentPlan): RenderedImpairments {
-  const rendered = renderImpairments(plan, session.network.impairNaming());
-  const impairs = rendered.devices.length > 0 || rendered.nft !== undefined;
-  if (impairs && session.backend.nic !== "tap") {
-    throw new UserError(
-      `impairments are applied to QEMU's taps; backend ${session.backend.name}'s interfaces do not take them yet`,
-      "leave out impairments: and groups: for this fleet, or use backend qemu",
-    );
-  }
-  return rendered;
+  return renderImpairments(plan, session.network.impairNaming());
+}
+
+/** What the record's impairments render to; nothing, without planning, for a fleet that has none. */
+function renderRecorded(session: FleetSession): RenderedImpairments {
+  const state = impairState(session);
+  const none =
+    Object.keys(state.groups).length === 0 &&
+    Object.keys(state.file.vms).length + Object.keys(state.live.vms).length === 0 &&
+    state.partition.length === 0;
+  if (none) return { ifbs: [], devices: [], nft: undefined };
+  return render(session, planOf(state, recordedVms(session)));
 }
 
 function onNetwork(session: FleetSession): NetworkImpairments {
@@ -134,14 +137,14 @@ export async function changeImpairments(
 
 /** Puts the record's impairments on the whole fleet's network (with the network, once a command). */
 export async function applyImpairments(session: FleetSession): Promise<void> {
-  const rendered = render(session, planOf(impairState(session), recordedVms(session)));
+  const rendered = renderRecorded(session);
   await onNetwork(session).apply(rendered);
 }
 
 /** Puts a starting VM's part on its link, made anew, before the VM sends anything. */
 export async function applyVmImpairments(session: FleetSession, name: string): Promise<void> {
   const slot = session.entry(name).spec.index;
-  const rendered = render(session, planOf(impairState(session), recordedVms(session)));
+  const rendered = renderRecorded(session);
   const naming = session.network.impairNaming();
   await onNetwork(session).apply(rendered, { nic: naming.nic(slot), ifb: naming.ifb(slot) });
 }

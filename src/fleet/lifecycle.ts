@@ -196,6 +196,8 @@ async function startAdmitted(
     const boot = await new ImageStore(session.runner, session.layout).recordedBoot(name, entry);
     untilBooted = boot.reportsBoot === true;
     await session.backend.start(vm, spec, boot, session.nic(spec));
+    // Xen makes the vif as it creates the domain.
+    if (session.backend.nic === "vif") await applyVmImpairments(session, name);
   } catch (error) {
     // It never ran: a VM that could not start is stopped, not crashed.
     await setRunning(session, name, false);
@@ -307,7 +309,7 @@ export async function deleteVms(
     const vm = session.vm(name);
     await session.backend.destroy(vm);
     const index = session.book.vm(name)?.spec.index;
-    if (index !== undefined && session.backend.nic === "tap" && tapsGoAlone) {
+    if (index !== undefined && tapsGoAlone) {
       await session.network.removeTap(index);
     }
     await session.backend.forget(vm);

@@ -151,7 +151,13 @@ export class FleetSession {
   }
 
   networkIn(mode: NetworkMode): FleetNetwork {
-    return new FleetNetwork(this.runner, this.paths.net, ownerOf(this.layout, this.fleet), mode);
+    return new FleetNetwork(
+      this.runner,
+      this.paths.net,
+      ownerOf(this.layout, this.fleet),
+      mode,
+      this.backend.nic,
+    );
   }
 
   /** Where a VM's network interface goes. */

@@ -1,10 +1,21 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { z } from "zod";
-import { ALIAS_MAX, inNamespace, ownerMark, ownershipOf } from "../core/net.js";
+import type { ImpairmentSupport } from "../core/doctor.js";
+import { groupMembers, planImpairments } from "../core/impair-plan.js";
+import {
+  ALIAS_MAX,
+  IMPAIR_TABLE,
+  ifbName,
+  inNamespace,
+  ownerMark,
+  ownershipOf,
+  tapName,
+} from "../core/net.js";
 import {
   type DeviceScript,
   type RenderedImpairments,
+  renderImpairments,
   renderNftReplacement,
 } from "../core/render/impair.js";
 import { UserError } from "../errors.js";
@@ -68,6 +79,67 @@ export function hasNetem(runner: Runner): Promise<boolean> {
     .then((result) => result.code === 0);
   netemAnswers.set(runner, answer);
   return answer;
+}
+
+/** A command in a network namespace of its own, gone with it: whether it succeeded. */
+async function succeedsAlone(
+  runner: Runner,
+  argv: readonly string[],
+  input?: string,
+): Promise<boolean> {
+  const result = await runner.run({
+    argv: ["unshare", "--net", ...argv],
+    ...(input === undefined ? {} : { input }),
+    probe: true,
+    okCodes: "any",
+  });
+  return result.code === 0;
+}
+
+/** What a tiny plan of every kind of impairment renders to, for the bridge rules' probe. */
+function probeRules(): string {
+  const { members } = groupMembers({ a: ["a"], b: ["b"] }, ["a", "b"]);
+  const plan = planImpairments({
+    vms: [
+      { name: "a", slot: 1 },
+      { name: "b", slot: 2 },
+    ],
+    members,
+    impairments: {
+      vms: { a: { out: { loss: 1 } } },
+      paths: { "a>b": { loss: 1, rate: 1_000_000 } },
+    },
+    partition: ["a", "b"],
+  });
+  const naming = {
+    nic: tapName,
+    ifb: ifbName,
+    owns: () => true,
+    match: "marks",
+    table: IMPAIR_TABLE,
+  } as const;
+  return renderImpairments(plan, naming).nft ?? "";
+}
+
+/** Which impairments this kernel can apply, each part tried in a namespace of its own. */
+export async function impairmentSupport(runner: Runner): Promise<ImpairmentSupport> {
+  const [shaping, ifb, bridgeRules, netem] = await Promise.all([
+    succeedsAlone(
+      runner,
+      ["tc", "-batch", "-"],
+      [
+        "qdisc add dev lo root handle 1: htb default 10",
+        "class add dev lo parent 1: classid 1:1 htb rate 10mbit ceil 10mbit",
+        "qdisc add dev lo clsact",
+        "filter add dev lo ingress protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev lo",
+        "",
+      ].join("\n"),
+    ),
+    succeedsAlone(runner, ["ip", "link", "add", "shoal-probe", "type", "ifb"]),
+    succeedsAlone(runner, ["nft", "-f", "-"], probeRules()),
+    hasNetem(runner),
+  ]);
+  return { shaping, ifb, bridgeRules, netem };
 }
 
 export const NETEM_MISSING_HINT =
@@ -179,17 +251,16 @@ export class NetworkImpairments {
     // A fleet that never had impairments is not looked at on every command.
     const record = this.network.paths.impairments;
     if (isEmpty(rendered) && (await ifExists(stat(record))) === undefined) return;
-    await this.check(rendered);
+    // Only looking, all at once: a refusal still comes before anything changes.
+    const [, shown, listed, ownIfbs, before] = await Promise.all([
+      this.check(rendered),
+      this.runner.run({ argv: this.inNet(["tc", "-j", "qdisc", "show"]), probe: true }),
+      this.runner.run({ argv: this.network.ipArgv(["-j", "link", "show"]), probe: true }),
+      this.ownIfbs(),
+      vm === undefined ? this.readApplied() : Promise.resolve({} as Record<string, string>),
+    ]);
     const naming = this.network.impairNaming();
-    const shown = await this.runner.run({
-      argv: this.inNet(["tc", "-j", "qdisc", "show"]),
-      probe: true,
-    });
     const held = qdiscs.parse(JSON.parse(shown.stdout || "[]"));
-    const listed = await this.runner.run({
-      argv: this.network.ipArgv(["-j", "link", "show"]),
-      probe: true,
-    });
     const devices = new Set(links.parse(JSON.parse(listed.stdout || "[]")).map((l) => l.ifname));
     const owned = (device: string) => this.namespace !== undefined || naming.owns(device);
     const hasRoot = new Set(
@@ -199,9 +270,7 @@ export class NetworkImpairments {
       held.filter((q) => q.kind === "clsact" && owned(q.dev)).map((q) => q.dev),
     );
     const inScope = (device: string) => vm === undefined || device === vm.nic || device === vm.ifb;
-    const before = vm === undefined ? await this.readApplied() : {};
     const after: Record<string, string> = {};
-    const ownIfbs = await this.ownIfbs();
     const created = new Set<string>();
     for (const ifb of rendered.ifbs.filter(inScope)) {
       if (!ownIfbs.has(ifb)) {
@@ -219,13 +288,13 @@ export class NetworkImpairments {
             ],
           });
         }
+        // ifb's own queue of 32 packets would drop bursts that a real link's buffer takes.
+        await this.runner.run({
+          argv: this.network.ipArgv(["link", "set", ifb, "txqueuelen", "1000", "up"]),
+        });
         created.add(ifb);
         devices.add(ifb);
       }
-      // ifb's own queue of 32 packets would drop bursts that a real link's buffer takes.
-      await this.runner.run({
-        argv: this.network.ipArgv(["link", "set", ifb, "txqueuelen", "1000", "up"]),
-      });
     }
     const wanted = new Map(rendered.devices.map((script) => [script.device, script]));
     const considered = new Set(

@@ -102,6 +102,8 @@ export class FleetNetwork {
     readonly paths: NetworkPaths,
     readonly owner: Owner,
     readonly mode: NetworkMode,
+    /** `vif`: Xen's interfaces, made in the host's namespace first and named to be unique there. */
+    private readonly nicKind: "tap" | "vif" = "tap",
   ) {
     this.namespace = mode.kind === "isolated" ? namespaceName(owner) : undefined;
   }
@@ -143,15 +145,23 @@ export class FleetNetwork {
     await this.ip("link", "set", name, "up");
   }
 
-  /** The VM's tap device by its address slot. */
+  /** The VM's tap device (or Xen vif) by its address slot. */
   tap(index: number): string {
-    return this.mode.kind === "isolated" ? tapName(index) : hostTapName(this.owner, index);
+    return this.mode.kind === "isolated" && this.nicKind === "tap"
+      ? tapName(index)
+      : hostTapName(this.owner, index);
   }
 
   /** How the fleet's impairments name what they make on this network. */
   impairNaming(): ImpairNaming {
     if (this.mode.kind === "isolated") {
-      return { nic: tapName, ifb: ifbName, owns: () => true, match: "marks", table: IMPAIR_TABLE };
+      return {
+        nic: (index) => this.tap(index),
+        ifb: ifbName,
+        owns: () => true,
+        match: "marks",
+        table: IMPAIR_TABLE,
+      };
     }
     return {
       nic: (index) => hostTapName(this.owner, index),
@@ -188,7 +198,7 @@ export class FleetNetwork {
       probe: true,
       okCodes: [1],
     });
-    return result.code === 0 ? ipLinks.parse(JSON.parse(result.stdout))[0] : undefined;
+    return result.code === 0 ? ipLinks.parse(JSON.parse(result.stdout || "[]"))[0] : undefined;
   }
 
   /** Whose a link is, by the owner mark in its alias. */

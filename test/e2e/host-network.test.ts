@@ -3,7 +3,7 @@ import { chmod, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { hostTapName } from "../../src/core/net.js";
+import { hostIfbName, hostImpairTable, hostTapName } from "../../src/core/net.js";
 import { hostNameservers } from "../../src/net/network.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { shoal } from "../helpers/cli.js";
@@ -125,9 +125,71 @@ describe("a fleet on the host's bridge", () => {
     }
   });
 
+  it("takes impairments on the host's bridge: a partition by port in the forward hook, a VM's sending shaped on an ifb device and a table that carry the fleet's owner mark", async () => {
+    await writeFile(
+      file,
+      "name: bridged\ncount: 3\nnetwork: { subnet: 10.79.0.0/24, bridge: br0, managed: false }\ngroups: { a: vm-1, b: vm-2 }\n",
+    );
+    const up = await inHost(["up", "-f", file]);
+    expect(up.code, up.stderr).toBe(0);
+    const plan = JSON.parse((await shoal(["plan", "-f", file, "--json"])).stdout) as {
+      name: string;
+      ip: string;
+    }[];
+    const ip = (vm: string) => plan.find((entry) => entry.name === vm)?.ip ?? "";
+    const reaches = async (from: string, to: string) =>
+      (await inHost(["exec", "-f", file, from, "--", `ping -c 2 -W 1 ${ip(to)}`])).code === 0;
+    expect((await inHost(["net", "partition", "-f", file, "a", "b"])).code).toBe(0);
+    expect(await reaches("vm-1", "vm-2")).toBe(false);
+    expect(await reaches("vm-1", "vm-3")).toBe(true);
+    expect(await reaches("vm-2", "vm-3")).toBe(true);
+    const set = await inHost([
+      "net",
+      "set",
+      "-f",
+      file,
+      "vm-3",
+      "--direction",
+      "out",
+      "--rate",
+      "1mbit",
+    ]);
+    expect(set.code, set.stderr).toBe(0);
+    const owner = { root: stateLayout(state).root, fleet: "bridged" };
+    const mark = `shoal owner=${owner.root} fleet=bridged`;
+    const ifbs = JSON.parse(await ipHost("-j", "link", "show", "type", "ifb")) as {
+      ifname: string;
+      ifalias?: string;
+    }[];
+    expect(ifbs).toContainEqual(
+      expect.objectContaining({ ifname: hostIfbName(owner, 3), ifalias: mark }),
+    );
+    const tables = await exec("ip", [
+      "netns",
+      "exec",
+      NAMESPACE,
+      "nft",
+      "list",
+      "table",
+      "bridge",
+      hostImpairTable(owner),
+    ]);
+    expect(tables.stdout).toContain(`comment "${mark}"`);
+    expect(tables.stdout).toContain("hook forward");
+    expect(tables.stdout).not.toContain("meta mark");
+    expect(await reaches("vm-3", "vm-1")).toBe(true);
+    expect((await inHost(["net", "heal", "-f", file])).code).toBe(0);
+    expect(await reaches("vm-1", "vm-2")).toBe(true);
+  });
+
   it("`destroy` takes the VMs' taps off the bridge and leaves the bridge, which is the user's", async () => {
     const destroyed = await inHost(["destroy", "-f", file, "--yes"]);
     expect(destroyed.code, destroyed.stderr).toBe(0);
+    // Nor the fleet's ifb devices or bridge table.
+    expect(await ipHost("-o", "link", "show", "type", "ifb")).toBe("");
+    expect(
+      (await exec("ip", ["netns", "exec", NAMESPACE, "nft", "list", "tables"])).stdout,
+    ).not.toContain("shoal_impair");
     expect((await ipHost("-o", "link", "show", "master", "br0")).trim()).toBe("");
     expect(await ipHost("-o", "link", "show", "br0")).toContain("br0");
     expect(await qemuPidsMentioning(state)).toEqual([]);

@@ -102,6 +102,47 @@ async function answers(line: string): Promise<Record<string, string>> {
   return Object.fromEntries(outcomes.map((outcome) => [outcome.name, outcome.stdout.trim()]));
 }
 
+/** Between the two VMs' groups: 40 ms each way, on the domUs' vifs in the fleet's namespace. */
+const IMPAIRED = [
+  "groups: { a: vm-1, b: vm-2 }",
+  "impairments: [ { group: a, to: b, delay: 40ms } ]",
+  "",
+].join("\n");
+
+/**
+ * The shortest ping between the two domUs without impairments: several milliseconds in this lab,
+ * whose dom0 and domUs all run under emulation. The path's delay is measured on top of it, from
+ * the shortest round trip with it: emulated timers fire late by a few milliseconds more or less
+ * (the average came out 4 to 11 ms over 80), and the shortest trip is the one they delayed least.
+ */
+let undelayed = 0;
+
+/** Round trips of `count` pings from one VM to another, in ms: min, avg and max as ping has them. */
+async function roundTrips(from: string, to: string, count: number) {
+  const ps = JSON.parse(await shoalOk("ps", "-f", FLEET_FILE, "--json")) as {
+    name: string;
+    ip: string;
+  }[];
+  const ip = ps.find((row) => row.name === to)?.ip;
+  const out = await shoalOk(
+    "exec",
+    "-f",
+    FLEET_FILE,
+    from,
+    "--",
+    "ping",
+    "-q",
+    "-c",
+    String(count),
+    "-i",
+    "0.2",
+    `${ip}`,
+  );
+  const [, min, avg, max] = /min\/avg\/max = ([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(out) ?? [];
+  expect(min, out).toBeDefined();
+  return { min: Number(min), avg: Number(avg), max: Number(max) };
+}
+
 /** The domUs Xen has, by name. */
 async function domains(): Promise<string[]> {
   const list = await inDom0("xl list");
@@ -322,6 +363,27 @@ describe("backend xl on real Xen", () => {
     );
   });
 
+  it("delays traffic between groups on the domUs' vifs with Debian's kernel's netem: 40 ms each way adds 80 ms to a round trip, within 10%; jitter spreads it", async () => {
+    const before = await roundTrips("vm-1", "vm-2", 20);
+    undelayed = before.min;
+    await writeFleetFile(fleetFile(NARROW, "tiny-next") + IMPAIRED);
+    const rows = await up();
+    expect(rows.filter((row) => row.done.length > 0)).toEqual([]);
+    const delayed = await roundTrips("vm-1", "vm-2", 20);
+    const shown = (trips: typeof before) => `${trips.min}/${trips.avg}/${trips.max}`;
+    console.log(
+      `Xen lab: ping vm-1 -> vm-2 min/avg/max ${shown(before)} ms, with 40 ms each way ${shown(delayed)} ms`,
+    );
+    expect(Math.abs(delayed.min - undelayed - 80)).toBeLessThan(8);
+    await shoalOk("net", "set", "-f", FLEET_FILE, "--group", "a", "--to", "b", "--jitter", "10ms");
+    const jittered = await roundTrips("vm-1", "vm-2", 20);
+    console.log(`Xen lab: with 10 ms of jitter each way ${shown(jittered)} ms`);
+    // 80 ms give or take 20: spread out, and never below the shortest the jitter allows.
+    expect(jittered.max - jittered.min).toBeGreaterThan(10);
+    expect(jittered.min).toBeGreaterThan(undelayed + 60 - 8);
+    await shoalOk("net", "reset", "-f", FLEET_FILE);
+  });
+
   it("shows a domU destroyed behind shoal's back as crashed; an `up` SIGKILLed while it boots the domU again is finished by the next `up`, the domU running once", async () => {
     await inDom0("xl destroy xf.vm-2");
     const ps = JSON.parse(await shoalOk("ps", "-f", FLEET_FILE, "--json")) as {
@@ -341,6 +403,9 @@ describe("backend xl on real Xen", () => {
     expect(await domains()).toEqual(VMS.map((vm) => `xf.${vm}`).sort());
     expect(await answers("hostname")).toEqual(everyVm((vm) => vm));
     expect(await loops()).toHaveLength(loopsFor(VMS));
+    // vm-2 came back on a new vif, which took the path's delay as the domain started.
+    const again = await roundTrips("vm-1", "vm-2", 20);
+    expect(Math.abs(again.min - undelayed - 80)).toBeLessThan(8);
   });
 
   it("`destroy` leaves no domain, loop device, xenstore backend, vif, namespace or file; the bases are unchanged", async () => {

@@ -4,6 +4,7 @@ import { xlKind } from "../../src/backends/xl/kind.js";
 import { parseXlInfo } from "../../src/backends/xl/xen.js";
 import {
   COMMON_TOOLS,
+  impairmentCheck,
   ksmCheck,
   missingTool,
   toolsFor,
@@ -55,6 +56,24 @@ describe("shoal doctor's checks", () => {
     );
     expect(info.get("free_memory")).toBe("2913");
     expect(info.get("xen_version")).toBe("4.17.5");
+  });
+
+  it("say which impairments the kernel takes, naming the modules it lacks", () => {
+    const all = { shaping: true, ifb: true, bridgeRules: true, netem: true };
+    expect(impairmentCheck(all)).toEqual({
+      name: "impairments",
+      level: "ok",
+      detail: "all: rate, loss, partitions, delay, jitter, corruption, duplication",
+    });
+    expect(impairmentCheck({ ...all, netem: false })).toMatchObject({
+      level: "warn",
+      detail: "rate, loss, partitions; this kernel lacks netem (sch_netem)",
+    });
+    expect(
+      impairmentCheck({ shaping: false, ifb: false, bridgeRules: false, netem: false }).detail,
+    ).toBe(
+      "none; this kernel lacks htb, clsact, u32 or mirred (sch_htb, sch_ingress, cls_u32, act_mirred), ifb devices (ifb), nftables' bridge family (nf_tables, nft_numgen), netem (sch_netem)",
+    );
   });
 
   it("show KSM off with what turning it on trades, and on with the memory it saves now", () => {

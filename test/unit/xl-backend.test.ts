@@ -357,11 +357,13 @@ describe("xl backend", () => {
         seed: paths.seed,
         layer: paths.layer,
         bridge: "shoal0",
+        vifName: "tap1",
         vifScript: paths.vifHotplug,
       }),
       script: renderVifHotplug({
         script: await readFile("src/backends/xl/xen-vif-hotplug", "utf8"),
         bridge: "shoal0",
+        vifName: "tap1",
         namespace: nic.namespace,
       }),
       block: await readFile("src/backends/xl/xen-block-hotplug", "utf8"),

@@ -118,6 +118,7 @@ export class XlBackend implements Backend {
       renderVifHotplug({
         script: await readFile(VIF_HOTPLUG, "utf8"),
         bridge: nic.bridge,
+        vifName: nic.tap,
         ...(nic.namespace === undefined ? {} : { namespace: nic.namespace }),
       }),
       0o755,
@@ -150,6 +151,7 @@ export class XlBackend implements Backend {
         seed: vm.paths.seed,
         ...(spec.layer.type === "disk" ? { layer: vm.paths.layer } : {}),
         bridge: nic.bridge,
+        vifName: nic.tap,
         vifScript: vm.paths.vifHotplug,
       });
       await writeFileAtomic(vm.paths.xlConfig, config, 0o600);
