@@ -42,9 +42,7 @@ function targetOptions<T extends Command<[string[]]>>(command: T) {
       new Option(
         "--direction <direction>",
         "both ways, out (what the VMs send; with --to, from --group to --to) or in",
-      )
-        .choices(["both", "out", "in"] as const)
-        .default("both" as const),
+      ).choices(["both", "out", "in"] as const),
     )
     .addOption(fleetFileOption())
     .addOption(fleetNameOption())
@@ -97,14 +95,15 @@ function setCommand() {
       const values = valuesOf(options as Partial<Record<ImpairmentKey, string>>);
       const target = targetOf(session, flagsOf(patterns, options), false);
       if (target === undefined) throw new Error("internal: a required target is missing");
+      const direction = options.direction ?? "both";
       await changeImpairments(session, (state) => ({
         ...state,
-        live: setLive(state.live, target, options.direction, values),
+        live: setLive(state.live, target, direction, values),
       }));
       const given = Object.entries(valuesJson(values, true)).map(
         ([key, value]) => `${key} ${value}`,
       );
-      context.print(`${describeTarget(target, options.direction)}: ${given.join(" ")}`);
+      context.print(`${describeTarget(target, direction)}: ${given.join(" ")}`);
     });
   });
 }
@@ -119,11 +118,18 @@ function resetCommand() {
   ).action(async (patterns, options, cmd) => {
     await withFleet(cmd, options, "net reset", async ({ context, session }) => {
       const target = targetOf(session, flagsOf(patterns, options), true);
+      if (target === undefined && options.direction !== undefined) {
+        throw new UserError(
+          "--direction needs the links it applies to: VM names, --all or --group",
+          "`shoal net reset` alone takes back every live change, both ways",
+        );
+      }
+      const direction = options.direction ?? "both";
       await changeImpairments(session, (state) => ({
         ...state,
-        live: resetLive(state.live, target, options.direction),
+        live: resetLive(state.live, target, direction),
       }));
-      context.print(`${describeTarget(target, options.direction)}: as the fleet file has it`);
+      context.print(`${describeTarget(target, direction)}: as the fleet file has it`);
     });
   });
 }

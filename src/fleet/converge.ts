@@ -6,7 +6,7 @@ import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
 import { eachVm, type VmResult } from "./fan-out.js";
 import { setAuthorizedKeys, writeKnownHosts } from "./identity.js";
-import { recordImpairments } from "./impairments.js";
+import { checkFileImpairments, recordImpairments } from "./impairments.js";
 import { createVms, deleteVms, redefineVm, startVm, stopVm } from "./lifecycle.js";
 import { ensureNetwork, recordNetwork } from "./network-policy.js";
 import { planChanges } from "./planning.js";
@@ -93,8 +93,9 @@ export async function converge(
       .map((vm) => ({ spec: vm.spec, boot: bootOf(vm.spec) })),
     options.overcommit ?? false,
   );
+  const impairments = await checkFileImpairments(session, fleet);
   await recordNetwork(session, fleet.subnet, fleet.network, { willStart: plan.some(booting) });
-  await recordImpairments(session, fleet);
+  await recordImpairments(session, impairments);
 
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
   const failed = (name: string, detail: string) => {

@@ -94,11 +94,14 @@ function pruned(set: ImpairmentSet, vms: ReadonlySet<string>, groups: ReadonlySe
 }
 
 /**
- * At `up`: the fleet file's groups and impairments become the record's, after they are checked
- * against this host (netem, names of shoal's held by others) before anything changes. Live
- * changes stay, but for VMs and groups the file no longer has.
+ * At `up`, before anything changes: the record's impairments as the fleet file makes them, checked
+ * against this host (netem and the rest, names of shoal's held by others) and with the live
+ * changes kept over them, but for VMs and groups the file no longer has.
  */
-export async function recordImpairments(session: FleetSession, fleet: FleetSpec): Promise<void> {
+export async function checkFileImpairments(
+  session: FleetSession,
+  fleet: FleetSpec,
+): Promise<ImpairState> {
   const before = impairState(session);
   const vms = new Set(fleet.vms.map((vm) => vm.name));
   const groups = new Set(Object.keys(fleet.impairments.groups));
@@ -108,11 +111,20 @@ export async function recordImpairments(session: FleetSession, fleet: FleetSpec)
     live: pruned(before.live, vms, groups),
     partition: before.partition.filter((group) => groups.has(group)),
   };
+  checkEffective(next);
+  const network = session.networkIn(fleet.network);
   const plan = planOf(
     next,
     fleet.vms.map((vm) => ({ name: vm.name, slot: vm.index })),
   );
-  await onNetwork(session).check(render(session, plan));
+  await new NetworkImpairments(session.runner, network).check(
+    renderImpairments(plan, network.impairNaming()),
+  );
+  return next;
+}
+
+/** Records what checkFileImpairments gave. */
+export async function recordImpairments(session: FleetSession, next: ImpairState): Promise<void> {
   if (JSON.stringify(next) === JSON.stringify(impairState(session))) return;
   await session.book.update((record) => {
     record.impair = next;

@@ -196,13 +196,13 @@ async function startAdmitted(
     const boot = await new ImageStore(session.runner, session.layout).recordedBoot(name, entry);
     untilBooted = boot.reportsBoot === true;
     await session.backend.start(vm, spec, boot, session.nic(spec));
-    // Xen makes the vif as it creates the domain.
-    if (session.backend.nic === "vif") await applyVmImpairments(session, name);
   } catch (error) {
     // It never ran: a VM that could not start is stopped, not crashed.
     await setRunning(session, name, false);
     throw error;
   }
+  // Xen makes the vif as it creates the domain; one that cannot take them fails a running VM.
+  if (session.backend.nic === "vif") await applyVmImpairments(session, name);
   session.event({ vm: name, phase: "booting" });
   if (timeoutMs === undefined) return paid(session, name, { ready: true });
   const result = await waitForBoot({

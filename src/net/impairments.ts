@@ -121,8 +121,27 @@ function probeRules(): string {
   return renderImpairments(plan, naming).nft ?? "";
 }
 
+/**
+ * Loads ifb (where it is a module) with no devices of its own: loaded by its first use, it would
+ * make ifb0 and ifb1 in the host's namespace, which are no fleet's.
+ */
+function loadIfb(runner: Runner): Promise<unknown> {
+  return runner.run({ argv: ["modprobe", "ifb", "numifbs=0"], probe: true, okCodes: "any" });
+}
+
+const supportAnswers = new WeakMap<Runner, Promise<ImpairmentSupport>>();
+
 /** Which impairments this kernel can apply, each part tried in a namespace of its own. */
-export async function impairmentSupport(runner: Runner): Promise<ImpairmentSupport> {
+export function impairmentSupport(runner: Runner): Promise<ImpairmentSupport> {
+  const asked = supportAnswers.get(runner);
+  if (asked) return asked;
+  const answer = probeSupport(runner);
+  supportAnswers.set(runner, answer);
+  return answer;
+}
+
+async function probeSupport(runner: Runner): Promise<ImpairmentSupport> {
+  await loadIfb(runner);
   const [shaping, ifb, bridgeRules, netem] = await Promise.all([
     succeedsAlone(
       runner,
@@ -216,13 +235,27 @@ export class NetworkImpairments {
    */
   async check(rendered: RenderedImpairments): Promise<void> {
     if (isEmpty(rendered)) return;
+    const support = await impairmentSupport(this.runner);
     if (rendered.devices.some((d) => d.lines.some((line) => / netem /.test(line)))) {
-      if (!(await hasNetem(this.runner))) {
+      if (!support.netem) {
         throw new UserError(
           "delay, jitter, corruption and duplication need the kernel's netem qdisc (sch_netem), which this host's kernel lacks",
           NETEM_MISSING_HINT,
         );
       }
+    }
+    const lacking = [
+      ...(rendered.devices.length > 0 && !support.shaping ? ["htb, clsact, u32 or mirred"] : []),
+      ...(rendered.ifbs.length > 0 && !support.ifb ? ["ifb devices"] : []),
+      ...(rendered.nft !== undefined && !support.bridgeRules
+        ? ["nftables' bridge family with numgen"]
+        : []),
+    ];
+    if (lacking.length > 0) {
+      throw new UserError(
+        `these impairments need ${lacking.join(", ")}, which this host's kernel lacks`,
+        "`shoal doctor` names the modules; Debian's kernels have them all",
+      );
     }
     if (this.namespace !== undefined) return;
     const naming = this.network.impairNaming();
@@ -308,10 +341,12 @@ export class NetworkImpairments {
       const sum = script ? digest(script) : undefined;
       if (script && sum) {
         after[device] = sum;
+        // A tap redirecting to an ifb made just now (the old one gone) points at nothing.
         const intact =
           vm === undefined &&
           before[device] === sum &&
           !created.has(device) &&
+          ![...created].some((ifb) => script.lines.some((line) => line.endsWith(` dev ${ifb}`))) &&
           hasRoot.has(device) === script.lines.some((line) => line.includes(" root handle 1: ")) &&
           hasClsact.has(device) === script.lines.some((line) => line.endsWith(" clsact"));
         if (intact) continue;

@@ -3,7 +3,7 @@ import { z } from "zod";
 import { isBackendName } from "../backends/registry.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { MAX_DELAY_US, MAX_RATE, MIN_RATE, PPM } from "../core/impair.js";
-import { VM_PATTERN } from "../core/impair-plan.js";
+import { MAX_GROUPS, VM_PATTERN } from "../core/impair-plan.js";
 import { isDnsLabel } from "../core/names.js";
 import { MAX_FLEET_BRIDGES } from "../core/net.js";
 import { ShoalError } from "../errors.js";
@@ -79,7 +79,9 @@ const fleetRecord = z.object({
    */
   impair: z
     .object({
-      groups: z.record(dnsLabelKey, z.array(z.string().regex(VM_PATTERN)).min(1)),
+      groups: z
+        .record(dnsLabelKey, z.array(z.string().regex(VM_PATTERN)).min(1))
+        .refine((groups) => Object.keys(groups).length <= MAX_GROUPS),
       file: impairmentSetRecord,
       live: impairmentSetRecord,
       partition: z.array(dnsLabelKey),

@@ -125,7 +125,7 @@ describe("a fleet on the host's bridge", () => {
     }
   });
 
-  it("takes impairments on the host's bridge: a partition by port in the forward hook, a VM's sending shaped on an ifb device and a table that carry the fleet's owner mark", async () => {
+  it("takes impairments on the host's bridge: a partition by port in the forward hook; a VM's ifb device and the fleet's table carry its owner mark", async () => {
     await writeFile(
       file,
       "name: bridged\ncount: 3\nnetwork: { subnet: 10.79.0.0/24, bridge: br0, managed: false }\ngroups: { a: vm-1, b: vm-2 }\n",
