@@ -135,7 +135,7 @@ describe("impairments between groups of a running fleet", () => {
   });
 
   it("survive a VM restart, also on a new tap (as every tap is after a host reboot): the path still runs at 10 Mbit/s", async () => {
-    await ok(["stop", "-f", file, "n-1"]);
+    await ok(["stop", "-f", file, "n-1", "--force"]);
     // QEMU's taps outlive their VMs; a host reboot takes them, and what tc held with them.
     await exec("ip", ["-n", namespaceName({ root: state, fleet: "imp" }), "link", "del", "tap1"]);
     await ok(["start", "-f", file, "n-1"]);
