@@ -10,7 +10,6 @@ import { BaseSequencer, type TestSpecification } from "vitest/node";
 const E2E_ORDER = [
   "union-root",
   "host-network",
-  "impair",
   "lifecycle",
   "debian",
   "upgrade",

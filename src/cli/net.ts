@@ -5,7 +5,7 @@ import {
   IMPAIRMENT_KEYS,
   type Impairment,
   type ImpairmentKey,
-  parseImpairmentValue,
+  parseImpairment,
 } from "../core/impair.js";
 import { type Direction, type ImpairTarget, resetLive, setLive } from "../core/impair-plan.js";
 import { UserError } from "../errors.js";
@@ -62,21 +62,15 @@ function flagsOf(patterns: string[], options: Omit<TargetFlags, "vms">): TargetF
 }
 
 function valuesOf(options: Partial<Record<ImpairmentKey, string>>): Impairment {
-  const values: Record<string, number> = {};
-  for (const key of IMPAIRMENT_KEYS) {
-    const text = options[key];
-    if (text === undefined) continue;
-    const parsed = parseImpairmentValue(key, text);
-    if (!parsed.ok) throw new UserError(`--${key}: ${parsed.message}`);
-    values[key] = parsed.value;
-  }
-  if (Object.keys(values).length === 0) {
+  const parsed = parseImpairment(options);
+  if (!parsed.ok) throw new UserError(`--${parsed.failed}: ${parsed.message}`);
+  if (Object.keys(parsed.value).length === 0) {
     throw new UserError(
       `give at least one of ${IMPAIRMENT_KEYS.map((key) => `--${key}`).join(", ")}`,
       "--delay 0ms (or --loss 0%) takes one away; `shoal net reset` takes back live changes",
     );
   }
-  return values;
+  return parsed.value;
 }
 
 function setCommand() {

@@ -151,6 +151,26 @@ export function parseImpairmentValue(key: ImpairmentKey, text: string): Parsed<n
   }
 }
 
+/**
+ * The values given for some keys, as text, parsed; the first key whose text is not a value fails
+ * it, named in `failed`.
+ */
+export function parseImpairment(
+  texts: {
+    readonly [key in ImpairmentKey]?: string | undefined;
+  },
+): Parsed<Impairment> & { readonly failed?: ImpairmentKey } {
+  const values: { [key in ImpairmentKey]?: number } = {};
+  for (const key of IMPAIRMENT_KEYS) {
+    const text = texts[key];
+    if (text === undefined) continue;
+    const parsed = parseImpairmentValue(key, text);
+    if (!parsed.ok) return { ...parsed, failed: key };
+    values[key] = parsed.value;
+  }
+  return { ok: true, value: values };
+}
+
 export function formatDelay(us: number): string {
   if (us !== 0 && us % 1_000_000 === 0) return `${us / 1_000_000}s`;
   if (us % 1000 === 0) return `${us / 1000}ms`;

@@ -65,15 +65,21 @@ function render(session: FleetSession, plan: ImpairmentPlan): RenderedImpairment
   return renderImpairments(plan, session.network.impairNaming());
 }
 
-/** What the record's impairments render to; nothing, without planning, for a fleet that has none. */
-function renderRecorded(session: FleetSession): RenderedImpairments {
+/**
+ * What the record's impairments render to for `vms` (every VM of the record's by default);
+ * nothing, without planning, for a fleet that has none.
+ */
+function renderRecorded(
+  session: FleetSession,
+  vms: readonly { readonly name: string; readonly slot: number }[] = recordedVms(session),
+): RenderedImpairments {
   const state = impairState(session);
   const none =
     Object.keys(state.groups).length === 0 &&
     Object.keys(state.file.vms).length + Object.keys(state.live.vms).length === 0 &&
     state.partition.length === 0;
   if (none) return { ifbs: [], devices: [], nft: undefined };
-  return render(session, planOf(state, recordedVms(session)));
+  return render(session, planOf(state, vms));
 }
 
 function onNetwork(session: FleetSession): NetworkImpairments {
@@ -153,10 +159,13 @@ export async function applyImpairments(session: FleetSession): Promise<void> {
   await onNetwork(session).apply(rendered);
 }
 
-/** Puts a starting VM's part on its link, made anew, before the VM sends anything. */
+/**
+ * Puts a starting VM's part on its link, made anew, before the VM sends anything. Only that VM is
+ * planned (its group's paths do not depend on the other VMs): an `up` of N VMs stays O(N).
+ */
 export async function applyVmImpairments(session: FleetSession, name: string): Promise<void> {
   const slot = session.entry(name).spec.index;
-  const rendered = renderRecorded(session);
+  const rendered = renderRecorded(session, [{ name, slot }]);
   const naming = session.network.impairNaming();
   await onNetwork(session).apply(rendered, { nic: naming.nic(slot), ifb: naming.ifb(slot) });
 }

@@ -3,17 +3,10 @@ import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { z } from "zod";
 import type { ImpairmentSupport } from "../core/doctor.js";
 import { groupMembers, planImpairments } from "../core/impair-plan.js";
-import {
-  ALIAS_MAX,
-  IMPAIR_TABLE,
-  ifbName,
-  inNamespace,
-  ownerMark,
-  ownershipOf,
-  tapName,
-} from "../core/net.js";
+import { ALIAS_MAX, inNamespace, ownerMark, ownershipOf, tapName } from "../core/net.js";
 import {
   type DeviceScript,
+  ownNetworkNaming,
   type RenderedImpairments,
   renderImpairments,
   renderNftReplacement,
@@ -111,14 +104,7 @@ function probeRules(): string {
     },
     partition: ["a", "b"],
   });
-  const naming = {
-    nic: tapName,
-    ifb: ifbName,
-    owns: () => true,
-    match: "marks",
-    table: IMPAIR_TABLE,
-  } as const;
-  return renderImpairments(plan, naming).nft ?? "";
+  return renderImpairments(plan, ownNetworkNaming(tapName)).nft ?? "";
 }
 
 /**
@@ -275,7 +261,8 @@ export class NetworkImpairments {
 
   /**
    * Makes the network hold what `rendered` says. With `vm`, only that VM's devices, made anew (it
-   * is starting); without, every device of the fleet's, the ifb devices and the bridge table.
+   * is starting; `rendered` may hold that VM alone); without, every device of the fleet's, the ifb
+   * devices and the bridge table.
    */
   async apply(
     rendered: RenderedImpairments,
@@ -362,10 +349,11 @@ export class NetworkImpairments {
       });
     }
     if (vm !== undefined) {
+      // Past the check above, the fleet has impairments (or had them): its record stays.
       await this.recordApplied((recorded) => {
         for (const device of [vm.nic, vm.ifb]) delete recorded[device];
         Object.assign(recorded, after);
-      }, !isEmpty(rendered));
+      }, true);
       return;
     }
     for (const ifb of ownIfbs) {

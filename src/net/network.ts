@@ -15,13 +15,8 @@ import {
   FLEET_BRIDGE,
   type Found,
   fleetBridgeName,
-  hostIfbName,
-  hostImpairTable,
   hostTapName,
-  IMPAIR_TABLE,
-  ifbName,
   inNamespace,
-  isHostDeviceOf,
   type NatLink,
   NFT_COMMENT_MAX,
   namespaceName,
@@ -34,7 +29,7 @@ import {
   tapOwner,
 } from "../core/net.js";
 import { renderDhcpHosts, renderDnsHosts, renderDnsmasqConf } from "../core/render/dnsmasq.js";
-import type { ImpairNaming } from "../core/render/impair.js";
+import { hostBridgeNaming, type ImpairNaming, ownNetworkNaming } from "../core/render/impair.js";
 import {
   parseTableComment,
   renderFleetNat,
@@ -154,23 +149,9 @@ export class FleetNetwork {
 
   /** How the fleet's impairments name what they make on this network. */
   impairNaming(): ImpairNaming {
-    if (this.mode.kind === "isolated") {
-      return {
-        nic: (index) => this.tap(index),
-        ifb: ifbName,
-        owns: () => true,
-        match: "marks",
-        table: IMPAIR_TABLE,
-      };
-    }
-    return {
-      nic: (index) => hostTapName(this.owner, index),
-      ifb: (index) => hostIfbName(this.owner, index),
-      owns: (device) => isHostDeviceOf(this.owner, device),
-      match: "ports",
-      table: hostImpairTable(this.owner),
-      comment: ownerMark(this.owner, NFT_COMMENT_MAX),
-    };
+    return this.mode.kind === "isolated"
+      ? ownNetworkNaming((slot) => this.tap(slot))
+      : hostBridgeNaming(this.owner);
   }
 
   ipArgv(args: readonly string[]): [string, ...string[]] {

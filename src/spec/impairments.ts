@@ -1,12 +1,6 @@
 import picomatch from "picomatch";
 import type { FleetSpec } from "../core/fleet.js";
-import {
-  IMPAIRMENT_KEYS,
-  type Impairment,
-  type ImpairmentKey,
-  impairmentProblem,
-  parseImpairmentValue,
-} from "../core/impair.js";
+import { type Impairment, impairmentProblem, parseImpairment } from "../core/impair.js";
 import {
   type GroupPatterns,
   groupMembers,
@@ -24,18 +18,10 @@ const asList = (patterns: string | readonly string[]) =>
   typeof patterns === "string" ? [patterns] : [...patterns];
 
 /** A rule's values as numbers (the schema has checked each). */
-export function ruleImpairment(
-  rule: { readonly [key in ImpairmentKey]?: string | undefined },
-): Impairment {
-  const values: Record<string, number> = {};
-  for (const key of IMPAIRMENT_KEYS) {
-    const text = rule[key];
-    if (text === undefined) continue;
-    const parsed = parseImpairmentValue(key, text);
-    if (!parsed.ok) throw new Error(`internal: ${key} ${text} passed the schema`);
-    values[key] = parsed.value;
-  }
-  return values;
+function ruleImpairment(rule: ImpairmentRule): Impairment {
+  const parsed = parseImpairment(rule);
+  if (!parsed.ok) throw new Error(`internal: ${parsed.failed} of a rule passed the schema`);
+  return parsed.value;
 }
 
 function checkGroups(

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { groupMembers, planImpairments } from "../../src/core/impair-plan.js";
 import { renderImpairments } from "../../src/core/render/impair.js";
-import { checkEffective } from "../../src/fleet/impairments.js";
+import { checkEffective, planOf } from "../../src/fleet/impairments.js";
 import { NetworkImpairments } from "../../src/net/impairments.js";
 import { FleetNetwork } from "../../src/net/network.js";
 import { stateLayout } from "../../src/state/layout.js";
@@ -59,6 +59,31 @@ describe("the impairments a fleet's record holds after a change", () => {
     expect(() =>
       checkEffective({ ...state, file: { vms: { a: { out: { delay: 20_000 } } }, paths: {} } }),
     ).not.toThrow();
+  });
+});
+
+describe("a starting VM's part of the impairments", () => {
+  it("is what planning the whole fleet gives its devices, from planning that VM alone", async () => {
+    const { network } = await setUp();
+    const state = {
+      groups: { east: ["a", "c"], west: ["b"] },
+      file: {
+        vms: { a: { out: { rate: 2_000_000 } }, d: { in: { loss: 5000 } } },
+        paths: { "west>east": { rate: 5_000_000 }, "east>west": { loss: 10_000 } },
+      },
+      live: { vms: { c: { in: { rate: 3_000_000 } } }, paths: {} },
+      partition: [],
+    };
+    const vms = ["a", "b", "c", "d"].map((name, i) => ({ name, slot: i + 1 }));
+    const whole = renderImpairments(planOf(state, vms), network.impairNaming());
+    for (const vm of vms) {
+      const alone = renderImpairments(planOf(state, [vm]), network.impairNaming());
+      const own = (device: string) => device === `tap${vm.slot}` || device === `ifb${vm.slot}`;
+      expect(alone.devices).toEqual(whole.devices.filter((script) => own(script.device)));
+      expect(alone.ifbs).toEqual(whole.ifbs.filter(own));
+    }
+    // Some VMs have devices of their own (loss is nft, not tc: b and d have none).
+    expect(whole.devices.map((script) => script.device).sort()).toEqual(["ifb1", "tap1", "tap3"]);
   });
 });
 

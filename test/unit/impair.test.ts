@@ -6,6 +6,7 @@ import {
   formatRate,
   inSeries,
   parseDelay,
+  parseImpairment,
   parsePercent,
   parseRate,
 } from "../../src/core/impair.js";
@@ -92,6 +93,18 @@ describe("impairment values", () => {
     const parsed = parseRate(text);
     expect(parsed.ok).toBe(false);
     if (!parsed.ok) expect(parsed.message).toContain(why);
+  });
+
+  it("parses the keys given, in their units, and names the first that is not a value", () => {
+    expect(parseImpairment({ delay: "40ms", loss: "1%", rate: undefined })).toEqual(
+      ok({ delay: 40_000, loss: 10_000 }),
+    );
+    expect(parseImpairment({})).toEqual(ok({}));
+    expect(parseImpairment({ delay: "40ms", jitter: "lots", rate: "fast" })).toEqual({
+      ok: false,
+      failed: "jitter",
+      message: expect.stringContaining("is not a jitter"),
+    });
   });
 
   it("prints values the way they are written", () => {

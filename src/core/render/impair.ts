@@ -9,6 +9,17 @@ import {
   PPM,
 } from "../impair.js";
 import { type ImpairmentPlan, type PlannedVm, pathIntoVm } from "../impair-plan.js";
+import {
+  hostIfbName,
+  hostImpairTable,
+  hostTapName,
+  IMPAIR_TABLE,
+  ifbName,
+  isHostDeviceOf,
+  NFT_COMMENT_MAX,
+  type Owner,
+  ownerMark,
+} from "../net.js";
 import { assertRenderable } from "../syntax.js";
 
 /**
@@ -38,6 +49,23 @@ export interface ImpairNaming {
   readonly table: string;
   /** The table's owner mark, where it lives beside other programs' tables. */
   readonly comment?: string;
+}
+
+/** On a fleet's own network (a namespace of its own) everything is the fleet's. */
+export function ownNetworkNaming(nic: (slot: number) => string): ImpairNaming {
+  return { nic, ifb: ifbName, owns: () => true, match: "marks", table: IMPAIR_TABLE };
+}
+
+/** On a bridge of the host's, the fleet's devices and table carry its owner's name. */
+export function hostBridgeNaming(owner: Owner): ImpairNaming {
+  return {
+    nic: (slot) => hostTapName(owner, slot),
+    ifb: (slot) => hostIfbName(owner, slot),
+    owns: (device) => isHostDeviceOf(owner, device),
+    match: "ports",
+    table: hostImpairTable(owner),
+    comment: ownerMark(owner, NFT_COMMENT_MAX),
+  };
 }
 
 /** One device's part of the tc batch: its root and clsact qdiscs are made anew from `lines`. */
