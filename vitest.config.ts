@@ -14,6 +14,7 @@ const E2E_ORDER = [
   "debian",
   "upgrade",
   "density",
+  "libvirt",
   "xen",
 ];
 

@@ -1,9 +1,7 @@
-import { createHash } from "node:crypto";
 import { z } from "zod";
 import type { VmSpec } from "../../core/fleet.js";
-import { isDnsLabel } from "../../core/names.js";
 import type { Owner, Ownership } from "../../core/net.js";
-import { assertRenderable, isSafePath } from "../../core/syntax.js";
+import { ownedDomainUuid } from "../../core/render/boot.js";
 
 /**
  * What xl and xenconsoled say, read without I/O: a domain's state from `xl list`, its uptime from
@@ -106,22 +104,11 @@ export function guestConsoleLog(logDir: string, domain: string): string {
 }
 
 /**
- * The UUID shoal gives a VM's domain: derived from the owner and the VM's name (an RFC 9562
- * version 8 UUID), so that `xl list -v` shows whose a domain is. Domain names are host-wide and
- * the same in every state directory; the UUID is not.
+ * The UUID shoal gives a VM's Xen domain (see ownedDomainUuid), so that `xl list -v` shows whose
+ * a domain is.
  */
 export function domainUuid(owner: Owner, vm: string): string {
-  assertRenderable("fleet name", owner.fleet, isDnsLabel(owner.fleet));
-  assertRenderable("VM name", vm, isDnsLabel(vm));
-  assertRenderable("state directory", owner.root, isSafePath(owner.root));
-  const bytes = createHash("sha256")
-    .update(`xl\0${owner.root}\0${owner.fleet}\0${vm}`)
-    .digest()
-    .subarray(0, 16);
-  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x80;
-  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80;
-  const hex = bytes.toString("hex");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  return ownedDomainUuid("xl", owner, vm);
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

@@ -1,4 +1,6 @@
+import { createHash } from "node:crypto";
 import { isDnsLabel } from "../names.js";
+import type { Owner } from "../net.js";
 import { assertRenderable, isSafePath } from "../syntax.js";
 
 /** What a VM boots from: the image's kernel, shoal's initramfs for it (or the image's own), the shared base. */
@@ -21,6 +23,25 @@ export function domainName(fleet: string, vm: string): string {
   assertRenderable("fleet name", fleet, isDnsLabel(fleet));
   assertRenderable("VM name", vm, isDnsLabel(vm));
   return `${fleet}.${vm}`;
+}
+
+/**
+ * The UUID shoal gives a VM's domain under a hypervisor that names domains host-wide: derived from
+ * the owner and the VM's name (an RFC 9562 version 8 UUID). Domain names are the same in every
+ * state directory; the UUID is not, and tells shoal's own domain from another's of that name.
+ */
+export function ownedDomainUuid(hypervisor: "xl" | "libvirt", owner: Owner, vm: string): string {
+  assertRenderable("fleet name", owner.fleet, isDnsLabel(owner.fleet));
+  assertRenderable("VM name", vm, isDnsLabel(vm));
+  assertRenderable("state directory", owner.root, isSafePath(owner.root));
+  const bytes = createHash("sha256")
+    .update(`${hypervisor}\0${owner.root}\0${owner.fleet}\0${vm}`)
+    .digest()
+    .subarray(0, 16);
+  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x80;
+  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80;
+  const hex = bytes.toString("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 export function assertSafePaths(paths: Record<string, string | undefined>): void {
