@@ -51,6 +51,10 @@ const vmOf = (host: LibvirtHost) => `vm-${host.name.slice(1)}`;
 const domainOf = (host: LibvirtHost) => `lab.${vmOf(host)}`;
 const consoleLogOf = (host: LibvirtHost) => `/var/log/libvirt/qemu/${domainOf(host)}.console.log`;
 
+/** The same steps on every host at once, as shoal acts on many hosts. */
+const onEveryHost = (steps: (host: LibvirtHost) => Promise<void>) =>
+  Promise.all(theHosts().hosts.map(steps));
+
 async function upload(host: LibvirtHost, name: string, file: string): Promise<void> {
   const bytes = (await exec("stat", ["-c", "%s", file])).stdout.trim();
   await virsh(host, "vol-create-as", POOL, name, bytes, "--format", "raw");
@@ -82,7 +86,7 @@ afterAll(async () => {
 describe("a VM of shoal's on libvirt hosts reached over qemu+ssh", () => {
   it("each host takes the base, the kernel and the initramfs into its storage pool, the base's copy byte for byte", async () => {
     const boot = imageBoot(stateLayout(state), image);
-    for (const host of theHosts().hosts) {
+    await onEveryHost(async (host) => {
       await virsh(host, "pool-define-as", POOL, "dir", "--target", POOL_DIR);
       await virsh(host, "pool-build", POOL);
       await virsh(host, "pool-start", POOL);
@@ -96,13 +100,13 @@ describe("a VM of shoal's on libvirt hosts reached over qemu+ssh", () => {
       await virsh(host, "vol-download", "--pool", POOL, `base-${image.id}`, copy);
       expect(await sha256(copy)).toBe(baseSum);
       expect((await virsh(host, "vol-list", POOL)).split("\n").filter(Boolean)).toHaveLength(5);
-    }
+    });
   });
 
   it("boots from the host's volumes as the domain shoal renders, through shoal's initramfs", async () => {
     const record = await readFleetRecord(stateLayout(state), "lab");
     const boot = imageBoot(stateLayout(state), image);
-    for (const host of theHosts().hosts) {
+    await onEveryHost(async (host) => {
       const spec = record?.vms[vmOf(host)]?.spec;
       if (!spec) throw new Error(`${vmOf(host)} was not created`);
       const volume = (name: string): Volume => ({ pool: POOL, name });
@@ -128,7 +132,7 @@ describe("a VM of shoal's on libvirt hosts reached over qemu+ssh", () => {
       await writeFile(xmlFile, xml);
       await virsh(host, "define", xmlFile);
       await virsh(host, "start", domainOf(host));
-    }
+    });
     for (const host of theHosts().hosts) {
       // The console log is on the host: its /var/log/libvirt is the host's own directory here.
       const log = join(host.dir, "log", consoleLogOf(host).slice("/var/log/libvirt/".length));
@@ -166,7 +170,7 @@ describe("a VM of shoal's on libvirt hosts reached over qemu+ssh", () => {
   });
 
   it("leaves nothing on either host once the domains, volumes and pool are removed; the base is unchanged", async () => {
-    for (const host of theHosts().hosts) {
+    await onEveryHost(async (host) => {
       await virsh(host, "destroy", domainOf(host));
       await virsh(host, "undefine", domainOf(host));
       // `vol-list` (without a header, -q) gives a volume's name and path on each line.
@@ -179,7 +183,7 @@ describe("a VM of shoal's on libvirt hosts reached over qemu+ssh", () => {
       await virsh(host, "pool-undefine", POOL);
       expect(await virsh(host, "list", "--all", "--name")).toBe("");
       expect(await virsh(host, "pool-list", "--all", "--name")).toBe("");
-    }
+    });
     expect(await sha256(imageBoot(stateLayout(state), image).base)).toBe(baseSum);
   });
 });

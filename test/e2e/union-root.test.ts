@@ -250,7 +250,9 @@ describe.concurrent("a layer booted over another base", () => {
     await ready(keep);
     expect((await keep.sh("cat /root/mine")).out.trim()).toBe("mine");
     await powerOff(keep);
-    expect(await keep.output()).not.toContain("WARNING");
+    // shoal's warning, not any kernel's: a guest's kernel may warn of its own (seen once under load:
+    // virtio_balloon's free page reporting found its queue full).
+    expect(await keep.output()).not.toContain("WARNING: this layer was made over base");
     expect(await keep.output()).toContain(
       `layer made over base ${images.tiny?.id}, now over ${images["tiny-next"]?.id}: kept`,
     );
