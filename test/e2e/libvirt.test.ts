@@ -113,7 +113,7 @@ describe("a VM of shoal's on libvirt hosts reached over qemu+ssh", () => {
       const path = async (name: string) =>
         (await virsh(host, "vol-path", "--pool", POOL, name)).trim();
       const xml = renderDomainXml({
-        name: domainOf(host),
+        fleet: "lab",
         uuid: ownedDomainUuid("libvirt", { root: state, fleet: "lab" }, spec.name),
         vm: spec,
         boot,

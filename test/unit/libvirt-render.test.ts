@@ -17,7 +17,7 @@ const BASE_ID = "a".repeat(64);
 function input(vm: VmSpec, change: Partial<DomainInput> = {}): DomainInput {
   const uuid = ownedDomainUuid("libvirt", { root: "/var/lib/shoal", fleet: "lab" }, vm.name);
   return {
-    name: `lab.${vm.name}`,
+    fleet: "lab",
     uuid,
     vm,
     boot: { baseId: BASE_ID },

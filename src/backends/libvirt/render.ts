@@ -1,10 +1,15 @@
 import { XMLBuilder } from "fast-xml-parser";
 import { renderKernelCmdline } from "../../core/cmdline.js";
 import type { VmSpec } from "../../core/fleet.js";
-import { assertSafePaths, type BootFiles, isInterfaceName } from "../../core/render/boot.js";
+import {
+  assertSafePaths,
+  type BootFiles,
+  domainName,
+  isInterfaceName,
+  UUID_PATTERN,
+} from "../../core/render/boot.js";
 import { assertRenderable } from "../../core/syntax.js";
-import { MAX_TCG_CACHE_MIB } from "../backend.js";
-import { type Accelerator, defaultTcgCacheMiB, QEMU_GUEST_DEVICES } from "../qemu/render.js";
+import { type Accelerator, QEMU_GUEST_DEVICES, tcgCacheMiBFor } from "../qemu/render.js";
 
 /**
  * A VM as a libvirt domain: the same QEMU machine the qemu backend runs (the guest sees the same
@@ -26,7 +31,8 @@ export interface Volume {
 }
 
 export interface DomainInput {
-  readonly name: string;
+  /** The VM's fleet: the domain is named as the VM's domain of any backend (domainName). */
+  readonly fleet: string;
   readonly uuid: string;
   readonly vm: VmSpec;
   readonly boot: Pick<BootFiles, "baseId" | "ownInitramfs">;
@@ -48,7 +54,6 @@ export interface DomainInput {
 const RESERVED_TAP_PREFIXES = ["vnet", "vif", "macvtap", "macvlan"];
 /** libvirt's volume names in a dir pool are file names; shoal's are plain. */
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 export function isVolumeName(name: string): boolean {
@@ -88,7 +93,7 @@ const builder = new XMLBuilder({
 export function renderDomainXml(input: DomainInput): string {
   const { vm } = input;
   assertSafePaths({ kernel: input.kernel, initrd: input.initrd, "console log": input.consoleLog });
-  assertRenderable("domain UUID", input.uuid, UUID.test(input.uuid));
+  assertRenderable("domain UUID", input.uuid, UUID_PATTERN.test(input.uuid));
   assertRenderable("MAC address", vm.mac, MAC.test(vm.mac));
   if (input.nic !== undefined) {
     const { tap, bridge } = input.nic;
@@ -102,12 +107,7 @@ export function renderDomainXml(input: DomainInput): string {
   if (vm.layer.type === "disk" && input.disks.layer === undefined) {
     throw new Error(`internal: ${vm.name} has a disk layer but no layer volume`);
   }
-  const tcgCache = input.tcgCacheMiB ?? defaultTcgCacheMiB(vm.memoryMiB);
-  assertRenderable(
-    "translation cache size",
-    String(tcgCache),
-    Number.isInteger(tcgCache) && tcgCache >= 1 && tcgCache <= MAX_TCG_CACHE_MIB,
-  );
+  const tcgCache = tcgCacheMiBFor(vm, input.tcgCacheMiB);
   const disks = [
     volume("base", "vda", input.disks.base, true),
     volume("seed", "vdb", input.disks.seed, true),
@@ -117,7 +117,7 @@ export function renderDomainXml(input: DomainInput): string {
   ];
   const domain = {
     "@type": input.accel === "kvm" ? "kvm" : "qemu",
-    name: input.name,
+    name: domainName(input.fleet, vm.name),
     uuid: input.uuid,
     metadata: {
       "shoal:vm": {

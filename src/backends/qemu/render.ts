@@ -56,6 +56,17 @@ export function defaultTcgCacheMiB(memoryMiB: number): number {
   return Math.min(64, Math.max(16, Math.floor(memoryMiB / 4)));
 }
 
+/** The translation cache a VM's QEMU gets under software emulation: as set, or the default; checked. */
+export function tcgCacheMiBFor(vm: Pick<VmSpec, "memoryMiB">, setMiB: number | undefined): number {
+  const tcgCache = setMiB ?? defaultTcgCacheMiB(vm.memoryMiB);
+  assertRenderable(
+    "translation cache size",
+    String(tcgCache),
+    Number.isInteger(tcgCache) && tcgCache >= 1 && tcgCache <= MAX_TCG_CACHE_MIB,
+  );
+  return tcgCache;
+}
+
 /** The unprivileged system user every QEMU runs as (made by scripts/setup). */
 export const QEMU_USER = "shoal-qemu";
 
@@ -147,12 +158,7 @@ export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
           "virtio-blk-pci,drive=layer",
         ]
       : [];
-  const tcgCache = input.tcgCacheMiB ?? defaultTcgCacheMiB(vm.memoryMiB);
-  assertRenderable(
-    "translation cache size",
-    String(tcgCache),
-    Number.isInteger(tcgCache) && tcgCache >= 1 && tcgCache <= MAX_TCG_CACHE_MIB,
-  );
+  const tcgCache = tcgCacheMiBFor(vm, input.tcgCacheMiB);
   if (vm.layer.type === "disk" && files.layer === undefined) {
     throw new Error(`internal: ${vm.name} has a disk layer but no layer path`);
   }

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import type { VmSpec } from "../../core/fleet.js";
 import type { Owner, Ownership } from "../../core/net.js";
-import { ownedDomainUuid } from "../../core/render/boot.js";
+import { ownedDomainUuid, UUID_PATTERN } from "../../core/render/boot.js";
 
 /**
  * What xl and xenconsoled say, read without I/O: a domain's state from `xl list`, its uptime from
@@ -111,8 +111,6 @@ export function domainUuid(owner: Owner, vm: string): string {
   return ownedDomainUuid("xl", owner, vm);
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
 /** A domain's id and UUID from `xl list -v [NAME]`; undefined when the domain is not listed. */
 export function parseXlListIdentity(
   text: string,
@@ -121,7 +119,7 @@ export function parseXlListIdentity(
   for (const line of text.split("\n")) {
     const fields = line.trim().split(/\s+/);
     if (fields[0] !== domain || !/^\d+$/.test(fields[1] ?? "")) continue;
-    const uuid = fields.find((field) => UUID.test(field));
+    const uuid = fields.find((field) => UUID_PATTERN.test(field));
     return { domid: Number(fields[1]), ...(uuid === undefined ? {} : { uuid }) };
   }
   return undefined;
@@ -133,7 +131,7 @@ export function parseXlListUuids(text: string): Set<string> {
   for (const line of text.split("\n")) {
     const fields = line.trim().split(/\s+/);
     if (!/^\d+$/.test(fields[1] ?? "")) continue;
-    const uuid = fields.find((field) => UUID.test(field));
+    const uuid = fields.find((field) => UUID_PATTERN.test(field));
     if (uuid !== undefined) uuids.add(uuid);
   }
   return uuids;

@@ -25,6 +25,9 @@ export function domainName(fleet: string, vm: string): string {
   return `${fleet}.${vm}`;
 }
 
+/** A UUID as shoal writes and hypervisors print them: lower-case hex in 8-4-4-4-12. */
+export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 /**
  * The UUID shoal gives a VM's domain under a hypervisor that names domains host-wide: derived from
  * the owner and the VM's name (an RFC 9562 version 8 UUID). Domain names are the same in every
