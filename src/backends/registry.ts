@@ -38,6 +38,7 @@ export function allGuestModules(): GuestModules {
     block: kinds.flatMap((kind) => kind.guestModules.block),
     net: kinds.flatMap((kind) => kind.guestModules.net),
     memory: kinds.flatMap((kind) => kind.guestModules.memory),
+    entropy: kinds.flatMap((kind) => kind.guestModules.entropy),
     dax: kinds.flatMap((kind) => kind.guestModules.dax),
   };
 }

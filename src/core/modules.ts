@@ -22,6 +22,12 @@ export interface GuestModules {
    */
   readonly memory: readonly string[];
   /**
+   * A source of randomness from the host (virtio's rng), loaded when the kernel has it: without
+   * one, early users of getrandom() (mke2fs formatting a blank layer, sshd) wait seconds under
+   * software emulation for the kernel to gather entropy of its own.
+   */
+  readonly entropy: readonly string[];
+  /**
    * The device the base is mapped into the guest's memory with, for DAX (virtio-pmem), where the
    * backend has one; a kernel without them gets the base as a disk.
    */

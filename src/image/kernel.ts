@@ -12,14 +12,14 @@ import { type DirEntry, type Ext4Image, S_IFMT, S_IFREG } from "./ext4.js";
 
 /**
  * What shoal's initramfs loads from a kernel's modules: every backend's block devices (one image
- * boots on any), the root's filesystems, and the memory devices this kernel has.
+ * boots on any), the root's filesystems, and the memory and entropy devices this kernel has.
  */
 export function unionRootModules(index: ModuleIndex): string[] {
   const guest = allGuestModules();
   return [
     ...guest.block,
     ...ROOT_FILESYSTEM_MODULES,
-    ...available(index, [...guest.memory, ...guest.dax]),
+    ...available(index, [...guest.memory, ...guest.entropy, ...guest.dax]),
   ];
 }
 

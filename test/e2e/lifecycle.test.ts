@@ -110,7 +110,10 @@ async function attach(fleet: string, vm: string): Promise<GuestConsole> {
   return GuestConsole.attach(await pidOf(fleet, vm), paths.serialLog, paths.consoleSocket);
 }
 
-describe("a fleet of 5 tiny VMs", () => {
+// It runs beside the three fleets of their own below (a concurrent group of four describes, two
+// tests at a time: maxConcurrency in vitest.config.ts), its own tests one after another: its many
+// short checks leave a core idle that their boots use.
+describe.concurrent("a fleet of 5 tiny VMs", () => {
   const fleet = "five";
   // The last one is on a tmpfs layer.
   const COUNT = 5;
@@ -172,459 +175,466 @@ describe("a fleet of 5 tiny VMs", () => {
 
   const reaches = async (from: string, to: string) => (await pingLoss(from, to, 3)) < 1;
 
-  it("comes up with `shoal up`, each VM with its own hostname, machine-id and SSH host key, as known_hosts lists them", async () => {
-    const rows = await up(file, "--workers", "4");
-    for (const row of rows) ips[row.name] = row.ip;
-    expect(rows.map((row) => [row.name, row.state, row.done, row.ok])).toEqual(
-      Array.from({ length: COUNT }, (_, i) => [
-        `vm-${i + 1}`,
-        "running",
-        ["create", "start"],
-        true,
-      ]),
-    );
-    const plan = JSON.parse((await run(["plan", "-f", file, "--json"])).stdout) as {
-      name: string;
-      machineId: string;
-    }[];
-    const knownHosts = (await readFile(stateLayout(state).fleet(fleet).knownHosts, "utf8"))
-      .trim()
-      .split("\n");
-    const reported = [];
-    for (const vm of plan) {
-      const identity = await waitForIdentity(vmPaths(fleet, vm.name).serialLog);
-      expect(identity.hostname).toBe(vm.name);
-      expect(identity.machineId).toBe(vm.machineId);
-      const line = knownHosts.find((entry) => entry.startsWith(`${vm.name},`));
-      expect(line).toBe(
-        `${vm.name},${vm.name}.${fleet},${rows.find((row) => row.name === vm.name)?.ip} ${identity.hostKey}`,
+  describe.sequential("in order", () => {
+    it("comes up with `shoal up`, each VM with its own hostname, machine-id and SSH host key, as known_hosts lists them", async () => {
+      const rows = await up(file, "--workers", "4");
+      for (const row of rows) ips[row.name] = row.ip;
+      expect(rows.map((row) => [row.name, row.state, row.done, row.ok])).toEqual(
+        Array.from({ length: COUNT }, (_, i) => [
+          `vm-${i + 1}`,
+          "running",
+          ["create", "start"],
+          true,
+        ]),
       );
-      reported.push(identity.hostKey);
-    }
-    const prints = await fingerprints(reported);
-    expect(new Set(prints).size).toBe(COUNT);
-    expect(prints.every((print) => print.startsWith("SHA256:"))).toBe(true);
-    expect(new Set(plan.map((vm) => vm.machineId)).size).toBe(COUNT);
-    // Private keys are root's only; identity seeds (they hold the host key) also QEMU's group's.
-    const qemuGid = Number((await exec("id", ["-g", "shoal-qemu"])).stdout);
-    for (const vm of plan) {
-      const paths = vmPaths(fleet, vm.name);
-      const owner = async (path: string) => {
-        const info = await stat(path);
-        return [(info.mode & 0o777).toString(8), info.uid, info.gid];
-      };
-      expect(await owner(join(paths.hostKeys, "ssh_host_ed25519_key"))).toEqual(["600", 0, 0]);
-      expect(await owner(paths.hostKeys)).toEqual(["700", 0, 0]);
-      expect(await owner(paths.seed)).toEqual(["640", 0, qemuGid]);
-      expect(await owner(paths.dir)).toEqual(["710", 0, qemuGid]);
-    }
-  });
-
-  it("runs each QEMU as user shoal-qemu with no capabilities, under its seccomp sandbox, in the fleet's namespace; a guest's reboot stays in it", async () => {
-    const id = async (...args: string[]) =>
-      (await exec("id", [...args, "shoal-qemu"])).stdout.trim();
-    const [uid, gid, groups] = [await id("-u"), await id("-g"), await id("-G")];
-    const namespace = (await stat(`/run/netns/${namespaceName({ root: state, fleet })}`)).ino;
-    for (let i = 1; i <= COUNT; i++) {
-      const pid = await pidOf(fleet, `vm-${i}`);
-      const status = Object.fromEntries(
-        (await readFile(`/proc/${pid}/status`, "utf8"))
-          .trim()
-          .split("\n")
-          .map((line) => line.split(/:\s*/, 2)),
-      );
-      expect({
-        Uid: status.Uid,
-        Gid: status.Gid,
-        Groups: status.Groups?.trim().split(" ").sort(),
-        CapInh: status.CapInh,
-        CapPrm: status.CapPrm,
-        CapEff: status.CapEff,
-        CapBnd: status.CapBnd,
-        CapAmb: status.CapAmb,
-        NoNewPrivs: status.NoNewPrivs,
-        Seccomp: status.Seccomp,
-      }).toEqual({
-        Uid: Array(4).fill(uid).join("\t"),
-        Gid: Array(4).fill(gid).join("\t"),
-        Groups: groups.split(" ").sort(),
-        CapInh: "0000000000000000",
-        CapPrm: "0000000000000000",
-        CapEff: "0000000000000000",
-        CapBnd: "0000000000000000",
-        CapAmb: "0000000000000000",
-        NoNewPrivs: "1",
-        // 2: a seccomp filter (QEMU's -sandbox) is in force.
-        Seccomp: "2",
-      });
-      expect((await stat(`/proc/${pid}/ns/net`)).ino).toBe(namespace);
-    }
-    // A reboot is QEMU resetting the machine in the same process: the kernel and initramfs were
-    // read at start, so the unprivileged, sandboxed QEMU boots the guest again.
-    const pid = await pidOf(fleet, "vm-2");
-    const guest = await attach(fleet, "vm-2");
-    guest.type("reboot\n");
-    await guest.waitFor(/reboot: Restarting system/);
-    await guest.waitFor(/shoal: root is the union of base/);
-    await guest.waitFor(/shoal-tiny: vm-2 is up/);
-    expect((await guest.sh("hostname")).out.trim()).toBe("vm-2");
-    guest.detach();
-    expect(await pidOf(fleet, "vm-2")).toBe(pid);
-    expect((await ps(file)).find((row) => row.name === "vm-2")?.state).toBe("running");
-  });
-
-  it("does nothing on a second `up`, and `ps` shows every VM running with its layer's disk use", async () => {
-    const pids = await Promise.all(
-      Array.from({ length: COUNT }, (_, i) => pidOf(fleet, `vm-${i + 1}`)),
-    );
-    const rows = await up(file);
-    expect(rows.every((row) => row.done.length === 0 && row.state === "running")).toBe(true);
-    expect(
-      await Promise.all(Array.from({ length: COUNT }, (_, i) => pidOf(fleet, `vm-${i + 1}`))),
-    ).toEqual(pids);
-    const listed = await ps(file);
-    expect(listed.map((row) => row.state)).toEqual(Array(COUNT).fill("running"));
-    expect(listed.every((row) => row.uptimeSeconds !== null)).toBe(true);
-    // The guest formatted its 64M layer: some KiB to MiB used, far below the size.
-    for (const row of listed.slice(0, -1)) {
-      expect(row.layerBytes).toBeGreaterThan(0);
-      expect(row.layerBytes).toBeLessThan(16 * 1024 ** 2);
-    }
-    expect(listed[COUNT - 1]?.layerBytes).toBeNull();
-    expect((await qemuPidsMentioning(state)).length).toBe(COUNT);
-  });
-
-  it("`df` counts the base once and each disk layer by what it really takes", async () => {
-    const usage = JSON.parse(await ok("df", "-f", file, "--json")) as {
-      images: { name: string; id: string; bytes: number; vms: number }[];
-      vms: { name: string; layerType: string; layerBytes: number; otherBytes: number }[];
-      basesBytes: number;
-      totalBytes: number;
-      fullCopiesBytes: number;
-      ratio: number;
-    };
-    const tiny = images.tiny?.id ?? "";
-    const base = (await stat(stateLayout(state).image(tiny).base)).blocks * 512;
-    expect(usage.images).toEqual([{ name: "tiny", id: tiny, bytes: base, vms: COUNT }]);
-    expect(usage.basesBytes).toBe(base);
-    expect(usage.vms.map((vm) => [vm.name, vm.layerType])).toEqual(
-      Array.from({ length: COUNT }, (_, i) => [`vm-${i + 1}`, i < COUNT - 1 ? "disk" : "tmpfs"]),
-    );
-    let layers = 0;
-    for (const vm of usage.vms.slice(0, -1)) {
-      const layer = await stat(vmPaths(fleet, vm.name).layer);
-      // Booted: the guest formatted its layer and wrote to it, a little, not a copy of the base.
-      expect(vm.layerBytes).toBe(layer.blocks * 512);
-      expect(vm.layerBytes).toBeGreaterThan(0);
-      expect(vm.layerBytes).toBeLessThan(base / 2);
-      expect(layer.size).toBe(64 * 1024 ** 2);
-      layers += vm.layerBytes;
-    }
-    expect(usage.vms[COUNT - 1]?.layerBytes).toBe(0);
-    const others = usage.vms.reduce((sum, vm) => sum + vm.otherBytes, 0);
-    expect(usage.totalBytes).toBe(base + layers + others);
-    expect(usage.fullCopiesBytes).toBe(COUNT * base + others);
-    expect(usage.ratio).toBeGreaterThan(2);
-    const text = await ok("df", "-f", file);
-    expect(text).toMatch(new RegExp(`^tiny\\s+${tiny.slice(0, 12)}\\s+\\S+\\s+${COUNT}$`, "m"));
-    expect(text).toMatch(new RegExp(`^${TMPFS_VM}\\s+tiny\\s+tmpfs\\s+\\S+$`, "m"));
-    expect(text).toMatch(
-      new RegExp(`^total \\S+: bases \\S+ \\(each once\\) \\+ ${COUNT} VMs \\S+$`, "m"),
-    );
-  });
-
-  it("gives each VM its planned address by DHCP, in a network namespace of the fleet's own, where VMs reach each other", async () => {
-    const plan = JSON.parse((await run(["plan", "-f", file, "--json"])).stdout) as {
-      name: string;
-      ip: string;
-    }[];
-    const guest = await attach(fleet, "vm-1");
-    for (const vm of plan.slice(0, 3)) {
-      const other = vm.name === "vm-1" ? guest : await attach(fleet, vm.name);
-      // udhcpc runs in the background from boot: wait for its lease.
-      const address = await other.sh(
-        "for i in $(seq 60); do ip -4 -o addr show eth0 | grep -q inet && break; sleep 1; done; ip -4 -o addr show eth0",
-      );
-      expect(address.out).toContain(`inet ${vm.ip}/16`);
-      if (other !== guest) other.detach();
-    }
-    const lookup = await guest.sh("nslookup vm-2 10.77.0.1");
-    expect(lookup.out).toContain(plan[1]?.ip);
-    expect((await guest.sh(`ping -c 1 -W 5 ${plan[1]?.ip}`)).code).toBe(0);
-    guest.detach();
-    // The fleet's bridge and dnsmasq are in its own namespace; the host's has no trace of them.
-    expect((await exec("ip", ["netns", "list"])).stdout).toContain(
-      namespaceName({ root: state, fleet }),
-    );
-    await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
-  });
-
-  it("shapes the path between its groups from the fleet file: a transfer between them runs at 10 Mbit/s, one inside a group faster", async () => {
-    await serve("vm-1");
-    const between = await transfer("vm-3", "vm-1");
-    expect(between).toBeGreaterThan(8.5);
-    expect(between).toBeLessThan(11.5);
-    expect(await transfer("vm-2", "vm-1")).toBeGreaterThan(15);
-    const shown = JSON.parse(await ok("net", "show", "-f", file, "--json"));
-    expect(shown.paths).toEqual([
-      { from: "east", to: "west", rate: "10mbit" },
-      { from: "west", to: "east", rate: "10mbit" },
-    ]);
-  });
-
-  it("loses 5-15% of 200 pings with 10% loss set live on what one VM receives, and none once reset", async () => {
-    expect(await ok("net", "set", "-f", file, "vm-4", "--direction", "in", "--loss", "10%")).toBe(
-      "vm-4 (in): loss 10%\n",
-    );
-    const lost = await pingLoss("vm-2", "vm-4", 200);
-    expect(lost).toBeGreaterThanOrEqual(0.05);
-    expect(lost).toBeLessThanOrEqual(0.15);
-    await ok("net", "reset", "-f", file, "vm-4");
-    expect(await pingLoss("vm-2", "vm-4", 20)).toBe(0);
-  });
-
-  it("cuts the named groups apart in a partition, each still reaching itself, and heal restores both", async () => {
-    await ok("net", "partition", "-f", file, "east", "west");
-    expect(await reaches("vm-1", "vm-3")).toBe(false);
-    expect(await reaches("vm-4", "vm-2")).toBe(false);
-    expect(await reaches("vm-1", "vm-2")).toBe(true);
-    expect(await reaches("vm-3", "vm-4")).toBe(true);
-    // A VM in no group is cut from neither.
-    expect(await reaches(TMPFS_VM, "vm-3")).toBe(true);
-    expect(JSON.parse(await ok("net", "show", "-f", file, "--json")).partition).toEqual([
-      "east",
-      "west",
-    ]);
-    await ok("net", "heal", "-f", file);
-    expect(await reaches("vm-1", "vm-3")).toBe(true);
-    expect(await reaches("vm-4", "vm-2")).toBe(true);
-  });
-
-  it("takes a delay only where the kernel has netem, and refuses it elsewhere before anything changes", async () => {
-    const before = await ok("net", "show", "-f", file, "--json");
-    const args = ["net", "set", "-f", file, "--group", "east", "--to", "west", "--delay", "40ms"];
-    const result = await run(args);
-    if (await hasNetem(new ProcessRunner())) {
-      // Proven on the Xen lab's dom0 (Debian's kernel) as well; here when this kernel has it.
-      expect(result.code, result.stderr).toBe(0);
-      const { out } = await onVm("vm-1", `ping -q -c 10 -i 0.2 ${ips["vm-3"]}`);
-      const [, avg] = /min\/avg\/max = [\d.]+\/([\d.]+)\//.exec(out) ?? [];
-      expect(Math.abs(Number(avg) - 80)).toBeLessThan(8);
-      await ok("net", "reset", "-f", file);
-      return;
-    }
-    console.warn("this kernel has no sch_netem: delay is refused here (the Xen lab measures it)");
-    expect(result.code).toBe(2);
-    expect(result.stderr).toContain("sch_netem");
-    expect(await ok("net", "show", "-f", file, "--json")).toBe(before);
-  });
-
-  it("`cp` from a guest lands no setuid bit, FIFO, device or link, and writes nothing outside the destination", async () => {
-    expect((await run(["wait", "-f", file, "vm-1", "vm-2"])).code).toBe(0);
-    const planted = await run([
-      "exec",
-      "-f",
-      file,
-      "vm-1",
-      "vm-2",
-      "--",
-      [
-        "set -e; rm -rf /root/hostile; mkdir -p /root/hostile/inside; cd /root/hostile",
-        "echo run-me > suid; chmod 4755 suid; chmod 2775 inside",
-        "echo x > inside/sgid; chmod 2755 inside/sgid; chmod 1777 inside",
-        "mkfifo fifo; mknod null c 1 3; ln -s /etc link",
-        "echo from-the-guest > /etc/shoal-e2e-canary",
-      ].join("; "),
-    ]);
-    expect(planted.code, planted.stderr).toBe(0);
-    const dest = join(fleetDir(), "fetched");
-    await mkdir(dest);
-    const fetched = await run(["cp", "-f", file, "vm-1:/root/hostile", dest]);
-    // The guest's scp itself skips what is not a file or a directory (the FIFO, the device), and
-    // fails for them; what it did send has landed.
-    expect(fetched.code).toBe(1);
-    expect(fetched.stderr).toContain("copy on vm-1 failed: scp: /root/hostile/");
-    const landed = (await exec("find", [dest, "-mindepth", "1", "-printf", "%P %y %#m\\n"])).stdout
-      .trim()
-      .split("\n")
-      .sort();
-    expect(landed.filter((line) => !line.startsWith("hostile/link"))).toEqual([
-      "hostile d 0755",
-      "hostile/inside d 0777",
-      "hostile/inside/sgid f 0755",
-      "hostile/suid f 0755",
-    ]);
-    // The link was followed in the guest: the guest's /etc arrived as a plain directory.
-    expect(landed).toContainEqual(expect.stringMatching(/^hostile\/link d /));
-    expect(landed.every((line) => / [fd] 0[0-7]{3}$/.test(line))).toBe(true);
-    expect(await readFile(join(dest, "hostile", "link", "shoal-e2e-canary"), "utf8")).toBe(
-      "from-the-guest\n",
-    );
-    await expect(stat("/etc/shoal-e2e-canary")).rejects.toThrow();
-
-    // A link in the destination is not followed: not for a copy from one VM, nor for each VM's own
-    // directory of a copy from several.
-    const outside = join(fleetDir(), "outside");
-    await mkdir(outside);
-    const again = join(fleetDir(), "again");
-    await mkdir(join(again, "hostile"), { recursive: true });
-    await symlink(outside, join(again, "hostile", "inside"));
-    const refused = await run(["cp", "-f", file, "vm-1:/root/hostile", again]);
-    expect(refused.code).toBe(1);
-    expect(refused.stderr).toContain("hostile/inside is a symbolic link");
-    const many = join(fleetDir(), "many");
-    await mkdir(many);
-    await symlink(outside, join(many, "vm-2"));
-    const fromBoth = await run(["cp", "-f", file, "vm-[12]:/root/hostile", many]);
-    expect(fromBoth.code).toBe(1);
-    expect(fromBoth.stderr).toContain("vm-2 is a symbolic link");
-    expect((await stat(join(many, "vm-1", "hostile", "suid"))).mode & 0o7777).toBe(0o755);
-    expect(await readdir(outside)).toEqual([]);
-  });
-
-  it("`console` types into a VM's serial console and shows its answer; `logs` has it afterwards", async () => {
-    const console = spawn(
-      process.execPath,
-      [SHOAL, "--state-dir", state, "console", "vm-2", "-f", file],
-      {
-        stdio: ["pipe", "pipe", "pipe"],
-      },
-    );
-    let seen = "";
-    const answered = new Promise<void>((resolve) => {
-      console.stdout.on("data", (chunk) => {
-        seen += chunk;
-        if (seen.includes("answer-42")) resolve();
-      });
-    });
-    console.stdin.write("echo answer-$((6 * 7))\n");
-    await answered;
-    console.stdin.end();
-    const code = await new Promise((resolve) => console.on("close", resolve));
-    expect(code).toBe(0);
-    const logs = await run(["logs", "vm-2", "--file", file]);
-    expect(logs.code, logs.stderr).toBe(0);
-    expect(logs.stdout).toContain("answer-42");
-    expect(logs.stdout).toContain("shoal-identity: hostname=vm-2");
-  });
-
-  it("`diff` lists exactly what a VM wrote and deleted; `reset` takes it away and keeps the identity", async () => {
-    const vm = "vm-3";
-    const onVm = async (line: string) => {
-      await ok("start", vm, "-f", file);
-      await ok("wait", vm, "-f", file);
-      return ok("exec", vm, "-f", file, "--", line);
-    };
-    const changes = async () =>
-      JSON.parse(await ok("diff", vm, "-f", file, "--json")) as {
-        path: string;
-        change: string;
-        type: string;
-        size: number;
+      const plan = JSON.parse((await run(["plan", "-f", file, "--json"])).stdout) as {
+        name: string;
+        machineId: string;
       }[];
-    await ok("stop", vm, "-f", file);
-    // What booting and stopping alone leave (DHCP's resolv.conf, the power button's log): not
-    // the test's doing, though those files may grow by the next stop.
-    const seen = new Set((await changes()).map((change) => change.path));
-    await onVm(
-      "echo hello > /root/greeting && mkdir -p /srv/app && head -c 3000 /dev/zero > /srv/app/blob && rm /etc/os-release && sync",
-    );
-    await ok("stop", vm, "-f", file);
-    expect((await changes()).filter((change) => !seen.has(change.path))).toEqual([
-      { path: "/etc/os-release", change: "deleted", type: "file", size: expect.any(Number) },
-      { path: "/root/greeting", change: "added", type: "file", size: 6 },
-      { path: "/srv", change: "added", type: "dir", size: 0 },
-      { path: "/srv/app", change: "added", type: "dir", size: 0 },
-      { path: "/srv/app/blob", change: "added", type: "file", size: 3000 },
-    ]);
-    expect(await ok("diff", vm, "-f", file)).toMatch(/^deleted\s+file\s+\S+\s+\/etc\/os-release$/m);
+      const knownHosts = (await readFile(stateLayout(state).fleet(fleet).knownHosts, "utf8"))
+        .trim()
+        .split("\n");
+      const reported = [];
+      for (const vm of plan) {
+        const identity = await waitForIdentity(vmPaths(fleet, vm.name).serialLog);
+        expect(identity.hostname).toBe(vm.name);
+        expect(identity.machineId).toBe(vm.machineId);
+        const line = knownHosts.find((entry) => entry.startsWith(`${vm.name},`));
+        expect(line).toBe(
+          `${vm.name},${vm.name}.${fleet},${rows.find((row) => row.name === vm.name)?.ip} ${identity.hostKey}`,
+        );
+        reported.push(identity.hostKey);
+      }
+      const prints = await fingerprints(reported);
+      expect(new Set(prints).size).toBe(COUNT);
+      expect(prints.every((print) => print.startsWith("SHA256:"))).toBe(true);
+      expect(new Set(plan.map((vm) => vm.machineId)).size).toBe(COUNT);
+      // Private keys are root's only; identity seeds (they hold the host key) also QEMU's group's.
+      const qemuGid = Number((await exec("id", ["-g", "shoal-qemu"])).stdout);
+      for (const vm of plan) {
+        const paths = vmPaths(fleet, vm.name);
+        const owner = async (path: string) => {
+          const info = await stat(path);
+          return [(info.mode & 0o777).toString(8), info.uid, info.gid];
+        };
+        expect(await owner(join(paths.hostKeys, "ssh_host_ed25519_key"))).toEqual(["600", 0, 0]);
+        expect(await owner(paths.hostKeys)).toEqual(["700", 0, 0]);
+        expect(await owner(paths.seed)).toEqual(["640", 0, qemuGid]);
+        expect(await owner(paths.dir)).toEqual(["710", 0, qemuGid]);
+      }
+    });
 
-    const running = await run(["reset", "vm-4", "-f", file, "--yes"]);
-    expect(running.code).toBe(2);
-    expect(running.stderr).toContain("VM vm-4 is running: its layer is in use");
-
-    await ok("reset", vm, "-f", file, "--yes");
-    expect(await ok("diff", vm, "-f", file)).toBe(`VM ${vm} has no changes of its own\n`);
-    // Its own hostname, and the host key known_hosts holds (ssh checks it strictly).
-    expect(
-      await onVm(
-        "hostname; ls /root/greeting /srv 2>&1; test -f /etc/os-release && echo os-release back",
-      ),
-    ).toMatch(
-      /^vm-3: vm-3\nvm-3: .*No such file.*\nvm-3: .*No such file.*\nvm-3: os-release back\n$/,
-    );
-  });
-
-  it("keeps a file written in a disk-layer VM across `down` and `up`; a tmpfs VM loses it", async () => {
-    for (const vm of ["vm-1", TMPFS_VM]) {
-      const guest = await attach(fleet, vm);
-      expect((await guest.sh("echo kept-by-$(hostname) > /root/note; sync")).code).toBe(0);
+    it("runs each QEMU as user shoal-qemu with no capabilities, under its seccomp sandbox, in the fleet's namespace; a guest's reboot stays in it", async () => {
+      const id = async (...args: string[]) =>
+        (await exec("id", [...args, "shoal-qemu"])).stdout.trim();
+      const [uid, gid, groups] = [await id("-u"), await id("-g"), await id("-G")];
+      const namespace = (await stat(`/run/netns/${namespaceName({ root: state, fleet })}`)).ino;
+      for (let i = 1; i <= COUNT; i++) {
+        const pid = await pidOf(fleet, `vm-${i}`);
+        const status = Object.fromEntries(
+          (await readFile(`/proc/${pid}/status`, "utf8"))
+            .trim()
+            .split("\n")
+            .map((line) => line.split(/:\s*/, 2)),
+        );
+        expect({
+          Uid: status.Uid,
+          Gid: status.Gid,
+          Groups: status.Groups?.trim().split(" ").sort(),
+          CapInh: status.CapInh,
+          CapPrm: status.CapPrm,
+          CapEff: status.CapEff,
+          CapBnd: status.CapBnd,
+          CapAmb: status.CapAmb,
+          NoNewPrivs: status.NoNewPrivs,
+          Seccomp: status.Seccomp,
+        }).toEqual({
+          Uid: Array(4).fill(uid).join("\t"),
+          Gid: Array(4).fill(gid).join("\t"),
+          Groups: groups.split(" ").sort(),
+          CapInh: "0000000000000000",
+          CapPrm: "0000000000000000",
+          CapEff: "0000000000000000",
+          CapBnd: "0000000000000000",
+          CapAmb: "0000000000000000",
+          NoNewPrivs: "1",
+          // 2: a seccomp filter (QEMU's -sandbox) is in force.
+          Seccomp: "2",
+        });
+        expect((await stat(`/proc/${pid}/ns/net`)).ino).toBe(namespace);
+      }
+      // A reboot is QEMU resetting the machine in the same process: the kernel and initramfs were
+      // read at start, so the unprivileged, sandboxed QEMU boots the guest again.
+      const pid = await pidOf(fleet, "vm-2");
+      const guest = await attach(fleet, "vm-2");
+      guest.type("reboot\n");
+      await guest.waitFor(/reboot: Restarting system/);
+      await guest.waitFor(/shoal: root is the union of base/);
+      await guest.waitFor(/shoal-tiny: vm-2 is up/);
+      expect((await guest.sh("hostname")).out.trim()).toBe("vm-2");
       guest.detach();
-    }
-    const down = await run(["down", "-f", file]);
-    expect(down.code, down.stderr).toBe(0);
-    // busybox acpid answers the power button: every VM shuts down cleanly, none is forced.
-    expect(
-      down.stdout
+      expect(await pidOf(fleet, "vm-2")).toBe(pid);
+      expect((await ps(file)).find((row) => row.name === "vm-2")?.state).toBe("running");
+    });
+
+    it("does nothing on a second `up`, and `ps` shows every VM running with its layer's disk use", async () => {
+      const pids = await Promise.all(
+        Array.from({ length: COUNT }, (_, i) => pidOf(fleet, `vm-${i + 1}`)),
+      );
+      const rows = await up(file);
+      expect(rows.every((row) => row.done.length === 0 && row.state === "running")).toBe(true);
+      expect(
+        await Promise.all(Array.from({ length: COUNT }, (_, i) => pidOf(fleet, `vm-${i + 1}`))),
+      ).toEqual(pids);
+      const listed = await ps(file);
+      expect(listed.map((row) => row.state)).toEqual(Array(COUNT).fill("running"));
+      expect(listed.every((row) => row.uptimeSeconds !== null)).toBe(true);
+      // The guest formatted its 64M layer: some KiB to MiB used, far below the size.
+      for (const row of listed.slice(0, -1)) {
+        expect(row.layerBytes).toBeGreaterThan(0);
+        expect(row.layerBytes).toBeLessThan(16 * 1024 ** 2);
+      }
+      expect(listed[COUNT - 1]?.layerBytes).toBeNull();
+      expect((await qemuPidsMentioning(`${stateLayout(state).fleet(fleet).dir}/`)).length).toBe(
+        COUNT,
+      );
+    });
+
+    it("`df` counts the base once and each disk layer by what it really takes", async () => {
+      const usage = JSON.parse(await ok("df", "-f", file, "--json")) as {
+        images: { name: string; id: string; bytes: number; vms: number }[];
+        vms: { name: string; layerType: string; layerBytes: number; otherBytes: number }[];
+        basesBytes: number;
+        totalBytes: number;
+        fullCopiesBytes: number;
+        ratio: number;
+      };
+      const tiny = images.tiny?.id ?? "";
+      const base = (await stat(stateLayout(state).image(tiny).base)).blocks * 512;
+      expect(usage.images).toEqual([{ name: "tiny", id: tiny, bytes: base, vms: COUNT }]);
+      expect(usage.basesBytes).toBe(base);
+      expect(usage.vms.map((vm) => [vm.name, vm.layerType])).toEqual(
+        Array.from({ length: COUNT }, (_, i) => [`vm-${i + 1}`, i < COUNT - 1 ? "disk" : "tmpfs"]),
+      );
+      let layers = 0;
+      for (const vm of usage.vms.slice(0, -1)) {
+        const layer = await stat(vmPaths(fleet, vm.name).layer);
+        // Booted: the guest formatted its layer and wrote to it, a little, not a copy of the base.
+        expect(vm.layerBytes).toBe(layer.blocks * 512);
+        expect(vm.layerBytes).toBeGreaterThan(0);
+        expect(vm.layerBytes).toBeLessThan(base / 2);
+        expect(layer.size).toBe(64 * 1024 ** 2);
+        layers += vm.layerBytes;
+      }
+      expect(usage.vms[COUNT - 1]?.layerBytes).toBe(0);
+      const others = usage.vms.reduce((sum, vm) => sum + vm.otherBytes, 0);
+      expect(usage.totalBytes).toBe(base + layers + others);
+      expect(usage.fullCopiesBytes).toBe(COUNT * base + others);
+      expect(usage.ratio).toBeGreaterThan(2);
+      const text = await ok("df", "-f", file);
+      expect(text).toMatch(new RegExp(`^tiny\\s+${tiny.slice(0, 12)}\\s+\\S+\\s+${COUNT}$`, "m"));
+      expect(text).toMatch(new RegExp(`^${TMPFS_VM}\\s+tiny\\s+tmpfs\\s+\\S+$`, "m"));
+      expect(text).toMatch(
+        new RegExp(`^total \\S+: bases \\S+ \\(each once\\) \\+ ${COUNT} VMs \\S+$`, "m"),
+      );
+    });
+
+    it("gives each VM its planned address by DHCP, in a network namespace of the fleet's own, where VMs reach each other", async () => {
+      const plan = JSON.parse((await run(["plan", "-f", file, "--json"])).stdout) as {
+        name: string;
+        ip: string;
+      }[];
+      const guest = await attach(fleet, "vm-1");
+      for (const vm of plan.slice(0, 3)) {
+        const other = vm.name === "vm-1" ? guest : await attach(fleet, vm.name);
+        // udhcpc runs in the background from boot: wait for its lease.
+        const address = await other.sh(
+          "for i in $(seq 60); do ip -4 -o addr show eth0 | grep -q inet && break; sleep 1; done; ip -4 -o addr show eth0",
+        );
+        expect(address.out).toContain(`inet ${vm.ip}/16`);
+        if (other !== guest) other.detach();
+      }
+      const lookup = await guest.sh("nslookup vm-2 10.77.0.1");
+      expect(lookup.out).toContain(plan[1]?.ip);
+      expect((await guest.sh(`ping -c 1 -W 5 ${plan[1]?.ip}`)).code).toBe(0);
+      guest.detach();
+      // The fleet's bridge and dnsmasq are in its own namespace; the host's has no trace of them.
+      expect((await exec("ip", ["netns", "list"])).stdout).toContain(
+        namespaceName({ root: state, fleet }),
+      );
+      await expect(exec("ip", ["link", "show", "shoal0"])).rejects.toThrow();
+    });
+
+    it("shapes the path between its groups from the fleet file: a transfer between them runs at 10 Mbit/s, one inside a group faster", async () => {
+      await serve("vm-1");
+      const between = await transfer("vm-3", "vm-1");
+      expect(between).toBeGreaterThan(8.5);
+      expect(between).toBeLessThan(11.5);
+      expect(await transfer("vm-2", "vm-1")).toBeGreaterThan(15);
+      const shown = JSON.parse(await ok("net", "show", "-f", file, "--json"));
+      expect(shown.paths).toEqual([
+        { from: "east", to: "west", rate: "10mbit" },
+        { from: "west", to: "east", rate: "10mbit" },
+      ]);
+    });
+
+    it("loses 5-15% of 200 pings with 10% loss set live on what one VM receives, and none once reset", async () => {
+      expect(await ok("net", "set", "-f", file, "vm-4", "--direction", "in", "--loss", "10%")).toBe(
+        "vm-4 (in): loss 10%\n",
+      );
+      const lost = await pingLoss("vm-2", "vm-4", 200);
+      expect(lost).toBeGreaterThanOrEqual(0.05);
+      expect(lost).toBeLessThanOrEqual(0.15);
+      await ok("net", "reset", "-f", file, "vm-4");
+      expect(await pingLoss("vm-2", "vm-4", 20)).toBe(0);
+    });
+
+    it("cuts the named groups apart in a partition, each still reaching itself, and heal restores both", async () => {
+      await ok("net", "partition", "-f", file, "east", "west");
+      expect(await reaches("vm-1", "vm-3")).toBe(false);
+      expect(await reaches("vm-4", "vm-2")).toBe(false);
+      expect(await reaches("vm-1", "vm-2")).toBe(true);
+      expect(await reaches("vm-3", "vm-4")).toBe(true);
+      // A VM in no group is cut from neither.
+      expect(await reaches(TMPFS_VM, "vm-3")).toBe(true);
+      expect(JSON.parse(await ok("net", "show", "-f", file, "--json")).partition).toEqual([
+        "east",
+        "west",
+      ]);
+      await ok("net", "heal", "-f", file);
+      expect(await reaches("vm-1", "vm-3")).toBe(true);
+      expect(await reaches("vm-4", "vm-2")).toBe(true);
+    });
+
+    it("takes a delay only where the kernel has netem, and refuses it elsewhere before anything changes", async () => {
+      const before = await ok("net", "show", "-f", file, "--json");
+      const args = ["net", "set", "-f", file, "--group", "east", "--to", "west", "--delay", "40ms"];
+      const result = await run(args);
+      if (await hasNetem(new ProcessRunner())) {
+        // Proven on the Xen lab's dom0 (Debian's kernel) as well; here when this kernel has it.
+        expect(result.code, result.stderr).toBe(0);
+        const { out } = await onVm("vm-1", `ping -q -c 10 -i 0.2 ${ips["vm-3"]}`);
+        const [, avg] = /min\/avg\/max = [\d.]+\/([\d.]+)\//.exec(out) ?? [];
+        expect(Math.abs(Number(avg) - 80)).toBeLessThan(8);
+        await ok("net", "reset", "-f", file);
+        return;
+      }
+      console.warn("this kernel has no sch_netem: delay is refused here (the Xen lab measures it)");
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain("sch_netem");
+      expect(await ok("net", "show", "-f", file, "--json")).toBe(before);
+    });
+
+    it("`cp` from a guest lands no setuid bit, FIFO, device or link, and writes nothing outside the destination", async () => {
+      expect((await run(["wait", "-f", file, "vm-1", "vm-2"])).code).toBe(0);
+      const planted = await run([
+        "exec",
+        "-f",
+        file,
+        "vm-1",
+        "vm-2",
+        "--",
+        [
+          "set -e; rm -rf /root/hostile; mkdir -p /root/hostile/inside; cd /root/hostile",
+          "echo run-me > suid; chmod 4755 suid; chmod 2775 inside",
+          "echo x > inside/sgid; chmod 2755 inside/sgid; chmod 1777 inside",
+          "mkfifo fifo; mknod null c 1 3; ln -s /etc link",
+          "echo from-the-guest > /etc/shoal-e2e-canary",
+        ].join("; "),
+      ]);
+      expect(planted.code, planted.stderr).toBe(0);
+      const dest = join(fleetDir(), "fetched");
+      await mkdir(dest);
+      const fetched = await run(["cp", "-f", file, "vm-1:/root/hostile", dest]);
+      // The guest's scp itself skips what is not a file or a directory (the FIFO, the device), and
+      // fails for them; what it did send has landed.
+      expect(fetched.code).toBe(1);
+      expect(fetched.stderr).toContain("copy on vm-1 failed: scp: /root/hostile/");
+      const landed = (
+        await exec("find", [dest, "-mindepth", "1", "-printf", "%P %y %#m\\n"])
+      ).stdout
         .trim()
         .split("\n")
-        .slice(1)
-        .map((line) => line.split(/\s+/)[1]),
-    ).toEqual(Array(COUNT).fill("clean"));
-    expect((await ps(file)).map((row) => row.state)).toEqual(Array(COUNT).fill("stopped"));
-    expect(await qemuPidsMentioning(state)).toEqual([]);
+        .sort();
+      expect(landed.filter((line) => !line.startsWith("hostile/link"))).toEqual([
+        "hostile d 0755",
+        "hostile/inside d 0777",
+        "hostile/inside/sgid f 0755",
+        "hostile/suid f 0755",
+      ]);
+      // The link was followed in the guest: the guest's /etc arrived as a plain directory.
+      expect(landed).toContainEqual(expect.stringMatching(/^hostile\/link d /));
+      expect(landed.every((line) => / [fd] 0[0-7]{3}$/.test(line))).toBe(true);
+      expect(await readFile(join(dest, "hostile", "link", "shoal-e2e-canary"), "utf8")).toBe(
+        "from-the-guest\n",
+      );
+      await expect(stat("/etc/shoal-e2e-canary")).rejects.toThrow();
 
-    const rows = await up(file);
-    expect(rows.every((row) => row.ok && row.done.join() === "start")).toBe(true);
-    const disk = await attach(fleet, "vm-1");
-    expect((await disk.sh("cat /root/note")).out.trim()).toBe("kept-by-vm-1");
-    disk.detach();
-    const tmpfs = await attach(fleet, TMPFS_VM);
-    const lost = await tmpfs.sh("cat /root/note");
-    expect(lost.code).not.toBe(0);
-    // The tmpfs VM got its identity again at this boot.
-    expect((await tmpfs.sh("hostname; cat /etc/machine-id")).out.trim().split("\n")[0]).toBe(
-      TMPFS_VM,
-    );
-    tmpfs.detach();
-  });
+      // A link in the destination is not followed: not for a copy from one VM, nor for each VM's own
+      // directory of a copy from several.
+      const outside = join(fleetDir(), "outside");
+      await mkdir(outside);
+      const again = join(fleetDir(), "again");
+      await mkdir(join(again, "hostile"), { recursive: true });
+      await symlink(outside, join(again, "hostile", "inside"));
+      const refused = await run(["cp", "-f", file, "vm-1:/root/hostile", again]);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain("hostile/inside is a symbolic link");
+      const many = join(fleetDir(), "many");
+      await mkdir(many);
+      await symlink(outside, join(many, "vm-2"));
+      const fromBoth = await run(["cp", "-f", file, "vm-[12]:/root/hostile", many]);
+      expect(fromBoth.code).toBe(1);
+      expect(fromBoth.stderr).toContain("vm-2 is a symbolic link");
+      expect((await stat(join(many, "vm-1", "hostile", "suid"))).mode & 0o7777).toBe(0o755);
+      expect(await readdir(outside)).toEqual([]);
+    });
 
-  it("shows a VM whose QEMU died as crashed, and `up` starts that one again, with its impairments on a new tap", async () => {
-    const victim = await pidOf(fleet, "vm-3");
-    const others = await pidOf(fleet, "vm-4");
-    process.kill(victim, "SIGKILL");
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    expect((await ps(file)).find((row) => row.name === "vm-3")?.state).toBe("crashed");
-    // QEMU's taps outlive their VMs; a host reboot takes them, and what tc held with them.
-    await exec("ip", ["-n", namespaceName({ root: state, fleet }), "link", "del", "tap3"]);
-    const rows = await up(file);
-    expect(rows.filter((row) => row.done.length > 0).map((row) => [row.name, row.done])).toEqual([
-      ["vm-3", ["start"]],
-    ]);
-    expect(await pidOf(fleet, "vm-4")).toBe(others);
-    await serve("vm-1");
-    const between = await transfer("vm-3", "vm-1");
-    expect(between).toBeGreaterThan(8.5);
-    expect(between).toBeLessThan(11.5);
-  });
+    it("`console` types into a VM's serial console and shows its answer; `logs` has it afterwards", async () => {
+      const console = spawn(
+        process.execPath,
+        [SHOAL, "--state-dir", state, "console", "vm-2", "-f", file],
+        {
+          stdio: ["pipe", "pipe", "pipe"],
+        },
+      );
+      let seen = "";
+      const answered = new Promise<void>((resolve) => {
+        console.stdout.on("data", (chunk) => {
+          seen += chunk;
+          if (seen.includes("answer-42")) resolve();
+        });
+      });
+      console.stdin.write("echo answer-$((6 * 7))\n");
+      await answered;
+      console.stdin.end();
+      const code = await new Promise((resolve) => console.on("close", resolve));
+      expect(code).toBe(0);
+      const logs = await run(["logs", "vm-2", "--file", file]);
+      expect(logs.code, logs.stderr).toBe(0);
+      expect(logs.stdout).toContain("answer-42");
+      expect(logs.stdout).toContain("shoal-identity: hostname=vm-2");
+    });
 
-  it("`destroy` leaves no QEMU process, layer, socket or state entry behind", async () => {
-    const result = await run(["destroy", "-f", file, "--yes"]);
-    expect(result.code, result.stderr).toBe(0);
-    expect(await qemuPidsMentioning(state)).toEqual([]);
-    expect(await readdir(stateLayout(state).fleets)).toEqual([]);
-    expect((await exec("ip", ["netns", "list"])).stdout).not.toContain(
-      namespaceName({ root: state, fleet }),
-    );
-    const gone = await run(["ps", "--fleet", fleet]);
-    expect(gone.code).toBe(2);
-    // ifb devices went with the namespace; none was made in the host's.
-    expect(await listHostIfbs()).toBe(hostIfbs);
+    it("`diff` lists exactly what a VM wrote and deleted; `reset` takes it away and keeps the identity", async () => {
+      const vm = "vm-3";
+      const onVm = async (line: string) => {
+        await ok("start", vm, "-f", file);
+        await ok("wait", vm, "-f", file);
+        return ok("exec", vm, "-f", file, "--", line);
+      };
+      const changes = async () =>
+        JSON.parse(await ok("diff", vm, "-f", file, "--json")) as {
+          path: string;
+          change: string;
+          type: string;
+          size: number;
+        }[];
+      await ok("stop", vm, "-f", file);
+      // What booting and stopping alone leave (DHCP's resolv.conf, the power button's log): not
+      // the test's doing, though those files may grow by the next stop.
+      const seen = new Set((await changes()).map((change) => change.path));
+      await onVm(
+        "echo hello > /root/greeting && mkdir -p /srv/app && head -c 3000 /dev/zero > /srv/app/blob && rm /etc/os-release && sync",
+      );
+      await ok("stop", vm, "-f", file);
+      expect((await changes()).filter((change) => !seen.has(change.path))).toEqual([
+        { path: "/etc/os-release", change: "deleted", type: "file", size: expect.any(Number) },
+        { path: "/root/greeting", change: "added", type: "file", size: 6 },
+        { path: "/srv", change: "added", type: "dir", size: 0 },
+        { path: "/srv/app", change: "added", type: "dir", size: 0 },
+        { path: "/srv/app/blob", change: "added", type: "file", size: 3000 },
+      ]);
+      expect(await ok("diff", vm, "-f", file)).toMatch(
+        /^deleted\s+file\s+\S+\s+\/etc\/os-release$/m,
+      );
+
+      const running = await run(["reset", "vm-4", "-f", file, "--yes"]);
+      expect(running.code).toBe(2);
+      expect(running.stderr).toContain("VM vm-4 is running: its layer is in use");
+
+      await ok("reset", vm, "-f", file, "--yes");
+      expect(await ok("diff", vm, "-f", file)).toBe(`VM ${vm} has no changes of its own\n`);
+      // Its own hostname, and the host key known_hosts holds (ssh checks it strictly).
+      expect(
+        await onVm(
+          "hostname; ls /root/greeting /srv 2>&1; test -f /etc/os-release && echo os-release back",
+        ),
+      ).toMatch(
+        /^vm-3: vm-3\nvm-3: .*No such file.*\nvm-3: .*No such file.*\nvm-3: os-release back\n$/,
+      );
+    });
+
+    it("keeps a file written in a disk-layer VM across `down` and `up`; a tmpfs VM loses it", async () => {
+      for (const vm of ["vm-1", TMPFS_VM]) {
+        const guest = await attach(fleet, vm);
+        expect((await guest.sh("echo kept-by-$(hostname) > /root/note; sync")).code).toBe(0);
+        guest.detach();
+      }
+      const down = await run(["down", "-f", file]);
+      expect(down.code, down.stderr).toBe(0);
+      // busybox acpid answers the power button: every VM shuts down cleanly, none is forced.
+      expect(
+        down.stdout
+          .trim()
+          .split("\n")
+          .slice(1)
+          .map((line) => line.split(/\s+/)[1]),
+      ).toEqual(Array(COUNT).fill("clean"));
+      expect((await ps(file)).map((row) => row.state)).toEqual(Array(COUNT).fill("stopped"));
+      expect(await qemuPidsMentioning(`${stateLayout(state).fleet(fleet).dir}/`)).toEqual([]);
+
+      const rows = await up(file);
+      expect(rows.every((row) => row.ok && row.done.join() === "start")).toBe(true);
+      const disk = await attach(fleet, "vm-1");
+      expect((await disk.sh("cat /root/note")).out.trim()).toBe("kept-by-vm-1");
+      disk.detach();
+      const tmpfs = await attach(fleet, TMPFS_VM);
+      const lost = await tmpfs.sh("cat /root/note");
+      expect(lost.code).not.toBe(0);
+      // The tmpfs VM got its identity again at this boot.
+      expect((await tmpfs.sh("hostname; cat /etc/machine-id")).out.trim().split("\n")[0]).toBe(
+        TMPFS_VM,
+      );
+      tmpfs.detach();
+    });
+
+    it("shows a VM whose QEMU died as crashed, and `up` starts that one again, with its impairments on a new tap", async () => {
+      const victim = await pidOf(fleet, "vm-3");
+      const others = await pidOf(fleet, "vm-4");
+      process.kill(victim, "SIGKILL");
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect((await ps(file)).find((row) => row.name === "vm-3")?.state).toBe("crashed");
+      // QEMU's taps outlive their VMs; a host reboot takes them, and what tc held with them.
+      await exec("ip", ["-n", namespaceName({ root: state, fleet }), "link", "del", "tap3"]);
+      const rows = await up(file);
+      expect(rows.filter((row) => row.done.length > 0).map((row) => [row.name, row.done])).toEqual([
+        ["vm-3", ["start"]],
+      ]);
+      expect(await pidOf(fleet, "vm-4")).toBe(others);
+      await serve("vm-1");
+      const between = await transfer("vm-3", "vm-1");
+      expect(between).toBeGreaterThan(8.5);
+      expect(between).toBeLessThan(11.5);
+    });
+
+    it("`destroy` leaves no QEMU process, layer, socket or state entry behind", async () => {
+      const result = await run(["destroy", "-f", file, "--yes"]);
+      expect(result.code, result.stderr).toBe(0);
+      expect(await qemuPidsMentioning(`${stateLayout(state).fleet(fleet).dir}/`)).toEqual([]);
+      expect(await readdir(stateLayout(state).fleets)).not.toContain(fleet);
+      expect((await exec("ip", ["netns", "list"])).stdout).not.toContain(
+        namespaceName({ root: state, fleet }),
+      );
+      const gone = await run(["ps", "--fleet", fleet]);
+      expect(gone.code).toBe(2);
+      // ifb devices went with the namespace; none was made in the host's.
+      expect(await listHostIfbs()).toBe(hostIfbs);
+    });
   });
 });
 
-// The next three use fleets of their own, mostly one VM booting at a time: they run side by side
-// (two at a time, maxConcurrency in vitest.config.ts), each on one of the host's cores.
+// The next three use fleets of their own, mostly one VM booting at a time.
 describe.concurrent("changing the fleet file", () => {
   it("adds VMs, deletes removed ones with their layer, restarts only changed VMs, and moves VMs to a new image keeping their layers", async () => {
     const fleet = "change";

@@ -128,6 +128,9 @@ export class XenLab {
       `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${SSH_PORT}-:22`,
       "-device",
       "virtio-net-pci,netdev=net0",
+      // dom0's random pool ready at once (its sshd and mke2fs wait for it otherwise).
+      "-device",
+      "virtio-rng-pci",
       "-serial",
       `file:${join(dir, "serial.log")}`,
       "-pidfile",

@@ -26,6 +26,7 @@ export const qemuKind: BackendKind = {
     block: ["virtio_pci", "virtio_blk"],
     net: ["virtio_net"],
     memory: ["virtio_balloon"],
+    entropy: ["virtio_rng"],
     dax: ["virtio_pmem", "nd_pmem"],
   },
   // QEMU's own, locally administered prefix.

@@ -224,6 +224,9 @@ export function renderQemuArgv(input: QemuInput): [string, ...string[]] {
     ...layer,
     "-device",
     "virtio-balloon-pci,free-page-reporting=on",
+    // QEMU's own getrandom() feeds it (see GuestModules.entropy).
+    "-device",
+    "virtio-rng-pci",
     ...network,
     "-chardev",
     `socket,id=console,path=${files.consoleSocket},server=on,wait=off,logfile=${files.serialLog},logappend=on`,

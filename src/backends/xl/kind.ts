@@ -9,7 +9,13 @@ export const xlKind: BackendKind = {
   guestDevices: XL_GUEST_DEVICES,
   // Xen's own balloon driver is built into Debian's kernel; a PV domU has no persistent-memory
   // device to map the base with, so it reads the base as a disk.
-  guestModules: { block: ["xen_blkfront"], net: ["xen_netfront"], memory: [], dax: [] },
+  guestModules: {
+    block: ["xen_blkfront"],
+    net: ["xen_netfront"],
+    memory: [],
+    entropy: [],
+    dax: [],
+  },
   // Xen's own OUI, which xl gives domUs.
   macPrefix: "00:16:3e",
   tools: [
