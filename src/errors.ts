@@ -30,6 +30,21 @@ export class ShoalError extends Error {
   }
 }
 
+/**
+ * A host of the fleet (a libvirt host) that shoal cannot reach now: its VMs are neither known to
+ * run nor to be stopped, and are left as they are.
+ */
+export class HostUnreachable extends ShoalError {
+  constructor(
+    readonly host: string,
+    why: string,
+  ) {
+    super(`host ${host} cannot be reached: ${why}`, {
+      hint: "its VMs are left as they are until it is back",
+    });
+  }
+}
+
 /** Bad input a user can fix: a flag, a name, a path, a size. Nothing was changed. */
 export class UserError extends ShoalError {
   constructor(message: string, hint?: string) {

@@ -2,6 +2,7 @@ import type { Duplex } from "node:stream";
 import type { GuestDevices } from "../core/cmdline.js";
 import type { CheckResult, ToolRequirement } from "../core/doctor.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import type { HostSpec } from "../core/hosts.js";
 import type { GuestModules } from "../core/modules.js";
 import type { BootFiles } from "../core/render/boot.js";
 import type { Launcher, Runner } from "../host/runner.js";
@@ -12,6 +13,8 @@ export interface BackendVm {
   readonly fleet: string;
   readonly name: string;
   readonly paths: VmPaths;
+  /** The libvirt host it runs on, for a fleet over several hosts. */
+  readonly host?: string;
 }
 
 /** Where a VM's network interface goes: its tap on the fleet's bridge (in the fleet's namespace). */
@@ -65,6 +68,23 @@ export interface Backend {
    * changes VMs.
    */
   tidy?(): Promise<void>;
+  /**
+   * Makes the VM's blank disk layer where the hypervisor keeps it (a volume on the VM's libvirt
+   * host), for a backend whose layers are not files in the VM's directory.
+   */
+  createLayer?(vm: BackendVm, spec: VmSpec): Promise<void>;
+  /**
+   * Brings the VM's serial log in its directory up to date from where the hypervisor writes it,
+   * for a backend that writes it on another machine; the log there only grows.
+   */
+  fetchConsoleLog?(vm: BackendVm): Promise<void>;
+  /**
+   * Joins the VMs' hosts to the fleet's own network in `namespace` (libvirt: a bridge of the
+   * fleet's on each host, linked to it), made or repaired with the network, once per command.
+   */
+  joinNetwork?(fleet: string, namespace: string): Promise<void>;
+  /** Removes from the hosts what joinNetwork made there. */
+  leaveNetwork?(fleet: string, namespace: string): Promise<void>;
   /** Writes the VM's hypervisor definition (vm.qemu; xl: its hotplug scripts) from its spec and boot files. */
   define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   /**
@@ -94,6 +114,8 @@ export interface BackendDeps {
   readonly accel: AccelSetting;
   /** QEMU's translation cache under software emulation in MiB, when the user sets it. */
   readonly tcgCacheMiB?: number;
+  /** The libvirt hosts of the fleet (backend libvirt): the fleet file's and those its record still has VMs on. */
+  readonly hosts?: readonly HostSpec[];
 }
 
 export const ACCEL_SETTINGS = ["auto", "kvm", "tcg"] as const;

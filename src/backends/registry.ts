@@ -1,6 +1,7 @@
 import type { GuestModules } from "../core/modules.js";
 import { ShoalError } from "../errors.js";
 import type { Backend, BackendDeps, BackendKind } from "./backend.js";
+import { libvirtKind } from "./libvirt/kind.js";
 import { qemuKind } from "./qemu/kind.js";
 import { xlKind } from "./xl/kind.js";
 
@@ -8,7 +9,10 @@ import { xlKind } from "./xl/kind.js";
  * The one list of backends: the fleet file's schema, the fleet record, `doctor` and the image's
  * guest modules all derive from it. A new backend is a folder with its kind.ts and a line here.
  */
-const KINDS = { qemu: qemuKind, xl: xlKind } as const satisfies Record<string, BackendKind>;
+const KINDS = { qemu: qemuKind, xl: xlKind, libvirt: libvirtKind } as const satisfies Record<
+  string,
+  BackendKind
+>;
 
 export type BackendName = keyof typeof KINDS;
 

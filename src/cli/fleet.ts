@@ -5,11 +5,12 @@ import { isDnsLabel } from "../core/names.js";
 import { MiB, parseSize } from "../core/size.js";
 import { escapeText } from "../core/terminal.js";
 import { ShoalError, UserError } from "../errors.js";
+import { fleetHosts } from "../fleet/hosts.js";
 import { FleetSession } from "../fleet/session.js";
 import { loadFleetFile } from "../spec/load.js";
 import { checkSocketPaths } from "../state/layout.js";
 import { withLock } from "../state/lock.js";
-import { readFleetRecord } from "../state/store.js";
+import { type FleetRecord, readFleetRecord } from "../state/store.js";
 import { type Context, contextOf } from "./context.js";
 import { FleetProgress } from "./progress.js";
 
@@ -63,7 +64,12 @@ export function notice(line: string): void {
 async function fleetOf(
   context: Context,
   target: FleetTarget,
-): Promise<{ name: string; backend: string; spec: FleetSpec | undefined }> {
+): Promise<{
+  name: string;
+  backend: string;
+  spec: FleetSpec | undefined;
+  record: FleetRecord | undefined;
+}> {
   if (target.fleet !== undefined) {
     if (!isDnsLabel(target.fleet)) {
       throw new UserError(`--fleet ${JSON.stringify(target.fleet)} is not a fleet name`);
@@ -74,10 +80,11 @@ async function fleetOf(
         `there is no fleet ${target.fleet} on this host`,
         "`shoal ps --fleet NAME` needs a fleet shoal created",
       );
-    return { name: target.fleet, backend: record.backend, spec: undefined };
+    return { name: target.fleet, backend: record.backend, spec: undefined, record };
   }
   const spec = await loadFleetFile(target.file);
-  return { name: spec.name, backend: spec.backend, spec };
+  const record = await readFleetRecord(await context.layout(), spec.name);
+  return { name: spec.name, backend: spec.backend, spec, record };
 }
 
 /**
@@ -114,6 +121,7 @@ export async function withFleet<T>(
     layout,
     notice,
     accel: accelSetting(process.env.SHOAL_ACCEL),
+    hosts: fleetHosts(fleet.spec, fleet.record),
   });
   // Verbs that change VMs show their progress; the others have no events.
   const progress = lock === undefined ? undefined : new FleetProgress(`shoal ${lock}`);

@@ -23,6 +23,8 @@ export function logsCommand() {
     .action(async (name, options, command) => {
       await withFleet(command, options, undefined, async ({ session }) => {
         const vm = oneVm(session, name);
+        const fetch = () => session.backend.fetchConsoleLog?.(session.vm(vm));
+        await fetch();
         const log = await ifExists(open(session.paths.vm(vm).serialLog, "r"));
         if (!log) {
           throw new UserError(
@@ -44,6 +46,7 @@ export function logsCommand() {
             process.stdout.write(escaper ? escaper.push(chunk) : chunk);
           } else if (options.follow) {
             await sleep(200);
+            await fetch();
           } else {
             break;
           }

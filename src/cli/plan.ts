@@ -24,6 +24,7 @@ function planJson(plan: readonly VmPlan[]) {
     vcpus: spec.vcpus,
     layer: { type: spec.layer.type, size: formatSize(spec.layer.sizeBytes) },
     kernelArgs: spec.kernelArgs,
+    ...(spec.host === undefined ? {} : { host: spec.host }),
     state,
     actions,
     changes,
@@ -35,7 +36,8 @@ function planTable(fleet: FleetSpec, plan: readonly VmPlan[]): string {
     const changed = changes.length > 0 ? ` (${changes.join(", ")})` : "";
     const action = actions.length === 0 ? "-" : `${actions.join(", ")}${changed}`;
     const layer = `${spec.layer.type} ${formatSize(spec.layer.sizeBytes)}`;
-    return [spec.name, spec.hostname, spec.mac, spec.ip, layer, state, action];
+    const host = fleet.hosts ? [spec.host ?? "-"] : [];
+    return [spec.name, spec.hostname, ...host, spec.mac, spec.ip, layer, state, action];
   });
   const counts = new Map<VmAction, number>();
   for (const action of plan.flatMap((vm) => vm.actions))
@@ -45,8 +47,13 @@ function planTable(fleet: FleetSpec, plan: readonly VmPlan[]): string {
       ? "nothing to do"
       : [...counts].map(([action, n]) => `${n} to ${action}`).join(", ");
   const gateway = formatIpv4(fleet.subnet.gateway);
-  const header = `fleet ${fleet.name}: ${fleet.vms.length} VMs on ${fleet.backend}, subnet ${fleet.subnet.cidr}, gateway ${gateway}`;
-  const table = formatTable(["NAME", "HOSTNAME", "MAC", "IP", "LAYER", "STATE", "ACTION"], rows);
+  const hosts = fleet.hosts ? ` (${fleet.hosts.list.length} hosts)` : "";
+  const header = `fleet ${fleet.name}: ${fleet.vms.length} VMs on ${fleet.backend}${hosts}, subnet ${fleet.subnet.cidr}, gateway ${gateway}`;
+  const hostColumn = fleet.hosts ? ["HOST"] : [];
+  const table = formatTable(
+    ["NAME", "HOSTNAME", ...hostColumn, "MAC", "IP", "LAYER", "STATE", "ACTION"],
+    rows,
+  );
   return `${header}\n${table}\n${summary}`;
 }
 

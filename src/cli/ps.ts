@@ -41,10 +41,13 @@ export function psCommand() {
               vm?.layer.type === "disk" && status.state !== "missing"
                 ? await allocatedBytes(session.paths.vm(name).layer)
                 : undefined;
+            // Where it runs, else where `up` would put it.
+            const host = session.book.vm(name)?.spec.host ?? vm?.host;
             return {
               name,
               state: status.state,
               backend: session.backend.name,
+              ...(host === undefined ? {} : { host }),
               ip: vm?.ip ?? "",
               uptimeSeconds: status.since
                 ? Math.max(0, Math.round((now - status.since.getTime()) / 1000))
@@ -58,13 +61,15 @@ export function psCommand() {
           context.printJson(rows);
           return;
         }
+        const onHosts = rows.some((row) => row.host !== undefined);
         context.print(
           formatTable(
-            ["NAME", "STATE", "BACKEND", "IP", "UPTIME", "LAYER"],
+            ["NAME", "STATE", "BACKEND", ...(onHosts ? ["HOST"] : []), "IP", "UPTIME", "LAYER"],
             rows.map((row) => [
               row.name,
               row.state,
               row.backend,
+              ...(onHosts ? [row.host ?? "-"] : []),
               row.ip,
               row.uptimeSeconds === null ? "-" : formatUptime(row.uptimeSeconds),
               row.layerType === "tmpfs"

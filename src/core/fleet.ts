@@ -1,6 +1,8 @@
+import type { HostSpec } from "./hosts.js";
 import type { GroupPatterns, ImpairmentSet } from "./impair-plan.js";
 import type { Subnet } from "./ipv4.js";
 import type { Mac } from "./mac.js";
+import type { PlacementPolicy } from "./placement.js";
 
 /** The resolved fleet: every default applied, every VM's identity derived. What the rest of shoal works from. */
 
@@ -34,6 +36,8 @@ export interface VmSpec extends VmIdentity {
   readonly vcpus: number;
   readonly layer: LayerSpec;
   readonly kernelArgs: readonly string[];
+  /** The host it runs on, for a fleet over several hosts (`hosts:`); placed, then recorded. */
+  readonly host?: string;
 }
 
 /**
@@ -61,5 +65,10 @@ export interface FleetSpec {
   readonly impairments: {
     readonly groups: GroupPatterns;
     readonly set: ImpairmentSet;
+  };
+  /** The libvirt hosts the VMs run on and how they are placed (backend libvirt only). */
+  readonly hosts?: {
+    readonly list: readonly HostSpec[];
+    readonly placement: PlacementPolicy;
   };
 }

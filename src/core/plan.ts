@@ -13,7 +13,8 @@ import type { VmSpec } from "./fleet.js";
  */
 export type VmAction = "create" | "start" | "stop" | "recreate" | "upgrade" | "delete";
 
-export type ObservedState = "running" | "stopped" | "crashed" | "missing";
+/** `unreachable`: on a host shoal cannot reach now; nothing is done to it. */
+export type ObservedState = "running" | "stopped" | "crashed" | "missing" | "unreachable";
 
 /** `running` for `up`, `created` for `create` (which leaves stopped VMs stopped). */
 export type Goal = "running" | "created";
@@ -48,6 +49,7 @@ const COMPARED: readonly [string, (vm: VmSpec) => unknown][] = [
   ["hostname", (vm) => vm.hostname],
   ["machine_id", (vm) => vm.machineId],
   ["index", (vm) => vm.index],
+  ["host", (vm) => vm.host],
 ];
 
 export function changedFields(recorded: VmSpec, desired: VmSpec): string[] {
@@ -61,6 +63,7 @@ function planDesired(vm: VmSpec, input: PlanInput): VmPlan {
   if (!recorded || state === "missing") {
     return { name: vm.name, spec: vm, state, actions: ["create", ...start], changes: [] };
   }
+  if (state === "unreachable") return { name: vm.name, spec: vm, state, actions: [], changes: [] };
   const changes = changedFields(recorded, vm);
   if (state === "running" && changes.length === 1 && changes[0] === "image") {
     return { name: vm.name, spec: vm, state, actions: ["upgrade"], changes };
@@ -79,7 +82,8 @@ export function planFleet(input: PlanInput): VmPlan[] {
     .sort((a, b) => (a.name < b.name ? -1 : 1))
     .map((vm): VmPlan => {
       const state = input.observed.get(vm.name) ?? "missing";
-      const actions: VmAction[] = state === "running" ? ["stop", "delete"] : ["delete"];
+      const actions: VmAction[] =
+        state === "unreachable" ? [] : state === "running" ? ["stop", "delete"] : ["delete"];
       return { name: vm.name, spec: vm, state, actions, changes: [] };
     });
   return [...input.desired.map((vm) => planDesired(vm, input)), ...removed];

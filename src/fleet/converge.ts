@@ -5,6 +5,7 @@ import type { BootFiles } from "../core/render/boot.js";
 import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
 import { eachVm, type VmResult } from "./fan-out.js";
+import { recordHosts } from "./hosts.js";
 import { setAuthorizedKeys, writeKnownHosts } from "./identity.js";
 import { checkFileImpairments, recordImpairments } from "./impairments.js";
 import { createVms, deleteVms, redefineVm, startVm, stopVm } from "./lifecycle.js";
@@ -76,6 +77,7 @@ export async function converge(
     options.goal,
     options.only,
   );
+  sayUnreachable(session, plan);
   // Every image must be there, and every change possible, before anything changes.
   for (const vm of plan) if (!vm.actions.includes("delete")) bootOf(vm.spec);
   for (const vm of plan.filter((entry) => entry.changes.includes("layer"))) {
@@ -95,6 +97,7 @@ export async function converge(
   );
   const impairments = await checkFileImpairments(session, fleet);
   await recordNetwork(session, fleet.subnet, fleet.network, { willStart: plan.some(booting) });
+  await recordHosts(session, fleet);
   await recordImpairments(session, impairments);
 
   const outcomes = new Map<string, VmOutcome>(plan.map((vm) => [vm.name, { plan: vm, ok: true }]));
@@ -172,4 +175,18 @@ export async function converge(
     if (!result.ready) failed(vm.name, result.why);
   });
   return plan.map((vm) => outcomes.get(vm.name) ?? { plan: vm, ok: true });
+}
+
+/** VMs on hosts shoal cannot reach are left as they are: said once per host. */
+function sayUnreachable(session: FleetSession, plan: readonly VmPlan[]): void {
+  const byHost = new Map<string, string[]>();
+  for (const vm of plan.filter((entry) => entry.state === "unreachable")) {
+    const host = vm.spec.host ?? "?";
+    byHost.set(host, [...(byHost.get(host) ?? []), vm.name]);
+  }
+  for (const [host, vms] of byHost) {
+    session.notice(
+      `host ${host} cannot be reached: its VMs ${vms.join(", ")} are left as they are until it is back`,
+    );
+  }
 }

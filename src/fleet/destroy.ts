@@ -19,6 +19,8 @@ export async function destroyVms(
   );
   if (options.whole) {
     await new NetworkImpairments(session.runner, session.network).remove();
+    const { namespace } = session.network;
+    if (namespace !== undefined) await session.backend.leaveNetwork?.(session.fleet, namespace);
     await session.network.remove();
     await rm(session.paths.dir, { recursive: true, force: true });
   } else {

@@ -1,12 +1,13 @@
 import { mkdir, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { Presence } from "../backends/backend.js";
 import { quoted } from "../core/excerpt.js";
 import type { VmSpec } from "../core/fleet.js";
 import { placeOnBridges } from "../core/net.js";
 import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { checkKernelParam } from "../core/syntax.js";
-import { UserError } from "../errors.js";
+import { HostUnreachable, UserError } from "../errors.js";
 import { type BootOutcome, waitForBoot } from "../guest/boot-wait.js";
 import { ifExists, pathExists } from "../host/paths.js";
 import { makeHostKey } from "../identity/identity.js";
@@ -31,7 +32,13 @@ export interface VmStatus {
 export async function vmStatus(session: FleetSession, name: string): Promise<VmStatus> {
   const recorded = session.book.vm(name);
   if (recorded?.phase !== "created") return { state: "missing" };
-  const presence = await session.backend.presence(session.vm(name));
+  let presence: Presence;
+  try {
+    presence = await session.backend.presence(session.vm(name));
+  } catch (error) {
+    if (error instanceof HostUnreachable) return { state: "unreachable" };
+    throw error;
+  }
   switch (presence.kind) {
     case "running":
       return presence.since ? { state: "running", since: presence.since } : { state: "running" };
@@ -92,7 +99,11 @@ export async function createVms(
     await mkdir(paths.dir, { recursive: true, mode: 0o700 });
     await makeHostKey(paths.hostKeys, `root@${spec.hostname}`);
     await writeIdentity(session, spec, authorizedKeys, "new");
-    if (spec.layer.type === "disk") await createLayer(paths.layer, spec.layer.sizeBytes);
+    if (spec.layer.type === "disk") {
+      if (session.backend.createLayer)
+        await session.backend.createLayer(session.vm(spec.name), spec);
+      else await createLayer(paths.layer, spec.layer.sizeBytes);
+    }
     await session.backend.define(session.vm(spec.name), spec, bootOf(spec), session.nic(spec));
   });
   throwFirstFailure(written);
@@ -181,6 +192,7 @@ async function startAdmitted(
   // A guest that powered itself off, or crashed, is still held by the hypervisor.
   if (presence.kind !== "absent") await session.backend.destroy(vm);
   await setRunning(session, name, true);
+  await session.backend.fetchConsoleLog?.(vm);
   const offset = (await ifExists(stat(vm.paths.serialLog)))?.size ?? 0;
   let untilBooted = false;
   try {
@@ -208,6 +220,9 @@ async function startAdmitted(
   const result = await waitForBoot({
     vm: name,
     serialLog: vm.paths.serialLog,
+    ...(session.backend.fetchConsoleLog
+      ? { fetch: () => session.backend.fetchConsoleLog?.(vm) ?? Promise.resolve() }
+      : {}),
     offset,
     timeoutMs,
     untilBooted,

@@ -142,6 +142,9 @@ export function ensureNetwork(session: FleetSession): Promise<void> {
         subnet: makeSubnet(cidr.network, cidr.prefix, gateway),
         vms,
       });
+      if (session.network.namespace !== undefined) {
+        await session.backend.joinNetwork?.(session.fleet, session.network.namespace);
+      }
       await applyImpairments(session);
       if (session.network.namespace !== undefined) {
         const raised = await raiseNeighbourLimits(session.runner, vms.length);

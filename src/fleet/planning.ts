@@ -1,6 +1,8 @@
 import pLimit from "p-limit";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { placeVms, withHosts } from "../core/placement.js";
 import { type Goal, planFleet, type VmPlan } from "../core/plan.js";
+import { UserError } from "../errors.js";
 import { recordedSpecs } from "../state/store.js";
 import { type VmStatus, vmStatus } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
@@ -17,6 +19,35 @@ export async function observeAll(
   const limit = pLimit(OBSERVERS);
   const states = await Promise.all(unique.map((name) => limit(() => vmStatus(session, name))));
   return new Map(unique.map((name, i) => [name, states[i] ?? { state: "missing" }]));
+}
+
+/**
+ * The fleet's VMs on their hosts (a fleet over libvirt hosts): those the record has on a host stay
+ * there, new ones are placed around them. Hosts in `closed` take no new VM.
+ */
+export function placeFleet(
+  fleet: FleetSpec,
+  recorded: ReadonlyMap<string, VmSpec>,
+  closed?: ReadonlySet<string>,
+): readonly VmSpec[] {
+  if (fleet.hosts === undefined) return fleet.vms;
+  const current = new Map(
+    [...recorded].flatMap(([name, vm]) => (vm.host === undefined ? [] : [[name, vm.host]])),
+  );
+  const placed = placeVms({
+    hosts: fleet.hosts.list,
+    policy: fleet.hosts.placement,
+    vms: fleet.vms,
+    current,
+    ...(closed === undefined ? {} : { closed }),
+  });
+  if (!placed.ok) {
+    throw new UserError(
+      `fleet ${fleet.name} cannot be placed: ${placed.message}`,
+      "change capacity: or placement: in the fleet file",
+    );
+  }
+  return withHosts(fleet.vms, placed.hostOf);
 }
 
 export interface FleetPlan {
@@ -41,7 +72,7 @@ export async function planChanges(
     ? await observeAll(session, recorded.keys())
     : new Map<string, VmStatus>();
   const plan = planFleet({
-    desired: fleet.vms,
+    desired: placeFleet(fleet, recorded),
     recorded,
     observed: new Map([...observed].map(([name, status]) => [name, status.state])),
     goal,

@@ -127,7 +127,13 @@ export class FleetSession {
   }
 
   vm(name: string): BackendVm {
-    return { fleet: this.fleet, name, paths: this.paths.vm(name) };
+    const host = this.book.vm(name)?.spec.host;
+    return {
+      fleet: this.fleet,
+      name,
+      paths: this.paths.vm(name),
+      ...(host === undefined ? {} : { host }),
+    };
   }
 
   recordedNames(): string[] {

@@ -28,6 +28,8 @@ export interface BootWatch {
   readonly vm: string;
   /** The VM's serial log, and where this boot's output starts in it. */
   readonly serialLog: string;
+  /** Brings the serial log up to date first, where the hypervisor writes it on another machine. */
+  readonly fetch?: () => Promise<void>;
   readonly offset: number;
   readonly timeoutMs: number;
   /**
@@ -48,6 +50,7 @@ export async function waitForBoot(watch: BootWatch): Promise<BootOutcome> {
   const deadline = Date.now() + watch.timeoutMs;
   let asked = Number.NEGATIVE_INFINITY;
   for (;;) {
+    await watch.fetch?.();
     const log = await readFrom(watch.serialLog, watch.offset);
     const rooted = READY_LINE.exec(log);
     if (rooted && !watch.untilBooted) return { ready: true };

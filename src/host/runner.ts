@@ -1,5 +1,6 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { closeSync, constants, openSync } from "node:fs";
+import { Duplex } from "node:stream";
 import shellQuote from "shell-quote";
 import { ShoalError } from "../errors.js";
 
@@ -72,6 +73,11 @@ export interface Launcher extends Runner {
    * input and returns once it runs; undefined in a dry run, which only prints it.
    */
   launch(command: LaunchCommand): Promise<Launched | undefined>;
+  /**
+   * Starts a program whose input and output are one stream to talk over (a console reached
+   * through ssh); it ends when the stream is destroyed.
+   */
+  connect(argv: readonly [string, ...string[]]): Duplex;
 }
 
 /** How a command line looks when shown to a person: copy-pasteable into a shell. */
@@ -120,6 +126,26 @@ export class ProcessRunner implements Launcher {
     }
     if (this.options.trace) this.log(`+ ${formatArgv(command.argv)}`);
     return requireSuccess(command, await execute(command));
+  }
+
+  connect(argv: readonly [string, ...string[]]): Duplex {
+    if (this.options.trace) this.log(`+ ${formatArgv(argv)} (a stream)`);
+    const [file, ...args] = argv;
+    const child = spawn(file, args, {
+      env: { ...process.env, LANG: "C", LC_ALL: "C" },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const stderr: Buffer[] = [];
+    child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
+    const stream = Duplex.from({ readable: child.stdout, writable: child.stdin });
+    child.on("error", (error) => stream.destroy(error));
+    child.on("close", (code) => {
+      if (code !== 0 && code !== null && !stream.destroyed) {
+        stream.destroy(new CommandFailed(argv, code, Buffer.concat(stderr).toString()));
+      }
+    });
+    stream.on("close", () => child.kill());
+    return stream;
   }
 
   async launch(command: LaunchCommand): Promise<Launched | undefined> {

@@ -13,9 +13,11 @@ import {
 import { parseMac } from "../core/mac.js";
 import { DNS_LABEL_RULE, expandNamePattern, isDnsLabel, parseNamePattern } from "../core/names.js";
 import { fleetVmLimit } from "../core/net.js";
+import { withHosts } from "../core/placement.js";
 import { MiB, parseSize } from "../core/size.js";
 import { KERNEL_CMDLINE_MAX } from "../core/syntax.js";
 import { DEFAULTS } from "./defaults.js";
+import { resolveHosts } from "./hosts.js";
 import { resolveImpairments } from "./impairments.js";
 import { type FleetFile, tooManyVms, type VmEntry, type VmSettings } from "./schema.js";
 
@@ -255,12 +257,14 @@ export function resolveFleet(checked: CheckedFleetFile): {
     problems.push({ path: ["vms", entry?.index ?? 0, problem.field], message: problem.message });
   }
   if (problems.length > 0) return { problems };
-  const vms = identity.identities.map((id, i): VmSpec => {
+  const settled = identity.identities.map((id, i): VmSpec => {
     const vm = { ...id, ...resolveSettings(file, planned[i]?.entry?.value) };
     checkCmdline(backend, vm, planned[i]?.entry, problems);
     return vm;
   });
+  const placed = resolveHosts(file, backend, settled, problems);
   if (problems.length > 0) return { problems };
+  const vms = placed ? withHosts(settled, placed.hostOf) : settled;
   const impairments = resolveImpairments(
     file,
     vms.map((vm) => vm.name),
@@ -285,6 +289,7 @@ export function resolveFleet(checked: CheckedFleetFile): {
       authorizedKeys: file.ssh?.authorized_keys ?? [],
       vms,
       impairments,
+      ...(placed ? { hosts: placed.hosts } : {}),
     },
     problems,
   };

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { BACKEND_NAMES } from "../backends/registry.js";
 import { excerpt, quoted } from "../core/excerpt.js";
+import { parseLibvirtUri } from "../core/hosts.js";
 import { IMPAIRMENT_KEYS, type ImpairmentKey, parseImpairmentValue } from "../core/impair.js";
 import { VM_PATTERN } from "../core/impair-plan.js";
 import { checkFleetSubnet, parseAddressBlock, parseCidr, parseIpv4 } from "../core/ipv4.js";
@@ -13,6 +14,7 @@ import {
   parseNamePattern,
 } from "../core/names.js";
 import { fleetVmLimit, MAX_BRIDGE_PORTS, MAX_FLEET_VMS } from "../core/net.js";
+import { PLACEMENT_MODES } from "../core/placement.js";
 import { isInterfaceName } from "../core/render/boot.js";
 import { formatSize, MiB, parseSize, SIZE_REGEX_SOURCE, SIZE_SYNTAX } from "../core/size.js";
 import { checkAuthorizedKey, checkKernelParam, KERNEL_CMDLINE_MAX } from "../core/syntax.js";
@@ -287,6 +289,73 @@ const impairmentRule = z
   })
   .meta({ description: "Impairments of some VMs' links, or of the path between two groups." });
 
+/**
+ * Each host's bridge holds a VXLAN port per other host; far more hosts than this is not a fleet
+ * shoal's one flat network serves well (every broadcast is sent to each of them).
+ */
+export const MAX_HOSTS = 128;
+
+const libvirtUri = checkedString((value) => {
+  const parsed = parseLibvirtUri(value);
+  return parsed.ok ? undefined : parsed.message;
+}).meta({
+  description:
+    "The host's libvirt connection: qemu+ssh://root@10.0.0.11/system, qemu:///system for this machine.",
+});
+
+const hostEntry = z
+  .strictObject({
+    name: dnsLabel.meta({
+      description: "The host's name in shoal's output and in placement pins.",
+    }),
+    uri: libvirtUri,
+    address: ipv4.optional().meta({
+      description:
+        "Where the other hosts reach this one for the fleet's network (VXLAN); the URI's host unless given.",
+    }),
+    capacity: z
+      .strictObject({
+        vms: z
+          .int()
+          .min(1)
+          .max(MAX_FLEET_VMS)
+          .optional()
+          .meta({ description: "At most this many VMs." }),
+        memory: size("a host's capacity", { min: MiB, max: 64 * TiB }, MiB)
+          .optional()
+          .meta({ description: "At most this much memory for the VMs' guests, like 48G." }),
+      })
+      .optional()
+      .meta({ description: "How much of the host the fleet may take; no limit unless given." }),
+  })
+  .meta({ description: "One libvirt host the fleet's VMs run on." });
+
+const placementMode = z.enum(PLACEMENT_MODES).meta({
+  description:
+    "spread: each new VM to the host with the fewest; pack: fill the hosts in the order of hosts:.",
+});
+
+const placement = z
+  .union([
+    placementMode,
+    z.strictObject({
+      mode: placementMode.optional().meta({ default: "spread" }),
+      pin: z
+        .array(
+          z.strictObject({
+            vms: vmPatterns.meta({ description: "The VMs pinned, by name or pattern." }),
+            host: dnsLabel.meta({ description: "The host (a name in hosts:) they run on." }),
+          }),
+        )
+        .optional()
+        .meta({ description: "VMs that run on a given host, whatever the mode." }),
+    }),
+  ])
+  .meta({
+    description:
+      "Which host each VM runs on. VMs already on a host stay there; new ones are placed by mode, pinned ones by pin.",
+  });
+
 /** A fleet's VMs share one network: its own (several bridges) or a host bridge (one). */
 export function tooManyVms(vms: number, onHostBridge = false): string {
   return `${vms} VMs are too many: ${fleetVmLimit(onHostBridge).why}; split the fleet into several fleets (each gets its own network)`;
@@ -335,6 +404,11 @@ export const fleetFileSchema = z
         "Delay, jitter, loss, rate, corruption and duplication on VMs' links and between groups, applied on the host side; `shoal net` changes them live.",
     }),
     ssh: ssh.optional(),
+    hosts: z.array(hostEntry).min(1).max(MAX_HOSTS).optional().meta({
+      description:
+        "With backend: libvirt, the hosts the VMs run on (default: this machine's qemu:///system).",
+    }),
+    placement: placement.optional(),
   })
   .meta({
     title: "shoal fleet file",
@@ -344,6 +418,7 @@ export const fleetFileSchema = z
 export type FleetFile = z.infer<typeof fleetFileSchema>;
 export type VmEntry = z.infer<typeof vmEntry>;
 export type ImpairmentRule = z.infer<typeof impairmentRule>;
+export type HostEntry = z.infer<typeof hostEntry>;
 export type VmSettings = Pick<VmEntry, keyof typeof vmSettings>;
 
 /** The sections of a fleet file, each validated alone so one bad section does not hide problems in the others. */

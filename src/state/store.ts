@@ -2,6 +2,7 @@ import { mkdir, readdir, readFile } from "node:fs/promises";
 import { z } from "zod";
 import { isBackendName } from "../backends/registry.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
+import { parseLibvirtUri } from "../core/hosts.js";
 import { MAX_DELAY_US, MAX_RATE, MIN_RATE, PPM } from "../core/impair.js";
 import { MAX_GROUPS, VM_PATTERN } from "../core/impair-plan.js";
 import { isDnsLabel } from "../core/names.js";
@@ -36,6 +37,14 @@ const vmSpecRecord = z.object({
     fallback: z.enum(["none", "tmpfs"]),
   }),
   kernelArgs: z.array(z.string()).readonly(),
+  host: z.string().refine(isDnsLabel).exactOptional(),
+});
+
+/** A libvirt host as `up` last recorded it, for commands that run without the fleet file. */
+const hostRecord = z.object({
+  name: z.string().refine(isDnsLabel),
+  uri: z.string().refine((uri) => parseLibvirtUri(uri).ok),
+  address: z.string().optional(),
 });
 
 const impairmentRecord = z.strictObject({
@@ -87,6 +96,8 @@ const fleetRecord = z.object({
       partition: z.array(dnsLabelKey),
     })
     .optional(),
+  /** The libvirt hosts the fleet's VMs run on (backend libvirt). */
+  hosts: z.array(hostRecord).optional(),
   /** `ssh.authorized_keys` as the VMs' identity seeds hold them. */
   authorizedKeys: z.array(z.string()).optional(),
   vms: z.record(
@@ -156,6 +167,25 @@ export async function readFleetRecord(
     });
   }
   return result.data;
+}
+
+/**
+ * The bases the state directory's libvirt fleets boot their VMs from, by host URI: what each
+ * host's pool must keep.
+ */
+export async function basesOnHosts(layout: StateLayout): Promise<Map<string, Set<string>>> {
+  const bases = new Map<string, Set<string>>();
+  for (const fleet of (await ifExists(readdir(layout.fleets))) ?? []) {
+    if (!isDnsLabel(fleet)) continue;
+    const record = await readFleetRecord(layout, fleet);
+    const uris = new Map((record?.hosts ?? []).map((host) => [host.name, host.uri]));
+    for (const vm of Object.values(record?.vms ?? {})) {
+      const uri = vm.spec.host === undefined ? undefined : uris.get(vm.spec.host);
+      if (uri === undefined || vm.baseId === undefined) continue;
+      bases.set(uri, (bases.get(uri) ?? new Set()).add(vm.baseId));
+    }
+  }
+  return bases;
 }
 
 /** The fleets of the state directory whose recorded VMs use an image. */

@@ -152,6 +152,7 @@ export class LibvirtHosts {
       ].join("\n"),
     );
     await exec("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(host.dir, "ssh/host")]);
+    await writeFile(join(host.dir, "bashrc"), "");
     await writeFile(
       join(host.dir, "ssh/authorized_keys"),
       await readFile(join(this.sshDir, "key.pub")),
@@ -200,7 +201,9 @@ export class LibvirtHosts {
         "--uts",
         "sh",
         "-ec",
-        `hostname ${host.name}\n${binds}\nmkdir -p /run/sshd\n${libvirtd}\n/usr/sbin/sshd -f ${join(host.dir, "ssh/sshd_config")}`,
+        // This machine's root shell setup is not the host's: bash reads it for every SSH session
+        // (here pyenv's, half a second of forks each time).
+        `hostname ${host.name}\n${binds}\n[ ! -e /root/.bashrc ] || mount --bind ${join(host.dir, "bashrc")} /root/.bashrc\nmkdir -p /run/sshd\n${libvirtd}\n/usr/sbin/sshd -f ${join(host.dir, "ssh/sshd_config")}`,
       ]);
     } else {
       const sshd = (await readFile(join(host.dir, "sshd.pid"), "utf8")).trim();

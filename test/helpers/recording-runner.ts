@@ -1,3 +1,4 @@
+import { type Duplex, PassThrough } from "node:stream";
 import {
   type Command,
   type CommandResult,
@@ -32,6 +33,14 @@ export class RecordingRunner implements Launcher {
   async launch(command: LaunchCommand): Promise<Launched> {
     this.launches.push(command);
     return this.launched(command);
+  }
+
+  readonly connects: string[][] = [];
+
+  /** A stream that has nothing to say: the command line is what a test looks at. */
+  connect(argv: readonly [string, ...string[]]): Duplex {
+    this.connects.push([...argv]);
+    return new PassThrough();
   }
 
   get argvs(): string[][] {

@@ -187,7 +187,7 @@ describe("other YAML that is no fleet file", () => {
       problems = problemsOf(`name: a\n${keys}\n`);
     });
     expect(problems[0]).toBe(
-      "test.yaml:2:1 k0: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh",
+      "test.yaml:2:1 k0: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh, hosts, placement",
     );
     expect(problems.at(-1)).toBe("test.yaml:52:1 (file): and 33950 more problems");
     expect(took).toBeLessThan(4000);
@@ -216,7 +216,7 @@ describe("errors echo at most a short, escaped excerpt of the file", () => {
   it("print no password hash for a shadow file", () => {
     const problems = problemsOf(shadow);
     expect(problems).toEqual([
-      "test.yaml:1:1 (file): not a fleet file: none of its keys is a fleet setting (name, backend, image, count, vm, vms, network, groups, impairments, ssh)",
+      "test.yaml:1:1 (file): not a fleet file: none of its keys is a fleet setting (name, backend, image, count, vm, vms, network, groups, impairments, ssh, hosts, placement)",
     ]);
   });
 
@@ -272,7 +272,7 @@ describe("cases the fuzz test found on main", () => {
       "test.yaml:1:1 (file): a key must be text, like memory:, not an empty key",
     ]);
     expect(problemsOf('name: a\n"": 1\n')).toEqual([
-      'test.yaml:2:1 [""]: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh',
+      'test.yaml:2:1 [""]: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh, hosts, placement',
     ]);
   });
 
@@ -281,7 +281,7 @@ describe("cases the fuzz test found on main", () => {
       "test.yaml:1:1 (file): must be a mapping of fleet settings (name:, count:, vm:, ...), not text",
     ]);
     expect(problemsOf("name: a\n\u0000 ame: 1\n")).toEqual([
-      'test.yaml:2:1 ["\\x00 ame"]: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh',
+      'test.yaml:2:1 ["\\x00 ame"]: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh, hosts, placement',
     ]);
   });
 });

@@ -28,9 +28,10 @@ function input(vm: VmSpec, change: Partial<DomainInput> = {}): DomainInput {
       seed: { pool: "shoal-x", name: `${uuid}-seed` },
       layer: { pool: "shoal-x", name: `${uuid}-layer` },
     },
-    nic: { bridge: "sb12345", tap: "s12345-1" },
+    nic: { bridge: "sb12345", tap: "s12345-1", mtu: 1450 },
     accel: "tcg",
     consoleLog: `/var/log/shoal/lab.${vm.name}.log`,
+    consoleSocket: `/run/libvirt/qemu/lab.${vm.name}.console`,
     owner: "shoal owner=/var/lib/shoal fleet=lab",
     ...change,
   };
@@ -68,6 +69,14 @@ describe("a VM as a libvirt domain", () => {
       source: { "@bridge": "sb12345" },
       target: { "@dev": "s12345-1" },
       model: { "@type": "virtio" },
+      mtu: { "@size": "1450" },
+    });
+    // The console: a socket on the host to talk over, and a log of everything the guest wrote.
+    expect(domain.devices.serial).toEqual({
+      "@type": "unix",
+      source: { "@mode": "bind", "@path": "/run/libvirt/qemu/lab.vm-1.console" },
+      log: { "@file": "/var/log/shoal/lab.vm-1.log", "@append": "on" },
+      target: { "@port": "0" },
     });
     expect(domain.features.tcg["tb-cache"]["#text"]).toBe(32);
     expect(domain.on_poweroff).toBe("destroy");

@@ -160,7 +160,7 @@ describe("malformed fleet files get one line each with position and field", () =
       "an unknown key",
       "name: lab\ncolor: blue\n",
       [
-        "test.yaml:2:1 color: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh",
+        "test.yaml:2:1 color: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh, hosts, placement",
       ],
     ],
     [
@@ -295,7 +295,7 @@ vms:
 `);
     expect(problems).toEqual([
       `test.yaml:1:7 name: "Lab" is not a DNS label: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'`,
-      "test.yaml:2:1 colour: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh",
+      "test.yaml:2:1 colour: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh, hosts, placement",
       'test.yaml:4:11 vm.memory: "64X" is not a size; use a number with a binary unit K, M, G or T, like 128M or 1.5G',
       "test.yaml:7:5 vms[0].extra: unknown key; expected one of name, ip, mac, image, memory, vcpus, layer, kernel_args",
       'test.yaml:8:11 vms[1].name: "a" is listed twice (also vms[0])',
@@ -346,7 +346,7 @@ describe("field rules", () => {
     );
     expect(one("name: a\ncount: -1\n")).toBe("test.yaml:2:8 count: must be at least 0");
     expect(one("name: a\nbackend: kvm\n")).toBe(
-      'test.yaml:2:10 backend: text "kvm" is not one of: qemu, xl',
+      'test.yaml:2:10 backend: text "kvm" is not one of: qemu, xl, libvirt',
     );
   });
 

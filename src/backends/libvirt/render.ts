@@ -41,11 +41,13 @@ export interface DomainInput {
   readonly initrd: string;
   readonly disks: { readonly base: Volume; readonly seed: Volume; readonly layer?: Volume };
   /** The VM's interface: a tap libvirt makes with this name on this bridge of the host's. */
-  readonly nic?: { readonly bridge: string; readonly tap: string };
+  readonly nic?: { readonly bridge: string; readonly tap: string; readonly mtu?: number };
   readonly accel: Accelerator;
   readonly tcgCacheMiB?: number;
   /** Where QEMU logs the serial console on the VM's host. */
   readonly consoleLog: string;
+  /** The unix socket QEMU serves the serial console on, on the VM's host. */
+  readonly consoleSocket: string;
   /** The owner mark (see core/net.ts ownerMark), kept in the domain's metadata. */
   readonly owner: string;
 }
@@ -92,7 +94,12 @@ const builder = new XMLBuilder({
  */
 export function renderDomainXml(input: DomainInput): string {
   const { vm } = input;
-  assertSafePaths({ kernel: input.kernel, initrd: input.initrd, "console log": input.consoleLog });
+  assertSafePaths({
+    kernel: input.kernel,
+    initrd: input.initrd,
+    "console log": input.consoleLog,
+    "console socket": input.consoleSocket,
+  });
   assertRenderable("domain UUID", input.uuid, UUID_PATTERN.test(input.uuid));
   assertRenderable("MAC address", vm.mac, MAC.test(vm.mac));
   if (input.nic !== undefined) {
@@ -155,15 +162,20 @@ export function renderDomainXml(input: DomainInput): string {
               source: { "@bridge": input.nic.bridge },
               target: { "@dev": input.nic.tap },
               model: { "@type": "virtio" },
+              // The guest's virtio-net takes it (host_mtu): frames that fit a VXLAN between hosts.
+              ...(input.nic.mtu === undefined ? {} : { mtu: { "@size": input.nic.mtu } }),
             },
           }),
+      // libvirt adds the <console> that stands for this serial port.
       serial: {
-        "@type": "pty",
+        "@type": "unix",
+        source: { "@mode": "bind", "@path": input.consoleSocket },
         log: { "@file": input.consoleLog, "@append": "on" },
         target: { "@port": 0 },
       },
-      console: { "@type": "pty", target: { "@type": "serial", "@port": 0 } },
       memballoon: { "@model": "virtio", "@freePageReporting": "on" },
+      // As the qemu backend's guests get it (see GuestModules.entropy).
+      rng: { "@model": "virtio", backend: { "@model": "builtin" } },
     },
   };
   return builder.build({ domain });

@@ -1,0 +1,442 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { appendFile, stat, writeFile } from "node:fs/promises";
+import type { Duplex } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { VmSpec } from "../../core/fleet.js";
+import type { HostSpec } from "../../core/hosts.js";
+import { ALIAS_MAX, hostTapName, type Owner, ownerMark } from "../../core/net.js";
+import { type BootFiles, domainName, ownedDomainUuid } from "../../core/render/boot.js";
+import { HostUnreachable, ShoalError, UserError } from "../../errors.js";
+import { ifExists } from "../../host/paths.js";
+import { runnerOn, sshArgvFor } from "../../host/remote.js";
+import { CommandFailed, type Launcher, type Runner } from "../../host/runner.js";
+import { connectSocketFile } from "../../host/unix-socket.js";
+import { FleetHostLinks, hostLinkNames, OVERLAY_MTU } from "../../net/host-links.js";
+import type { StateLayout } from "../../state/layout.js";
+import { basesOnHosts } from "../../state/store.js";
+import type { AccelSetting, Backend, BackendVm, Presence, VmNic } from "../backend.js";
+import type { Accelerator } from "../qemu/render.js";
+import {
+  hostConsoleLog,
+  hostConsoleSocket,
+  imageVolumes,
+  NO_DOMAIN,
+  poolDir,
+  poolName,
+  presenceOf,
+  UNREACHABLE,
+  vmVolumes,
+} from "./names.js";
+import { renderDomainXml } from "./render.js";
+
+const GONE_WAIT_MS = 30_000;
+const POLL_MS = 250;
+
+export interface LibvirtBackendDeps {
+  readonly runner: Launcher;
+  readonly layout: StateLayout;
+  /** The fleet's hosts by name (the fleet file's, or as `up` recorded them). */
+  readonly hosts: ReadonlyMap<string, HostSpec>;
+  readonly accel: AccelSetting;
+  readonly tcgCacheMiB?: number;
+  readonly notice: (line: string) => void;
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+/**
+ * VMs as libvirt domains on the fleet's hosts, driven through `virsh -c URI` (this machine's
+ * libvirtd or a remote one over its URI); what libvirt has no call for (a host's file hashes, its
+ * copy of a console log) runs on the host over SSH.
+ */
+export class LibvirtBackend implements Backend {
+  readonly name = "libvirt";
+  // libvirt makes the VM's tap on the host's bridge as it starts the domain.
+  readonly nic = "vif";
+  private readonly pool: string;
+  /** Per host and image: the image's volumes are there and verified (once per command). */
+  private readonly images = new Map<string, Promise<void>>();
+  private readonly pools = new Map<string, Promise<void>>();
+  private readonly accels = new Map<string, Promise<Accelerator>>();
+
+  constructor(private readonly deps: LibvirtBackendDeps) {
+    this.pool = poolName(deps.layout.root);
+  }
+
+  private host(vm: BackendVm): HostSpec {
+    const host = vm.host === undefined ? undefined : this.deps.hosts.get(vm.host);
+    if (host === undefined) {
+      throw new ShoalError(
+        `VM ${vm.name} is on host ${vm.host ?? "(none)"}, which the fleet has not`,
+        {
+          hint: "put the host back in hosts:, or `shoal destroy` the fleet",
+        },
+      );
+    }
+    return host;
+  }
+
+  /**
+   * `virsh -c URI ARGS` on the host. A host whose daemon (or SSH) does not answer is
+   * HostUnreachable, whatever the caller accepts; `okCodes: "any"` takes virsh's other failures
+   * as answers.
+   */
+  private async virsh(host: HostSpec, args: readonly string[], okCodes?: "any") {
+    const argv = ["virsh", "-q", "-c", host.uri, ...args] as const;
+    const result = await this.deps.runner.run({ argv, okCodes: "any" });
+    if (result.code !== 0 && UNREACHABLE.test(result.stderr)) {
+      const why = result.stderr.trim().split("\n").slice(-1)[0] ?? "";
+      throw new HostUnreachable(host.name, why.replace(/^error: /, ""));
+    }
+    if (result.code !== 0 && okCodes === undefined) {
+      throw new CommandFailed(argv, result.code, result.stderr);
+    }
+    return result;
+  }
+
+  /** The host itself, for what virsh cannot do; this machine for a local URI. */
+  private on(host: HostSpec): Runner {
+    return runnerOn(this.deps.runner, host);
+  }
+
+  private owner(vm: BackendVm): Owner {
+    return { root: this.deps.layout.root, fleet: vm.fleet };
+  }
+
+  private domain(vm: BackendVm): string {
+    return domainName(vm.fleet, vm.name);
+  }
+
+  private once<T>(cache: Map<string, Promise<T>>, key: string, make: () => Promise<T>): Promise<T> {
+    let found = cache.get(key);
+    if (found === undefined) {
+      found = make();
+      // A failure is not remembered: the next VM tries again.
+      found.catch(() => cache.delete(key));
+      cache.set(key, found);
+    }
+    return found;
+  }
+
+  private ensurePool(host: HostSpec): Promise<void> {
+    return this.once(this.pools, host.name, async () => {
+      const info = await this.virsh(host, ["pool-info", this.pool], "any");
+      if (info.code !== 0) {
+        await this.virsh(host, [
+          "pool-define-as",
+          this.pool,
+          "dir",
+          "--target",
+          poolDir(this.pool),
+        ]);
+        await this.virsh(host, ["pool-build", this.pool]);
+      }
+      if (!/^State:\s+running$/m.test(info.stdout))
+        await this.virsh(host, ["pool-start", this.pool]);
+      await this.virsh(host, ["pool-autostart", this.pool]);
+    });
+  }
+
+  private async volumeExists(host: HostSpec, name: string): Promise<boolean> {
+    const info = await this.virsh(host, ["vol-info", "--pool", this.pool, name], "any");
+    return info.code === 0;
+  }
+
+  private async upload(host: HostSpec, name: string, file: string): Promise<void> {
+    const { size } = await stat(file);
+    await this.virsh(host, ["vol-delete", "--pool", this.pool, name], "any");
+    await this.virsh(host, [
+      "vol-create-as",
+      this.pool,
+      name,
+      `${Math.max(size, 512)}b`,
+      "--format",
+      "raw",
+      "--allocation",
+      "0",
+    ]);
+    await this.virsh(host, ["vol-upload", "--pool", this.pool, name, file, "--sparse"]);
+  }
+
+  /**
+   * The image's base, kernel and initramfs on the host, sent only when the host has no verified
+   * copy: after an upload, the host hashes its copies, and only copies with the image's hashes
+   * get the marker that later runs look for.
+   */
+  private ensureImage(host: HostSpec, boot: BootFiles): Promise<void> {
+    return this.once(this.images, `${host.name}\0${boot.baseId}`, async () => {
+      const volumes = imageVolumes(boot.baseId);
+      if (await this.volumeExists(host, volumes.verified)) return;
+      const files = { base: boot.base, kernel: boot.kernel, initrd: boot.initrd } as const;
+      const expected = {
+        base: boot.baseId,
+        kernel: await sha256File(boot.kernel),
+        initrd: await sha256File(boot.initrd),
+      };
+      for (const part of ["base", "kernel", "initrd"] as const) {
+        await this.upload(host, volumes[part], files[part]);
+      }
+      const dir = poolDir(this.pool);
+      const sums = await this.on(host).run({
+        argv: [
+          "sha256sum",
+          "--",
+          ...(["base", "kernel", "initrd"] as const).map((part) => `${dir}/${volumes[part]}`),
+        ],
+      });
+      const found = sums.stdout
+        .trim()
+        .split("\n")
+        .map((line) => line.split(/\s+/)[0]);
+      const wrong = (["base", "kernel", "initrd"] as const).filter(
+        (part, i) => found[i] !== expected[part],
+      );
+      if (wrong.length > 0) {
+        throw new ShoalError(
+          `host ${host.name}'s copy of image ${boot.baseId.slice(0, 12)} (${wrong.join(", ")}) does not have the image's hash`,
+          {
+            hint: "the upload was cut short or the host's disk is failing; `shoal up` sends it again",
+          },
+        );
+      }
+      await this.virsh(host, [
+        "vol-create-as",
+        this.pool,
+        volumes.verified,
+        "0",
+        "--format",
+        "raw",
+      ]);
+    });
+  }
+
+  private accel(host: HostSpec): Promise<Accelerator> {
+    if (this.deps.accel !== "auto") return Promise.resolve(this.deps.accel);
+    return this.once(this.accels, host.name, async () => {
+      const kvm = await this.virsh(host, ["domcapabilities", "--virttype", "kvm"], "any");
+      if (kvm.code === 0) return "kvm";
+      this.deps.notice(
+        `host ${host.name} has no KVM: its VMs use software emulation (TCG), which is slower`,
+      );
+      return "tcg";
+    });
+  }
+
+  private links(fleet: string, namespace: string): FleetHostLinks {
+    const owner = { root: this.deps.layout.root, fleet };
+    return new FleetHostLinks(this.deps.runner, owner, namespace, [...this.deps.hosts.values()]);
+  }
+
+  async joinNetwork(fleet: string, namespace: string): Promise<void> {
+    for (const unreachable of await this.links(fleet, namespace).ensure()) {
+      this.deps.notice(`${unreachable.message}: its bridge for the fleet is left as it is`);
+    }
+  }
+
+  async leaveNetwork(fleet: string, namespace: string): Promise<void> {
+    await this.links(fleet, namespace).remove();
+  }
+
+  /**
+   * Removes from each host's pool the images no VM of this state directory boots from any more,
+   * and the pool once it holds nothing: `destroy` leaves nothing of shoal's on a host.
+   */
+  async tidy(): Promise<void> {
+    const keep = await basesOnHosts(this.deps.layout);
+    for (const host of this.deps.hosts.values()) {
+      const listed = await this.virsh(host, ["vol-list", "--pool", this.pool], "any").catch(
+        (error: unknown) => {
+          // A host that is down keeps what it has until it is back.
+          if (error instanceof HostUnreachable) return undefined;
+          throw error;
+        },
+      );
+      if (listed === undefined) continue;
+      // No pool there (never used, or already gone): nothing to tidy.
+      if (listed.code !== 0) continue;
+      const volumes = listed.stdout
+        .split("\n")
+        .map((line) => line.trim().split(/\s+/)[0] ?? "")
+        .filter((name) => name !== "");
+      const used = keep.get(host.uri) ?? new Set();
+      const stale = volumes.filter((name) => {
+        const id = /^([0-9a-f]{64})\.(?:base|kernel|initrd|verified)$/.exec(name)?.[1];
+        return id !== undefined && !used.has(id);
+      });
+      // The marker first: a copy half removed is never taken for a verified one.
+      stale.sort((a, b) => Number(b.endsWith(".verified")) - Number(a.endsWith(".verified")));
+      for (const name of stale) await this.virsh(host, ["vol-delete", "--pool", this.pool, name]);
+      if (stale.length === volumes.length) {
+        await this.virsh(host, ["pool-destroy", this.pool], "any");
+        await this.virsh(host, ["pool-delete", this.pool], "any");
+        await this.virsh(host, ["pool-undefine", this.pool]);
+        this.pools.delete(host.name);
+      }
+      for (const key of [...this.images.keys()].filter((k) => k.startsWith(`${host.name}\0`))) {
+        this.images.delete(key);
+      }
+    }
+  }
+
+  async createLayer(vm: BackendVm, spec: VmSpec): Promise<void> {
+    const host = this.host(vm);
+    await this.ensurePool(host);
+    const { layer } = vmVolumes(vm.fleet, vm.name);
+    // A killed run may have left it; the VM was never booted, so it is made afresh.
+    await this.virsh(host, ["vol-delete", "--pool", this.pool, layer], "any");
+    await this.virsh(host, [
+      "vol-create-as",
+      this.pool,
+      layer,
+      `${spec.layer.sizeBytes}b`,
+      "--format",
+      "raw",
+      "--allocation",
+      "0",
+    ]);
+  }
+
+  private async render(vm: BackendVm, spec: VmSpec, boot: BootFiles): Promise<string> {
+    const host = this.host(vm);
+    const volumes = imageVolumes(boot.baseId);
+    const own = vmVolumes(vm.fleet, vm.name);
+    const dir = poolDir(this.pool);
+    const xml = renderDomainXml({
+      fleet: vm.fleet,
+      uuid: ownedDomainUuid("libvirt", this.owner(vm), vm.name),
+      vm: spec,
+      boot,
+      kernel: `${dir}/${volumes.kernel}`,
+      initrd: `${dir}/${volumes.initrd}`,
+      disks: {
+        base: { pool: this.pool, name: volumes.base },
+        seed: { pool: this.pool, name: own.seed },
+        ...(spec.layer.type === "disk" ? { layer: { pool: this.pool, name: own.layer } } : {}),
+      },
+      nic: {
+        bridge: hostLinkNames(this.owner(vm)).bridge,
+        mtu: OVERLAY_MTU,
+        tap: hostTapName(this.owner(vm), spec.index),
+      },
+      accel: await this.accel(host),
+      ...(this.deps.tcgCacheMiB === undefined ? {} : { tcgCacheMiB: this.deps.tcgCacheMiB }),
+      consoleLog: hostConsoleLog(vm.fleet, vm.name),
+      consoleSocket: hostConsoleSocket(vm.fleet, vm.name),
+      owner: ownerMark(this.owner(vm), ALIAS_MAX),
+    });
+    const file = `${vm.paths.dir}/domain.xml`;
+    await writeFile(file, xml, { mode: 0o600 });
+    return file;
+  }
+
+  async define(vm: BackendVm, spec: VmSpec, boot: BootFiles, _nic: VmNic): Promise<void> {
+    const host = this.host(vm);
+    // Domain names are host-wide: one of this name made by another state directory or program
+    // (another UUID) is never redefined.
+    const found = await this.virsh(host, ["domuuid", this.domain(vm)], "any");
+    const uuid = ownedDomainUuid("libvirt", this.owner(vm), vm.name);
+    if (found.code === 0 && found.stdout.trim() !== uuid) {
+      throw new UserError(
+        `host ${host.name} has a domain ${this.domain(vm)} that is not this state directory's (UUID ${found.stdout.trim().slice(0, 36)})`,
+        "rename the fleet, or remove that domain if it is a leftover",
+      );
+    }
+    await this.ensurePool(host);
+    await this.ensureImage(host, boot);
+    await this.upload(host, vmVolumes(vm.fleet, vm.name).seed, vm.paths.seed);
+    await this.virsh(host, ["define", await this.render(vm, spec, boot)]);
+  }
+
+  async start(vm: BackendVm, spec: VmSpec, boot: BootFiles, _nic: VmNic): Promise<void> {
+    const host = this.host(vm);
+    await this.ensureImage(host, boot);
+    await this.virsh(host, ["define", await this.render(vm, spec, boot)]);
+    await this.virsh(host, ["start", this.domain(vm)]);
+  }
+
+  async presence(vm: BackendVm): Promise<Presence> {
+    const state = await this.virsh(this.host(vm), ["domstate", "--reason", this.domain(vm)], "any");
+    if (state.code !== 0) {
+      if (NO_DOMAIN.test(state.stderr)) return { kind: "absent" };
+      throw new CommandFailed(["virsh", "domstate", this.domain(vm)], state.code, state.stderr);
+    }
+    return presenceOf(state.stdout);
+  }
+
+  async requestShutdown(vm: BackendVm): Promise<void> {
+    await this.virsh(this.host(vm), ["shutdown", "--mode", "acpi", this.domain(vm)]);
+  }
+
+  async destroy(vm: BackendVm): Promise<void> {
+    const host = this.host(vm);
+    const ended = await this.virsh(host, ["destroy", this.domain(vm)], "any");
+    if (ended.code !== 0 && !NO_DOMAIN.test(ended.stderr) && !/not running/.test(ended.stderr)) {
+      throw new CommandFailed(["virsh", "destroy", this.domain(vm)], ended.code, ended.stderr);
+    }
+    const deadline = Date.now() + GONE_WAIT_MS;
+    while ((await this.presence(vm)).kind === "running") {
+      if (Date.now() > deadline) {
+        throw new ShoalError(`VM ${vm.name} still runs on host ${host.name} after virsh destroy`);
+      }
+      await sleep(POLL_MS);
+    }
+  }
+
+  async forget(vm: BackendVm): Promise<void> {
+    const host = this.host(vm);
+    await this.virsh(host, ["undefine", this.domain(vm)], "any");
+    const own = vmVolumes(vm.fleet, vm.name);
+    for (const volume of [own.seed, own.layer]) {
+      await this.virsh(host, ["vol-delete", "--pool", this.pool, volume], "any");
+    }
+    await this.on(host).run({ argv: ["rm", "-f", "--", hostConsoleLog(vm.fleet, vm.name)] });
+  }
+
+  async fetchConsoleLog(vm: BackendVm): Promise<void> {
+    const host = this.host(vm);
+    const local = vm.paths.serialLog;
+    const have = (await ifExists(stat(local)))?.size ?? 0;
+    const remote = hostConsoleLog(vm.fleet, vm.name);
+    const size = await this.on(host).run({
+      argv: ["stat", "-c", "%s", "--", remote],
+      okCodes: "any",
+    });
+    if (size.code !== 0) return;
+    const length = Number(size.stdout.trim());
+    if (length === have) return;
+    // A log that shrank was made anew (the VM recreated): the copy starts over.
+    const from = length < have ? 0 : have;
+    if (from === 0) await writeFile(local, "", { mode: 0o600 });
+    // The log's bytes as they are (a guest may write anything), and exactly the range measured.
+    const bytes: Buffer[] = [];
+    await this.on(host).run({
+      argv: [
+        "dd",
+        `if=${remote}`,
+        "iflag=skip_bytes,count_bytes",
+        `skip=${from}`,
+        `count=${length - from}`,
+        "status=none",
+      ],
+      onOutput: (stream, chunk) => {
+        if (stream === "stdout") bytes.push(chunk);
+      },
+    });
+    await appendFile(local, Buffer.concat(bytes));
+  }
+
+  async openConsole(vm: BackendVm): Promise<Duplex> {
+    const host = this.host(vm);
+    const socket = hostConsoleSocket(vm.fleet, vm.name);
+    const ssh = sshArgvFor(host.uri);
+    if (ssh === undefined) return connectSocketFile(socket);
+    // OpenSSH forwards its stdio to a unix socket on the host.
+    const [file, ...args] = ssh;
+    return this.deps.runner.connect([file, "-W", socket, ...args.filter((arg) => arg !== "--")]);
+  }
+}

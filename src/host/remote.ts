@@ -1,0 +1,64 @@
+import shellQuote from "shell-quote";
+import { HostUnreachable } from "../errors.js";
+import { type Command, type CommandResult, type Runner, requireSuccess } from "./runner.js";
+
+/**
+ * Commands on another machine of a fleet (a libvirt host): what libvirt does not do for shoal, such
+ * as the fleet's VXLAN device, runs there over SSH as root, reached the way libvirt's own ssh
+ * transport reaches it from the same URI (user, port, `command=` for the ssh program, `keyfile=`,
+ * `known_hosts=`, `no_verify=1`), so one line in the fleet file says how to reach a host.
+ */
+
+/** A host's URI as far as SSH needs it; undefined for this machine's own daemon. */
+export function sshArgvFor(uri: string): readonly [string, ...string[]] | undefined {
+  const url = new URL(uri);
+  const hostname = url.hostname.replace(/^\[|\]$/g, "");
+  if (hostname === "") return undefined;
+  const params = url.searchParams;
+  const options = [
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ConnectTimeout=10",
+    ...(url.port === "" ? [] : ["-p", url.port]),
+    ...optional(params.get("keyfile"), (file) => ["-i", file]),
+    ...optional(params.get("known_hosts"), (file) => ["-o", `UserKnownHostsFile=${file}`]),
+    ...(params.get("no_verify") === "1" ? ["-o", "StrictHostKeyChecking=no"] : []),
+    "-l",
+    url.username === "" ? "root" : decodeURIComponent(url.username),
+  ];
+  return [params.get("command") ?? "ssh", ...options, "--", hostname];
+}
+
+function optional(value: string | null, argv: (value: string) => string[]): string[] {
+  return value === null || value === "" ? [] : argv(value);
+}
+
+/**
+ * The one runner, for commands on the host `uri` names: this machine's own runner for a local
+ * URI, else each argv quoted for the remote shell and run through ssh (stdin passed on).
+ */
+export function runnerOn(
+  runner: Runner,
+  host: { readonly name: string; readonly uri: string },
+): Runner {
+  const ssh = sshArgvFor(host.uri);
+  if (ssh === undefined) return runner;
+  return {
+    run: async (command: Command): Promise<CommandResult> => {
+      const result = await runner.run({
+        ...command,
+        argv: [...ssh, shellQuote.quote(["env", "LANG=C", ...command.argv])],
+        okCodes: "any",
+      });
+      // ssh's own failures (no connection, no login) exit 255.
+      if (result.code === SSH_FAILED) {
+        const why = result.stderr.trim().split("\n").slice(-1)[0] ?? "";
+        throw new HostUnreachable(host.name, `ssh: ${why}`);
+      }
+      return requireSuccess(command, result);
+    },
+  };
+}
+
+const SSH_FAILED = 255;
