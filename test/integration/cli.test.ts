@@ -79,7 +79,7 @@ describe("malformed fleet files", () => {
     expect(result.code).toBe(2);
     expect(result.stderr.trim().split("\n")).toEqual([
       `${path}:1:7 name: "Lab" is not a DNS label: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'`,
-      `${path}:2:1 flavour: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh`,
+      `${path}:2:1 flavour: unknown key; expected one of name, backend, image, count, vm, vms, network, groups, impairments, ssh, hosts, placement`,
       `${path}:3:15 vm.memory: "1X" is not a size; use a number with a binary unit K, M, G or T, like 128M or 1.5G`,
       `${path}:3:26 vm.vcpus: must be at least 1`,
     ]);
@@ -277,6 +277,8 @@ describe("shoal itself", () => {
       "groups",
       "impairments",
       "ssh",
+      "hosts",
+      "placement",
     ]);
   });
 });
