@@ -98,7 +98,7 @@ export function checkImageName(name: string): void {
     throw new UserError(`"${name}" is not an image name`, `use ${IMAGE_NAME_RULE}`);
 }
 
-async function sha256File(path: string): Promise<string> {
+export async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest("hex");

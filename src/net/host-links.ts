@@ -13,7 +13,7 @@ import {
 import { HostUnreachable, ShoalError } from "../errors.js";
 import { runnerOn } from "../host/remote.js";
 import type { Runner } from "../host/runner.js";
-import { refuseUnlessOurs } from "./network.js";
+import { ipLinks, refuseUnlessOurs } from "./network.js";
 
 /**
  * A fleet over libvirt hosts is one L2: the fleet's own network on this machine (its namespace,
@@ -46,7 +46,6 @@ export function hostLinkNames(owner: Owner) {
   } as const;
 }
 
-const ipLinks = z.array(z.object({ ifname: z.string(), ifalias: z.string().optional() }));
 const fdbEntries = z.array(z.object({ mac: z.string(), dst: z.string().optional() }));
 
 /** Runs `ip`/`bridge` in one place: a host (over ssh unless local) or the fleet's namespace here. */

@@ -79,7 +79,7 @@ export function refuseUnlessOurs(what: string, found: Found): void {
 }
 
 /** `ip -j link show` / `ip -j addr show`: the fields shoal reads. */
-const ipLinks = z.array(
+export const ipLinks = z.array(
   z.object({
     ifname: z.string(),
     ifalias: z.string().optional(),

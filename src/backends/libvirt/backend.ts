@@ -1,5 +1,3 @@
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { appendFile, stat, writeFile } from "node:fs/promises";
 import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -12,6 +10,7 @@ import { ifExists } from "../../host/paths.js";
 import { runnerOn, sshArgvFor } from "../../host/remote.js";
 import { CommandFailed, type Launcher, type Runner } from "../../host/runner.js";
 import { connectSocketFile } from "../../host/unix-socket.js";
+import { sha256File } from "../../image/store.js";
 import { FleetHostLinks, hostLinkNames, OVERLAY_MTU } from "../../net/host-links.js";
 import type { StateLayout } from "../../state/layout.js";
 import { basesOnHosts } from "../../state/store.js";
@@ -41,12 +40,6 @@ export interface LibvirtBackendDeps {
   readonly accel: AccelSetting;
   readonly tcgCacheMiB?: number;
   readonly notice: (line: string) => void;
-}
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
 }
 
 /**
@@ -407,7 +400,11 @@ export class LibvirtBackend implements Backend {
       okCodes: "any",
     });
     if (size.code !== 0) return;
+    // The host's answer, checked before it becomes a byte range.
     const length = Number(size.stdout.trim());
+    if (!Number.isSafeInteger(length) || length < 0) {
+      throw new ShoalError(`host ${host.name} gave no size for ${vm.name}'s console log`);
+    }
     if (length === have) return;
     // A log that shrank was made anew (the VM recreated): the copy starts over.
     const from = length < have ? 0 : have;
