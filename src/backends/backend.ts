@@ -5,6 +5,7 @@ import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import type { HostSpec } from "../core/hosts.js";
 import type { GuestModules } from "../core/modules.js";
 import type { BootFiles } from "../core/render/boot.js";
+import type { HostUnreachable } from "../errors.js";
 import type { Launcher, Runner } from "../host/runner.js";
 import type { StateLayout, VmPaths } from "../state/layout.js";
 
@@ -34,7 +35,11 @@ export interface VmNic {
 export type Presence =
   | { readonly kind: "absent" }
   | { readonly kind: "running"; readonly since?: Date }
-  | { readonly kind: "powered-off" }
+  | {
+      readonly kind: "powered-off";
+      /** Nothing holds its disks any more (a shut-off libvirt domain): its layer may be read. */
+      readonly disksReleased?: true;
+    }
   | { readonly kind: "crashed"; readonly reason: string };
 
 /**
@@ -62,6 +67,8 @@ export interface Backend {
     starting: readonly { readonly spec: VmSpec; readonly boot: BootFiles }[],
     overcommit: boolean,
   ): Promise<void>;
+  /** For a backend over several hosts: those that cannot be reached now, each with why. */
+  unreachableHosts?(): Promise<readonly HostUnreachable[]>;
   /**
    * Releases what the backend holds on the host for VMs that are gone (xl: a base's loop device no
    * domain uses any more, also after a shoal killed half-way); run after each command that
@@ -69,10 +76,17 @@ export interface Backend {
    */
   tidy?(): Promise<void>;
   /**
-   * Makes the VM's blank disk layer where the hypervisor keeps it (a volume on the VM's libvirt
-   * host), for a backend whose layers are not files in the VM's directory.
+   * Makes the VM's disk layer where the hypervisor keeps it (a volume on the VM's libvirt host),
+   * replacing any it had, for a backend whose layers are not files in the VM's directory: blank,
+   * or with the contents of the layer file `contents` here (a VM moved from another host).
    */
-  createLayer?(vm: BackendVm, spec: VmSpec): Promise<void>;
+  createLayer?(vm: BackendVm, spec: VmSpec, contents?: string): Promise<void>;
+  /** With createLayer: copies the VM's layer (sparse) to `destination` here, to be read. */
+  copyLayer?(vm: BackendVm, destination: string): Promise<void>;
+  /** With createLayer: the bytes the VM's layer takes where the backend keeps it. */
+  layerBytes?(vm: BackendVm): Promise<number>;
+  /** The bytes host `host`'s copy of base `id` takes, for a backend that copies bases to hosts. */
+  baseBytes?(host: string, id: string): Promise<number>;
   /**
    * Brings the VM's serial log in its directory up to date from where the hypervisor writes it,
    * for a backend that writes it on another machine; the log there only grows.

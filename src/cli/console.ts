@@ -25,9 +25,9 @@ export function consoleCommand() {
         }
         // Everything the VM writes is read at once: an unread console stalls the guest.
         console.pipe(process.stdout, { end: false });
-        await new Promise<void>((resolve) => {
+        await new Promise<void>((resolve, reject) => {
           let detached = false;
-          const detach = () => {
+          const detach = (error?: Error) => {
             if (detached) return;
             detached = true;
             process.stdin.off("data", input);
@@ -35,8 +35,12 @@ export function consoleCommand() {
             process.stdin.pause();
             console.end();
             console.destroy();
-            resolve();
+            if (error) reject(error);
+            else resolve();
           };
+          // A console that fails (its host's ssh ended) ends the command with why; once detached,
+          // the stream's own end (a stream over ssh reports being cut short) is what was asked.
+          console.on("error", (error) => detach(error));
           const input = (chunk: Buffer) => {
             const at = terminal ? chunk.indexOf(ESCAPE) : -1;
             if (at >= 0) {
@@ -48,10 +52,10 @@ export function consoleCommand() {
           };
           process.stdin.on("data", input);
           // Piped input: the VM's answer to the last line still gets a moment to arrive.
-          process.stdin.once("end", () => setTimeout(detach, PIPED_INPUT_GRACE_MS));
-          console.once("close", detach);
+          process.stdin.once("end", () => setTimeout(() => detach(), PIPED_INPUT_GRACE_MS));
+          console.once("close", () => detach());
           // The terminal leaves raw mode however shoal is told to stop.
-          process.once("SIGTERM", detach).once("SIGHUP", detach);
+          process.once("SIGTERM", () => detach()).once("SIGHUP", () => detach());
         });
         if (terminal) process.stderr.write("\r\ndetached\n");
       });

@@ -1,10 +1,11 @@
 import { Command } from "@commander-js/extra-typings";
 import { formatUsage } from "../core/size.js";
 import { accountDisk, type ImageUsage, type VmUsage } from "../core/usage.js";
+import { HostUnreachable } from "../errors.js";
 import { allocatedBytes } from "../host/paths.js";
 import { ImageStore } from "../image/store.js";
 import { fleetFileOption } from "./context.js";
-import { withFleet } from "./fleet.js";
+import { notice, withFleet } from "./fleet.js";
 import { fleetNameOption } from "./options.js";
 import { formatTable } from "./table.js";
 
@@ -19,40 +20,86 @@ export function dfCommand() {
     .action(async (options, command) => {
       await withFleet(command, options, undefined, async ({ context, session }) => {
         const store = new ImageStore(context.runner, await context.layout());
+        const layerOnHost = session.backend.layerBytes?.bind(session.backend);
+        const baseOnHost = session.backend.baseBytes?.bind(session.backend);
+        // A host that cannot be reached is left out of the sums, and said so.
+        const unreachable = new Set<string>();
+        const measured = async (measure: () => Promise<number>): Promise<number> => {
+          try {
+            return await measure();
+          } catch (error) {
+            if (!(error instanceof HostUnreachable)) throw error;
+            unreachable.add(error.host);
+            return 0;
+          }
+        };
         const names = session.recordedNames();
         const vms: VmUsage[] = await Promise.all(
           names.map(async (name) => {
             const { spec } = session.entry(name);
             const paths = session.paths.vm(name);
-            const layerBytes = spec.layer.type === "disk" ? await allocatedBytes(paths.layer) : 0;
+            const here = await allocatedBytes(paths.dir);
+            const layerBytes =
+              spec.layer.type !== "disk"
+                ? 0
+                : layerOnHost
+                  ? await measured(() => layerOnHost(session.vm(name)))
+                  : await allocatedBytes(paths.layer);
             return {
               name,
               image: spec.image,
               layerType: spec.layer.type,
+              ...(spec.host === undefined ? {} : { host: spec.host }),
               layerBytes,
-              otherBytes: (await allocatedBytes(paths.dir)) - layerBytes,
+              // A layer kept on a host is not in the VM's directory here.
+              otherBytes: layerOnHost ? here : here - layerBytes,
             };
           }),
         );
         const images: ImageUsage[] = [];
-        for (const name of new Set(vms.map((vm) => vm.image))) {
-          const image = await store.find(name);
-          if (image) {
-            const bytes = await allocatedBytes((await context.layout()).image(image.id).base);
-            images.push({ name, id: image.id, bytes });
+        if (baseOnHost) {
+          const copies = new Map<string, { host: string; id: string; name: string }>();
+          for (const name of names) {
+            const { spec, baseId } = session.entry(name);
+            if (spec.host === undefined || baseId === undefined) continue;
+            copies.set(`${spec.host}\0${baseId}`, {
+              host: spec.host,
+              id: baseId,
+              name: spec.image,
+            });
+          }
+          for (const { host, id, name } of copies.values()) {
+            const bytes = await measured(() => baseOnHost(host, id));
+            images.push({ name, id, host, bytes });
+          }
+        } else {
+          for (const name of new Set(vms.map((vm) => vm.image))) {
+            const image = await store.find(name);
+            if (image) {
+              const bytes = await allocatedBytes((await context.layout()).image(image.id).base);
+              images.push({ name, id: image.id, bytes });
+            }
           }
         }
         const usage = accountDisk(images, vms);
+        for (const host of unreachable) {
+          notice(
+            `host ${host} cannot be reached: what its VMs and bases take there is counted as 0`,
+          );
+        }
         if (options.json) {
           context.printJson(usage);
           return;
         }
+        // A fleet over libvirt hosts: each base once per host, and where each VM's layer is.
+        const hosts = baseOnHost !== undefined;
         context.print(
           formatTable(
-            ["IMAGE", "ID", "BASE", "VMS"],
+            ["IMAGE", "ID", ...(hosts ? ["HOST"] : []), "BASE", "VMS"],
             usage.images.map((image) => [
               image.name,
               image.id.slice(0, 12),
+              ...(hosts ? [image.host ?? "-"] : []),
               formatUsage(image.bytes),
               String(image.vms),
             ]),
@@ -61,10 +108,11 @@ export function dfCommand() {
         context.print("");
         context.print(
           formatTable(
-            ["VM", "IMAGE", "LAYER", "OTHER"],
+            ["VM", "IMAGE", ...(hosts ? ["HOST"] : []), "LAYER", "OTHER"],
             usage.vms.map((vm) => [
               vm.name,
               vm.image,
+              ...(hosts ? [vm.host ?? "-"] : []),
               vm.layerType === "tmpfs" ? "tmpfs" : formatUsage(vm.layerBytes),
               formatUsage(vm.otherBytes),
             ]),

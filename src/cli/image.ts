@@ -3,7 +3,7 @@ import { Command } from "@commander-js/extra-typings";
 import { formatSize } from "../core/size.js";
 import { escapeLine, LogEscaper } from "../core/terminal.js";
 import { UserError } from "../errors.js";
-import { stoppedLayer } from "../fleet/layers.js";
+import { withStoppedLayer } from "../fleet/layers.js";
 import { oneVm } from "../fleet/select.js";
 import { pathExists } from "../host/paths.js";
 import { committedSource, derivedSource } from "../image/derive.js";
@@ -180,25 +180,26 @@ function commitCommand() {
     .action(async (name, options, command) => {
       await withFleet(command, options, "image commit", async ({ context, session }) => {
         const vm = oneVm(session, options.fromVm);
-        const stopped = await stoppedLayer(session, vm);
-        if (!stopped) {
-          throw new UserError(
-            `VM ${vm} never booted: it has no changes to commit`,
-            "its image is what it would give",
+        const image = await withStoppedLayer(session, vm, async (stopped) => {
+          if (!stopped) {
+            throw new UserError(
+              `VM ${vm} never booted: it has no changes to commit`,
+              "its image is what it would give",
+            );
+          }
+          const store = new ImageStore(context.runner, await context.layout());
+          const { baseId } = stopped;
+          const from = (await store.list()).find((image) => image.id === baseId);
+          return store.add(
+            {
+              name,
+              source: `VM ${vm} of fleet ${session.fleet} over ${from?.name ?? "image"} (${baseId.slice(0, 12)})`,
+              ...bootInheritedFrom(from),
+            },
+            (staging) => committedSource(context.runner, staging, stopped.base, stopped.layer),
+            step,
           );
-        }
-        const store = new ImageStore(context.runner, await context.layout());
-        const { baseId } = stopped;
-        const from = (await store.list()).find((image) => image.id === baseId);
-        const image = await store.add(
-          {
-            name,
-            source: `VM ${vm} of fleet ${session.fleet} over ${from?.name ?? "image"} (${baseId.slice(0, 12)})`,
-            ...bootInheritedFrom(from),
-          },
-          (staging) => committedSource(context.runner, staging, stopped.base, stopped.layer),
-          step,
-        );
+        });
         context.print(`${describe(image)} (from VM ${vm})`);
       });
     });

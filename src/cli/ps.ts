@@ -38,9 +38,13 @@ export function psCommand() {
               spec?.vms.find((candidate) => candidate.name === name) ?? session.book.vm(name)?.spec;
             const status = states.get(name) ?? { state: "missing" as const };
             const layer =
-              vm?.layer.type === "disk" && status.state !== "missing"
-                ? await allocatedBytes(session.paths.vm(name).layer)
-                : undefined;
+              vm?.layer.type !== "disk" ||
+              status.state === "missing" ||
+              status.state === "unreachable"
+                ? undefined
+                : session.backend.layerBytes
+                  ? await session.backend.layerBytes(session.vm(name))
+                  : await allocatedBytes(session.paths.vm(name).layer);
             // Where it runs, else where `up` would put it.
             const host = session.book.vm(name)?.spec.host ?? vm?.host;
             return {

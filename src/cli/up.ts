@@ -40,6 +40,10 @@ export function convergeCommand(goal: Goal) {
       "--overcommit",
       "start VMs whose memory adds up to more than the host has available (QEMU: idle guests give back what they do not use, KSM shares equal pages; if they use it all, the out-of-memory killer ends VMs)",
     )
+    .option(
+      "--reschedule",
+      "make the VMs of hosts that cannot be reached again on the fleet's other hosts (libvirt), with blank layers",
+    )
     .option("--json", "print the result as JSON for scripts")
     .action(async (patterns, options, command) => {
       const result = await withFleet(
@@ -60,6 +64,7 @@ export function convergeCommand(goal: Goal) {
             bootTimeoutMs: options.wait && goal === "running" ? options.timeout * 1000 : undefined,
             stopTimeoutMs: options.timeout * 1000,
             overcommit: options.overcommit ?? false,
+            reschedule: options.reschedule ?? false,
             ...(only ? { only } : {}),
           });
           const states = await observeAll(
@@ -71,6 +76,7 @@ export function convergeCommand(goal: Goal) {
       );
       const rows = result.outcomes.map(({ plan, ok, detail }) => ({
         name: plan.name,
+        ...(plan.spec.host === undefined ? {} : { host: plan.spec.host }),
         ip: plan.spec.ip,
         state: result.states.get(plan.name)?.state ?? "missing",
         done: plan.actions,
@@ -81,12 +87,14 @@ export function convergeCommand(goal: Goal) {
       if (options.json) {
         result.context.printJson(rows);
       } else {
+        const onHosts = rows.some((row) => row.host !== undefined);
         result.context.print(
           formatTable(
-            ["NAME", "STATE", "IP", "DONE", "RESULT"],
+            ["NAME", "STATE", ...(onHosts ? ["HOST"] : []), "IP", "DONE", "RESULT"],
             rows.map((row) => [
               row.name,
               row.state,
+              ...(onHosts ? [row.host ?? "-"] : []),
               row.ip,
               row.done.join(", ") || "-",
               row.ok ? "ok" : `failed: ${row.error ?? ""}`,

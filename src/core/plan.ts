@@ -6,7 +6,8 @@ import type { VmSpec } from "./fleet.js";
  * - create: make the VM's layer, identity and hypervisor definition;
  * - start / stop: run or shut down an existing VM;
  * - recreate: the definition changed (memory, image, address...): stop the VM if it runs and
- *   rebuild its definition; its layer is kept;
+ *   rebuild its definition; its layer is kept (moved with it to another host, or, when rescheduled
+ *   off a host that cannot be reached, made anew there);
  * - upgrade: only the image of a running VM changed: it moves to the new base as `shoal upgrade`
  *   moves it (one VM of the fleet down at a time, started again and waited for);
  * - delete: remove a VM that is no longer in the fleet file, with its layer.
@@ -63,8 +64,11 @@ function planDesired(vm: VmSpec, input: PlanInput): VmPlan {
   if (!recorded || state === "missing") {
     return { name: vm.name, spec: vm, state, actions: ["create", ...start], changes: [] };
   }
-  if (state === "unreachable") return { name: vm.name, spec: vm, state, actions: [], changes: [] };
   const changes = changedFields(recorded, vm);
+  // Only a VM rescheduled to another host is made again; the rest wait for their host.
+  if (state === "unreachable" && !changes.includes("host")) {
+    return { name: vm.name, spec: vm, state, actions: [], changes: [] };
+  }
   if (state === "running" && changes.length === 1 && changes[0] === "image") {
     return { name: vm.name, spec: vm, state, actions: ["upgrade"], changes };
   }

@@ -9,6 +9,8 @@ export interface ImageUsage {
   readonly id: string;
   /** The base's allocated size: what it takes on disk, and what a (sparse) copy of it would. */
   readonly bytes: number;
+  /** The libvirt host this copy of the base is on: one copy per host that runs VMs of it. */
+  readonly host?: string;
 }
 
 export interface VmUsage {
@@ -16,6 +18,8 @@ export interface VmUsage {
   /** The image's name, as the VM's spec has it. */
   readonly image: string;
   readonly layerType: "disk" | "tmpfs";
+  /** The libvirt host it runs on; its layer is there. */
+  readonly host?: string;
   readonly layerBytes: number;
   /** Everything else in the VM's directory. */
   readonly otherBytes: number;
@@ -39,7 +43,12 @@ export function accountDisk(
 ): DiskAccounting {
   const byName = new Map(images.map((image) => [image.name, image]));
   const used = images
-    .map((image) => ({ ...image, vms: vms.filter((vm) => vm.image === image.name).length }))
+    .map((image) => ({
+      ...image,
+      vms: vms.filter(
+        (vm) => vm.image === image.name && (image.host === undefined || vm.host === image.host),
+      ).length,
+    }))
     .filter((image) => image.vms > 0);
   const basesBytes = used.reduce((sum, image) => sum + image.bytes, 0);
   const vmsBytes = vms.reduce((sum, vm) => sum + vm.layerBytes + vm.otherBytes, 0);

@@ -8,9 +8,17 @@ import { eachVm, type VmResult } from "./fan-out.js";
 import { recordHosts } from "./hosts.js";
 import { setAuthorizedKeys, writeKnownHosts } from "./identity.js";
 import { checkFileImpairments, recordImpairments } from "./impairments.js";
-import { createVms, deleteVms, redefineVm, startVm, stopVm } from "./lifecycle.js";
+import {
+  createVms,
+  deleteVms,
+  moveVm,
+  redefineVm,
+  removeLeftovers,
+  startVm,
+  stopVm,
+} from "./lifecycle.js";
 import { ensureNetwork, recordNetwork } from "./network-policy.js";
-import { planChanges } from "./planning.js";
+import { type HostsDown, planChanges } from "./planning.js";
 import type { FleetSession } from "./session.js";
 import { upgradeRunning } from "./upgrade.js";
 
@@ -29,6 +37,8 @@ export interface ConvergeOptions {
   readonly only?: ReadonlySet<string>;
   /** Start VMs whose memory adds up to more than the host has available (the user's choice). */
   readonly overcommit?: boolean;
+  /** Make the VMs of hosts that cannot be reached again on the others, with blank layers. */
+  readonly reschedule?: boolean;
 }
 
 export interface VmOutcome {
@@ -71,11 +81,13 @@ export async function converge(
       "split it into several fleets (each gets its own network)",
     );
   }
+  const down = await hostsDown(session, fleet, options.reschedule ?? false);
   const { plan, recorded, observed } = await planChanges(
     session,
     fleet,
     options.goal,
     options.only,
+    down,
   );
   sayUnreachable(session, plan);
   // Every image must be there, and every change possible, before anything changes.
@@ -124,6 +136,7 @@ export async function converge(
       );
     }
   }
+  await removeAllLeftovers(session, down?.hosts);
   await inBatch("delete", (vms) =>
     deleteVms(
       session,
@@ -137,6 +150,13 @@ export async function converge(
     );
   }
   await each("recreate", async (vm) => {
+    if (vm.changes.includes("host")) {
+      await moveVm(session, vm.spec, bootOf(vm.spec), fleet.authorizedKeys, {
+        fromReachable: vm.state !== "unreachable",
+        stopTimeoutMs: options.stopTimeoutMs,
+      });
+      return;
+    }
     await stopVm(session, vm.name, options.stopTimeoutMs);
     await redefineVm(session, vm.spec, bootOf(vm.spec), fleet.authorizedKeys);
   });
@@ -177,16 +197,79 @@ export async function converge(
   return plan.map((vm) => outcomes.get(vm.name) ?? { plan: vm, ok: true });
 }
 
-/** VMs on hosts shoal cannot reach are left as they are: said once per host. */
-function sayUnreachable(session: FleetSession, plan: readonly VmPlan[]): void {
+/**
+ * The fleet's hosts that cannot be reached now. One the fleet has nothing on is refused before
+ * anything is made anywhere (a wrong URI, or a host not set up yet); the others take no new VM,
+ * and their VMs are left, or with `reschedule` placed again on the hosts that answer.
+ */
+async function hostsDown(
+  session: FleetSession,
+  fleet: FleetSpec,
+  reschedule: boolean,
+): Promise<HostsDown | undefined> {
+  if (fleet.hosts === undefined) {
+    if (reschedule) {
+      throw new UserError(
+        `fleet ${fleet.name} runs on one host: --reschedule moves VMs between a fleet's hosts`,
+        "list the hosts in the fleet file's hosts: (backend libvirt)",
+      );
+    }
+    return undefined;
+  }
+  const unreachable = (await session.backend.unreachableHosts?.()) ?? [];
+  const used = new Set(
+    Object.values(session.book.record.vms).flatMap((vm) => [vm.spec.host, ...(vm.leftOn ?? [])]),
+  );
+  const unused = unreachable.find((error) => !used.has(error.host));
+  if (unused !== undefined) {
+    throw new UserError(
+      `${unused.message}; nothing was made on any host`,
+      "check its uri: in hosts: and that its libvirtd and sshd run, or take it out of hosts:",
+    );
+  }
+  return { hosts: new Set(unreachable.map((error) => error.host)), reschedule };
+}
+
+/** What VMs moved off a host left there, removed now that it answers: said once per host. */
+async function removeAllLeftovers(
+  session: FleetSession,
+  down: ReadonlySet<string> | undefined,
+): Promise<void> {
   const byHost = new Map<string, string[]>();
-  for (const vm of plan.filter((entry) => entry.state === "unreachable")) {
-    const host = vm.spec.host ?? "?";
-    byHost.set(host, [...(byHost.get(host) ?? []), vm.name]);
+  for (const name of session.recordedNames()) {
+    for (const host of await removeLeftovers(session, name, down)) {
+      byHost.set(host, [...(byHost.get(host) ?? []), name]);
+    }
   }
   for (const [host, vms] of byHost) {
     session.notice(
-      `host ${host} cannot be reached: its VMs ${vms.join(", ")} are left as they are until it is back`,
+      `host ${host} answers again: the old ${vms.length === 1 ? "copy" : "copies"} of ${vms.join(", ")} there ${vms.length === 1 ? "is" : "are"} removed`,
+    );
+  }
+}
+
+/** "its VMs vm-1, vm-3 are", or "its VM vm-1 is". */
+function theVms(vms: readonly string[]): string {
+  return vms.length === 1 ? `its VM ${vms[0]} is` : `its VMs ${vms.join(", ")} are`;
+}
+
+/** What becomes of VMs on hosts shoal cannot reach: said once per host. */
+function sayUnreachable(session: FleetSession, plan: readonly VmPlan[]): void {
+  const left = new Map<string, string[]>();
+  const moved = new Map<string, string[]>();
+  for (const vm of plan.filter((entry) => entry.state === "unreachable")) {
+    const from = session.book.vm(vm.name)?.spec.host ?? "?";
+    const byHost = vm.changes.includes("host") ? moved : left;
+    byHost.set(from, [...(byHost.get(from) ?? []), vm.name]);
+  }
+  for (const [host, vms] of left) {
+    session.notice(
+      `host ${host} cannot be reached: ${theVms(vms)} left alone until it is back (\`shoal up --reschedule\` makes them again on the other hosts)`,
+    );
+  }
+  for (const [host, vms] of moved) {
+    session.notice(
+      `host ${host} cannot be reached: ${theVms(vms)} made again on the other hosts with blank layers (what they changed there is lost; their names, addresses and keys stay); what is left of them there is removed once it answers`,
     );
   }
 }

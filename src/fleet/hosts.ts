@@ -5,7 +5,8 @@ import type { FleetSession } from "./session.js";
 
 /**
  * The hosts a command on a libvirt fleet works with: the fleet file's, and those the record still
- * has VMs on (a host dropped from the file keeps its VMs until `up` moves or deletes them).
+ * has VMs on (a host dropped from the file keeps its VMs until `up` moves or deletes them), or
+ * copies of VMs moved off it while it could not be reached.
  */
 export function fleetHosts(
   spec: FleetSpec | undefined,
@@ -13,7 +14,9 @@ export function fleetHosts(
 ): HostSpec[] {
   const listed = spec?.hosts?.list ?? [];
   const names = new Set(listed.map((host) => host.name));
-  const used = new Set(Object.values(record?.vms ?? {}).map((vm) => vm.spec.host));
+  const used = new Set(
+    Object.values(record?.vms ?? {}).flatMap((vm) => [vm.spec.host, ...(vm.leftOn ?? [])]),
+  );
   const kept = (record?.hosts ?? [])
     .filter((host) => !names.has(host.name) && used.has(host.name))
     .map((host) => hostSpec(host));

@@ -118,6 +118,7 @@ export async function checkFileImpairments(
     partition: before.partition.filter((group) => groups.has(group)),
   };
   checkEffective(next);
+  refuseOverHosts(session, next);
   const network = session.networkIn(fleet.network);
   const plan = planOf(
     next,
@@ -144,6 +145,7 @@ export async function changeImpairments(
 ): Promise<void> {
   const next = change(impairState(session));
   checkEffective(next);
+  refuseOverHosts(session, next);
   const rendered = render(session, planOf(next, recordedVms(session)));
   const network = onNetwork(session);
   await network.check(rendered);
@@ -225,6 +227,23 @@ export function targetOf(
 }
 
 /** Every side and path that the state impairs, after a change, must be one netem can take. */
+/**
+ * A backend that joins its hosts to the fleet's network has its VMs' links (their taps) on those
+ * hosts, where shoal puts no qdisc or nft rule yet: impairments are refused there, not left unmade.
+ */
+function refuseOverHosts(session: FleetSession, state: ImpairState): void {
+  if (session.backend.joinNetwork === undefined) return;
+  const effective = overlaySets(state.file, state.live);
+  const none =
+    Object.keys(effective.vms).length + Object.keys(effective.paths).length === 0 &&
+    state.partition.length === 0;
+  if (none) return;
+  throw new UserError(
+    "impairments are not made yet on a fleet over libvirt hosts: its VMs' links are on their hosts",
+    "take impairments: out of the fleet file (groups: may stay), or run the fleet on backend qemu",
+  );
+}
+
 export function checkEffective(state: ImpairState): void {
   const effective = overlaySets(state.file, state.live);
   const where = [

@@ -1,4 +1,5 @@
 import { rm } from "node:fs/promises";
+import type { Presence } from "../backends/backend.js";
 import type { VmSpec } from "../core/fleet.js";
 import { ShoalError, UserError } from "../errors.js";
 import { pathExists } from "../host/paths.js";
@@ -21,6 +22,13 @@ export interface SettledLayer {
   readonly baseId: string;
 }
 
+/** Whether no hypervisor holds the VM's disks. */
+function disksIdle(presence: Presence): boolean {
+  return (
+    presence.kind === "absent" || (presence.kind === "powered-off" && !!presence.disksReleased)
+  );
+}
+
 /**
  * A created VM's disk layer, when no hypervisor holds it: reading it from the host (or replacing
  * it) while the guest writes it would see, or cause, a torn filesystem.
@@ -40,7 +48,7 @@ async function idleDiskLayer(
     );
   }
   const presence = await session.backend.presence(session.vm(name));
-  if (presence.kind !== "absent") {
+  if (!disksIdle(presence)) {
     throw new UserError(
       `VM ${name} is ${presence.kind}: its layer is in use`,
       `\`shoal stop ${name}\` first`,
@@ -50,15 +58,42 @@ async function idleDiskLayer(
 }
 
 /**
- * A stopped VM's layer, settled, and the base it was made over; none for a VM that never booted
- * (its layer is still blank).
+ * Runs `use` on a stopped VM's layer, settled, with the base it was made over (none for a VM that
+ * never booted: its layer is still blank): the VM's own file, or a copy where its backend keeps
+ * layers elsewhere.
  */
-export async function stoppedLayer(
+export async function withStoppedLayer<T>(
   session: FleetSession,
   name: string,
-): Promise<SettledLayer | undefined> {
+  use: (stopped: SettledLayer | undefined) => Promise<T>,
+): Promise<T> {
   const { layer } = await idleDiskLayer(session, name);
-  return settledWithBase(session, name, layer);
+  if (!session.backend.copyLayer) return use(await settledWithBase(session, name, layer));
+  return withLayerCopy(session, name, async (copy) =>
+    use(await settledWithBase(session, name, copy, true)),
+  );
+}
+
+/** Runs `use` on a copy of the VM's layer as it is now, removed after. */
+async function withLayerCopy<T>(
+  session: FleetSession,
+  name: string,
+  use: (copy: string) => Promise<T>,
+): Promise<T> {
+  const copy = session.scratchPath(`layer-of-${name}`);
+  try {
+    if (session.backend.copyLayer) await session.backend.copyLayer(session.vm(name), copy);
+    else {
+      await session.runner.run({
+        argv: ["cp", "--sparse=always", session.paths.vm(name).layer, copy],
+        probe: true,
+      });
+    }
+    // Awaited here: the copy goes in `finally`.
+    return await use(copy);
+  } finally {
+    await rm(copy, { force: true });
+  }
 }
 
 /** A layer file (the VM's, or a copy), settled, and the base it was made over. */
@@ -90,10 +125,12 @@ async function settledWithBase(
  * What a stopped VM changed relative to the base its layer was made over, without its identity
  * files; nothing for a VM that never booted.
  */
-export async function layerChanges(session: FleetSession, name: string): Promise<LayerChange[]> {
-  const stopped = await stoppedLayer(session, name);
-  if (!stopped) return [];
-  return withoutIdentity(await listLayerChanges(session.runner, stopped.layer, stopped.base));
+export function layerChanges(session: FleetSession, name: string): Promise<LayerChange[]> {
+  return withStoppedLayer(session, name, async (stopped) =>
+    stopped
+      ? withoutIdentity(await listLayerChanges(session.runner, stopped.layer, stopped.base))
+      : [],
+  );
 }
 
 /**
@@ -108,24 +145,22 @@ export async function conflictsWith(
 ): Promise<LayerChange[]> {
   const entry = session.entry(name);
   if (entry.phase !== "created" || entry.spec.layer.type !== "disk") return [];
-  const compare = (layer: string, base: string) =>
-    upgradeConflicts(session.runner, layer, base, newBase, session.scratchPath("compare"));
-  if (!readOnly && (await session.backend.presence(session.vm(name))).kind === "absent") {
-    const stopped = await stoppedLayer(session, name);
-    return stopped ? compare(stopped.layer, stopped.base) : [];
+  const compare = (settled: SettledLayer | undefined) =>
+    settled
+      ? upgradeConflicts(
+          session.runner,
+          settled.layer,
+          settled.base,
+          newBase,
+          session.scratchPath("compare"),
+        )
+      : Promise.resolve([]);
+  if (!readOnly && disksIdle(await session.backend.presence(session.vm(name)))) {
+    return withStoppedLayer(session, name, compare);
   }
-  const copy = session.scratchPath(`layer-of-${name}`);
-  try {
-    await session.runner.run({
-      argv: ["cp", "--sparse=always", session.paths.vm(name).layer, copy],
-      probe: true,
-    });
-    const settled = await settledWithBase(session, name, copy, true);
-    // Awaited here: the copy goes in `finally`.
-    return settled ? await compare(copy, settled.base) : [];
-  } finally {
-    await rm(copy, { force: true });
-  }
+  return withLayerCopy(session, name, async (copy) =>
+    compare(await settledWithBase(session, name, copy, true)),
+  );
 }
 
 /**
@@ -136,7 +171,8 @@ export async function resetLayers(session: FleetSession, names: readonly string[
   const layers = [];
   for (const name of names) layers.push({ name, ...(await idleDiskLayer(session, name)) });
   for (const { name, spec, layer } of layers) {
-    await replaceLayer(layer, spec.layer.sizeBytes);
+    if (session.backend.createLayer) await session.backend.createLayer(session.vm(name), spec);
+    else await replaceLayer(layer, spec.layer.sizeBytes);
     session.event({ vm: name, phase: "reset" });
   }
 }

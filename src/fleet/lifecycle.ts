@@ -137,6 +137,87 @@ export async function redefineVm(
   });
 }
 
+/**
+ * Makes a VM again on the host its spec now names (a fleet over libvirt hosts), stopped. From a
+ * host that answers, its layer goes with it and its old domain and volumes are removed; from one
+ * that does not (`up --reschedule`), it gets a blank layer, and its old copy is removed once that
+ * host answers again (removeLeftovers). Its identity stays: the same seed, host key, MAC and IP.
+ */
+export async function moveVm(
+  session: FleetSession,
+  spec: VmSpec,
+  boot: BootFiles,
+  authorizedKeys: readonly string[],
+  { fromReachable, stopTimeoutMs }: { fromReachable: boolean; stopTimeoutMs: number },
+): Promise<void> {
+  const from = session.vm(spec.name);
+  const to = { ...from, ...(spec.host === undefined ? {} : { host: spec.host }) };
+  const carried = session.scratchPath(`layer-of-${spec.name}`);
+  try {
+    let contents: string | undefined;
+    if (fromReachable) {
+      await stopVm(session, spec.name, stopTimeoutMs);
+      if (spec.layer.type === "disk" && session.backend.copyLayer) {
+        await session.backend.copyLayer(from, carried);
+        contents = carried;
+      }
+    }
+    if (spec.layer.type === "disk") await session.backend.createLayer?.(to, spec, contents);
+    await writeIdentity(session, spec, authorizedKeys, "replace");
+    await session.backend.define(to, spec, boot, session.nic(spec));
+  } finally {
+    await rm(carried, { force: true });
+  }
+  // The copy of its console log here follows the new host's, which starts empty.
+  await rm(from.paths.serialLog, { force: true });
+  await session.sync();
+  await session.book.update((record) => {
+    const entry = record.vms[spec.name];
+    if (!entry) return;
+    if (from.host !== undefined && from.host !== spec.host) {
+      entry.leftOn = [...new Set([...(entry.leftOn ?? []), from.host])];
+    }
+    entry.spec = spec;
+    entry.baseId = boot.baseId;
+    entry.running = false;
+    entry.updatedAt = new Date().toISOString();
+  });
+  if (fromReachable) await removeLeftovers(session, spec.name);
+}
+
+/**
+ * Removes what a moved VM left on the hosts it was moved off that answer now; the others keep it
+ * until they do. Returns the hosts it was removed from.
+ */
+export async function removeLeftovers(
+  session: FleetSession,
+  name: string,
+  down: ReadonlySet<string> = new Set(),
+): Promise<string[]> {
+  const removed: string[] = [];
+  for (const host of session.book.vm(name)?.leftOn ?? []) {
+    if (down.has(host)) continue;
+    const there = { ...session.vm(name), host };
+    try {
+      await session.backend.destroy(there);
+      await session.backend.forget(there);
+      removed.push(host);
+    } catch (error) {
+      if (!(error instanceof HostUnreachable)) throw error;
+    }
+  }
+  if (removed.length > 0) {
+    await session.book.update((record) => {
+      const entry = record.vms[name];
+      if (!entry?.leftOn) return;
+      const left = entry.leftOn.filter((host) => !removed.includes(host));
+      if (left.length > 0) entry.leftOn = left;
+      else delete entry.leftOn;
+    });
+  }
+  return removed;
+}
+
 /** Records that an upgrade stopped this VM and owes it a start (or paid it). */
 export async function markUpgrading(
   session: FleetSession,
@@ -328,6 +409,12 @@ export async function deleteVms(
       await session.network.removeTap(index);
     }
     await session.backend.forget(vm);
+    await removeLeftovers(session, name);
+    // A copy left on a host that cannot be reached keeps the VM in the record until it answers.
+    const unreached = session.book.vm(name)?.leftOn?.[0];
+    if (unreached !== undefined) {
+      throw new HostUnreachable(unreached, `VM ${name}'s old copy there is not removed yet`);
+    }
     await rm(vm.paths.dir, { recursive: true, force: true });
   });
   const removed = results.filter((result) => result.ok).map((result) => result.name);

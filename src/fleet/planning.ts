@@ -21,25 +21,36 @@ export async function observeAll(
   return new Map(unique.map((name, i) => [name, states[i] ?? { state: "missing" }]));
 }
 
+/** Hosts that cannot be reached now, and whether their VMs are to be made again elsewhere. */
+export interface HostsDown {
+  readonly hosts: ReadonlySet<string>;
+  readonly reschedule: boolean;
+}
+
 /**
  * The fleet's VMs on their hosts (a fleet over libvirt hosts): those the record has on a host stay
- * there, new ones are placed around them. Hosts in `closed` take no new VM.
+ * there, new ones are placed around them. A host that is down takes no new VM; rescheduled, its
+ * VMs are placed again on the others.
  */
 export function placeFleet(
   fleet: FleetSpec,
   recorded: ReadonlyMap<string, VmSpec>,
-  closed?: ReadonlySet<string>,
+  down?: HostsDown,
 ): readonly VmSpec[] {
   if (fleet.hosts === undefined) return fleet.vms;
   const current = new Map(
-    [...recorded].flatMap(([name, vm]) => (vm.host === undefined ? [] : [[name, vm.host]])),
+    [...recorded].flatMap(([name, vm]) =>
+      vm.host === undefined || (down?.reschedule && down.hosts.has(vm.host))
+        ? []
+        : [[name, vm.host]],
+    ),
   );
   const placed = placeVms({
     hosts: fleet.hosts.list,
     policy: fleet.hosts.placement,
     vms: fleet.vms,
     current,
-    ...(closed === undefined ? {} : { closed }),
+    ...(down === undefined ? {} : { closed: down.hosts }),
   });
   if (!placed.ok) {
     throw new UserError(
@@ -66,13 +77,14 @@ export async function planChanges(
   fleet: FleetSpec,
   goal: Goal,
   only?: ReadonlySet<string>,
+  down?: HostsDown,
 ): Promise<FleetPlan> {
   const recorded = recordedSpecs(session?.book.record);
   const observed = session
     ? await observeAll(session, recorded.keys())
     : new Map<string, VmStatus>();
   const plan = planFleet({
-    desired: placeFleet(fleet, recorded),
+    desired: placeFleet(fleet, recorded, down),
     recorded,
     observed: new Map([...observed].map(([name, status]) => [name, status.state])),
     goal,

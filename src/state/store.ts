@@ -130,6 +130,11 @@ const fleetRecord = z.object({
        * again: a VM left so by a killed upgrade is started by the next one.
        */
       upgrading: z.boolean().optional(),
+      /**
+       * Hosts it was moved off while they could not be reached (`up --reschedule`): its old domain
+       * and volumes are there still, and removed once such a host answers again.
+       */
+      leftOn: z.array(z.string().refine(isDnsLabel)).optional(),
     }),
   ),
 });

@@ -1,12 +1,12 @@
-import { execFile } from "node:child_process";
-import { chmod, writeFile } from "node:fs/promises";
+import { execFile, spawn } from "node:child_process";
+import { chmod, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { imageVolumes, poolName } from "../../src/backends/libvirt/names.js";
 import { type ImageMeta, imageBoot } from "../../src/image/store.js";
 import { stateLayout } from "../../src/state/layout.js";
-import { type CliResult, shoal } from "../helpers/cli.js";
+import { type CliResult, SHOAL, shoal } from "../helpers/cli.js";
 import { sharedImage } from "../helpers/images.js";
 import { type LibvirtHost, LibvirtHosts } from "../helpers/libvirt-hosts.js";
 import { useFileTempDir } from "../helpers/tmp.js";
@@ -63,19 +63,37 @@ beforeAll(async () => {
   });
   await hosts.start();
   file = join(state, "lab.yaml");
+  await writeFleetFile();
+});
+
+/** The fleet file: `count` VMs over the two hosts, with `more` lines (hosts, placement). */
+async function writeFleetFile(count = 6, ...more: string[]): Promise<void> {
   await writeFile(
     file,
     [
       "name: lab",
       "backend: libvirt",
-      "count: 6",
+      `count: ${count}`,
       "vm: { layer: { type: disk, size: 64M } }",
       "hosts:",
-      ...hosts.hosts.map((host) => `  - { name: ${host.name}, uri: "${host.uri}" }`),
+      ...theHosts().hosts.map((host) => `  - { name: ${host.name}, uri: "${host.uri}" }`),
+      ...more,
       "",
     ].join("\n"),
   );
-});
+}
+
+type PsRow = { name: string; host: string; state: string };
+
+async function ps(): Promise<string[][]> {
+  const rows = JSON.parse(await ok(["ps", "-f", file, "--json"])) as PsRow[];
+  return rows.map((row) => [row.name, row.host, row.state]);
+}
+
+/** The domains a host has defined, running or not. */
+async function domains(host: LibvirtHost): Promise<string[]> {
+  return lines(await virsh(host, "list", "--all", "--name")).sort();
+}
 
 afterAll(async () => {
   await run(["destroy", "-f", file, "--yes"]).catch(() => undefined);
@@ -83,6 +101,21 @@ afterAll(async () => {
 });
 
 describe("a fleet over two libvirt hosts", () => {
+  it("refuses a host that cannot be reached before anything is made on any host", async () => {
+    // The control namespace's own address, where no sshd listens.
+    const nowhere = theHosts().hosts[0]?.uri.replace(/@[\d.]+\//, "@10.253.0.1/") ?? "";
+    await writeFleetFile(6, `  - { name: h3, uri: "${nowhere}" }`);
+    const refused = await run(["up", "-f", file]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain("host h3 cannot be reached");
+    expect(refused.stderr).toContain("nothing was made on any host");
+    for (const host of theHosts().hosts) {
+      expect(await domains(host)).toEqual([]);
+      expect(await virsh(host, "pool-list", "--all", "--name")).toBe("");
+    }
+    await writeFleetFile();
+  });
+
   it("comes up 3 and 3 with `shoal up`, the base sent once to each host and checked there", async () => {
     await ok(["up", "-f", file]);
     for (const host of theHosts().hosts) {
@@ -118,16 +151,59 @@ describe("a fleet over two libvirt hosts", () => {
     for (let n = 1; n <= 6; n++) expect(all).toContain(`vm-${n}`);
   });
 
+  it("`df` counts the base once on each host and each VM's layer on its host", async () => {
+    const usage = JSON.parse(await ok(["df", "-f", file, "--json"])) as {
+      images: { id: string; host: string; vms: number; bytes: number }[];
+      vms: { name: string; host: string; layerBytes: number }[];
+    };
+    expect(usage.images.map((copy) => [copy.host, copy.id, copy.vms])).toEqual([
+      ["h1", image.id, 3],
+      ["h2", image.id, 3],
+    ]);
+    for (const copy of usage.images) expect(copy.bytes).toBeGreaterThan(0);
+    // Each guest formatted its layer at its first boot: blocks on its host, not here.
+    for (const vm of usage.vms) expect(vm.layerBytes, vm.name).toBeGreaterThan(0);
+    expect(usage.vms.map((vm) => vm.host)).toEqual(["h1", "h2", "h1", "h2", "h1", "h2"]);
+    expect(await ok(["df", "-f", file])).toMatch(/^IMAGE\s+ID\s+HOST\s+BASE\s+VMS$/m);
+  });
+
+  it("`console` reaches a VM's serial console on its host over SSH", async () => {
+    const console = spawn(
+      "nsenter",
+      [
+        `--net=/run/netns/${theHosts().control}`,
+        "--",
+        process.execPath,
+        SHOAL,
+        "--state-dir",
+        state,
+        "console",
+        "vm-4",
+        "-f",
+        file,
+      ],
+      { stdio: ["pipe", "pipe", "pipe"] },
+    );
+    let seen = "";
+    const answered = new Promise<void>((resolve) => {
+      console.stdout.on("data", (chunk) => {
+        seen += chunk;
+        if (seen.includes("answer-42")) resolve();
+      });
+    });
+    let errors = "";
+    console.stderr.on("data", (chunk) => {
+      errors += chunk;
+    });
+    console.stdin.write("echo answer-$((6 * 7))\n");
+    await answered;
+    console.stdin.end();
+    expect(await new Promise((resolve) => console.on("close", resolve)), errors).toBe(0);
+  });
+
   it("shows the VMs of a host whose libvirtd stopped as unreachable; `up` leaves them and says so, the others keep working; all are back with the daemon", async () => {
     const [h1] = theHosts().hosts as [LibvirtHost];
-    const states = async () =>
-      (
-        JSON.parse(await ok(["ps", "-f", file, "--json"])) as {
-          name: string;
-          host: string;
-          state: string;
-        }[]
-      ).map((row) => [row.name, row.host, row.state]);
+    const states = ps;
     await theHosts().stopDaemon(h1);
     try {
       expect(await states()).toEqual([
@@ -141,7 +217,7 @@ describe("a fleet over two libvirt hosts", () => {
       const up = await run(["up", "-f", file]);
       expect(up.code, up.stderr).toBe(0);
       expect(up.stderr).toContain(
-        "host h1 cannot be reached: its VMs vm-1, vm-3, vm-5 are left as they are until it is back",
+        "host h1 cannot be reached: its VMs vm-1, vm-3, vm-5 are left alone until it is back (`shoal up --reschedule` makes them again on the other hosts)",
       );
       const others = await ok(["exec", "-f", file, "vm-2", "vm-4", "vm-6", "--", "hostname"]);
       for (const vm of ["vm-2", "vm-4", "vm-6"]) expect(others).toContain(`${vm}: ${vm}`);
@@ -149,6 +225,87 @@ describe("a fleet over two libvirt hosts", () => {
       await theHosts().startDaemon(h1);
     }
     expect((await states()).map(([, , state]) => state)).toEqual(Array(6).fill("running"));
+  });
+
+  it("shows a VM whose QEMU died as crashed; `up` of a smaller fleet deletes it and another", async () => {
+    const [h1, h2] = theHosts().hosts as [LibvirtHost, LibvirtHost];
+    const pids = lines((await exec("ip", ["netns", "pids", h2.namespace])).stdout);
+    let killed = false;
+    for (const pid of pids) {
+      const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+      if (cmdline.includes("guest=lab.vm-6,")) {
+        process.kill(Number(pid), "SIGKILL");
+        killed = true;
+      }
+    }
+    expect(killed).toBe(true);
+    await expect
+      .poll(async () => (await ps())[5], { timeout: 15_000 })
+      .toEqual(["vm-6", "h2", "crashed"]);
+    await writeFleetFile(4);
+    await ok(["up", "-f", file]);
+    expect(await domains(h1)).toEqual(["lab.vm-1", "lab.vm-3"]);
+    expect(await domains(h2)).toEqual(["lab.vm-2", "lab.vm-4"]);
+  });
+
+  it("moves a VM with its layer when its pin sends it to another host; `diff` and `reset` read and replace its layer there", async () => {
+    const [h1, h2] = theHosts().hosts as [LibvirtHost, LibvirtHost];
+    await ok(["exec", "-f", file, "vm-1", "--", "sh", "-c", "echo kept > /root/marker && sync"]);
+    await ok(["stop", "-f", file, "vm-1"]);
+    await writeFleetFile(4, 'placement: { mode: spread, pin: [ { vms: "vm-1", host: h2 } ] }');
+    // `create` moves it and leaves it stopped, as it was.
+    await ok(["create", "-f", file]);
+    expect((await ps())[0]).toEqual(["vm-1", "h2", "stopped"]);
+    expect(await domains(h1)).toEqual(["lab.vm-3"]);
+    expect(await domains(h2)).toEqual(["lab.vm-1", "lab.vm-2", "lab.vm-4"]);
+    expect(await virsh(h1, "vol-list", "--pool", poolName(state))).not.toContain("lab.vm-1.");
+    // Read from its layer's volume on h2: what it wrote on h1 came along.
+    const changed = JSON.parse(await ok(["diff", "vm-1", "-f", file, "--json"])) as {
+      path: string;
+      size: number;
+    }[];
+    expect(changed).toContainEqual(expect.objectContaining({ path: "/root/marker", size: 5 }));
+    await ok(["reset", "vm-1", "-f", file, "--yes"]);
+    expect(await ok(["diff", "vm-1", "-f", file])).toBe("VM vm-1 has no changes of its own\n");
+  });
+
+  it("`up --reschedule` makes a dead host's VMs again on the other; once it is back, their old copies there are removed", async () => {
+    const [h1, h2] = theHosts().hosts as [LibvirtHost, LibvirtHost];
+    await writeFleetFile(4);
+    await theHosts().powerOff(h1);
+    let poweredOn = false;
+    try {
+      // `create`: the same plan as `up`, without starting vm-1 (stopped above) on its own.
+      const left = await run(["create", "-f", file]);
+      expect(left.code, left.stderr).toBe(0);
+      expect(left.stderr).toContain(
+        "host h1 cannot be reached: its VM vm-3 is left alone until it is back (`shoal up --reschedule` makes them again on the other hosts)",
+      );
+      const moved = await run(["up", "-f", file, "--reschedule"]);
+      expect(moved.code, moved.stderr + moved.stdout).toBe(0);
+      expect(moved.stderr).toContain(
+        "host h1 cannot be reached: its VM vm-3 is made again on the other hosts with blank layers",
+      );
+      expect(await ps()).toEqual(
+        ["vm-1", "vm-2", "vm-3", "vm-4"].map((vm) => [vm, "h2", "running"]),
+      );
+      const all = await ok(["exec", "-f", file, "--all", "--", "hostname"]);
+      for (let n = 1; n <= 4; n++) expect(all).toContain(`vm-${n}: vm-${n}`);
+
+      await theHosts().powerOn(h1);
+      poweredOn = true;
+      // Its domain is back, shut off; the next command that changes the fleet removes it.
+      expect(await domains(h1)).toEqual(["lab.vm-3"]);
+      const back = await run(["up", "-f", file]);
+      expect(back.code, back.stderr).toBe(0);
+      expect(back.stderr).toContain("host h1 answers again: the old copy of vm-3 there is removed");
+      expect(await domains(h1)).toEqual([]);
+      // No VM of the state directory is on h1 any more: its pool went with the last image.
+      expect(await virsh(h1, "pool-list", "--all", "--name")).toBe("");
+      expect(await domains(h2)).toHaveLength(4);
+    } finally {
+      if (!poweredOn) await theHosts().powerOn(h1);
+    }
   });
 
   it("`destroy` leaves nothing on either host; the base is unchanged", async () => {

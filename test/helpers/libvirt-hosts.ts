@@ -48,6 +48,23 @@ async function ip(...args: string[]): Promise<string> {
   return (await exec("ip", args)).stdout;
 }
 
+/** SIGKILLs every process in a network namespace, and waits until they are gone. */
+async function killAll(namespace: string): Promise<void> {
+  const pids = (await ip("netns", "pids", namespace).catch(() => "")).split("\n").filter(Boolean);
+  for (const pid of pids) {
+    try {
+      process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // Ended meanwhile.
+    }
+  }
+  const until = Date.now() + START_WAIT_MS;
+  while ((await ip("netns", "pids", namespace).catch(() => "")).trim() !== "") {
+    if (Date.now() > until) throw new Error(`processes of ${namespace} outlived SIGKILL`);
+    await sleep(100);
+  }
+}
+
 export class LibvirtHosts {
   readonly control: string;
   readonly hosts: LibvirtHost[];
@@ -232,17 +249,22 @@ export class LibvirtHosts {
     await this.startDaemons(host, false);
   }
 
+  /** Ends every process of the host at once (libvirtd, sshd, its QEMUs), as a power cut would. */
+  async powerOff(host: LibvirtHost): Promise<void> {
+    await killAll(host.namespace);
+    // A daemon that was killed leaves its socket; the next one's is waited for.
+    await rm(join(host.dir, "run/libvirt-sock"), { force: true });
+  }
+
+  /** Starts the host again after powerOff: sshd and libvirtd, which finds its domains shut off. */
+  async powerOn(host: LibvirtHost): Promise<void> {
+    await this.startDaemons(host, true);
+  }
+
   /** Ends every process of every host (daemons and QEMUs) and removes the namespaces. */
   async stop(): Promise<void> {
     for (const namespace of [...this.hosts.map((host) => host.namespace), this.control]) {
-      const pids = await ip("netns", "pids", namespace).catch(() => "");
-      for (const pid of pids.split("\n").filter(Boolean)) {
-        try {
-          process.kill(Number(pid), "SIGKILL");
-        } catch {
-          // Ended meanwhile.
-        }
-      }
+      await killAll(namespace);
       await ip("netns", "del", namespace).catch(() => undefined);
     }
     await rm(this.options.dir, { recursive: true, force: true });

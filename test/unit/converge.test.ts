@@ -6,6 +6,7 @@ import { stopVms } from "../../src/fleet/power.js";
 import { upgradeFleet } from "../../src/fleet/upgrade.js";
 import { stateLayout } from "../../src/state/layout.js";
 import {
+  FAKE_BRIDGE,
   FakeBackend,
   fakeFleet,
   fakeRecord,
@@ -14,6 +15,7 @@ import {
   stateWithImages,
   upOnFake,
 } from "../helpers/fake-backend.js";
+import { fleetOf } from "../helpers/fleet.js";
 import { useTempDirs } from "../helpers/tmp.js";
 
 const tempDir = useTempDirs();
@@ -290,5 +292,22 @@ describe("upgrade bookkeeping on a fake backend", () => {
       "start vm-2",
     ]);
     expect(backend.baseOf("vm-2")).toBe(next.id);
+  });
+});
+
+describe("impairments on a fleet whose VMs' links are on other hosts", () => {
+  it("are refused before anything is made", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    class OverHosts extends FakeBackend {
+      async joinNetwork(): Promise<void> {}
+    }
+    const backend = new OverHosts(stateLayout(dir).fleet("fake").state);
+    const fleet = fleetOf(
+      `name: fake\ncount: 2\nnetwork: { bridge: ${FAKE_BRIDGE}, managed: false }\nimpairments:\n  - { vms: vm-1, delay: 40ms }\n`,
+    );
+    await expect(upOnFake(dir, fleet, backend, bootOf)).rejects.toThrow(
+      "impairments are not made yet on a fleet over libvirt hosts",
+    );
+    expect(backend.calls).toEqual([]);
   });
 });

@@ -1,6 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { presenceOf } from "../../src/backends/libvirt/names.js";
+import { LibvirtBackend } from "../../src/backends/libvirt/backend.js";
+import { allocationOf, poolName, presenceOf } from "../../src/backends/libvirt/names.js";
+import { hostSpec } from "../../src/core/hosts.js";
 import { runnerOn, sshArgvFor } from "../../src/host/remote.js";
+import { stateLayout } from "../../src/state/layout.js";
+import { fleetOf } from "../helpers/fleet.js";
 import { RecordingRunner } from "../helpers/recording-runner.js";
 
 /** ssh to 10.0.0.5 as a URI without ssh parameters reaches it. */
@@ -70,12 +74,90 @@ describe("virsh domstate --reason", () => {
   it.each([
     ["running (booted)", { kind: "running" }],
     ["paused (user)", { kind: "running" }],
-    ["shut off (shutdown)", { kind: "powered-off" }],
+    ["shut off (shutdown)", { kind: "powered-off", disksReleased: true }],
     ["shut off (crashed)", { kind: "crashed", reason: "libvirt says shut off (crashed)" }],
     ["shut off (destroyed)", { kind: "absent" }],
     ["shut off (unknown)", { kind: "absent" }],
     ["crashed (panicked)", { kind: "crashed", reason: "its hypervisor says it crashed" }],
   ])("%s", (text, presence) => {
     expect(presenceOf(`${text}\n`)).toEqual(presence);
+  });
+});
+
+describe("a VM's layer as a volume on its host", () => {
+  const URI = "qemu+ssh://root@10.0.0.5/system";
+  const layout = stateLayout("/var/lib/shoal-test");
+  const pool = poolName(layout.root);
+  const vm = { fleet: "lab", name: "vm-2", host: "h1", paths: layout.fleet("lab").vm("vm-2") };
+  const backendWith = (runner: RecordingRunner) =>
+    new LibvirtBackend({
+      runner,
+      layout,
+      hosts: new Map([["h1", hostSpec({ name: "h1", uri: URI })]]),
+      accel: "tcg",
+      notice: () => {},
+    });
+
+  it("is copied here sparse with vol-download, to be read", async () => {
+    const runner = new RecordingRunner();
+    await backendWith(runner).copyLayer(vm, "/tmp/copy");
+    expect(runner.argvs).toEqual([
+      [
+        "virsh",
+        "-q",
+        "-c",
+        URI,
+        "vol-download",
+        "--pool",
+        pool,
+        "lab.vm-2.layer",
+        "/tmp/copy",
+        "--sparse",
+      ],
+    ]);
+  });
+
+  it("takes what vol-info says it allocates, in bytes", async () => {
+    const runner = new RecordingRunner(() => ({
+      stdout:
+        "Name:           lab.vm-2.layer\nType:           file\nCapacity:       1073741824 bytes\nAllocation:     2215936 bytes\n",
+    }));
+    expect(await backendWith(runner).layerBytes(vm)).toBe(2215936);
+    expect(runner.argvs[0]?.slice(4)).toEqual([
+      "vol-info",
+      "--bytes",
+      "--pool",
+      pool,
+      "lab.vm-2.layer",
+    ]);
+  });
+
+  it("is made on a VM's new host with what its layer held on the old one", async () => {
+    const runner = new RecordingRunner((command) =>
+      command.argv.includes("pool-info") ? { stdout: "State:          running\n" } : {},
+    );
+    const spec = fleetOf("name: lab\ncount: 2\nvm: { layer: { size: 64M } }\n").vms[1];
+    if (!spec) throw new Error("no vm-2");
+    await backendWith(runner).createLayer(vm, spec, "/tmp/carried");
+    expect(runner.argvs.map((argv) => argv.slice(4))).toEqual([
+      ["pool-info", pool],
+      ["pool-autostart", pool],
+      ["vol-delete", "--pool", pool, "lab.vm-2.layer"],
+      [
+        "vol-create-as",
+        pool,
+        "lab.vm-2.layer",
+        `${64 * 2 ** 20}b`,
+        "--format",
+        "raw",
+        "--allocation",
+        "0",
+      ],
+      ["vol-upload", "--pool", pool, "lab.vm-2.layer", "/tmp/carried", "--sparse"],
+    ]);
+  });
+
+  it("refuses an answer with no allocation in bytes", () => {
+    expect(() => allocationOf("Allocation:     2.11 MiB\n")).toThrow(/no allocation in bytes/);
   });
 });

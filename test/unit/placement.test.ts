@@ -6,6 +6,7 @@ import {
   type PlacementPolicy,
   placeVms,
 } from "../../src/core/placement.js";
+import { type HostsDown, placeFleet } from "../../src/fleet/planning.js";
 import { fleetOf, problemsOf } from "../helpers/fleet.js";
 
 const hosts = (...names: string[]): PlacementHost[] =>
@@ -254,5 +255,43 @@ describe("hosts: and placement: in the fleet file", () => {
     ],
   ])("refuse %s before anything is made", (_what, text, expected) => {
     expect(problemsOf(text)).toEqual(expected);
+  });
+});
+
+describe("a fleet's VMs around hosts that are down", () => {
+  const fleet = fleetOf(`name: lab
+backend: libvirt
+count: 4
+hosts:
+  - { name: h1, uri: "qemu+ssh://root@10.0.0.11/system" }
+  - { name: h2, uri: "qemu+ssh://root@10.0.0.12/system" }
+  - { name: h3, uri: "qemu+ssh://root@10.0.0.13/system" }
+placement: { pin: [ { vms: "vm-4", host: h1 } ] }
+`);
+  // vm-1 and vm-4 on h1, vm-2 on h2; vm-3 is new.
+  const recorded = new Map(
+    fleet.vms
+      .filter((vm) => vm.name !== "vm-3")
+      .map((vm) => [vm.name, { ...vm, host: vm.name === "vm-2" ? "h2" : "h1" }]),
+  );
+  const hostOf = (down?: HostsDown) =>
+    Object.fromEntries(placeFleet(fleet, recorded, down).map((vm) => [vm.name, vm.host]));
+
+  it("leave a down host's VMs there and place new ones on the others", () => {
+    expect(hostOf({ hosts: new Set(["h1", "h3"]), reschedule: false })).toEqual({
+      "vm-1": "h1",
+      "vm-2": "h2",
+      "vm-3": "h2",
+      "vm-4": "h1",
+    });
+  });
+
+  it("rescheduled, place a down host's VMs on the others, except those pinned to it", () => {
+    expect(hostOf({ hosts: new Set(["h1"]), reschedule: true })).toEqual({
+      "vm-1": "h3",
+      "vm-2": "h2",
+      "vm-3": "h2",
+      "vm-4": "h1",
+    });
   });
 });

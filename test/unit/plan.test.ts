@@ -157,6 +157,33 @@ describe("planning", () => {
   });
 });
 
+describe("planning VMs on a host that cannot be reached", () => {
+  const onHost = (host: string) => three.map((vm) => ({ ...vm, host }));
+
+  it("leaves them, changed or not, and deletes none", () => {
+    const plan = planFleet({
+      desired: onHost("h1")
+        .map((vm) => ({ ...vm, memoryMiB: vm.memoryMiB * 2 }))
+        .slice(0, 2),
+      recorded: recordedAs(onHost("h1")),
+      observed: observedAs({ "vm-1": "unreachable", "vm-2": "unreachable", "vm-3": "unreachable" }),
+      goal: "running",
+    });
+    expect(actionsOf(plan)).toEqual({ "vm-1": [], "vm-2": [], "vm-3": [] });
+  });
+
+  it("makes again, and starts, those rescheduled to another host", () => {
+    const plan = planFleet({
+      desired: [...onHost("h2").slice(0, 1), ...onHost("h1").slice(1)],
+      recorded: recordedAs(onHost("h1")),
+      observed: observedAs({ "vm-1": "unreachable", "vm-2": "unreachable", "vm-3": "running" }),
+      goal: "running",
+    });
+    expect(actionsOf(plan)).toEqual({ "vm-1": ["recreate", "start"], "vm-2": [], "vm-3": [] });
+    expect(plan[0]?.changes).toEqual(["host"]);
+  });
+});
+
 describe("changed fields", () => {
   it("cover every part of a VM's definition and identity", () => {
     const [vm] = three as [VmSpec];

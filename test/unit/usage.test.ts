@@ -3,8 +3,9 @@ import { accountDisk } from "../../src/core/usage.js";
 import { type LayerChange, withoutIdentity } from "../../src/layer/layer.js";
 
 describe("disk accounting", () => {
+  const tiny = { name: "tiny", id: "a".repeat(64), bytes: 1000 };
   const images = [
-    { name: "tiny", id: "a".repeat(64), bytes: 1000 },
+    tiny,
     { name: "deb", id: "b".repeat(64), bytes: 5000 },
     { name: "unused", id: "c".repeat(64), bytes: 9000 },
   ];
@@ -32,6 +33,24 @@ describe("disk accounting", () => {
     // Full copies: each VM its own base; its changes would be inside that copy.
     expect(usage.fullCopiesBytes).toBe(1000 + 1000 + 5000 + 30);
     expect(usage.ratio).toBeCloseTo(7030 / 6180, 9);
+  });
+
+  it("counts a base once per host that runs VMs of it", () => {
+    const onHost = (name: string, host: string) => ({ ...vm(name, "tiny", 100), host });
+    const usage = accountDisk(
+      [
+        { ...tiny, host: "h1" },
+        { ...tiny, host: "h2" },
+        { ...tiny, host: "h3" },
+      ],
+      [onHost("a", "h1"), onHost("b", "h1"), onHost("c", "h2")],
+    );
+    expect(usage.images.map((image) => [image.host, image.vms])).toEqual([
+      ["h1", 2],
+      ["h2", 1],
+    ]);
+    expect(usage.basesBytes).toBe(2000);
+    expect(usage.fullCopiesBytes).toBe(3 * 1000 + 3 * 10);
   });
 
   it("has no ratio for a fleet that takes nothing", () => {

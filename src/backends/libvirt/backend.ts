@@ -17,6 +17,7 @@ import { basesOnHosts } from "../../state/store.js";
 import type { AccelSetting, Backend, BackendVm, Presence, VmNic } from "../backend.js";
 import type { Accelerator } from "../qemu/render.js";
 import {
+  allocationOf,
   hostConsoleLog,
   hostConsoleSocket,
   imageVolumes,
@@ -276,11 +277,26 @@ export class LibvirtBackend implements Backend {
     }
   }
 
-  async createLayer(vm: BackendVm, spec: VmSpec): Promise<void> {
+  async unreachableHosts(): Promise<readonly HostUnreachable[]> {
+    const answers = await Promise.all(
+      [...this.deps.hosts.values()].map((host) =>
+        this.virsh(host, ["uri"]).then(
+          () => undefined,
+          (error: unknown) => {
+            if (error instanceof HostUnreachable) return error;
+            throw error;
+          },
+        ),
+      ),
+    );
+    return answers.filter((answer) => answer !== undefined);
+  }
+
+  async createLayer(vm: BackendVm, spec: VmSpec, contents?: string): Promise<void> {
     const host = this.host(vm);
     await this.ensurePool(host);
     const { layer } = vmVolumes(vm.fleet, vm.name);
-    // A killed run may have left it; the VM was never booted, so it is made afresh.
+    // One there is replaced: left by a killed run, reset, or the VM's own before a move.
     await this.virsh(host, ["vol-delete", "--pool", this.pool, layer], "any");
     await this.virsh(host, [
       "vol-create-as",
@@ -292,6 +308,37 @@ export class LibvirtBackend implements Backend {
       "--allocation",
       "0",
     ]);
+    if (contents !== undefined) {
+      await this.virsh(host, ["vol-upload", "--pool", this.pool, layer, contents, "--sparse"]);
+    }
+  }
+
+  async copyLayer(vm: BackendVm, destination: string): Promise<void> {
+    const { layer } = vmVolumes(vm.fleet, vm.name);
+    await this.virsh(this.host(vm), [
+      "vol-download",
+      "--pool",
+      this.pool,
+      layer,
+      destination,
+      "--sparse",
+    ]);
+  }
+
+  layerBytes(vm: BackendVm): Promise<number> {
+    return this.allocation(this.host(vm), vmVolumes(vm.fleet, vm.name).layer);
+  }
+
+  baseBytes(host: string, id: string): Promise<number> {
+    const spec = this.deps.hosts.get(host);
+    if (spec === undefined) throw new Error(`internal: no host ${host}`);
+    return this.allocation(spec, imageVolumes(id).base);
+  }
+
+  /** What a volume takes on its host's disk. */
+  private async allocation(host: HostSpec, volume: string): Promise<number> {
+    const info = await this.virsh(host, ["vol-info", "--bytes", "--pool", this.pool, volume]);
+    return allocationOf(info.stdout);
   }
 
   private async render(vm: BackendVm, spec: VmSpec, boot: BootFiles): Promise<string> {
@@ -390,41 +437,25 @@ export class LibvirtBackend implements Backend {
     await this.on(host).run({ argv: ["rm", "-f", "--", hostConsoleLog(vm.fleet, vm.name)] });
   }
 
+  /**
+   * Copies what the host's log has past the copy here: one SSH session per look (a boot wait looks
+   * twice a second), the bytes as they are (a guest may write anything). The host's log only grows
+   * while the copy here lives: a VM made again or moved starts both anew.
+   */
   async fetchConsoleLog(vm: BackendVm): Promise<void> {
-    const host = this.host(vm);
     const local = vm.paths.serialLog;
     const have = (await ifExists(stat(local)))?.size ?? 0;
-    const remote = hostConsoleLog(vm.fleet, vm.name);
-    const size = await this.on(host).run({
-      argv: ["stat", "-c", "%s", "--", remote],
+    const chunks: Buffer[] = [];
+    const read = await this.on(this.host(vm)).run({
+      argv: ["tail", "-c", `+${have + 1}`, "--", hostConsoleLog(vm.fleet, vm.name)],
       okCodes: "any",
-    });
-    if (size.code !== 0) return;
-    // The host's answer, checked before it becomes a byte range.
-    const length = Number(size.stdout.trim());
-    if (!Number.isSafeInteger(length) || length < 0) {
-      throw new ShoalError(`host ${host.name} gave no size for ${vm.name}'s console log`);
-    }
-    if (length === have) return;
-    // A log that shrank was made anew (the VM recreated): the copy starts over.
-    const from = length < have ? 0 : have;
-    if (from === 0) await writeFile(local, "", { mode: 0o600 });
-    // The log's bytes as they are (a guest may write anything), and exactly the range measured.
-    const bytes: Buffer[] = [];
-    await this.on(host).run({
-      argv: [
-        "dd",
-        `if=${remote}`,
-        "iflag=skip_bytes,count_bytes",
-        `skip=${from}`,
-        `count=${length - from}`,
-        "status=none",
-      ],
       onOutput: (stream, chunk) => {
-        if (stream === "stdout") bytes.push(chunk);
+        if (stream === "stdout") chunks.push(chunk);
       },
     });
-    await appendFile(local, Buffer.concat(bytes));
+    // No log there yet: the VM has not started on its host.
+    if (read.code !== 0) return;
+    await appendFile(local, Buffer.concat(chunks), { mode: 0o600 });
   }
 
   async openConsole(vm: BackendVm): Promise<Duplex> {

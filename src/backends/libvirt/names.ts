@@ -77,7 +77,7 @@ export function presenceOf(domstate: string): Presence {
     case "crashed":
       return { kind: "crashed", reason: "its hypervisor says it crashed" };
     case "shut off":
-      if (reason === "shutdown") return { kind: "powered-off" };
+      if (reason === "shutdown") return { kind: "powered-off", disksReleased: true };
       if (reason === "crashed" || reason === "failed")
         return { kind: "crashed", reason: `libvirt says shut off (${reason})` };
       return { kind: "absent" };
@@ -86,4 +86,15 @@ export function presenceOf(domstate: string): Presence {
         `virsh domstate said ${JSON.stringify(domstate.slice(0, 80))}, which shoal does not know`,
       );
   }
+}
+
+/** `virsh vol-info --bytes`: the bytes the volume takes on the host's disk. */
+export function allocationOf(volInfo: string): number {
+  const bytes = Number(/^Allocation:\s+(\d+) bytes$/m.exec(volInfo)?.[1]);
+  if (!Number.isSafeInteger(bytes)) {
+    throw new ShoalError(
+      `virsh vol-info said ${JSON.stringify(volInfo.slice(0, 120))}, with no allocation in bytes`,
+    );
+  }
+  return bytes;
 }
