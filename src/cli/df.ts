@@ -2,6 +2,7 @@ import { Command } from "@commander-js/extra-typings";
 import { formatUsage } from "../core/size.js";
 import { accountDisk, type ImageUsage, type VmUsage } from "../core/usage.js";
 import { HostUnreachable } from "../errors.js";
+import { layerAllocation } from "../fleet/layers.js";
 import { allocatedBytes } from "../host/paths.js";
 import { ImageStore } from "../image/store.js";
 import { fleetFileOption } from "./context.js";
@@ -20,7 +21,8 @@ export function dfCommand() {
     .action(async (options, command) => {
       await withFleet(command, options, undefined, async ({ context, session }) => {
         const store = new ImageStore(context.runner, await context.layout());
-        const layerOnHost = session.backend.layerBytes?.bind(session.backend);
+        // A layer kept on a host is not in the VM's directory here.
+        const layerHere = session.backend.layerBytes === undefined;
         const baseOnHost = session.backend.baseBytes?.bind(session.backend);
         // A host that cannot be reached is left out of the sums, and said so.
         const unreachable = new Set<string>();
@@ -33,26 +35,24 @@ export function dfCommand() {
             return 0;
           }
         };
-        const names = session.recordedNames();
+        // Only VMs whose files are all made: one half made or half removed has no layer to measure.
+        const names = session
+          .recordedNames()
+          .filter((name) => session.entry(name).phase === "created");
         const vms: VmUsage[] = await Promise.all(
           names.map(async (name) => {
             const { spec } = session.entry(name);
             const paths = session.paths.vm(name);
             const here = await allocatedBytes(paths.dir);
             const layerBytes =
-              spec.layer.type !== "disk"
-                ? 0
-                : layerOnHost
-                  ? await measured(() => layerOnHost(session.vm(name)))
-                  : await allocatedBytes(paths.layer);
+              spec.layer.type !== "disk" ? 0 : await measured(() => layerAllocation(session, name));
             return {
               name,
               image: spec.image,
               layerType: spec.layer.type,
               ...(spec.host === undefined ? {} : { host: spec.host }),
               layerBytes,
-              // A layer kept on a host is not in the VM's directory here.
-              otherBytes: layerOnHost ? here : here - layerBytes,
+              otherBytes: layerHere ? here - layerBytes : here,
             };
           }),
         );
@@ -88,7 +88,7 @@ export function dfCommand() {
           );
         }
         if (options.json) {
-          context.printJson(usage);
+          context.printJson(baseOnHost ? { ...usage, unreachableHosts: [...unreachable] } : usage);
           return;
         }
         // A fleet over libvirt hosts: each base once per host, and where each VM's layer is.

@@ -1,8 +1,9 @@
 import { Command } from "@commander-js/extra-typings";
 import { formatUsage } from "../core/size.js";
+import { ShoalError } from "../errors.js";
+import { layerAllocation } from "../fleet/layers.js";
 import { observeAll } from "../fleet/planning.js";
 import { selectVms } from "../fleet/select.js";
-import { allocatedBytes } from "../host/paths.js";
 import { fleetFileOption } from "./context.js";
 import { withFleet } from "./fleet.js";
 import { fleetNameOption } from "./options.js";
@@ -42,9 +43,11 @@ export function psCommand() {
               status.state === "missing" ||
               status.state === "unreachable"
                 ? undefined
-                : session.backend.layerBytes
-                  ? await session.backend.layerBytes(session.vm(name))
-                  : await allocatedBytes(session.paths.vm(name).layer);
+                : // A host that stopped answering since: not shown.
+                  await layerAllocation(session, name).catch((error: unknown) => {
+                    if (error instanceof ShoalError) return undefined;
+                    throw error;
+                  });
             // Where it runs, else where `up` would put it.
             const host = session.book.vm(name)?.spec.host ?? vm?.host;
             return {

@@ -6,8 +6,11 @@ import { parseIpv4 } from "./ipv4.js";
  * by its connection URI. Pure: parsing and checking what the fleet file says of them.
  */
 
-/** The libvirt drivers shoal renders domains for. */
-export type LibvirtDriver = "qemu" | "xen";
+/**
+ * The libvirt drivers shoal renders domains for. Not libvirt's Xen driver (xen://) yet: its
+ * domains are Xen's PV machines, which backend xl makes.
+ */
+export type LibvirtDriver = "qemu";
 
 /** libvirt's remote transports (libvirt.org/uri.html); none means the local daemon. */
 const TRANSPORTS = ["ssh", "libssh", "libssh2", "tcp", "tls", "unix", "ext"] as const;
@@ -34,8 +37,11 @@ export function parseLibvirtUri(
     return fail("is not a libvirt URI like qemu+ssh://root@host/system");
   }
   const [driver, transport, ...rest] = url.protocol.slice(0, -1).split("+");
-  if (driver !== "qemu" && driver !== "xen")
-    return fail("names a libvirt driver shoal has no domains for; use qemu or xen");
+  if (driver === "xen")
+    return fail(
+      "names libvirt's Xen driver, for which shoal renders no domains yet; use backend xl on Xen hosts",
+    );
+  if (driver !== "qemu") return fail("names a libvirt driver shoal has no domains for; use qemu");
   if (rest.length > 0 || (transport !== undefined && !isTransport(transport)))
     return fail(`names no libvirt transport; use one of ${TRANSPORTS.join(", ")}`);
   // The QEMU driver's /session daemon runs as a user and cannot put VMs on a host's bridge.

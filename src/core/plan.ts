@@ -14,7 +14,10 @@ import type { VmSpec } from "./fleet.js";
  */
 export type VmAction = "create" | "start" | "stop" | "recreate" | "upgrade" | "delete";
 
-/** `unreachable`: on a host shoal cannot reach now; nothing is done to it. */
+/**
+ * `unreachable`: on a host shoal cannot reach now; nothing is done to it there (one rescheduled to
+ * another host is made again there).
+ */
 export type ObservedState = "running" | "stopped" | "crashed" | "missing" | "unreachable";
 
 /** `running` for `up`, `created` for `create` (which leaves stopped VMs stopped). */

@@ -41,7 +41,11 @@ export function accountDisk(
   images: readonly ImageUsage[],
   vms: readonly VmUsage[],
 ): DiskAccounting {
-  const byName = new Map(images.map((image) => [image.name, image]));
+  // A base copied to several hosts: each copy is the same file (one not measured counts 0).
+  const byName = new Map<string, ImageUsage>();
+  for (const image of images) {
+    if ((byName.get(image.name)?.bytes ?? -1) < image.bytes) byName.set(image.name, image);
+  }
   const used = images
     .map((image) => ({
       ...image,

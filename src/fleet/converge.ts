@@ -5,7 +5,7 @@ import type { BootFiles } from "../core/render/boot.js";
 import { formatSize } from "../core/size.js";
 import { UserError } from "../errors.js";
 import { eachVm, type VmResult } from "./fan-out.js";
-import { recordHosts } from "./hosts.js";
+import { hostsInUse, recordHosts } from "./hosts.js";
 import { setAuthorizedKeys, writeKnownHosts } from "./identity.js";
 import { checkFileImpairments, recordImpairments } from "./impairments.js";
 import {
@@ -89,9 +89,9 @@ export async function converge(
     options.only,
     down,
   );
-  sayUnreachable(session, plan);
   // Every image must be there, and every change possible, before anything changes.
   for (const vm of plan) if (!vm.actions.includes("delete")) bootOf(vm.spec);
+  if (!options.reschedule) refuseBlankMoves(session, plan);
   for (const vm of plan.filter((entry) => entry.changes.includes("layer"))) {
     checkLayerChange(vm.name, recorded.get(vm.name), vm.spec);
   }
@@ -108,6 +108,7 @@ export async function converge(
     options.overcommit ?? false,
   );
   const impairments = await checkFileImpairments(session, fleet);
+  sayUnreachable(session, plan);
   await recordNetwork(session, fleet.subnet, fleet.network, { willStart: plan.some(booting) });
   await recordHosts(session, fleet);
   await recordImpairments(session, impairments);
@@ -142,6 +143,7 @@ export async function converge(
       session,
       vms.map((vm) => vm.name),
       options.workers,
+      down ? { down: down.hosts } : {},
     ),
   );
   if (await setAuthorizedKeys(session, fleet.authorizedKeys)) {
@@ -217,9 +219,7 @@ async function hostsDown(
     return undefined;
   }
   const unreachable = (await session.backend.unreachableHosts?.()) ?? [];
-  const used = new Set(
-    Object.values(session.book.record.vms).flatMap((vm) => [vm.spec.host, ...(vm.leftOn ?? [])]),
-  );
+  const used = hostsInUse(session.book.record);
   const unused = unreachable.find((error) => !used.has(error.host));
   if (unused !== undefined) {
     throw new UserError(
@@ -246,6 +246,21 @@ async function removeAllLeftovers(
       `host ${host} answers again: the old ${vms.length === 1 ? "copy" : "copies"} of ${vms.join(", ")} there ${vms.length === 1 ? "is" : "are"} removed`,
     );
   }
+}
+
+/**
+ * A VM on a host that cannot be reached, which the fleet file now puts elsewhere (its host left
+ * hosts:, or a pin changed), would be made again with a blank layer: only when asked.
+ */
+function refuseBlankMoves(session: FleetSession, plan: readonly VmPlan[]): void {
+  const stranded = plan.filter((vm) => vm.state === "unreachable" && vm.changes.includes("host"));
+  const [first] = stranded;
+  if (first === undefined) return;
+  const from = session.book.vm(first.name)?.spec.host ?? "?";
+  throw new UserError(
+    `VM ${first.name}${stranded.length > 1 ? ` and ${stranded.length - 1} more` : ""} would move off host ${from}, which cannot be reached: its layer cannot be taken along, and it would start blank`,
+    "`shoal up --reschedule` does that; or bring the host back first, or put it back in the fleet file",
+  );
 }
 
 /** "its VMs vm-1, vm-3 are", or "its VM vm-1 is". */

@@ -14,13 +14,21 @@ export function fleetHosts(
 ): HostSpec[] {
   const listed = spec?.hosts?.list ?? [];
   const names = new Set(listed.map((host) => host.name));
-  const used = new Set(
-    Object.values(record?.vms ?? {}).flatMap((vm) => [vm.spec.host, ...(vm.leftOn ?? [])]),
-  );
+  const used = hostsInUse(record);
   const kept = (record?.hosts ?? [])
     .filter((host) => !names.has(host.name) && used.has(host.name))
     .map((host) => hostSpec(host));
   return [...listed, ...kept];
+}
+
+/** The hosts the record has VMs on, or copies of VMs moved off them. */
+export function hostsInUse(record: FleetRecord | undefined): Set<string> {
+  return new Set(
+    Object.values(record?.vms ?? {}).flatMap((vm) => [
+      ...(vm.spec.host === undefined ? [] : [vm.spec.host]),
+      ...(vm.leftOn ?? []),
+    ]),
+  );
 }
 
 /** Records the hosts `fleetHosts` would give, for the commands that run without the file. */

@@ -226,7 +226,6 @@ export function targetOf(
   return { kind: "vms", vms: members };
 }
 
-/** Every side and path that the state impairs, after a change, must be one netem can take. */
 /**
  * A backend that joins its hosts to the fleet's network has its VMs' links (their taps) on those
  * hosts, where shoal puts no qdisc or nft rule yet: impairments are refused there, not left unmade.
@@ -244,6 +243,7 @@ function refuseOverHosts(session: FleetSession, state: ImpairState): void {
   );
 }
 
+/** Every side and path that the state impairs, after a change, must be one netem can take. */
 export function checkEffective(state: ImpairState): void {
   const effective = overlaySets(state.file, state.live);
   const where = [

@@ -2,7 +2,7 @@ import { rm } from "node:fs/promises";
 import type { Presence } from "../backends/backend.js";
 import type { VmSpec } from "../core/fleet.js";
 import { ShoalError, UserError } from "../errors.js";
-import { pathExists } from "../host/paths.js";
+import { allocatedBytes, pathExists } from "../host/paths.js";
 import {
   type LayerChange,
   layerBaseId,
@@ -175,4 +175,10 @@ export async function resetLayers(session: FleetSession, names: readonly string[
     else await replaceLayer(layer, spec.layer.sizeBytes);
     session.event({ vm: name, phase: "reset" });
   }
+}
+
+/** What a VM's disk layer takes on disk, where its backend keeps it (a volume on its host). */
+export function layerAllocation(session: FleetSession, name: string): Promise<number> {
+  if (session.backend.layerBytes) return session.backend.layerBytes(session.vm(name));
+  return allocatedBytes(session.paths.vm(name).layer);
 }

@@ -7,7 +7,7 @@ import { placeOnBridges } from "../core/net.js";
 import type { ObservedState } from "../core/plan.js";
 import type { BootFiles } from "../core/render/boot.js";
 import { checkKernelParam } from "../core/syntax.js";
-import { HostUnreachable, UserError } from "../errors.js";
+import { HostUnreachable, ShoalError, UserError } from "../errors.js";
 import { type BootOutcome, waitForBoot } from "../guest/boot-wait.js";
 import { ifExists, pathExists } from "../host/paths.js";
 import { makeHostKey } from "../identity/identity.js";
@@ -80,7 +80,11 @@ export async function createVms(
           );
     if (bridges === undefined) throw new Error("internal: more VMs than the fleet's bridges take");
     specs.forEach((spec, i) => {
+      // A copy of an earlier VM of this name elsewhere is still to be removed.
+      const before = record.vms[spec.name];
+      const leftOn = hostsLeft(before?.leftOn, before?.spec.host, spec.host);
       record.vms[spec.name] = {
+        ...(leftOn ? { leftOn } : {}),
         spec,
         createdAt: now,
         updatedAt: now,
@@ -137,11 +141,34 @@ export async function redefineVm(
   });
 }
 
+/** `leftOn` with `add` in it and `current` (where the VM is) not: undefined for none. */
+function hostsLeft(
+  leftOn: readonly string[] | undefined,
+  add: string | undefined,
+  current: string | undefined,
+): string[] | undefined {
+  const left = [...new Set([...(leftOn ?? []), ...(add === undefined ? [] : [add])])].filter(
+    (host) => host !== current,
+  );
+  return left.length > 0 ? left : undefined;
+}
+
+async function setLeftOn(session: FleetSession, name: string, leftOn: string[] | undefined) {
+  await session.book.update((record) => {
+    const entry = record.vms[name];
+    if (!entry) return;
+    if (leftOn) entry.leftOn = leftOn;
+    else delete entry.leftOn;
+  });
+}
+
 /**
  * Makes a VM again on the host its spec now names (a fleet over libvirt hosts), stopped. From a
  * host that answers, its layer goes with it and its old domain and volumes are removed; from one
  * that does not (`up --reschedule`), it gets a blank layer, and its old copy is removed once that
  * host answers again (removeLeftovers). Its identity stays: the same seed, host key, MAC and IP.
+ * The new host is recorded among those that may hold a copy before anything is made there, so a
+ * move cut short leaves nothing the next run does not know of.
  */
 export async function moveVm(
   session: FleetSession,
@@ -152,6 +179,8 @@ export async function moveVm(
 ): Promise<void> {
   const from = session.vm(spec.name);
   const to = { ...from, ...(spec.host === undefined ? {} : { host: spec.host }) };
+  const recorded = session.entry(spec.name);
+  await setLeftOn(session, spec.name, hostsLeft(recorded.leftOn, spec.host, from.host));
   const carried = session.scratchPath(`layer-of-${spec.name}`);
   try {
     let contents: string | undefined;
@@ -174,9 +203,9 @@ export async function moveVm(
   await session.book.update((record) => {
     const entry = record.vms[spec.name];
     if (!entry) return;
-    if (from.host !== undefined && from.host !== spec.host) {
-      entry.leftOn = [...new Set([...(entry.leftOn ?? []), from.host])];
-    }
+    const leftOn = hostsLeft(entry.leftOn, from.host, spec.host);
+    if (leftOn) entry.leftOn = leftOn;
+    else delete entry.leftOn;
     entry.spec = spec;
     entry.baseId = boot.baseId;
     entry.running = false;
@@ -186,35 +215,36 @@ export async function moveVm(
 }
 
 /**
- * Removes what a moved VM left on the hosts it was moved off that answer now; the others keep it
- * until they do. Returns the hosts it was removed from.
+ * Removes what a moved VM left on the hosts it was moved off (never on the host it is on now)
+ * that answer now; the others keep it until they do, and one that fails otherwise is said and
+ * kept for the next run. Returns the hosts it was removed from.
  */
 export async function removeLeftovers(
   session: FleetSession,
   name: string,
   down: ReadonlySet<string> = new Set(),
 ): Promise<string[]> {
+  const entry = session.book.vm(name);
   const removed: string[] = [];
-  for (const host of session.book.vm(name)?.leftOn ?? []) {
-    if (down.has(host)) continue;
+  for (const host of entry?.leftOn ?? []) {
+    if (down.has(host) || host === entry?.spec.host) continue;
     const there = { ...session.vm(name), host };
     try {
       await session.backend.destroy(there);
       await session.backend.forget(there);
       removed.push(host);
     } catch (error) {
-      if (!(error instanceof HostUnreachable)) throw error;
+      if (!(error instanceof ShoalError)) throw error;
+      if (!(error instanceof HostUnreachable)) {
+        session.notice(
+          `VM ${name}'s old copy on host ${host} stays for the next run: ${error.message}`,
+        );
+      }
     }
   }
-  if (removed.length > 0) {
-    await session.book.update((record) => {
-      const entry = record.vms[name];
-      if (!entry?.leftOn) return;
-      const left = entry.leftOn.filter((host) => !removed.includes(host));
-      if (left.length > 0) entry.leftOn = left;
-      else delete entry.leftOn;
-    });
-  }
+  const left = entry?.leftOn?.filter((host) => !removed.includes(host));
+  if (removed.length > 0)
+    await setLeftOn(session, name, hostsLeft(left, undefined, entry?.spec.host));
   return removed;
 }
 
@@ -385,7 +415,11 @@ export async function deleteVms(
   session: FleetSession,
   names: readonly string[],
   workers: number,
-  options: { readonly withNetwork?: boolean } = {},
+  options: {
+    readonly withNetwork?: boolean;
+    /** Hosts known not to answer: what VMs left there is not looked for now. */
+    readonly down?: ReadonlySet<string>;
+  } = {},
 ): Promise<VmResult<void>[]> {
   const recorded = names.filter((name) => session.book.vm(name) !== undefined);
   if (recorded.length > 0) {
@@ -409,7 +443,7 @@ export async function deleteVms(
       await session.network.removeTap(index);
     }
     await session.backend.forget(vm);
-    await removeLeftovers(session, name);
+    await removeLeftovers(session, name, options.down);
     // A copy left on a host that cannot be reached keeps the VM in the record until it answers.
     const unreached = session.book.vm(name)?.leftOn?.[0];
     if (unreached !== undefined) {

@@ -15,7 +15,8 @@ import { sha256 } from "../helpers/vm.js";
 /**
  * A fleet over two libvirt hosts on this machine (test/helpers/libvirt-hosts.ts), each with its own
  * libvirtd and sshd in namespaces of its own, reached from a control namespace over `qemu+ssh://`,
- * where shoal runs. The tests build on each other, in order.
+ * where shoal runs; and the control namespace's own libvirtd, which shoal reaches as this machine's
+ * `qemu:///system`. The tests build on each other, in order.
  */
 
 const exec = promisify(execFile);
@@ -37,9 +38,15 @@ async function virsh(host: LibvirtHost, ...args: string[]): Promise<string> {
   return (await theHosts().virsh(host, ...args)).stdout;
 }
 
-/** shoal as the control namespace runs it, with the test's state directory. */
-function run(args: readonly string[]): Promise<CliResult> {
-  return shoal(["--state-dir", state, ...args], { namespace: theHosts().control });
+/**
+ * shoal as the control namespace runs it, with the test's state directory, in the mount namespace
+ * where the local libvirtd's directories are libvirt's.
+ */
+async function run(args: readonly string[]): Promise<CliResult> {
+  return shoal(["--state-dir", state, ...args], {
+    namespace: theHosts().control,
+    mount: await theHosts().localMount(),
+  });
 }
 
 async function ok(args: readonly string[]): Promise<string> {
@@ -66,8 +73,15 @@ beforeAll(async () => {
   await writeFleetFile();
 });
 
-/** The fleet file: `count` VMs over the two hosts, with `more` lines (hosts, placement). */
-async function writeFleetFile(count = 6, ...more: string[]): Promise<void> {
+/**
+ * The fleet file: `count` VMs over the two hosts and this machine's own libvirtd (`local`, room
+ * for one: vm-7, pinned there), with `hosts` more and `pins` more.
+ */
+async function writeFleetFile(
+  count = 7,
+  { hosts = [], pins = [] }: { hosts?: string[]; pins?: string[] } = {},
+): Promise<void> {
+  const pinned = [...(count >= 7 ? ['{ vms: "vm-7", host: local }'] : []), ...pins];
   await writeFile(
     file,
     [
@@ -77,7 +91,9 @@ async function writeFleetFile(count = 6, ...more: string[]): Promise<void> {
       "vm: { layer: { type: disk, size: 64M } }",
       "hosts:",
       ...theHosts().hosts.map((host) => `  - { name: ${host.name}, uri: "${host.uri}" }`),
-      ...more,
+      '  - { name: local, uri: "qemu:///system", capacity: { vms: 1 } }',
+      ...hosts,
+      ...(pinned.length > 0 ? [`placement: { pin: [ ${pinned.join(", ")} ] }`] : []),
       "",
     ].join("\n"),
   );
@@ -90,6 +106,11 @@ async function ps(): Promise<string[][]> {
   return rows.map((row) => [row.name, row.host, row.state]);
 }
 
+/** h1, h2 and this machine's own libvirtd. */
+function allHosts(): LibvirtHost[] {
+  return [...theHosts().hosts, theHosts().local];
+}
+
 /** The domains a host has defined, running or not. */
 async function domains(host: LibvirtHost): Promise<string[]> {
   return lines(await virsh(host, "list", "--all", "--name")).sort();
@@ -100,26 +121,28 @@ afterAll(async () => {
   await hosts?.stop();
 });
 
-describe("a fleet over two libvirt hosts", () => {
+describe("a fleet over two libvirt hosts and this machine's own libvirtd", () => {
   it("refuses a host that cannot be reached before anything is made on any host", async () => {
     // The control namespace's own address, where no sshd listens.
     const nowhere = theHosts().hosts[0]?.uri.replace(/@[\d.]+\//, "@10.253.0.1/") ?? "";
-    await writeFleetFile(6, `  - { name: h3, uri: "${nowhere}" }`);
+    await writeFleetFile(7, { hosts: [`  - { name: h3, uri: "${nowhere}" }`] });
     const refused = await run(["up", "-f", file]);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain("host h3 cannot be reached");
     expect(refused.stderr).toContain("nothing was made on any host");
-    for (const host of theHosts().hosts) {
+    for (const host of allHosts()) {
       expect(await domains(host)).toEqual([]);
       expect(await virsh(host, "pool-list", "--all", "--name")).toBe("");
     }
     await writeFleetFile();
   });
 
-  it("comes up 3 and 3 with `shoal up`, the base sent once to each host and checked there", async () => {
+  it("comes up 3 and 3 with `shoal up` (and one on this machine's libvirtd), the base sent once to each host and checked there", async () => {
     await ok(["up", "-f", file]);
-    for (const host of theHosts().hosts) {
-      expect(lines(await virsh(host, "list", "--name"))).toHaveLength(3);
+    for (const host of allHosts()) {
+      expect(lines(await virsh(host, "list", "--name"))).toHaveLength(
+        host.name === "local" ? 1 : 3,
+      );
       const volumes = lines(await virsh(host, "vol-list", "--pool", poolName(state))).map(
         (line) => line.trim().split(/\s+/)[0],
       );
@@ -130,25 +153,19 @@ describe("a fleet over two libvirt hosts", () => {
     expect(again.stderr).not.toContain("vol-upload");
   });
 
-  it("lets VMs on different hosts reach each other by name, and `exec --all` reach all 6", async () => {
-    // spread: vm-1 on h1, vm-2 on h2.
-    const ping = await run([
-      "exec",
-      "-f",
-      file,
-      "vm-1",
-      "--",
-      "ping",
-      "-c",
-      "3",
-      "-W",
-      "5",
-      "vm-2",
-    ]);
-    expect(ping.code, ping.stderr + ping.stdout).toBe(0);
+  it("lets VMs on different hosts reach each other by name, and `exec --all` reach all 7", async () => {
+    // spread: vm-1 on h1, vm-2 on h2; vm-7 on this machine's libvirtd, joined by a veth.
+    const ping = (from: string, to: string) =>
+      run(["exec", "-f", file, from, "--", "ping", "-c", "3", "-W", "5", to]);
+    for (const [from, to] of [
+      ["vm-1", "vm-2"],
+      ["vm-7", "vm-1"],
+    ] as const) {
+      const answer = await ping(from, to);
+      expect(answer.code, `${from} -> ${to}: ${answer.stderr}${answer.stdout}`).toBe(0);
+    }
     const all = await ok(["exec", "-f", file, "--all", "--", "hostname"]);
-    expect(all).toEqual(expect.stringContaining("vm-6"));
-    for (let n = 1; n <= 6; n++) expect(all).toContain(`vm-${n}`);
+    for (let n = 1; n <= 7; n++) expect(all).toContain(`vm-${n}: vm-${n}`);
   });
 
   it("`df` counts the base once on each host and each VM's layer on its host", async () => {
@@ -159,11 +176,12 @@ describe("a fleet over two libvirt hosts", () => {
     expect(usage.images.map((copy) => [copy.host, copy.id, copy.vms])).toEqual([
       ["h1", image.id, 3],
       ["h2", image.id, 3],
+      ["local", image.id, 1],
     ]);
     for (const copy of usage.images) expect(copy.bytes).toBeGreaterThan(0);
     // Each guest formatted its layer at its first boot: blocks on its host, not here.
     for (const vm of usage.vms) expect(vm.layerBytes, vm.name).toBeGreaterThan(0);
-    expect(usage.vms.map((vm) => vm.host)).toEqual(["h1", "h2", "h1", "h2", "h1", "h2"]);
+    expect(usage.vms.map((vm) => vm.host)).toEqual(["h1", "h2", "h1", "h2", "h1", "h2", "local"]);
     expect(await ok(["df", "-f", file])).toMatch(/^IMAGE\s+ID\s+HOST\s+BASE\s+VMS$/m);
   });
 
@@ -172,6 +190,7 @@ describe("a fleet over two libvirt hosts", () => {
       "nsenter",
       [
         `--net=/run/netns/${theHosts().control}`,
+        `--mount=${await theHosts().localMount()}`,
         "--",
         process.execPath,
         SHOAL,
@@ -213,6 +232,7 @@ describe("a fleet over two libvirt hosts", () => {
         ["vm-4", "h2", "running"],
         ["vm-5", "h1", "unreachable"],
         ["vm-6", "h2", "running"],
+        ["vm-7", "local", "running"],
       ]);
       const up = await run(["up", "-f", file]);
       expect(up.code, up.stderr).toBe(0);
@@ -224,7 +244,7 @@ describe("a fleet over two libvirt hosts", () => {
     } finally {
       await theHosts().startDaemon(h1);
     }
-    expect((await states()).map(([, , state]) => state)).toEqual(Array(6).fill("running"));
+    expect((await states()).map(([, , state]) => state)).toEqual(Array(7).fill("running"));
   });
 
   it("shows a VM whose QEMU died as crashed; `up` of a smaller fleet deletes it and another", async () => {
@@ -246,13 +266,14 @@ describe("a fleet over two libvirt hosts", () => {
     await ok(["up", "-f", file]);
     expect(await domains(h1)).toEqual(["lab.vm-1", "lab.vm-3"]);
     expect(await domains(h2)).toEqual(["lab.vm-2", "lab.vm-4"]);
+    expect(await domains(theHosts().local)).toEqual([]);
   });
 
   it("moves a VM with its layer when its pin sends it to another host; `diff` and `reset` read and replace its layer there", async () => {
     const [h1, h2] = theHosts().hosts as [LibvirtHost, LibvirtHost];
     await ok(["exec", "-f", file, "vm-1", "--", "sh", "-c", "echo kept > /root/marker && sync"]);
     await ok(["stop", "-f", file, "vm-1"]);
-    await writeFleetFile(4, 'placement: { mode: spread, pin: [ { vms: "vm-1", host: h2 } ] }');
+    await writeFleetFile(4, { pins: ['{ vms: "vm-1", host: h2 }'] });
     // `create` moves it and leaves it stopped, as it was.
     await ok(["create", "-f", file]);
     expect((await ps())[0]).toEqual(["vm-1", "h2", "stopped"]);
@@ -269,7 +290,7 @@ describe("a fleet over two libvirt hosts", () => {
     expect(await ok(["diff", "vm-1", "-f", file])).toBe("VM vm-1 has no changes of its own\n");
   });
 
-  it("`up --reschedule` makes a dead host's VMs again on the other; once it is back, their old copies there are removed", async () => {
+  it("`up --reschedule` makes a dead host's VMs again on the others; once it is back, their old copies there are removed", async () => {
     const [h1, h2] = theHosts().hosts as [LibvirtHost, LibvirtHost];
     await writeFleetFile(4);
     await theHosts().powerOff(h1);
@@ -286,9 +307,13 @@ describe("a fleet over two libvirt hosts", () => {
       expect(moved.stderr).toContain(
         "host h1 cannot be reached: its VM vm-3 is made again on the other hosts with blank layers",
       );
-      expect(await ps()).toEqual(
-        ["vm-1", "vm-2", "vm-3", "vm-4"].map((vm) => [vm, "h2", "running"]),
-      );
+      // spread: this machine's libvirtd had room for one more.
+      expect(await ps()).toEqual([
+        ["vm-1", "h2", "running"],
+        ["vm-2", "h2", "running"],
+        ["vm-3", "local", "running"],
+        ["vm-4", "h2", "running"],
+      ]);
       const all = await ok(["exec", "-f", file, "--all", "--", "hostname"]);
       for (let n = 1; n <= 4; n++) expect(all).toContain(`vm-${n}: vm-${n}`);
 
@@ -302,19 +327,20 @@ describe("a fleet over two libvirt hosts", () => {
       expect(await domains(h1)).toEqual([]);
       // No VM of the state directory is on h1 any more: its pool went with the last image.
       expect(await virsh(h1, "pool-list", "--all", "--name")).toBe("");
-      expect(await domains(h2)).toHaveLength(4);
+      expect(await domains(h2)).toEqual(["lab.vm-1", "lab.vm-2", "lab.vm-4"]);
+      expect(await domains(theHosts().local)).toEqual(["lab.vm-3"]);
     } finally {
       if (!poweredOn) await theHosts().powerOn(h1);
     }
   });
 
-  it("`destroy` leaves nothing on either host; the base is unchanged", async () => {
+  it("`destroy` leaves nothing on any host; the base is unchanged", async () => {
     await ok(["destroy", "-f", file, "--yes"]);
-    for (const host of theHosts().hosts) {
+    for (const host of allHosts()) {
       expect(await virsh(host, "list", "--all", "--name")).toBe("");
       expect(await virsh(host, "pool-list", "--all", "--name")).toBe("");
       const links = (await exec("ip", ["-n", host.namespace, "-o", "link", "show"])).stdout;
-      expect(links).not.toMatch(/-br|-vx/);
+      expect(links).not.toMatch(/-br|-vx|-lh/);
     }
     expect(await sha256(imageBoot(stateLayout(state), image).base)).toBe(baseSum);
   });

@@ -14,7 +14,13 @@ export interface CliResult {
 /** Runs the built shoal binary as a user would, with its own state directory. */
 export function shoal(
   args: readonly string[],
-  options: { cwd?: string; env?: Record<string, string>; namespace?: string } = {},
+  options: {
+    cwd?: string;
+    env?: Record<string, string>;
+    namespace?: string;
+    /** A mount namespace to run in (its /proc/PID/ns/mnt), where every shoal of the test runs. */
+    mount?: string;
+  } = {},
 ): Promise<CliResult> {
   // In a test's network namespace, that namespace is the host shoal sees. nsenter, not `ip netns
   // exec`: that one gives the command a mount namespace of its own, where the namespaces shoal
@@ -25,6 +31,7 @@ export function shoal(
       : [
           "nsenter",
           `--net=/run/netns/${options.namespace}`,
+          ...(options.mount === undefined ? [] : [`--mount=${options.mount}`]),
           "--",
           process.execPath,
           SHOAL,

@@ -24,6 +24,7 @@ const LIBVIRT_DIRS = {
 } as const;
 
 const START_WAIT_MS = 30_000;
+const LIBVIRTD = "/usr/sbin/libvirtd --daemon --pid-file /run/libvirt/libvirtd.pid";
 
 export interface LibvirtHost {
   readonly name: string;
@@ -68,6 +69,11 @@ async function killAll(namespace: string): Promise<void> {
 export class LibvirtHosts {
   readonly control: string;
   readonly hosts: LibvirtHost[];
+  /**
+   * A libvirtd in the control namespace itself, where shoal runs: this machine's own daemon to
+   * shoal (`qemu:///system` in its mount namespace); the test's virsh reaches it by its socket.
+   */
+  readonly local: LibvirtHost;
   private readonly sshDir: string;
 
   constructor(private readonly options: LibvirtHostsOptions) {
@@ -84,6 +90,14 @@ export class LibvirtHosts {
         uri: `qemu+ssh://root@${address}/system?command=${join(this.sshDir, "ssh")}&proxy=native&no_tty=1`,
       };
     });
+    const localDir = join(options.dir, "local");
+    this.local = {
+      name: "local",
+      namespace: this.control,
+      address: `${options.subnet}.1`,
+      dir: localDir,
+      uri: `qemu:///system?socket=${join(localDir, "run/libvirt-sock")}`,
+    };
   }
 
   /** A command in the control namespace: what shoal and virsh run as, to reach the hosts. */
@@ -105,6 +119,7 @@ export class LibvirtHosts {
     await ip("-n", this.control, "addr", "add", `${this.options.subnet}.1/24`, "dev", "ul0");
     await ip("-n", this.control, "link", "set", "ul0", "up");
     for (const host of this.hosts) await this.startHost(host);
+    await this.startLocal();
   }
 
   /** The client side: a key, known hosts of the test's own, and ssh run with its config. */
@@ -137,37 +152,8 @@ export class LibvirtHosts {
 
   private async startHost(host: LibvirtHost): Promise<void> {
     // What libvirt's packages for a whole host (libvirt-daemon-system) would have made.
-    for (const sub of [...Object.keys(LIBVIRT_DIRS), "log/qemu", "ssh"]) {
-      await mkdir(join(host.dir, sub), { recursive: true, mode: 0o700 });
-    }
-    for (const dir of Object.values(LIBVIRT_DIRS)) await mkdir(dir, { recursive: true });
-    const index = this.hosts.indexOf(host) + 1;
-    await writeFile(
-      join(host.dir, "etc/libvirtd.conf"),
-      [
-        'unix_sock_rw_perms = "0700"',
-        'auth_unix_rw = "none"',
-        'auth_unix_ro = "none"',
-        `host_uuid = "5b3a6c1e-0d2f-4e11-9a00-${String(index).padStart(12, "0")}"`,
-        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
-        "",
-      ].join("\n"),
-    );
-    // No cgroups, no private /dev, no relabeling: these hosts share one machine's kernel.
-    await writeFile(
-      join(host.dir, "etc/qemu.conf"),
-      [
-        'user = "+0"',
-        'group = "+0"',
-        "dynamic_ownership = 0",
-        "remember_owner = 0",
-        'security_driver = "none"',
-        "namespaces = [ ]",
-        "cgroup_controllers = [ ]",
-        'stdio_handler = "file"',
-        "",
-      ].join("\n"),
-    );
+    await this.libvirtFiles(host);
+    await mkdir(join(host.dir, "ssh"), { recursive: true, mode: 0o700 });
     await exec("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(host.dir, "ssh/host")]);
     await writeFile(join(host.dir, "bashrc"), "");
     await writeFile(
@@ -199,17 +185,91 @@ export class LibvirtHosts {
     await this.startDaemons(host, true);
   }
 
+  /** libvirt's directories of a host's own, and its daemon's configuration. */
+  private async libvirtFiles(host: LibvirtHost): Promise<void> {
+    for (const sub of [...Object.keys(LIBVIRT_DIRS), "log/qemu"]) {
+      await mkdir(join(host.dir, sub), { recursive: true, mode: 0o700 });
+    }
+    for (const dir of Object.values(LIBVIRT_DIRS)) await mkdir(dir, { recursive: true });
+    const index = this.hosts.indexOf(host) + 1;
+    await writeFile(
+      join(host.dir, "etc/libvirtd.conf"),
+      [
+        'unix_sock_rw_perms = "0700"',
+        'auth_unix_rw = "none"',
+        'auth_unix_ro = "none"',
+        `host_uuid = "5b3a6c1e-0d2f-4e11-9a00-${String(index).padStart(12, "0")}"`,
+        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+        "",
+      ].join("\n"),
+    );
+    // No cgroups, no private /dev, no relabeling: these hosts share one machine's kernel.
+    await writeFile(
+      join(host.dir, "etc/qemu.conf"),
+      [
+        'user = "+0"',
+        'group = "+0"',
+        "dynamic_ownership = 0",
+        "remember_owner = 0",
+        'security_driver = "none"',
+        "namespaces = [ ]",
+        "cgroup_controllers = [ ]",
+        'stdio_handler = "file"',
+        "",
+      ].join("\n"),
+    );
+  }
+
+  /**
+   * Starts the control namespace's own libvirtd: to shoal, run in its mount namespace
+   * (`localMount`), it is this machine's `qemu:///system`.
+   */
+  private async startLocal(): Promise<void> {
+    const host = this.local;
+    await this.libvirtFiles(host);
+    await exec("ip", [
+      "netns",
+      "exec",
+      this.control,
+      "unshare",
+      "--mount",
+      "sh",
+      "-ec",
+      `${this.binds(host)}\n${LIBVIRTD}`,
+    ]);
+    await this.untilSocket(host);
+  }
+
+  /** The mount namespace where the local libvirtd's directories are libvirt's: shoal's view. */
+  async localMount(): Promise<string> {
+    const pid = (await readFile(join(this.local.dir, "run/libvirtd.pid"), "utf8")).trim();
+    return `/proc/${pid}/ns/mnt`;
+  }
+
+  private binds(host: LibvirtHost): string {
+    return Object.entries(LIBVIRT_DIRS)
+      .map(([sub, dir]) => `mount --bind ${join(host.dir, sub)} ${dir}`)
+      .join("\n");
+  }
+
+  private async untilSocket(host: LibvirtHost): Promise<void> {
+    const socket = join(host.dir, "run/libvirt-sock");
+    const until = Date.now() + START_WAIT_MS;
+    while (!(await stat(socket).catch(() => undefined))) {
+      if (Date.now() > until) throw new Error(`${host.name}'s libvirtd made no socket`);
+      await sleep(100);
+    }
+  }
+
   /**
    * Starts the host's libvirtd (and, the first time, its sshd) in one mount namespace: `ip netns
    * exec` makes a new one each time, so the binds and both daemons come in one go; later, libvirtd
    * is started again inside sshd's.
    */
   private async startDaemons(host: LibvirtHost, withSsh: boolean): Promise<void> {
-    const libvirtd = "/usr/sbin/libvirtd --daemon --pid-file /run/libvirt/libvirtd.pid";
+    const libvirtd = LIBVIRTD;
     if (withSsh) {
-      const binds = Object.entries(LIBVIRT_DIRS)
-        .map(([sub, dir]) => `mount --bind ${join(host.dir, sub)} ${dir}`)
-        .join("\n");
+      const binds = this.binds(host);
       await exec("ip", [
         "netns",
         "exec",
@@ -226,12 +286,7 @@ export class LibvirtHosts {
       const sshd = (await readFile(join(host.dir, "sshd.pid"), "utf8")).trim();
       await exec("nsenter", ["-t", sshd, "-m", "-n", "-u", "sh", "-ec", libvirtd]);
     }
-    const socket = join(host.dir, "run/libvirt-sock");
-    const until = Date.now() + START_WAIT_MS;
-    while (!(await stat(socket).catch(() => undefined))) {
-      if (Date.now() > until) throw new Error(`${host.name}'s libvirtd made no socket`);
-      await sleep(100);
-    }
+    await this.untilSocket(host);
   }
 
   /** Stops a host's libvirtd, as a host whose daemon died; its VMs go on running. */

@@ -103,7 +103,10 @@ export class GuestConsole {
     this.type(`echo "<<B""${n}>>"; ${command}; echo "<<E""${n}>>$?"\n`);
     await this.waitFor(new RegExp(`<<B${n}>>\\n`), timeoutMs);
     const end = await this.waitFor(new RegExp(`([^]*?)<<E${n}>>(\\d+)`), timeoutMs);
-    return { out: end[1] ?? "", code: Number(end[2]) };
+    // The kernel prints on the same console whenever it has something to say (a link that comes
+    // up late on a busy host): its lines are not the command's output.
+    const out = (end[1] ?? "").replace(/^\[ *\d+\.\d+\] [^\n]*\n/gm, "");
+    return { out, code: Number(end[2]) };
   }
 
   detach(): void {

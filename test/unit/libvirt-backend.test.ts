@@ -1,11 +1,18 @@
+import { createHash } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { LibvirtBackend } from "../../src/backends/libvirt/backend.js";
 import { allocationOf, poolName, presenceOf } from "../../src/backends/libvirt/names.js";
 import { hostSpec } from "../../src/core/hosts.js";
 import { runnerOn, sshArgvFor } from "../../src/host/remote.js";
+import type { Command } from "../../src/host/runner.js";
 import { stateLayout } from "../../src/state/layout.js";
 import { fleetOf } from "../helpers/fleet.js";
 import { RecordingRunner } from "../helpers/recording-runner.js";
+import { useTempDirs } from "../helpers/tmp.js";
+
+const tempDir = useTempDirs();
 
 /** ssh to 10.0.0.5 as a URI without ssh parameters reaches it. */
 const SSH_TO_HOST = [
@@ -132,29 +139,47 @@ describe("a VM's layer as a volume on its host", () => {
     ]);
   });
 
-  it("is made on a VM's new host with what its layer held on the old one", async () => {
-    const runner = new RecordingRunner((command) =>
-      command.argv.includes("pool-info") ? { stdout: "State:          running\n" } : {},
-    );
+  it("is made on a VM's new host with what its layer held on the old one, checked, then renamed over the layer", async () => {
+    const carried = join(await tempDir(), "carried");
+    await writeFile(carried, "a layer");
+    const sum = createHash("sha256").update("a layer").digest("hex");
+    const dir = `/var/lib/libvirt/${pool}`;
+    const answer = (sha256: string) => (command: Command) =>
+      command.argv.includes("pool-info")
+        ? { stdout: "State:          running\n" }
+        : command.argv.some((arg) => arg.includes("sha256sum"))
+          ? { stdout: `${sha256}  ${dir}/lab.vm-2.layer-new\n` }
+          : {};
     const spec = fleetOf("name: lab\ncount: 2\nvm: { layer: { size: 64M } }\n").vms[1];
     if (!spec) throw new Error("no vm-2");
-    await backendWith(runner).createLayer(vm, spec, "/tmp/carried");
-    expect(runner.argvs.map((argv) => argv.slice(4))).toEqual([
+    const runner = new RecordingRunner(answer(sum));
+    await backendWith(runner).createLayer(vm, spec, carried);
+    const ssh = (line: string) => [...SSH_TO_HOST, `env LANG\\=C ${line}`];
+    expect(runner.argvs.map((argv) => (argv[0] === "virsh" ? argv.slice(4) : argv))).toEqual([
       ["pool-info", pool],
       ["pool-autostart", pool],
-      ["vol-delete", "--pool", pool, "lab.vm-2.layer"],
+      ["vol-delete", "--pool", pool, "lab.vm-2.layer-new"],
       [
         "vol-create-as",
         pool,
-        "lab.vm-2.layer",
+        "lab.vm-2.layer-new",
         `${64 * 2 ** 20}b`,
         "--format",
         "raw",
         "--allocation",
         "0",
       ],
-      ["vol-upload", "--pool", pool, "lab.vm-2.layer", "/tmp/carried", "--sparse"],
+      ["vol-upload", "--pool", pool, "lab.vm-2.layer-new", carried, "--sparse"],
+      ssh(`sha256sum -- ${dir}/lab.vm-2.layer-new`),
+      ssh(`mv -f -- ${dir}/lab.vm-2.layer-new ${dir}/lab.vm-2.layer`),
+      ["pool-refresh", pool],
     ]);
+    // A copy that arrived otherwise never replaces the layer.
+    const torn = new RecordingRunner(answer("0".repeat(64)));
+    await expect(backendWith(torn).createLayer(vm, spec, carried)).rejects.toThrow(
+      "host h1's copy of VM vm-2's layer does not have its hash",
+    );
+    expect(torn.argvs.some((argv) => argv.some((arg) => arg.includes("mv -f")))).toBe(false);
   });
 
   it("refuses an answer with no allocation in bytes", () => {

@@ -176,28 +176,14 @@ export class LibvirtBackend implements Backend {
         await this.upload(host, volumes[part], files[part]);
       }
       const dir = poolDir(this.pool);
-      const sums = await this.on(host).run({
-        argv: [
-          "sha256sum",
-          "--",
-          ...(["base", "kernel", "initrd"] as const).map((part) => `${dir}/${volumes[part]}`),
-        ],
-      });
-      const found = sums.stdout
-        .trim()
-        .split("\n")
-        .map((line) => line.split(/\s+/)[0]);
-      const wrong = (["base", "kernel", "initrd"] as const).filter(
-        (part, i) => found[i] !== expected[part],
+      await this.checkHashes(
+        host,
+        (["base", "kernel", "initrd"] as const).map((part) => ({
+          path: `${dir}/${volumes[part]}`,
+          sha256: expected[part],
+          what: `image ${boot.baseId.slice(0, 12)}'s ${part}`,
+        })),
       );
-      if (wrong.length > 0) {
-        throw new ShoalError(
-          `host ${host.name}'s copy of image ${boot.baseId.slice(0, 12)} (${wrong.join(", ")}) does not have the image's hash`,
-          {
-            hint: "the upload was cut short or the host's disk is failing; `shoal up` sends it again",
-          },
-        );
-      }
       await this.virsh(host, [
         "vol-create-as",
         this.pool,
@@ -207,6 +193,32 @@ export class LibvirtBackend implements Backend {
         "raw",
       ]);
     });
+  }
+
+  /**
+   * Hashes files on the host (sha256sum over SSH) and refuses those without the hash they were
+   * sent with: libvirt's uploads have no checksum of their own.
+   */
+  private async checkHashes(
+    host: HostSpec,
+    files: readonly { path: string; sha256: string; what: string }[],
+  ): Promise<void> {
+    const sums = await this.on(host).run({
+      argv: ["sha256sum", "--", ...files.map((file) => file.path)],
+    });
+    const found = sums.stdout
+      .trim()
+      .split("\n")
+      .map((line) => line.split(/\s+/)[0]);
+    const wrong = files.filter((file, i) => found[i] !== file.sha256).map((file) => file.what);
+    if (wrong.length > 0) {
+      throw new ShoalError(
+        `host ${host.name}'s copy of ${wrong.join(", ")} does not have its hash`,
+        {
+          hint: "the upload was cut short or the host's disk is failing; the next `shoal up` sends it again",
+        },
+      );
+    }
   }
 
   private accel(host: HostSpec): Promise<Accelerator> {
@@ -292,16 +304,21 @@ export class LibvirtBackend implements Backend {
     return answers.filter((answer) => answer !== undefined);
   }
 
+  /**
+   * Made under another name and renamed over the VM's layer on the host (a rename in the pool's
+   * directory, then a pool refresh): a shoal killed meanwhile leaves the old layer or the new one,
+   * never none. A layer brought from another host is checked against its hash first.
+   */
   async createLayer(vm: BackendVm, spec: VmSpec, contents?: string): Promise<void> {
     const host = this.host(vm);
     await this.ensurePool(host);
-    const { layer } = vmVolumes(vm.fleet, vm.name);
-    // One there is replaced: left by a killed run, reset, or the VM's own before a move.
-    await this.virsh(host, ["vol-delete", "--pool", this.pool, layer], "any");
+    const { layer, stagedLayer } = vmVolumes(vm.fleet, vm.name);
+    const dir = poolDir(this.pool);
+    await this.virsh(host, ["vol-delete", "--pool", this.pool, stagedLayer], "any");
     await this.virsh(host, [
       "vol-create-as",
       this.pool,
-      layer,
+      stagedLayer,
       `${spec.layer.sizeBytes}b`,
       "--format",
       "raw",
@@ -309,8 +326,26 @@ export class LibvirtBackend implements Backend {
       "0",
     ]);
     if (contents !== undefined) {
-      await this.virsh(host, ["vol-upload", "--pool", this.pool, layer, contents, "--sparse"]);
+      await this.virsh(host, [
+        "vol-upload",
+        "--pool",
+        this.pool,
+        stagedLayer,
+        contents,
+        "--sparse",
+      ]);
+      await this.checkHashes(host, [
+        {
+          path: `${dir}/${stagedLayer}`,
+          sha256: await sha256File(contents),
+          what: `VM ${vm.name}'s layer`,
+        },
+      ]);
     }
+    await this.on(host).run({
+      argv: ["mv", "-f", "--", `${dir}/${stagedLayer}`, `${dir}/${layer}`],
+    });
+    await this.virsh(host, ["pool-refresh", this.pool]);
   }
 
   async copyLayer(vm: BackendVm, destination: string): Promise<void> {
@@ -431,31 +466,54 @@ export class LibvirtBackend implements Backend {
     const host = this.host(vm);
     await this.virsh(host, ["undefine", this.domain(vm)], "any");
     const own = vmVolumes(vm.fleet, vm.name);
-    for (const volume of [own.seed, own.layer]) {
+    for (const volume of [own.seed, own.layer, own.stagedLayer]) {
       await this.virsh(host, ["vol-delete", "--pool", this.pool, volume], "any");
     }
     await this.on(host).run({ argv: ["rm", "-f", "--", hostConsoleLog(vm.fleet, vm.name)] });
   }
 
   /**
-   * Copies what the host's log has past the copy here: one SSH session per look (a boot wait looks
-   * twice a second), the bytes as they are (a guest may write anything). The host's log only grows
-   * while the copy here lives: a VM made again or moved starts both anew.
+   * Copies what the host's log has past the copy here, as bytes (a guest may write anything): one
+   * SSH session per look while the log grows (a boot wait looks twice a second). When nothing is
+   * new, its size is asked too: a log shorter than the copy was rotated or made anew, and is
+   * copied again whole, so the copy stays the host's log byte for byte.
    */
   async fetchConsoleLog(vm: BackendVm): Promise<void> {
+    const host = this.host(vm);
     const local = vm.paths.serialLog;
+    const remote = hostConsoleLog(vm.fleet, vm.name);
     const have = (await ifExists(stat(local)))?.size ?? 0;
+    const fresh = await this.readConsoleLog(host, remote, have);
+    if (fresh === undefined) return;
+    if (fresh.length > 0) {
+      await appendFile(local, fresh, { mode: 0o600 });
+      return;
+    }
+    const size = await this.on(host).run({
+      argv: ["stat", "-c", "%s", "--", remote],
+      okCodes: "any",
+    });
+    // The host's answer, checked before it is believed.
+    const length = Number(size.stdout.trim());
+    if (size.code !== 0 || !Number.isSafeInteger(length) || length >= have) return;
+    await writeFile(local, (await this.readConsoleLog(host, remote, 0)) ?? "", { mode: 0o600 });
+  }
+
+  /** The host's console log from byte `from` on; undefined when it has none (not started yet). */
+  private async readConsoleLog(
+    host: HostSpec,
+    remote: string,
+    from: number,
+  ): Promise<Buffer | undefined> {
     const chunks: Buffer[] = [];
-    const read = await this.on(this.host(vm)).run({
-      argv: ["tail", "-c", `+${have + 1}`, "--", hostConsoleLog(vm.fleet, vm.name)],
+    const read = await this.on(host).run({
+      argv: ["tail", "-c", `+${from + 1}`, "--", remote],
       okCodes: "any",
       onOutput: (stream, chunk) => {
         if (stream === "stdout") chunks.push(chunk);
       },
     });
-    // No log there yet: the VM has not started on its host.
-    if (read.code !== 0) return;
-    await appendFile(local, Buffer.concat(chunks), { mode: 0o600 });
+    return read.code === 0 ? Buffer.concat(chunks) : undefined;
   }
 
   async openConsole(vm: BackendVm): Promise<Duplex> {
@@ -465,6 +523,6 @@ export class LibvirtBackend implements Backend {
     if (ssh === undefined) return connectSocketFile(socket);
     // OpenSSH forwards its stdio to a unix socket on the host.
     const [file, ...args] = ssh;
-    return this.deps.runner.connect([file, "-W", socket, ...args.filter((arg) => arg !== "--")]);
+    return this.deps.runner.connect([file, "-W", socket, ...args]);
   }
 }

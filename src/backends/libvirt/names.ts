@@ -38,9 +38,14 @@ function vmPrefix(fleet: string, vm: string): string {
   return `${fleet}.${vm}`;
 }
 
+/** A VM's seed and layer, and the name a new layer is made under before it replaces the layer. */
 export function vmVolumes(fleet: string, vm: string) {
   const prefix = vmPrefix(fleet, vm);
-  return { seed: `${prefix}.seed`, layer: `${prefix}.layer` } as const;
+  return {
+    seed: `${prefix}.seed`,
+    layer: `${prefix}.layer`,
+    stagedLayer: `${prefix}.layer-new`,
+  } as const;
 }
 
 /** The VM's serial log on its host, in libvirt's own log directory. */
