@@ -74,14 +74,14 @@ beforeAll(async () => {
 });
 
 /**
- * The fleet file: `count` VMs over the two hosts and this machine's own libvirtd (`local`, room
- * for one: vm-7, pinned there), with `hosts` more and `pins` more.
+ * The fleet file: `count` VMs over the two hosts, with `hosts` more (`local`: this machine's own
+ * libvirtd, room for one) and `pins`.
  */
 async function writeFleetFile(
-  count = 7,
+  count = 6,
   { hosts = [], pins = [] }: { hosts?: string[]; pins?: string[] } = {},
 ): Promise<void> {
-  const pinned = [...(count >= 7 ? ['{ vms: "vm-7", host: local }'] : []), ...pins];
+  const pinned = pins;
   await writeFile(
     file,
     [
@@ -91,7 +91,6 @@ async function writeFleetFile(
       "vm: { layer: { type: disk, size: 64M } }",
       "hosts:",
       ...theHosts().hosts.map((host) => `  - { name: ${host.name}, uri: "${host.uri}" }`),
-      '  - { name: local, uri: "qemu:///system", capacity: { vms: 1 } }',
       ...hosts,
       ...(pinned.length > 0 ? [`placement: { pin: [ ${pinned.join(", ")} ] }`] : []),
       "",
@@ -105,6 +104,15 @@ async function ps(): Promise<string[][]> {
   const rows = JSON.parse(await ok(["ps", "-f", file, "--json"])) as PsRow[];
   return rows.map((row) => [row.name, row.host, row.state]);
 }
+
+/** `from` answers pings from `to`, by name. */
+async function pings(from: string, to: string): Promise<void> {
+  const answer = await run(["exec", "-f", file, from, "--", "ping", "-c", "3", "-W", "5", to]);
+  expect(answer.code, `${from} -> ${to}: ${answer.stderr}${answer.stdout}`).toBe(0);
+}
+
+/** This machine's own libvirtd as a host of the fleet. */
+const LOCAL_HOST = '  - { name: local, uri: "qemu:///system", capacity: { vms: 1 } }';
 
 /** h1, h2 and this machine's own libvirtd. */
 function allHosts(): LibvirtHost[] {
@@ -125,7 +133,7 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
   it("refuses a host that cannot be reached before anything is made on any host", async () => {
     // The control namespace's own address, where no sshd listens.
     const nowhere = theHosts().hosts[0]?.uri.replace(/@[\d.]+\//, "@10.253.0.1/") ?? "";
-    await writeFleetFile(7, { hosts: [`  - { name: h3, uri: "${nowhere}" }`] });
+    await writeFleetFile(6, { hosts: [`  - { name: h3, uri: "${nowhere}" }`] });
     const refused = await run(["up", "-f", file]);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain("host h3 cannot be reached");
@@ -137,12 +145,10 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     await writeFleetFile();
   });
 
-  it("comes up 3 and 3 with `shoal up` (and one on this machine's libvirtd), the base sent once to each host and checked there", async () => {
+  it("comes up 3 and 3 with `shoal up`, the base sent once to each host and checked there", async () => {
     await ok(["up", "-f", file]);
-    for (const host of allHosts()) {
-      expect(lines(await virsh(host, "list", "--name"))).toHaveLength(
-        host.name === "local" ? 1 : 3,
-      );
+    for (const host of theHosts().hosts) {
+      expect(lines(await virsh(host, "list", "--name"))).toHaveLength(3);
       const volumes = lines(await virsh(host, "vol-list", "--pool", poolName(state))).map(
         (line) => line.trim().split(/\s+/)[0],
       );
@@ -153,19 +159,11 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     expect(again.stderr).not.toContain("vol-upload");
   });
 
-  it("lets VMs on different hosts reach each other by name, and `exec --all` reach all 7", async () => {
-    // spread: vm-1 on h1, vm-2 on h2; vm-7 on this machine's libvirtd, joined by a veth.
-    const ping = (from: string, to: string) =>
-      run(["exec", "-f", file, from, "--", "ping", "-c", "3", "-W", "5", to]);
-    for (const [from, to] of [
-      ["vm-1", "vm-2"],
-      ["vm-7", "vm-1"],
-    ] as const) {
-      const answer = await ping(from, to);
-      expect(answer.code, `${from} -> ${to}: ${answer.stderr}${answer.stdout}`).toBe(0);
-    }
+  it("lets VMs on different hosts reach each other by name, and `exec --all` reach all 6", async () => {
+    // spread: vm-1 on h1, vm-2 on h2.
+    await pings("vm-1", "vm-2");
     const all = await ok(["exec", "-f", file, "--all", "--", "hostname"]);
-    for (let n = 1; n <= 7; n++) expect(all).toContain(`vm-${n}: vm-${n}`);
+    for (let n = 1; n <= 6; n++) expect(all).toContain(`vm-${n}: vm-${n}`);
   });
 
   it("`df` counts the base once on each host and each VM's layer on its host", async () => {
@@ -176,12 +174,11 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     expect(usage.images.map((copy) => [copy.host, copy.id, copy.vms])).toEqual([
       ["h1", image.id, 3],
       ["h2", image.id, 3],
-      ["local", image.id, 1],
     ]);
     for (const copy of usage.images) expect(copy.bytes).toBeGreaterThan(0);
     // Each guest formatted its layer at its first boot: blocks on its host, not here.
     for (const vm of usage.vms) expect(vm.layerBytes, vm.name).toBeGreaterThan(0);
-    expect(usage.vms.map((vm) => vm.host)).toEqual(["h1", "h2", "h1", "h2", "h1", "h2", "local"]);
+    expect(usage.vms.map((vm) => vm.host)).toEqual(["h1", "h2", "h1", "h2", "h1", "h2"]);
     expect(await ok(["df", "-f", file])).toMatch(/^IMAGE\s+ID\s+HOST\s+BASE\s+VMS$/m);
   });
 
@@ -232,7 +229,6 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
         ["vm-4", "h2", "running"],
         ["vm-5", "h1", "unreachable"],
         ["vm-6", "h2", "running"],
-        ["vm-7", "local", "running"],
       ]);
       const up = await run(["up", "-f", file]);
       expect(up.code, up.stderr).toBe(0);
@@ -244,7 +240,7 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     } finally {
       await theHosts().startDaemon(h1);
     }
-    expect((await states()).map(([, , state]) => state)).toEqual(Array(7).fill("running"));
+    expect((await states()).map(([, , state]) => state)).toEqual(Array(6).fill("running"));
   });
 
   it("shows a VM whose QEMU died as crashed; `up` of a smaller fleet deletes it and another", async () => {
@@ -266,7 +262,6 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     await ok(["up", "-f", file]);
     expect(await domains(h1)).toEqual(["lab.vm-1", "lab.vm-3"]);
     expect(await domains(h2)).toEqual(["lab.vm-2", "lab.vm-4"]);
-    expect(await domains(theHosts().local)).toEqual([]);
   });
 
   it("moves a VM with its layer when its pin sends it to another host; `diff` and `reset` read and replace its layer there", async () => {
@@ -290,24 +285,18 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     expect(await ok(["diff", "vm-1", "-f", file])).toBe("VM vm-1 has no changes of its own\n");
   });
 
-  it("`up --reschedule` makes a dead host's VMs again on the others; once it is back, their old copies there are removed", async () => {
+  it("`up --reschedule` makes a dead host's VMs again on the others (here this machine's own libvirtd, added as a host); once it is back, their old copies there are removed", async () => {
     const [h1, h2] = theHosts().hosts as [LibvirtHost, LibvirtHost];
-    await writeFleetFile(4);
+    await writeFleetFile(4, { hosts: [LOCAL_HOST] });
     await theHosts().powerOff(h1);
     let poweredOn = false;
     try {
-      // `create`: the same plan as `up`, without starting vm-1 (stopped above) on its own.
-      const left = await run(["create", "-f", file]);
-      expect(left.code, left.stderr).toBe(0);
-      expect(left.stderr).toContain(
-        "host h1 cannot be reached: its VM vm-3 is left alone until it is back (`shoal up --reschedule` makes them again on the other hosts)",
-      );
       const moved = await run(["up", "-f", file, "--reschedule"]);
       expect(moved.code, moved.stderr + moved.stdout).toBe(0);
       expect(moved.stderr).toContain(
         "host h1 cannot be reached: its VM vm-3 is made again on the other hosts with blank layers",
       );
-      // spread: this machine's libvirtd had room for one more.
+      // spread: this machine's libvirtd had room for one, joined to the others by a veth.
       expect(await ps()).toEqual([
         ["vm-1", "h2", "running"],
         ["vm-2", "h2", "running"],
@@ -316,6 +305,7 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
       ]);
       const all = await ok(["exec", "-f", file, "--all", "--", "hostname"]);
       for (let n = 1; n <= 4; n++) expect(all).toContain(`vm-${n}: vm-${n}`);
+      await pings("vm-3", "vm-2");
 
       await theHosts().powerOn(h1);
       poweredOn = true;
