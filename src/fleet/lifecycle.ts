@@ -13,6 +13,7 @@ import { ifExists, pathExists } from "../host/paths.js";
 import { makeHostKey } from "../identity/identity.js";
 import { ImageStore } from "../image/store.js";
 import { createLayer } from "../layer/layer.js";
+import type { VmRecord } from "../state/store.js";
 import { eachVm, throwFirstFailure, type VmResult } from "./fan-out.js";
 import { writeIdentity } from "./identity.js";
 import { applyVmImpairments } from "./impairments.js";
@@ -153,12 +154,16 @@ function hostsLeft(
   return left.length > 0 ? left : undefined;
 }
 
+/** Writes `leftOn` into a VM's record entry; none takes the field away. */
+function putLeftOn(entry: VmRecord, leftOn: string[] | undefined): void {
+  if (leftOn) entry.leftOn = leftOn;
+  else delete entry.leftOn;
+}
+
 async function setLeftOn(session: FleetSession, name: string, leftOn: string[] | undefined) {
   await session.book.update((record) => {
     const entry = record.vms[name];
-    if (!entry) return;
-    if (leftOn) entry.leftOn = leftOn;
-    else delete entry.leftOn;
+    if (entry) putLeftOn(entry, leftOn);
   });
 }
 
@@ -203,9 +208,7 @@ export async function moveVm(
   await session.book.update((record) => {
     const entry = record.vms[spec.name];
     if (!entry) return;
-    const leftOn = hostsLeft(entry.leftOn, from.host, spec.host);
-    if (leftOn) entry.leftOn = leftOn;
-    else delete entry.leftOn;
+    putLeftOn(entry, hostsLeft(entry.leftOn, from.host, spec.host));
     entry.spec = spec;
     entry.baseId = boot.baseId;
     entry.running = false;

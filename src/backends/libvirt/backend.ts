@@ -143,18 +143,30 @@ export class LibvirtBackend implements Backend {
 
   private async upload(host: HostSpec, name: string, file: string): Promise<void> {
     const { size } = await stat(file);
+    await this.makeVolume(host, name, Math.max(size, 512), file);
+  }
+
+  /** A sparse raw volume of `bytes`, replacing one of that name: empty, or `contents` sent into it. */
+  private async makeVolume(
+    host: HostSpec,
+    name: string,
+    bytes: number,
+    contents?: string,
+  ): Promise<void> {
     await this.virsh(host, ["vol-delete", "--pool", this.pool, name], "any");
     await this.virsh(host, [
       "vol-create-as",
       this.pool,
       name,
-      `${Math.max(size, 512)}b`,
+      `${bytes}b`,
       "--format",
       "raw",
       "--allocation",
       "0",
     ]);
-    await this.virsh(host, ["vol-upload", "--pool", this.pool, name, file, "--sparse"]);
+    if (contents !== undefined) {
+      await this.virsh(host, ["vol-upload", "--pool", this.pool, name, contents, "--sparse"]);
+    }
   }
 
   /**
@@ -314,26 +326,8 @@ export class LibvirtBackend implements Backend {
     await this.ensurePool(host);
     const { layer, stagedLayer } = vmVolumes(vm.fleet, vm.name);
     const dir = poolDir(this.pool);
-    await this.virsh(host, ["vol-delete", "--pool", this.pool, stagedLayer], "any");
-    await this.virsh(host, [
-      "vol-create-as",
-      this.pool,
-      stagedLayer,
-      `${spec.layer.sizeBytes}b`,
-      "--format",
-      "raw",
-      "--allocation",
-      "0",
-    ]);
+    await this.makeVolume(host, stagedLayer, spec.layer.sizeBytes, contents);
     if (contents !== undefined) {
-      await this.virsh(host, [
-        "vol-upload",
-        "--pool",
-        this.pool,
-        stagedLayer,
-        contents,
-        "--sparse",
-      ]);
       await this.checkHashes(host, [
         {
           path: `${dir}/${stagedLayer}`,
