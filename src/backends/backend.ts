@@ -108,6 +108,11 @@ export interface Backend {
    */
   start(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   presence(vm: BackendVm): Promise<Presence>;
+  /**
+   * Many VMs' presence at once, for a backend that asks far fewer times than once per VM (libvirt:
+   * once per host); a VM whose host cannot be reached has its HostUnreachable.
+   */
+  presences?(vms: readonly BackendVm[]): Promise<Map<string, Presence | HostUnreachable>>;
   /** Presses the VM's power button (ACPI) and returns without waiting. */
   requestShutdown(vm: BackendVm): Promise<void>;
   /** Ends the VM at once, whatever its state, and waits until the hypervisor let go of it. */

@@ -1,6 +1,8 @@
 import { Command, Option } from "@commander-js/extra-typings";
 import { ShoalError, UserError } from "../errors.js";
 import { eachVm } from "../fleet/fan-out.js";
+import type { VmStatus } from "../fleet/lifecycle.js";
+import { observeAll } from "../fleet/planning.js";
 import { FleetReach, lastLine, SSH_FAILED } from "../fleet/reach.js";
 import { createdVms } from "../fleet/select.js";
 import type { FleetSession } from "../fleet/session.js";
@@ -61,11 +63,12 @@ function targets(session: FleetSession, patterns: readonly string[], all: boolea
 async function runOn(
   reach: FleetReach,
   name: string,
+  status: VmStatus | undefined,
   command: readonly string[],
   live: boolean,
   timeoutMs: number | undefined,
 ): Promise<VmOutcome> {
-  const notRunning = await reach.notRunning(name);
+  const notRunning = await reach.notRunning(name, status);
   if (notRunning) return { name, exitCode: null, stdout: "", stderr: "", error: notRunning };
   const out = new PrefixedLines(`${name}: `, process.stdout);
   const err = new PrefixedLines(`${name}: `, process.stderr);
@@ -124,9 +127,10 @@ export function execCommand() {
       await withFleet(command, options, undefined, async ({ context, session }) => {
         const vms = targets(session, patterns, options.all === true);
         const reach = await FleetReach.open(context.runner, session);
+        const states = await observeAll(session, vms);
         const outcomes = (
           await eachVm(vms, options.workers, (name) =>
-            runOn(reach, name, words, options.json !== true, timeoutMs),
+            runOn(reach, name, states.get(name), words, options.json !== true, timeoutMs),
           )
         ).map((result) =>
           result.ok

@@ -29,17 +29,25 @@ export interface VmStatus {
   readonly since?: Date;
 }
 
-/** A VM's state: the hypervisor's word, and for one it does not hold, the record's. */
-export async function vmStatus(session: FleetSession, name: string): Promise<VmStatus> {
+/**
+ * A VM's state: the hypervisor's word (asked now, or `observed` already), and for one it does not
+ * hold, the record's.
+ */
+export async function vmStatus(
+  session: FleetSession,
+  name: string,
+  observed?: Presence | HostUnreachable,
+): Promise<VmStatus> {
   const recorded = session.book.vm(name);
   if (recorded?.phase !== "created") return { state: "missing" };
-  let presence: Presence;
+  let presence: Presence | HostUnreachable;
   try {
-    presence = await session.backend.presence(session.vm(name));
+    presence = observed ?? (await session.backend.presence(session.vm(name)));
   } catch (error) {
     if (error instanceof HostUnreachable) return { state: "unreachable" };
     throw error;
   }
+  if (presence instanceof HostUnreachable) return { state: "unreachable" };
   switch (presence.kind) {
     case "running":
       return presence.since ? { state: "running", since: presence.since } : { state: "running" };

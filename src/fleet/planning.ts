@@ -10,14 +10,21 @@ import type { FleetSession } from "./session.js";
 /** How many VMs are asked about at once: the hypervisor answers each in milliseconds. */
 const OBSERVERS = 32;
 
-/** Observes every VM named. */
+/** Observes every VM named: all at once where the backend can, else a few at a time. */
 export async function observeAll(
   session: FleetSession,
   names: Iterable<string>,
 ): Promise<Map<string, VmStatus>> {
   const unique = [...new Set(names)];
+  const created = unique.filter((name) => session.book.vm(name)?.phase === "created");
+  const observed =
+    created.length > 0
+      ? await session.backend.presences?.(created.map((name) => session.vm(name)))
+      : undefined;
   const limit = pLimit(OBSERVERS);
-  const states = await Promise.all(unique.map((name) => limit(() => vmStatus(session, name))));
+  const states = await Promise.all(
+    unique.map((name) => limit(() => vmStatus(session, name, observed?.get(name)))),
+  );
   return new Map(unique.map((name, i) => [name, states[i] ?? { state: "missing" }]));
 }
 

@@ -16,7 +16,7 @@ import { pathExists } from "../host/paths.js";
 import type { CommandResult, Runner } from "../host/runner.js";
 import { readClientKey } from "../identity/identity.js";
 import { receiveUntrusted } from "./guest-files.js";
-import { vmStatus } from "./lifecycle.js";
+import { type VmStatus, vmStatus } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
 
 /** Long enough for a VM under software emulation to accept a connection; short enough to retry. */
@@ -69,9 +69,12 @@ export class FleetReach {
     return { name, ip: this.session.entry(name).spec.ip };
   }
 
-  /** Why a VM cannot answer (`it is stopped`), or undefined for a running one. */
-  async notRunning(name: string): Promise<string | undefined> {
-    const { state } = await vmStatus(this.session, name);
+  /**
+   * Why a VM cannot answer (`it is stopped`), or undefined for a running one: as `observed` (with
+   * the fleet's other VMs), or asked now.
+   */
+  async notRunning(name: string, observed?: VmStatus): Promise<string | undefined> {
+    const { state } = observed ?? (await vmStatus(this.session, name));
     return state === "running" ? undefined : `it is ${state}`;
   }
 

@@ -1,7 +1,7 @@
 import { constants, type Stats } from "node:fs";
 import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { UserError } from "../errors.js";
 import { ifExists } from "../host/paths.js";
 import { CommandFailed, type Runner } from "../host/runner.js";

@@ -12,7 +12,7 @@ import {
   symlink,
 } from "node:fs/promises";
 import { join } from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { allGuestModules } from "../backends/registry.js";
 import { daxRefusal } from "../core/dax.js";
 import { loadOrder, type ModuleIndex } from "../core/modules.js";

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { lookup } from "node:dns/promises";
-import { z } from "zod";
+import * as z from "zod";
 import type { HostSpec } from "../core/hosts.js";
 import {
   ALIAS_MAX,

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rm, stat } from "node:fs/promises";
-import { z } from "zod";
+import * as z from "zod";
 import type { ImpairmentSupport } from "../core/doctor.js";
 import { groupMembers, planImpairments } from "../core/impair-plan.js";
 import { ALIAS_MAX, inNamespace, ownerMark, ownershipOf, tapName } from "../core/net.js";

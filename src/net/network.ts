@@ -3,7 +3,7 @@
 
 import { mkdir, readFile, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
-import { z } from "zod";
+import * as z from "zod";
 import { QEMU_USER } from "../backends/qemu/render.js";
 import type { CheckResult } from "../core/doctor.js";
 import type { NetworkMode, VmIdentity } from "../core/fleet.js";

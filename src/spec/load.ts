@@ -1,6 +1,6 @@
 import { constants, type Stats } from "node:fs";
 import { type FileHandle, open, stat } from "node:fs/promises";
-import { z } from "zod";
+import * as z from "zod";
 import { quoted } from "../core/excerpt.js";
 import type { FleetSpec } from "../core/fleet.js";
 import { isDnsLabel } from "../core/names.js";

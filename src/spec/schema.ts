@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import { BACKEND_NAMES } from "../backends/registry.js";
 import { excerpt, quoted } from "../core/excerpt.js";
 import { parseLibvirtUri } from "../core/hosts.js";

@@ -1,5 +1,5 @@
 import { mkdir, readdir, readFile } from "node:fs/promises";
-import { z } from "zod";
+import * as z from "zod";
 import { isBackendName } from "../backends/registry.js";
 import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { parseLibvirtUri } from "../core/hosts.js";

@@ -67,24 +67,26 @@ beforeAll(async () => {
   await chmod(state, 0o755);
   await sharedImage(state, "deb", { from: "debian:bookworm" });
   debSum = await sha256(stateLayout(state).image((await inspect("deb")).id).base);
-  // The new base: one more package, and a setting the VMs' SSH server reads changed.
-  await ok(
-    "image",
-    "derive",
-    "deb-next",
-    "--from",
-    "deb",
-    "--run",
-    `apt-get update -q && apt-get install -y -q --no-install-recommends ${PACKAGE} && apt-get clean && echo '# deb-next' >> /etc/ssh/sshd_config`,
-  );
-  await inspect("deb-next");
   file = join(state, "upg.yaml");
   await writeFile(
     file,
     "name: upg\ncount: 3\nvm: { name: 'up-{n}', image: deb, memory: 512M, layer: { size: 1G } }\n",
   );
-  await ok("up", "-f", file, "--workers", "3");
-  await ok("wait", "-f", file, "--timeout", "300");
+  // The new base is derived while the fleet boots on the old one (the derive waits on the
+  // network, the boots on the CPU): one more package, and a setting the VMs' SSH server reads
+  // changed.
+  await Promise.all([
+    ok(
+      "image",
+      "derive",
+      "deb-next",
+      "--from",
+      "deb",
+      "--run",
+      `apt-get update -q && apt-get install -y -q --no-install-recommends ${PACKAGE} && apt-get clean && echo '# deb-next' >> /etc/ssh/sshd_config`,
+    ).then(() => inspect("deb-next")),
+    ok("up", "-f", file, "--workers", "3").then(() => ok("wait", "-f", file, "--timeout", "300")),
+  ]);
 });
 
 afterAll(async () => {
@@ -152,7 +154,19 @@ describe("upgrading a fleet to a new base", () => {
     expect(down.map((row) => row.state)).toEqual(["running", "stopped", "running"]);
 
     const reports = JSON.parse(
-      await ok("upgrade", "-f", file, "--image", "deb-next", "--timeout", "600", "--json"),
+      // The rest at once: up-2's owed start and up-3's move.
+      await ok(
+        "upgrade",
+        "-f",
+        file,
+        "--image",
+        "deb-next",
+        "--max-unavailable",
+        "2",
+        "--timeout",
+        "600",
+        "--json",
+      ),
     ) as { name: string; outcome: string }[];
     expect(reports.length).toBeGreaterThan(0);
     expect(reports.every((report) => report.outcome === "upgraded")).toBe(true);

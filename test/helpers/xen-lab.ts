@@ -237,34 +237,45 @@ export class XenLab {
     }
   }
 
+  /**
+   * ssh to dom0 with `args`. The file's commands share one connection: a handshake costs dom0,
+   * an emulated machine, about a second of CPU.
+   */
+  private sshArgv(args: readonly string[]): string[] {
+    return [
+      "ip",
+      "netns",
+      "exec",
+      this.options.namespace,
+      "ssh",
+      "-F",
+      "none",
+      "-i",
+      this.key,
+      "-o",
+      "IdentitiesOnly=yes",
+      "-o",
+      "BatchMode=yes",
+      "-o",
+      `UserKnownHostsFile=${join(this.options.dir, "known_hosts")}`,
+      "-o",
+      "StrictHostKeyChecking=yes",
+      "-o",
+      "ControlMaster=auto",
+      "-o",
+      `ControlPath=${join(this.options.dir, "ssh-%C")}`,
+      "-o",
+      "ControlPersist=300",
+      "-p",
+      String(SSH_PORT),
+      ...args,
+      "root@127.0.0.1",
+    ];
+  }
+
   /** Runs a shell command line in dom0 as root, with `input` on its stdin. */
   ssh(command: string, input = ""): Promise<CliResult> {
-    return collect(
-      [
-        "ip",
-        "netns",
-        "exec",
-        this.options.namespace,
-        "ssh",
-        "-F",
-        "none",
-        "-i",
-        this.key,
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        `UserKnownHostsFile=${join(this.options.dir, "known_hosts")}`,
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-p",
-        String(SSH_PORT),
-        "root@127.0.0.1",
-        command,
-      ],
-      { input },
-    );
+    return collect([...this.sshArgv([]), command], { input });
   }
 
   /** shoal in dom0, with its default state directory /var/lib/shoal. */
@@ -276,6 +287,7 @@ export class XenLab {
   async stop(): Promise<void> {
     const pid = await this.qemuPid();
     if (pid !== undefined) {
+      await collect(this.sshArgv(["-O", "exit"])).catch(() => undefined);
       process.kill(pid, "SIGKILL");
       for (let i = 0; i < 100 && (await this.qemuPid()) !== undefined; i++) await sleep(100);
     }

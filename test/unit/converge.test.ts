@@ -1,5 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
+import type { BackendVm, Presence } from "../../src/backends/backend.js";
+import { HostUnreachable } from "../../src/errors.js";
 import { converge } from "../../src/fleet/converge.js";
 import { observeAll } from "../../src/fleet/planning.js";
 import { stopVms } from "../../src/fleet/power.js";
@@ -85,6 +87,37 @@ describe("the lifecycle on a fake backend", () => {
       ),
     ).toEqual({ "vm-1": ["start"], "vm-2": [], "vm-3": ["start"] });
     expect([...backend.running.values()].every((vm) => vm.state === "running")).toBe(true);
+  });
+
+  it("asks a backend that answers for many VMs at once one time for all, a host down making its VMs unreachable", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const asked: string[][] = [];
+    const backend = new (class extends FakeBackend {
+      async presences(vms: readonly BackendVm[]) {
+        asked.push(vms.map((vm) => vm.name));
+        const answers = await Promise.all(vms.map((vm) => super.presence(vm)));
+        return new Map<string, Presence | HostUnreachable>(
+          vms.map((vm, i) => [
+            vm.name,
+            vm.name === "vm-2"
+              ? new HostUnreachable("h2", "no route")
+              : (answers[i] ?? { kind: "absent" }),
+          ]),
+        );
+      }
+    })(stateLayout(dir).fleet("fake").state);
+    await upOnFake(dir, fakeFleet(3), backend, bootOf);
+    const { session } = await openSession(dir, fakeFleet(3), backend);
+    session.backend.presence = () => Promise.reject(new Error("asked about one VM"));
+    asked.length = 0;
+    const states = await observeAll(session, ["vm-1", "vm-2", "vm-3", "vm-9"]);
+    expect(asked).toEqual([["vm-1", "vm-2", "vm-3"]]);
+    expect(Object.fromEntries([...states].map(([name, status]) => [name, status.state]))).toEqual({
+      "vm-1": "running",
+      "vm-2": "unreachable",
+      "vm-3": "running",
+      "vm-9": "missing",
+    });
   });
 
   it("makes a guest that fails its boot that VM's failure, and boots the others", async () => {

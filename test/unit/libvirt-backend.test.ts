@@ -3,8 +3,14 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { LibvirtBackend } from "../../src/backends/libvirt/backend.js";
-import { allocationOf, poolName, presenceOf } from "../../src/backends/libvirt/names.js";
+import {
+  allocationOf,
+  domainStates,
+  poolName,
+  presenceOf,
+} from "../../src/backends/libvirt/names.js";
 import { hostSpec } from "../../src/core/hosts.js";
+import { HostUnreachable } from "../../src/errors.js";
 import { runnerOn, sshArgvFor } from "../../src/host/remote.js";
 import type { Command } from "../../src/host/runner.js";
 import { stateLayout } from "../../src/state/layout.js";
@@ -77,17 +83,79 @@ describe("a libvirt host's URI as ssh reaches it", () => {
   });
 });
 
-describe("virsh domstate --reason", () => {
+describe("virsh domstats --state", () => {
   it.each([
-    ["running (booted)", { kind: "running" }],
-    ["paused (user)", { kind: "running" }],
-    ["shut off (shutdown)", { kind: "powered-off", disksReleased: true }],
-    ["shut off (crashed)", { kind: "crashed", reason: "libvirt says shut off (crashed)" }],
-    ["shut off (destroyed)", { kind: "absent" }],
-    ["shut off (unknown)", { kind: "absent" }],
-    ["crashed (panicked)", { kind: "crashed", reason: "its hypervisor says it crashed" }],
-  ])("%s", (text, presence) => {
-    expect(presenceOf(`${text}\n`)).toEqual(presence);
+    ["running (booted)", 1, 1, { kind: "running" }],
+    ["paused (user)", 3, 2, { kind: "running" }],
+    ["in shutdown", 4, 1, { kind: "running" }],
+    ["shut off (shutdown)", 5, 1, { kind: "powered-off", disksReleased: true }],
+    ["shut off (crashed)", 5, 3, { kind: "crashed", reason: "libvirt says shut off (crashed)" }],
+    ["shut off (failed)", 5, 6, { kind: "crashed", reason: "libvirt says shut off (failed)" }],
+    ["shut off (destroyed)", 5, 2, { kind: "absent" }],
+    ["shut off (unknown)", 5, 0, { kind: "absent" }],
+    ["crashed (panicked)", 6, 1, { kind: "crashed", reason: "its hypervisor says it crashed" }],
+  ])("%s", (_shown, state, reason, presence) => {
+    expect(presenceOf({ state, reason })).toEqual(presence);
+  });
+
+  it("answers for every domain of a host at once, and a domain it does not list is absent", () => {
+    const states = domainStates(
+      [
+        "Domain: 'lab.vm-1'",
+        "  state.state=1",
+        "  state.reason=1",
+        "",
+        "Domain: 'someone-else'",
+        "  state.state=5",
+        "  state.reason=2",
+        "",
+        "Domain: 'lab.vm-2'",
+        "  state.state=5",
+        "  state.reason=1",
+        "",
+      ].join("\n"),
+    );
+    expect([...states]).toEqual([
+      ["lab.vm-1", { state: 1, reason: 1 }],
+      ["someone-else", { state: 5, reason: 2 }],
+      ["lab.vm-2", { state: 5, reason: 1 }],
+    ]);
+    expect(presenceOf(states.get("lab.vm-3"))).toEqual({ kind: "absent" });
+    expect(() => presenceOf({ state: 0, reason: 0 })).toThrow(/state 0/);
+    expect(() => domainStates("Domain: 'x'\n  state.state=1\n")).toThrow(/no state/);
+  });
+
+  it("asks each host once for all of its VMs; a host that does not answer makes its VMs unreachable", async () => {
+    const layout = stateLayout("/var/lib/shoal-test");
+    const uris = { h1: "qemu+ssh://root@10.0.0.5/system", h2: "qemu+ssh://root@10.0.0.6/system" };
+    const runner = new RecordingRunner((command) =>
+      command.argv.includes(uris.h2)
+        ? { code: 1, stderr: "error: failed to connect to the hypervisor\n" }
+        : { stdout: "Domain: 'lab.vm-1'\n  state.state=1\n  state.reason=1\n" },
+    );
+    const backend = new LibvirtBackend({
+      runner,
+      layout,
+      hosts: new Map(
+        Object.entries(uris).map(([name, uri]) => [name, hostSpec({ name, uri })] as const),
+      ),
+      accel: "tcg",
+      notice: () => {},
+    });
+    const vm = (name: string, host: string) => ({
+      fleet: "lab",
+      name,
+      host,
+      paths: layout.fleet("lab").vm(name),
+    });
+    const found = await backend.presences([vm("vm-1", "h1"), vm("vm-2", "h2"), vm("vm-3", "h1")]);
+    expect(runner.argvs).toEqual([
+      ["virsh", "-q", "-c", uris.h1, "domstats", "--state"],
+      ["virsh", "-q", "-c", uris.h2, "domstats", "--state"],
+    ]);
+    expect(found.get("vm-1")).toEqual({ kind: "running" });
+    expect(found.get("vm-2")).toBeInstanceOf(HostUnreachable);
+    expect(found.get("vm-3")).toEqual({ kind: "absent" });
   });
 });
 

@@ -18,6 +18,7 @@ import type { AccelSetting, Backend, BackendVm, Presence, VmNic } from "../backe
 import type { Accelerator } from "../qemu/render.js";
 import {
   allocationOf,
+  domainStates,
   hostConsoleLog,
   hostConsoleSocket,
   imageVolumes,
@@ -429,12 +430,33 @@ export class LibvirtBackend implements Backend {
   }
 
   async presence(vm: BackendVm): Promise<Presence> {
-    const state = await this.virsh(this.host(vm), ["domstate", "--reason", this.domain(vm)], "any");
-    if (state.code !== 0) {
-      if (NO_DOMAIN.test(state.stderr)) return { kind: "absent" };
-      throw new CommandFailed(["virsh", "domstate", this.domain(vm)], state.code, state.stderr);
+    const domain = this.domain(vm);
+    const stats = await this.virsh(this.host(vm), ["domstats", "--state", domain], "any");
+    if (stats.code !== 0) {
+      if (NO_DOMAIN.test(stats.stderr)) return { kind: "absent" };
+      throw new CommandFailed(["virsh", "domstats", domain], stats.code, stats.stderr);
     }
-    return presenceOf(state.stdout);
+    return presenceOf(domainStates(stats.stdout).get(domain));
+  }
+
+  async presences(vms: readonly BackendVm[]): Promise<Map<string, Presence | HostUnreachable>> {
+    const byHost = new Map<HostSpec, BackendVm[]>();
+    for (const vm of vms) {
+      const host = this.host(vm);
+      byHost.set(host, [...(byHost.get(host) ?? []), vm]);
+    }
+    const answers = await Promise.all(
+      [...byHost].map(async ([host, onHost]) => {
+        try {
+          const states = domainStates((await this.virsh(host, ["domstats", "--state"])).stdout);
+          return onHost.map((vm) => [vm.name, presenceOf(states.get(this.domain(vm)))] as const);
+        } catch (error) {
+          if (!(error instanceof HostUnreachable)) throw error;
+          return onHost.map((vm) => [vm.name, error] as const);
+        }
+      }),
+    );
+    return new Map<string, Presence | HostUnreachable>(answers.flat());
   }
 
   async requestShutdown(vm: BackendVm): Promise<void> {

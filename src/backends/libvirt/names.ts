@@ -65,32 +65,78 @@ export const UNREACHABLE =
 /** virsh's error when the domain it was asked about is not defined. */
 export const NO_DOMAIN = /failed to get domain|Domain not found/;
 
+/** A domain's state and its reason, as libvirt numbers them (virDomainState and its reasons). */
+export interface DomainState {
+  readonly state: number;
+  readonly reason: number;
+}
+
+const RUNNING_STATES = new Set([
+  1, // running
+  2, // blocked
+  3, // paused
+  4, // being shut down
+  7, // suspended by the guest
+]);
+const SHUT_OFF = 5;
+const CRASHED = 6;
+const SHUT_OFF_SHUTDOWN = 1;
+const SHUT_OFF_CRASHED = 3;
+const SHUT_OFF_FAILED = 6;
+
 /**
- * `virsh domstate --reason`: a guest that powered off is `shut off (shutdown)` (the domain says
- * on_poweroff destroy), one whose QEMU died `shut off (crashed)` or `crashed`.
+ * `virsh domstats --state`: each domain's state, by name; one call answers for every domain of a
+ * host, so a fleet's states cost one call per host, not one per VM.
  */
-export function presenceOf(domstate: string): Presence {
-  const [, state = "", reason = ""] = /^([a-z ]+?)(?: \(([a-z ]+)\))?$/.exec(domstate.trim()) ?? [];
-  switch (state) {
-    case "running":
-    case "paused":
-    case "in shutdown":
-    case "pmsuspended":
-    case "blocked":
-    case "idle":
-      return { kind: "running" };
-    case "crashed":
-      return { kind: "crashed", reason: "its hypervisor says it crashed" };
-    case "shut off":
-      if (reason === "shutdown") return { kind: "powered-off", disksReleased: true };
-      if (reason === "crashed" || reason === "failed")
-        return { kind: "crashed", reason: `libvirt says shut off (${reason})` };
-      return { kind: "absent" };
-    default:
-      throw new ShoalError(
-        `virsh domstate said ${JSON.stringify(domstate.slice(0, 80))}, which shoal does not know`,
-      );
+export function domainStates(domstats: string): Map<string, DomainState> {
+  const states = new Map<string, DomainState>();
+  let name: string | undefined;
+  const fields: Record<string, number> = {};
+  const flush = () => {
+    if (name === undefined) return;
+    const { state, reason } = fields;
+    if (state === undefined || reason === undefined) {
+      throw new ShoalError(`virsh domstats gave domain ${JSON.stringify(name)} no state`);
+    }
+    states.set(name, { state, reason });
+  };
+  for (const line of domstats.split("\n")) {
+    const domain = /^Domain: '(.*)'$/.exec(line);
+    if (domain) {
+      flush();
+      name = domain[1];
+      delete fields.state;
+      delete fields.reason;
+      continue;
+    }
+    const field = /^\s+state\.(state|reason)=(\d+)$/.exec(line);
+    if (field?.[1] !== undefined) fields[field[1]] = Number(field[2]);
   }
+  flush();
+  return states;
+}
+
+/**
+ * What a domain's state means to shoal; a domain the host does not have is absent. A guest that
+ * powered off is shut off for shutdown (the domain says on_poweroff destroy), one whose QEMU died
+ * shut off for a crash or a failure, or crashed.
+ */
+export function presenceOf(found: DomainState | undefined): Presence {
+  if (found === undefined) return { kind: "absent" };
+  const { state, reason } = found;
+  if (RUNNING_STATES.has(state)) return { kind: "running" };
+  if (state === CRASHED) return { kind: "crashed", reason: "its hypervisor says it crashed" };
+  if (state === SHUT_OFF) {
+    if (reason === SHUT_OFF_SHUTDOWN) return { kind: "powered-off", disksReleased: true };
+    if (reason === SHUT_OFF_CRASHED || reason === SHUT_OFF_FAILED) {
+      return {
+        kind: "crashed",
+        reason: `libvirt says shut off (${reason === SHUT_OFF_CRASHED ? "crashed" : "failed"})`,
+      };
+    }
+    return { kind: "absent" };
+  }
+  throw new ShoalError(`virsh domstats said state ${state}, which shoal does not know`);
 }
 
 /** `virsh vol-info --bytes`: the bytes the volume takes on the host's disk. */

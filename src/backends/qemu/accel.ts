@@ -1,7 +1,7 @@
 import { constants } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { closedToOthers, ifExists, pathExists } from "../../host/paths.js";
 import { CommandFailed, type Runner } from "../../host/runner.js";
 import { writeFileAtomic } from "../../state/atomic.js";

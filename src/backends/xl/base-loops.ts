@@ -1,7 +1,7 @@
 import { constants, existsSync } from "node:fs";
 import { lstat, mkdir, open, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { z } from "zod";
+import * as z from "zod";
 import { isSafePath } from "../../core/syntax.js";
 import { ShoalError } from "../../errors.js";
 import { ifExists } from "../../host/paths.js";

@@ -1,4 +1,4 @@
-import { z } from "zod";
+import * as z from "zod";
 import type { VmSpec } from "../../core/fleet.js";
 import type { Owner, Ownership } from "../../core/net.js";
 import { ownedDomainUuid, UUID_PATTERN } from "../../core/render/boot.js";
