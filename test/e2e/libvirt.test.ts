@@ -324,6 +324,35 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     }
   });
 
+  it("`upgrade` moves every VM to a new base sent once to each host, with its layer kept; the old base leaves the hosts", async () => {
+    const [, h2] = theHosts().hosts as [LibvirtHost, LibvirtHost];
+    const next = await sharedImage(state, "tiny-next", { from: "busybox", copy: 2 });
+    await ok([
+      "exec",
+      "-f",
+      file,
+      "--all",
+      "--",
+      "sh",
+      "-c",
+      "echo own-$(hostname) > /root/own && sync",
+    ]);
+    const upgraded = JSON.parse(
+      await ok(["upgrade", "-f", file, "--image", "tiny-next", "--max-unavailable", "4", "--json"]),
+    ) as { name: string; outcome: string }[];
+    expect(upgraded.map((report) => [report.name, report.outcome])).toEqual(
+      ["vm-1", "vm-2", "vm-3", "vm-4"].map((name) => [name, "upgraded"]),
+    );
+    const own = await ok(["exec", "-f", file, "--all", "--", "cat", "/root/own"]);
+    for (let n = 1; n <= 4; n++) expect(own).toContain(`vm-${n}: own-vm-${n}`);
+    // Each host that runs VMs has the new base, checked, and no longer the old one.
+    for (const host of [h2, theHosts().local]) {
+      const volumes = await virsh(host, "vol-list", "--pool", poolName(state));
+      expect(volumes).toContain(imageVolumes(next.id).verified);
+      expect(volumes).not.toContain(imageVolumes(image.id).base);
+    }
+  });
+
   it("`destroy` leaves nothing on any host; the base is unchanged", async () => {
     await ok(["destroy", "-f", file, "--yes"]);
     for (const host of allHosts()) {
