@@ -99,6 +99,12 @@ export interface Backend {
   joinNetwork?(fleet: string, namespace: string): Promise<void>;
   /** Removes from the hosts what joinNetwork made there. */
   leaveNetwork?(fleet: string, namespace: string): Promise<void>;
+  /**
+   * Puts boot files where the hypervisor will read them for the VM (libvirt: the image's volumes
+   * on its host, sent once per host), ahead of the VM's move to them: an upgrade stages the new
+   * base before it stops any VM, so no VM is down while a base travels.
+   */
+  stageBoot?(vm: BackendVm, boot: BootFiles): Promise<void>;
   /** Writes the VM's hypervisor definition (vm.qemu; xl: its hotplug scripts) from its spec and boot files. */
   define(vm: BackendVm, spec: VmSpec, boot: BootFiles, nic: VmNic): Promise<void>;
   /**

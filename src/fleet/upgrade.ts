@@ -102,6 +102,27 @@ export async function conflictReports(
 }
 
 /**
+ * Sends the new base to where the VMs will boot from it (each VM's libvirt host, once per host)
+ * before any of them stops. A host it cannot reach now is left to that VM's own move, which then
+ * fails with the reason and leaves it on its old base.
+ */
+async function stageTarget(
+  session: FleetSession,
+  vms: readonly VmSpec[],
+  target: UpgradeTarget,
+): Promise<void> {
+  const stage = session.backend.stageBoot?.bind(session.backend);
+  if (stage === undefined) return;
+  await Promise.all(
+    vms.map((vm) =>
+      stage(session.vm(vm.name), target.boot).catch((error: unknown) => {
+        if (!(error instanceof ShoalError)) throw error;
+      }),
+    ),
+  );
+}
+
+/**
  * Moves VMs to a new base, `maxUnavailable` at a time: each is stopped, checked for conflicts,
  * redefined on the new base with its layer (and everything else it was made with) kept, and
  * started again if it ran; the rollout stops after a batch in which a VM did not come back,
@@ -115,6 +136,7 @@ export async function upgradeFleet(
   options: UpgradeOptions,
 ): Promise<UpgradeReport[]> {
   const pending = upgradeCandidates(session, fleet, target);
+  await stageTarget(session, pending, target);
   const reports: UpgradeReport[] = [];
   for (let i = 0; i < pending.length; i += options.maxUnavailable) {
     const batch = pending.slice(i, i + options.maxUnavailable);

@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import type { BackendVm, Presence } from "../../src/backends/backend.js";
+import type { BootFiles } from "../../src/core/render/boot.js";
 import { HostUnreachable } from "../../src/errors.js";
 import { converge } from "../../src/fleet/converge.js";
 import { observeAll } from "../../src/fleet/planning.js";
@@ -240,6 +241,27 @@ describe("upgrade bookkeeping on a fake backend", () => {
         [next.id, "next", undefined],
       ],
     );
+  });
+
+  it("sends the new base to every VM's host before it stops any VM; a host it cannot reach then is left to that VM's move", async () => {
+    const { dir, bootOf, next } = await stateWithImages(await tempDir());
+    const backend = new (class extends FakeBackend {
+      async stageBoot(vm: BackendVm, boot: BootFiles) {
+        this.calls.push(`stage ${vm.name} ${boot.baseId}`);
+        if (vm.name === "vm-2") throw new HostUnreachable("h2", "no route");
+      }
+    })(stateLayout(dir).fleet("fake").state);
+    await upOnFake(dir, fakeFleet(3), backend, bootOf);
+    const { session } = await openSession(dir, fakeFleet(3), backend);
+    backend.calls.length = 0;
+    const reports = await upgradeFleet(session, fakeFleet(3, "next"), next, options);
+    expect(reports.map((report) => report.outcome)).toEqual(["upgraded", "upgraded", "upgraded"]);
+    expect(backend.calls.slice(0, 4)).toEqual([
+      `stage vm-1 ${next.id}`,
+      `stage vm-2 ${next.id}`,
+      `stage vm-3 ${next.id}`,
+      "shutdown vm-1",
+    ]);
   });
 
   it("owes a start to a VM a killed upgrade had stopped, and the next upgrade pays it", async () => {

@@ -422,6 +422,12 @@ export class LibvirtBackend implements Backend {
     await this.virsh(host, ["define", await this.render(vm, spec, boot)]);
   }
 
+  async stageBoot(vm: BackendVm, boot: BootFiles): Promise<void> {
+    const host = this.host(vm);
+    await this.ensurePool(host);
+    await this.ensureImage(host, boot);
+  }
+
   async start(vm: BackendVm, spec: VmSpec, boot: BootFiles, _nic: VmNic): Promise<void> {
     const host = this.host(vm);
     await this.ensureImage(host, boot);
