@@ -449,7 +449,9 @@ export class LibvirtBackend implements Backend {
     const byHost = new Map<HostSpec, BackendVm[]>();
     for (const vm of vms) {
       const host = this.host(vm);
-      byHost.set(host, [...(byHost.get(host) ?? []), vm]);
+      const onHost = byHost.get(host);
+      if (onHost) onHost.push(vm);
+      else byHost.set(host, [vm]);
     }
     const answers = await Promise.all(
       [...byHost].map(async ([host, onHost]) => {

@@ -90,27 +90,26 @@ const SHUT_OFF_FAILED = 6;
  */
 export function domainStates(domstats: string): Map<string, DomainState> {
   const states = new Map<string, DomainState>();
-  let name: string | undefined;
-  const fields: Record<string, number> = {};
+  let domain: { name: string; state?: number; reason?: number } | undefined;
   const flush = () => {
-    if (name === undefined) return;
-    const { state, reason } = fields;
+    if (domain === undefined) return;
+    const { name, state, reason } = domain;
     if (state === undefined || reason === undefined) {
       throw new ShoalError(`virsh domstats gave domain ${JSON.stringify(name)} no state`);
     }
     states.set(name, { state, reason });
   };
   for (const line of domstats.split("\n")) {
-    const domain = /^Domain: '(.*)'$/.exec(line);
-    if (domain) {
+    const heading = /^Domain: '(.*)'$/.exec(line);
+    if (heading?.[1] !== undefined) {
       flush();
-      name = domain[1];
-      delete fields.state;
-      delete fields.reason;
+      domain = { name: heading[1] };
       continue;
     }
     const field = /^\s+state\.(state|reason)=(\d+)$/.exec(line);
-    if (field?.[1] !== undefined) fields[field[1]] = Number(field[2]);
+    if (domain !== undefined && field?.[1] !== undefined) {
+      domain[field[1] as "state" | "reason"] = Number(field[2]);
+    }
   }
   flush();
   return states;
