@@ -7,6 +7,7 @@ import type { GuestModules } from "../core/modules.js";
 import type { BootFiles } from "../core/render/boot.js";
 import type { HostUnreachable } from "../errors.js";
 import type { Launcher, Runner } from "../host/runner.js";
+import type { FleetNetwork } from "../net/network.js";
 import type { StateLayout, VmPaths } from "../state/layout.js";
 
 /** One VM as a backend finds it: its fleet, its name and where its files are. */
@@ -16,6 +17,13 @@ export interface BackendVm {
   readonly paths: VmPaths;
   /** The libvirt host it runs on, for a fleet over several hosts. */
   readonly host?: string;
+}
+
+/** One host's part of a fleet's network over several hosts. */
+export interface HostNetwork {
+  readonly host: string;
+  readonly runner: Runner;
+  readonly network: FleetNetwork;
 }
 
 /** Where a VM's network interface goes: its tap on the fleet's bridge (in the fleet's namespace). */
@@ -99,6 +107,11 @@ export interface Backend {
   joinNetwork?(fleet: string, namespace: string): Promise<void>;
   /** Removes from the hosts what joinNetwork made there. */
   leaveNetwork?(fleet: string, namespace: string): Promise<void>;
+  /**
+   * With joinNetwork: each host's part of the fleet's network (its bridge, in the host's own
+   * namespace, reached by the host's runner), where the VMs' links are and their impairments go.
+   */
+  hostNetworks?(fleet: string): readonly HostNetwork[];
   /**
    * Puts boot files where the hypervisor will read them for the VM (libvirt: the image's volumes
    * on its host, sent once per host), ahead of the VM's move to them: an upgrade stages the new

@@ -1,7 +1,7 @@
 import { rm } from "node:fs/promises";
-import { NetworkImpairments } from "../net/impairments.js";
 import { throwFirstFailure } from "./fan-out.js";
 import { writeKnownHosts } from "./identity.js";
+import { removeImpairments } from "./impairments.js";
 import { deleteVms } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
 
@@ -18,7 +18,7 @@ export async function destroyVms(
     await deleteVms(session, names, options.workers, { withNetwork: options.whole }),
   );
   if (options.whole) {
-    await new NetworkImpairments(session.runner, session.network).remove();
+    await removeImpairments(session);
     const { namespace } = session.network;
     if (namespace !== undefined) await session.backend.leaveNetwork?.(session.fleet, namespace);
     await session.network.remove();

@@ -11,12 +11,17 @@ import {
   planImpairments,
   SIDES,
 } from "../core/impair-plan.js";
-import { type RenderedImpairments, renderImpairments } from "../core/render/impair.js";
-import { UserError } from "../errors.js";
+import {
+  hostsNaming,
+  type ImpairNaming,
+  type RenderedImpairments,
+  renderImpairments,
+} from "../core/render/impair.js";
+import { onEachHost, UserError } from "../errors.js";
 import { NetworkImpairments } from "../net/impairments.js";
 import type { FleetRecord } from "../state/store.js";
 import { createdVms } from "./select.js";
-import type { FleetSession } from "./session.js";
+import { type FleetSession, ownerOf } from "./session.js";
 
 /**
  * A fleet's impairments through its life: the fleet file's, recorded by `up`; the live changes
@@ -37,6 +42,8 @@ export function impairState(session: FleetSession): ImpairState {
   return session.book.record.impair ?? NO_IMPAIR_STATE;
 }
 
+const NOTHING: RenderedImpairments = { ifbs: [], devices: [], nft: undefined };
+
 /** What applies to `vms` (name and address slot) under `state`. */
 export function planOf(
   state: ImpairState,
@@ -54,36 +61,84 @@ export function planOf(
   });
 }
 
-function recordedVms(session: FleetSession) {
+/** A VM as impairments place it: its address slot, and over several hosts its host and MAC. */
+interface PlacedVm {
+  readonly name: string;
+  readonly slot: number;
+  readonly host?: string | undefined;
+  readonly mac: string;
+}
+
+function recordedVms(session: FleetSession): PlacedVm[] {
   return Object.entries(session.book.record.vms).map(([name, entry]) => ({
     name,
     slot: entry.spec.index,
+    host: entry.spec.host,
+    mac: entry.spec.mac,
   }));
 }
 
-function render(session: FleetSession, plan: ImpairmentPlan): RenderedImpairments {
-  return renderImpairments(plan, session.network.impairNaming());
+/**
+ * Where a fleet's links are, and its impairments go: its network on this machine, or, for a
+ * backend over several hosts, each host's bridge, holding the links of the VMs on that host.
+ */
+interface ImpairSite {
+  /** The host, over several; undefined for the fleet's network on this machine. */
+  readonly host?: string;
+  readonly impairments: NetworkImpairments;
+  readonly naming: ImpairNaming;
+}
+
+function sitesOf(
+  session: FleetSession,
+  vms: readonly PlacedVm[],
+  network = session.network,
+): ImpairSite[] {
+  const hosts = session.backend.hostNetworks?.(session.fleet);
+  if (hosts === undefined) {
+    const naming = network.impairNaming();
+    return [{ impairments: new NetworkImpairments(session.runner, network, naming), naming }];
+  }
+  const naming = hostsNaming(
+    ownerOf(session.layout, session.fleet),
+    new Map(vms.map((vm) => [vm.name, vm.mac])),
+  );
+  return hosts.map((entry) => ({
+    host: entry.host,
+    impairments: new NetworkImpairments(entry.runner, entry.network, naming, `host ${entry.host}`),
+    naming,
+  }));
 }
 
 /**
- * What the record's impairments render to for `vms` (every VM of the record's by default);
- * nothing, without planning, for a fleet that has none.
+ * What `plan` renders to at `site`: over several hosts, every host has the whole table (see
+ * core/render/impair.ts) and only its own VMs' qdiscs and ifb devices.
  */
-function renderRecorded(
-  session: FleetSession,
-  vms: readonly { readonly name: string; readonly slot: number }[] = recordedVms(session),
+function renderAt(
+  site: ImpairSite,
+  plan: ImpairmentPlan,
+  vms: readonly PlacedVm[],
 ): RenderedImpairments {
-  const state = impairState(session);
-  const none =
-    Object.keys(state.groups).length === 0 &&
-    Object.keys(state.file.vms).length + Object.keys(state.live.vms).length === 0 &&
-    state.partition.length === 0;
-  if (none) return { ifbs: [], devices: [], nft: undefined };
-  return render(session, planOf(state, vms));
+  const rendered = renderImpairments(plan, site.naming);
+  if (site.host === undefined) return rendered;
+  const here = new Set(
+    vms
+      .filter((vm) => vm.host === site.host)
+      .flatMap((vm) => [site.naming.nic(vm.slot), site.naming.ifb(vm.slot)]),
+  );
+  return {
+    ifbs: rendered.ifbs.filter((ifb) => here.has(ifb)),
+    devices: rendered.devices.filter((script) => here.has(script.device)),
+    nft: rendered.nft,
+  };
 }
 
-function onNetwork(session: FleetSession): NetworkImpairments {
-  return new NetworkImpairments(session.runner, session.network);
+function impairsNothing(state: ImpairState): boolean {
+  return (
+    Object.keys(state.groups).length === 0 &&
+    Object.keys(state.file.vms).length + Object.keys(state.live.vms).length === 0 &&
+    state.partition.length === 0
+  );
 }
 
 /** Drops what names VMs or groups that are no longer there. */
@@ -118,14 +173,16 @@ export async function checkFileImpairments(
     partition: before.partition.filter((group) => groups.has(group)),
   };
   checkEffective(next);
-  refuseOverHosts(session, next);
-  const network = session.networkIn(fleet.network);
-  const plan = planOf(
-    next,
-    fleet.vms.map((vm) => ({ name: vm.name, slot: vm.index })),
-  );
-  await new NetworkImpairments(session.runner, network).check(
-    renderImpairments(plan, network.impairNaming()),
+  const placed = fleet.vms.map((vm) => ({
+    name: vm.name,
+    slot: vm.index,
+    host: vm.host,
+    mac: vm.mac,
+  }));
+  const plan = planOf(next, placed);
+  // A host that cannot be reached is left alone by this `up`, which says so.
+  await onEachHost(sitesOf(session, placed, session.networkIn(fleet.network)), (site) =>
+    site.impairments.check(renderAt(site, plan, placed)),
   );
   return next;
 }
@@ -138,27 +195,46 @@ export async function recordImpairments(session: FleetSession, next: ImpairState
   });
 }
 
-/** Changes the record's impairments (a live change), checked first, then applied if the network is up. */
+/**
+ * Changes the record's impairments (a live change), checked first, then applied if the network is
+ * up. A host that cannot be reached gets its part when it is back, with the next `up`.
+ */
 export async function changeImpairments(
   session: FleetSession,
   change: (state: ImpairState) => ImpairState,
 ): Promise<void> {
   const next = change(impairState(session));
   checkEffective(next);
-  refuseOverHosts(session, next);
-  const rendered = render(session, planOf(next, recordedVms(session)));
-  const network = onNetwork(session);
-  await network.check(rendered);
+  const vms = recordedVms(session);
+  const plan = planOf(next, vms);
+  const sites = sitesOf(session, vms);
+  const unreachable = await onEachHost(sites, (site) =>
+    site.impairments.check(renderAt(site, plan, vms)),
+  );
   await session.book.update((record) => {
     record.impair = next;
   });
-  if (await session.network.exists()) await network.apply(rendered);
+  if (!(await session.network.exists())) return;
+  const away = new Set(unreachable.map((error) => error.host));
+  const reachable = sites.filter((site) => site.host === undefined || !away.has(site.host));
+  unreachable.push(
+    ...(await onEachHost(reachable, (site) => site.impairments.apply(renderAt(site, plan, vms)))),
+  );
+  for (const error of unreachable) {
+    session.notice(`${error.message}: its VMs get this change with the next \`shoal up\``);
+  }
 }
 
 /** Puts the record's impairments on the whole fleet's network (with the network, once a command). */
 export async function applyImpairments(session: FleetSession): Promise<void> {
-  const rendered = renderRecorded(session);
-  await onNetwork(session).apply(rendered);
+  const state = impairState(session);
+  const vms = recordedVms(session);
+  // A fleet that never had impairments is not planned; what its sites held still goes.
+  const plan = impairsNothing(state) ? undefined : planOf(state, vms);
+  // A host that cannot be reached was named by the network's own repair.
+  await onEachHost(sitesOf(session, vms), (site) =>
+    site.impairments.apply(plan ? renderAt(site, plan, vms) : NOTHING),
+  );
 }
 
 /**
@@ -166,10 +242,21 @@ export async function applyImpairments(session: FleetSession): Promise<void> {
  * planned (its group's paths do not depend on the other VMs): an `up` of N VMs stays O(N).
  */
 export async function applyVmImpairments(session: FleetSession, name: string): Promise<void> {
-  const slot = session.entry(name).spec.index;
-  const rendered = renderRecorded(session, [{ name, slot }]);
-  const naming = session.network.impairNaming();
-  await onNetwork(session).apply(rendered, { nic: naming.nic(slot), ifb: naming.ifb(slot) });
+  const entry = session.entry(name);
+  const vm = { name, slot: entry.spec.index, host: entry.spec.host, mac: entry.spec.mac };
+  const state = impairState(session);
+  const site = sitesOf(session, [vm]).find((each) => each.host === vm.host);
+  if (site === undefined) return;
+  const rendered = impairsNothing(state) ? NOTHING : renderAt(site, planOf(state, [vm]), [vm]);
+  await site.impairments.apply(rendered, {
+    nic: site.naming.nic(vm.slot),
+    ifb: site.naming.ifb(vm.slot),
+  });
+}
+
+/** Takes the fleet's impairments off its network, or off each of its hosts. */
+export async function removeImpairments(session: FleetSession): Promise<void> {
+  for (const site of sitesOf(session, [])) await site.impairments.remove();
 }
 
 /** Which links a `shoal net` command acts on, as its flags name them. */
@@ -224,23 +311,6 @@ export function targetOf(
   const members = groupMembers(state.groups, session.recordedNames()).members.get(from) ?? [];
   if (members.length === 0) throw new UserError(`group ${from} has no VMs in this fleet`);
   return { kind: "vms", vms: members };
-}
-
-/**
- * A backend that joins its hosts to the fleet's network has its VMs' links (their taps) on those
- * hosts, where shoal puts no qdisc or nft rule yet: impairments are refused there, not left unmade.
- */
-function refuseOverHosts(session: FleetSession, state: ImpairState): void {
-  if (session.backend.joinNetwork === undefined) return;
-  const effective = overlaySets(state.file, state.live);
-  const none =
-    Object.keys(effective.vms).length + Object.keys(effective.paths).length === 0 &&
-    state.partition.length === 0;
-  if (none) return;
-  throw new UserError(
-    "impairments are not made yet on a fleet over libvirt hosts: its VMs' links are on their hosts",
-    "take impairments: out of the fleet file (groups: may stay), or run the fleet on backend qemu",
-  );
 }
 
 /** Every side and path that the state impairs, after a change, must be one netem can take. */

@@ -44,7 +44,13 @@ export function runnerOn(
 ): Runner {
   const ssh = sshArgvFor(host.uri);
   if (ssh === undefined) return runner;
-  return {
+  // One runner per host and command: what is probed once per runner (netem) is probed once per host.
+  const known = remoteRunners.get(runner) ?? new Map<string, Runner>();
+  remoteRunners.set(runner, known);
+  const key = `${host.name}\0${host.uri}`;
+  const found = known.get(key);
+  if (found) return found;
+  const made: Runner = {
     run: async (command: Command): Promise<CommandResult> => {
       const result = await runner.run({
         ...command,
@@ -59,6 +65,10 @@ export function runnerOn(
       return requireSuccess(command, result);
     },
   };
+  known.set(key, made);
+  return made;
 }
+
+const remoteRunners = new WeakMap<Runner, Map<string, Runner>>();
 
 const SSH_FAILED = 255;

@@ -10,7 +10,7 @@ import {
   ownerMark,
   ownershipOf,
 } from "../core/net.js";
-import { HostUnreachable, ShoalError } from "../errors.js";
+import { type HostUnreachable, onEachHost, ShoalError } from "../errors.js";
 import { runnerOn } from "../host/remote.js";
 import type { Runner } from "../host/runner.js";
 import { ipLinks, refuseUnlessOurs } from "./network.js";
@@ -202,16 +202,7 @@ export class FleetHostLinks {
       await this.ip(this.fleetPlace, "link", "set", vxlan, "master", FLEET_BRIDGE, "up");
       await this.setPeers(this.fleetPlace, [...hosts.values()]);
     }
-    const results = await Promise.allSettled(
-      this.hosts.map((host) => this.ensureOnHost(host, here, hosts)),
-    );
-    const unreachable: HostUnreachable[] = [];
-    for (const result of results) {
-      if (result.status === "fulfilled") continue;
-      if (!(result.reason instanceof HostUnreachable)) throw result.reason;
-      unreachable.push(result.reason);
-    }
-    return unreachable;
+    return onEachHost(this.hosts, (host) => this.ensureOnHost(host, here, hosts));
   }
 
   /**

@@ -6,6 +6,8 @@ import { groupMembers, planImpairments } from "../core/impair-plan.js";
 import { ALIAS_MAX, inNamespace, ownerMark, ownershipOf, tapName } from "../core/net.js";
 import {
   type DeviceScript,
+  hostsNaming,
+  type ImpairNaming,
   ownNetworkNaming,
   type RenderedImpairments,
   renderImpairments,
@@ -89,7 +91,10 @@ async function succeedsAlone(
   return result.code === 0;
 }
 
-/** What a tiny plan of every kind of impairment renders to, for the bridge rules' probe. */
+/**
+ * What a tiny plan of every kind of impairment renders to, for the bridge rules' probe: on a
+ * fleet's own network and on hosts joined to one another.
+ */
 function probeRules(): string {
   const { members } = groupMembers({ a: ["a"], b: ["b"] }, ["a", "b"]);
   const plan = planImpairments({
@@ -104,7 +109,14 @@ function probeRules(): string {
     },
     partition: ["a", "b"],
   });
-  return renderImpairments(plan, ownNetworkNaming(tapName)).nft ?? "";
+  const macs = new Map([
+    ["a", "52:54:00:00:00:01"],
+    ["b", "52:54:00:00:00:02"],
+  ]);
+  const overHosts = hostsNaming({ root: "/probe", fleet: "probe" }, macs);
+  return [ownNetworkNaming(tapName), overHosts]
+    .map((naming) => renderImpairments(plan, naming).nft ?? "")
+    .join("\n");
 }
 
 /**
@@ -154,6 +166,9 @@ export class NetworkImpairments {
   constructor(
     private readonly runner: Runner,
     private readonly network: FleetNetwork,
+    private readonly naming: ImpairNaming = network.impairNaming(),
+    /** Where the network is, as messages name it: `this host`, or `host NAME` of a fleet's hosts. */
+    private readonly where = "this host",
   ) {}
 
   private get namespace(): string | undefined {
@@ -225,7 +240,7 @@ export class NetworkImpairments {
     if (rendered.devices.some((d) => d.lines.some((line) => / netem /.test(line)))) {
       if (!support.netem) {
         throw new UserError(
-          "delay, jitter, corruption and duplication need the kernel's netem qdisc (sch_netem), which this host's kernel lacks",
+          `delay, jitter, corruption and duplication need the kernel's netem qdisc (sch_netem), which ${this.where}'s kernel lacks`,
           NETEM_MISSING_HINT,
         );
       }
@@ -239,12 +254,12 @@ export class NetworkImpairments {
     ];
     if (lacking.length > 0) {
       throw new UserError(
-        `these impairments need ${lacking.join(", ")}, which this host's kernel lacks`,
+        `these impairments need ${lacking.join(", ")}, which ${this.where}'s kernel lacks`,
         "`shoal doctor` names the modules; Debian's kernels have them all",
       );
     }
     if (this.namespace !== undefined) return;
-    const naming = this.network.impairNaming();
+    const naming = this.naming;
     refuseUnlessOurs(
       `nft table bridge ${naming.table}`,
       await this.network.tableOwnership(naming.table, "bridge"),
@@ -279,7 +294,7 @@ export class NetworkImpairments {
       this.ownIfbs(),
       vm === undefined ? this.readApplied() : Promise.resolve({} as Record<string, string>),
     ]);
-    const naming = this.network.impairNaming();
+    const naming = this.naming;
     const held = qdiscs.parse(JSON.parse(shown.stdout || "[]"));
     const devices = new Set(links.parse(JSON.parse(listed.stdout || "[]")).map((l) => l.ifname));
     const owned = (device: string) => this.namespace !== undefined || naming.owns(device);
@@ -380,7 +395,7 @@ export class NetworkImpairments {
     for (const ifb of await this.ownIfbs()) {
       await this.runner.run({ argv: ["ip", "link", "del", ifb] });
     }
-    const table = this.network.impairNaming().table;
+    const table = this.naming.table;
     if ((await this.network.tableOwnership(table, "bridge")).kind === "ours") {
       await this.runner.run({
         argv: ["nft", "-f", "-"],

@@ -70,6 +70,8 @@ export interface NetworkPaths {
   readonly log: string;
   /** What the fleet's impairments last made of each device (net/impairments.ts). */
   readonly impairments: string;
+  /** The same for the devices on one of the fleet's hosts (libvirt). */
+  readonly impairmentsOn: (host: string) => string;
 }
 
 export interface FleetPaths {
@@ -187,6 +189,8 @@ export function stateLayout(stateDir: string): StateLayout {
           pid: join(dir, "net", "dnsmasq.pid"),
           log: join(dir, "net", "dnsmasq.log"),
           impairments: join(dir, "net", "impairments.json"),
+          impairmentsOn: (host) =>
+            join(dir, "net", `impairments-on-${component("a host", host, isDnsLabel(host))}.json`),
         },
         vms,
         vm(vmName) {

@@ -93,6 +93,8 @@ async function writeFleetFile(
       ...theHosts().hosts.map((host) => `  - { name: ${host.name}, uri: "${host.uri}" }`),
       ...hosts,
       ...(pinned.length > 0 ? [`placement: { pin: [ ${pinned.join(", ")} ] }`] : []),
+      // spread puts vm-1, vm-3, vm-5 on h1 and vm-2, vm-4, vm-6 on h2: each group on both.
+      "groups: { a: [vm-1, vm-2], b: [vm-3, vm-4] }",
       "",
     ].join("\n"),
   );
@@ -110,6 +112,27 @@ async function pings(from: string, to: string): Promise<void> {
   const answer = await run(["exec", "-f", file, from, "--", "ping", "-c", "3", "-W", "5", to]);
   expect(answer.code, `${from} -> ${to}: ${answer.stderr}${answer.stdout}`).toBe(0);
 }
+
+/** Whether `from` gets an answer from `to` (by address: DNS is not what is tested). */
+async function reaches(from: string, to: string): Promise<boolean> {
+  const answer = await run([
+    "exec",
+    "-f",
+    file,
+    from,
+    "--",
+    "ping",
+    "-c",
+    "2",
+    "-W",
+    "2",
+    ips[to] ?? "",
+  ]);
+  return answer.code === 0;
+}
+
+/** Each VM's planned address. */
+const ips: Record<string, string> = {};
 
 /** This machine's own libvirtd as a host of the fleet. */
 const LOCAL_HOST = '  - { name: local, uri: "qemu:///system", capacity: { vms: 1 } }';
@@ -165,6 +188,81 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     const all = await ok(["exec", "-f", file, "--all", "--", "hostname"]);
     for (let n = 1; n <= 6; n++) expect(all).toContain(`vm-${n}: vm-${n}`);
   });
+
+  it("cuts groups apart across hosts, holds each VM to its own MAC while groups are cut, and shapes a VM's link on its host", async () => {
+    for (const vm of JSON.parse(await ok(["plan", "-f", file, "--json"])) as {
+      name: string;
+      ip: string;
+    }[]) {
+      ips[vm.name] = vm.ip;
+    }
+    try {
+      await cutAndShape();
+    } finally {
+      // A failure here leaves no impairment to the tests after it.
+      await run(["net", "heal", "-f", file]);
+      await run(["net", "reset", "-f", file]);
+    }
+    // Nothing of the fleet's impairments stays on the hosts once reset.
+    for (const host of theHosts().hosts) {
+      const { stdout } = await exec("tc", ["-n", host.namespace, "qdisc", "show"]);
+      expect(stdout).not.toContain("htb");
+      const ifbs = await exec("ip", ["-n", host.namespace, "link", "show", "type", "ifb"]);
+      expect(ifbs.stdout).toBe("");
+      const tables = await exec("ip", ["netns", "exec", host.namespace, "nft", "list", "tables"]);
+      expect(tables.stdout).not.toContain("shoal_impair");
+    }
+  });
+
+  async function cutAndShape(): Promise<void> {
+    await ok(["net", "partition", "-f", file, "a", "b"]);
+    expect(await reaches("vm-1", "vm-4")).toBe(false); // h1 to h2
+    expect(await reaches("vm-1", "vm-3")).toBe(false); // on h1
+    expect(await reaches("vm-4", "vm-1")).toBe(false);
+    expect(await reaches("vm-1", "vm-2")).toBe(true); // its group, on h2
+    expect(await reaches("vm-5", "vm-4")).toBe(true); // in no group
+    // vm-1 sends from another MAC, tells the others (gratuitous ARP), pings vm-2, and takes its
+    // own MAC back: cut off while groups are cut (its frames dropped at its tap), not otherwise.
+    const spoofedPing = async () => {
+      const script = [
+        "m=$(cat /sys/class/net/eth0/address)",
+        "ip link set dev eth0 address 52:54:00:ee:ee:01",
+        `arping -U -c 1 -I eth0 ${ips["vm-1"]} >/dev/null 2>&1`,
+        `ping -c 2 -W 2 ${ips["vm-2"]} >/dev/null 2>&1; r=$?`,
+        "ip link set dev eth0 address $m",
+        `arping -U -c 1 -I eth0 ${ips["vm-1"]} >/dev/null 2>&1`,
+        "echo ping=$r",
+      ].join("; ");
+      return (await ok(["exec", "-f", file, "vm-1", "--", script])).trim();
+    };
+    expect(await spoofedPing()).toBe("vm-1: ping=1");
+    await ok(["net", "heal", "-f", file]);
+    expect(await reaches("vm-1", "vm-4")).toBe(true);
+    expect(await spoofedPing()).toBe("vm-1: ping=0");
+    // A rate on vm-2's link (h2's tap and ifb there): a transfer from it runs at about 1 Mbit/s.
+    await ok(["net", "set", "-f", file, "vm-2", "--rate", "1mbit"]);
+    const bytes = 262_144;
+    await ok([
+      "exec",
+      "-f",
+      file,
+      "vm-2",
+      "--",
+      `mkdir -p /tmp/www && head -c ${bytes} /dev/zero > /tmp/www/f && httpd -p 8080 -h /tmp/www`,
+    ]);
+    const timed = await ok([
+      "exec",
+      "-f",
+      file,
+      "vm-1",
+      "--",
+      `time wget -q -O /dev/null http://${ips["vm-2"]}:8080/f 2>&1`,
+    ]);
+    const [, minutes, seconds] = /real\s+(\d+)m\s*([\d.]+)s/.exec(timed) ?? [];
+    const mbits = (bytes * 8) / (Number(minutes) * 60 + Number(seconds)) / 1e6;
+    expect(mbits, timed).toBeGreaterThan(0.7);
+    expect(mbits, timed).toBeLessThan(1.3);
+  }
 
   it("`df` counts the base once on each host and each VM's layer on its host", async () => {
     const usage = JSON.parse(await ok(["df", "-f", file, "--json"])) as {

@@ -1,17 +1,21 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
-import type { BackendVm, Presence } from "../../src/backends/backend.js";
+import type { BackendVm, HostNetwork, Presence } from "../../src/backends/backend.js";
+import { hostTapName } from "../../src/core/net.js";
 import type { BootFiles } from "../../src/core/render/boot.js";
 import { HostUnreachable } from "../../src/errors.js";
 import { converge } from "../../src/fleet/converge.js";
+import { changeImpairments } from "../../src/fleet/impairments.js";
 import { observeAll } from "../../src/fleet/planning.js";
 import { stopVms } from "../../src/fleet/power.js";
+import { FleetSession } from "../../src/fleet/session.js";
 import { upgradeFleet } from "../../src/fleet/upgrade.js";
+import { FleetNetwork } from "../../src/net/network.js";
 import { stateLayout } from "../../src/state/layout.js";
 import {
-  FAKE_BRIDGE,
   FakeBackend,
   fakeFleet,
+  fakeHostRunner,
   fakeRecord,
   Killed,
   openSession,
@@ -19,6 +23,7 @@ import {
   upOnFake,
 } from "../helpers/fake-backend.js";
 import { fleetOf } from "../helpers/fleet.js";
+import { RecordingRunner } from "../helpers/recording-runner.js";
 import { useTempDirs } from "../helpers/tmp.js";
 
 const tempDir = useTempDirs();
@@ -351,18 +356,148 @@ describe("upgrade bookkeeping on a fake backend", () => {
 });
 
 describe("impairments on a fleet whose VMs' links are on other hosts", () => {
-  it("are refused before anything is made", async () => {
-    const { dir, bootOf } = await stateWithImages(await tempDir());
-    class OverHosts extends FakeBackend {
-      async joinNetwork(): Promise<void> {}
+  /** h1 and h2, each answering for its own runner, with the taps of the VMs placed on it. */
+  class OverHosts extends FakeBackend {
+    readonly onHost = new Map<string, RecordingRunner>();
+    /** Hosts whose SSH does not answer. */
+    readonly down = new Set<string>();
+    constructor(
+      state: string,
+      private readonly dir: string,
+      taps: ReadonlyMap<string, readonly string[]>,
+    ) {
+      super(state);
+      for (const host of ["h1", "h2"]) {
+        const links = JSON.stringify((taps.get(host) ?? []).map((ifname) => ({ ifname })));
+        const runner = new RecordingRunner((command) => {
+          if (this.down.has(host)) throw new HostUnreachable(host, "ssh: connection refused");
+          const line = command.argv.join(" ");
+          // No table of shoal's is there yet.
+          if (line.startsWith("nft list table")) return { code: 1 };
+          return line === "ip -j link show" ? { stdout: links } : {};
+        });
+        this.onHost.set(host, runner);
+      }
     }
-    const backend = new OverHosts(stateLayout(dir).fleet("fake").state);
-    const fleet = fleetOf(
-      `name: fake\ncount: 2\nnetwork: { bridge: ${FAKE_BRIDGE}, managed: false }\nimpairments:\n  - { vms: vm-1, delay: 40ms }\n`,
+    async joinNetwork(): Promise<void> {}
+    hostNetworks(fleet: string): HostNetwork[] {
+      const layout = stateLayout(this.dir);
+      const paths = layout.fleet(fleet).net;
+      const owner = { root: layout.root, fleet };
+      return [...this.onHost].map(([host, runner]) => ({
+        host,
+        runner,
+        network: new FleetNetwork(
+          runner,
+          { ...paths, impairments: paths.impairmentsOn(host) },
+          owner,
+          { kind: "host-bridge", bridge: "fleet-br" },
+          "vif",
+        ),
+      }));
+    }
+  }
+
+  /** Fleet "fake" of 4 VMs placed over h1 and h2 as libvirt places them, on the fake backend. */
+  function placedFleet(impairments: readonly string[]) {
+    const placed = fleetOf(
+      [
+        "name: fake",
+        "backend: libvirt",
+        "count: 4",
+        "vm: { layer: { size: 64M } }",
+        "hosts: [ { name: h1, uri: 'qemu+ssh://root@10.9.0.1/system' }, { name: h2, uri: 'qemu+ssh://root@10.9.0.2/system' } ]",
+        "groups: { a: [vm-1, vm-2], b: [vm-3, vm-4] }",
+        ...impairments,
+        "",
+      ].join("\n"),
     );
-    await expect(upOnFake(dir, fleet, backend, bootOf)).rejects.toThrow(
-      "impairments are not made yet on a fleet over libvirt hosts",
+    // The fake backend's own network (a bridge of the host's) with the libvirt fleet's placement.
+    return { ...placed, backend: "qemu", network: fakeFleet(4).network };
+  }
+
+  it("puts the same bridge table on every host, groups known by MAC, and each VM's qdiscs on its own host", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const fleet = placedFleet([
+      "impairments:",
+      "  - { group: a, to: b, direction: out, loss: 10% }",
+      "  - { vms: vm-1, direction: in, rate: 1mbit }",
+    ]);
+    const owner = { root: stateLayout(dir).root, fleet: "fake" };
+    const tapOf = (name: string) =>
+      hostTapName(owner, fleet.vms.find((vm) => vm.name === name)?.index ?? -1);
+    const hostOf = new Map(fleet.vms.map((vm) => [vm.name, vm.host]));
+    expect([...hostOf]).toEqual([
+      ["vm-1", "h1"],
+      ["vm-2", "h2"],
+      ["vm-3", "h1"],
+      ["vm-4", "h2"],
+    ]);
+    const taps = new Map([
+      ["h1", [tapOf("vm-1"), tapOf("vm-3")]],
+      ["h2", [tapOf("vm-2"), tapOf("vm-4")]],
+    ]);
+    const backend = new OverHosts(stateLayout(dir).fleet("fake").state, dir, taps);
+    const { outcomes } = await upOnFake(dir, fleet, backend, bootOf);
+    expect(outcomes.every((outcome) => outcome.ok)).toBe(true);
+    const tables = ["h1", "h2"].map((host) =>
+      (backend.onHost.get(host)?.commands ?? [])
+        .filter((command) => command.argv.join(" ") === "nft -f -")
+        .map((command) => command.input ?? ""),
     );
-    expect(backend.calls).toEqual([]);
+    expect(tables[0]).toHaveLength(1);
+    expect(tables[1]).toEqual(tables[0]);
+    const table = tables[0]?.[0] ?? "";
+    const macOf = (name: string) => fleet.vms.find((vm) => vm.name === name)?.mac;
+    expect(table).toContain(
+      `set m1 { type ether_addr; elements = { ${macOf("vm-1")}, ${macOf("vm-2")} }; comment "group a"; }`,
+    );
+    expect(table).toContain(
+      `set g2 { type ifname; elements = { "${tapOf("vm-3")}", "${tapOf("vm-4")}" }; comment "group b"; }`,
+    );
+    expect(table).toContain(`"${tapOf("vm-4")}" . ${macOf("vm-4")}`);
+    expect(table).toContain("iifname @taps iifname . ether saddr != @own drop");
+    expect(table).toContain("ether saddr @m1 oifname @g2 numgen random mod 1000000 < 100000 drop");
+    // vm-1's rate is a qdisc on its tap, on h1 only.
+    const batches = (host: string) =>
+      (backend.onHost.get(host)?.commands ?? [])
+        .filter((command) => command.argv.join(" ") === "tc -batch -")
+        .map((command) => command.input ?? "")
+        .join("");
+    expect(batches("h1")).toContain(
+      `qdisc replace dev ${tapOf("vm-1")} root handle 1: htb default 10`,
+    );
+    expect(batches("h1")).toContain("htb rate 1mbit ceil 1mbit");
+    expect(batches("h2")).toBe("");
+  });
+
+  it("applies a live change on the hosts that answer, records it, and names the one that does not", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const fleet = placedFleet([]);
+    const backend = new OverHosts(stateLayout(dir).fleet("fake").state, dir, new Map());
+    await upOnFake(dir, fleet, backend, bootOf);
+    backend.down.add("h2");
+    const notices: string[] = [];
+    const session = await FleetSession.open(
+      {
+        runner: fakeHostRunner(),
+        layout: stateLayout(dir),
+        event: () => {},
+        notice: (line) => notices.push(line),
+      },
+      fleet,
+      backend,
+    );
+    await changeImpairments(session, (state) => ({ ...state, partition: ["a", "b"] }));
+    const tables = (backend.onHost.get("h1")?.commands ?? []).filter(
+      (command) => command.argv.join(" ") === "nft -f -",
+    );
+    expect(tables.map((command) => command.input)).toEqual([
+      expect.stringContaining("ether saddr @m1 oifname @g2 drop"),
+    ]);
+    expect(notices).toEqual([
+      "host h2 cannot be reached: ssh: connection refused: its VMs get this change with the next `shoal up`",
+    ]);
+    expect((await fakeRecord(dir)).impair?.partition).toEqual(["a", "b"]);
   });
 });

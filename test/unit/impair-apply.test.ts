@@ -103,7 +103,7 @@ describe("putting impairments on a fleet's network", () => {
     ]);
     const batch = runner.commands.find((c) => !c.probe && c.argv.includes("-batch"));
     expect(String(batch?.input).split("\n")).toEqual([
-      "qdisc add dev ifb1 root handle 1: htb default 10",
+      "qdisc replace dev ifb1 root handle 1: htb default 10",
       "class add dev ifb1 parent 1: classid 1:1 htb rate 1mbit ceil 1mbit quantum 12500",
       "class add dev ifb1 parent 1:1 classid 1:10 htb rate 1mbit ceil 1mbit quantum 12500",
       "qdisc add dev tap1 clsact",
@@ -143,7 +143,7 @@ describe("putting impairments on a fleet's network", () => {
     const batch = again.commands.find((c) => !c.probe && c.argv.includes("-batch"));
     expect(String(batch?.input).split("\n").slice(0, 3)).toEqual([
       "qdisc del dev ifb1 root",
-      "qdisc add dev ifb1 root handle 1: htb default 10",
+      "qdisc replace dev ifb1 root handle 1: htb default 10",
       "class add dev ifb1 parent 1: classid 1:1 htb rate 2mbit ceil 2mbit quantum 25000",
     ]);
   });

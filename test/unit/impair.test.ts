@@ -19,8 +19,18 @@ import {
   resetLive,
   setLive,
 } from "../../src/core/impair-plan.js";
-import { hostIfbName, hostTapName, ifbName, isHostDeviceOf, tapName } from "../../src/core/net.js";
 import {
+  hostIfbName,
+  hostImpairTable,
+  hostTapName,
+  ifbName,
+  isHostDeviceOf,
+  NFT_COMMENT_MAX,
+  ownerMark,
+  tapName,
+} from "../../src/core/net.js";
+import {
+  hostsNaming,
   type ImpairNaming,
   renderImpairments,
   renderNftReplacement,
@@ -235,7 +245,7 @@ describe("rendering impairments for tc and nft", () => {
       {
         device: "ifb1",
         lines: [
-          "qdisc add dev ifb1 root handle 1: htb default 10",
+          "qdisc replace dev ifb1 root handle 1: htb default 10",
           "class add dev ifb1 parent 1: classid 1:1 htb rate 2mbit ceil 2mbit quantum 25000",
           "class add dev ifb1 parent 1:1 classid 1:10 htb rate 2mbit ceil 2mbit quantum 25000",
         ],
@@ -243,7 +253,7 @@ describe("rendering impairments for tc and nft", () => {
       {
         device: "tap1",
         lines: [
-          "qdisc add dev tap1 root handle 1: htb default 10",
+          "qdisc replace dev tap1 root handle 1: htb default 10",
           "class add dev tap1 parent 1: classid 1:1 htb rate 100gbit ceil 100gbit burst 256k cburst 256k quantum 200000",
           "class add dev tap1 parent 1:1 classid 1:10 htb rate 100gbit ceil 100gbit burst 256k cburst 256k quantum 200000",
           "qdisc add dev tap1 parent 1:10 handle 10: netem limit 100000 delay 40ms 5ms corrupt 0.1%",
@@ -278,7 +288,7 @@ describe("rendering impairments for tc and nft", () => {
       {
         device: "tap2",
         lines: [
-          "qdisc add dev tap2 root handle 1: htb default 10",
+          "qdisc replace dev tap2 root handle 1: htb default 10",
           "class add dev tap2 parent 1: classid 1:1 htb rate 5mbit ceil 5mbit quantum 62500",
           "class add dev tap2 parent 1:1 classid 1:10 htb rate 5mbit ceil 5mbit quantum 62500",
           // The path after the VM's own link: its rate is capped by the VM's.
@@ -335,6 +345,58 @@ describe("rendering impairments for tc and nft", () => {
       ].join("\n"),
     );
     expect(rendered.nft).not.toContain("meta mark");
+  });
+
+  it("over several hosts, knows a group's packets by their VMs' MACs and drops what a tap sends from another MAC", () => {
+    const macs = new Map([
+      ["e-1", "52:54:00:00:00:01"],
+      ["w-1", "52:54:00:00:00:02"],
+      ["z", "52:54:00:00:00:03"],
+    ]);
+    const naming = hostsNaming(owner, macs);
+    const rendered = renderImpairments(
+      planFor({ vms: {}, paths: { "east>west": { loss: 10_000, rate: 1_000_000 } } }, ["east"]),
+      naming,
+    );
+    const [e1, w1, z] = [1, 2, 3].map((slot) => hostTapName(owner, slot));
+    expect(rendered.nft).toBe(
+      [
+        `table bridge ${hostImpairTable(owner)} {`,
+        `  comment "${ownerMark(owner, NFT_COMMENT_MAX)}"`,
+        `  set g1 { type ifname; elements = { "${e1}" }; comment "group east"; }`,
+        '  set m1 { type ether_addr; elements = { 52:54:00:00:00:01 }; comment "group east"; }',
+        `  set g2 { type ifname; elements = { "${w1}" }; comment "group west"; }`,
+        '  set m2 { type ether_addr; elements = { 52:54:00:00:00:02 }; comment "group west"; }',
+        `  set taps { type ifname; elements = { "${e1}", "${w1}", "${z}" }; comment "the fleet's taps"; }`,
+        `  set own { type ifname . ether_addr; elements = { "${e1}" . 52:54:00:00:00:01, "${w1}" . 52:54:00:00:00:02, "${z}" . 52:54:00:00:00:03 }; comment "each tap's MAC"; }`,
+        "  chain prerouting {",
+        "    type filter hook prerouting priority -200; policy accept;",
+        "    iifname @taps iifname . ether saddr != @own drop",
+        "  }",
+        "  chain forward {",
+        "    type filter hook forward priority -200; policy accept;",
+        "    ether saddr @m1 oifname @g2 numgen random mod 1000000 < 10000 drop",
+        "    ether saddr @m1 oifname @g2 meta priority set 1:101",
+        "  }",
+        "}",
+        "",
+      ].join("\n"),
+    );
+    // What the path's rate does is a class on the receiving VM's tap, wherever its host is.
+    expect(rendered.devices.map((script) => script.device)).toEqual([w1]);
+    // Without group rules, no VM's MAC is held to: per-VM rules match its tap alone.
+    const own = renderImpairments(
+      planFor({ vms: { "e-1": { out: { loss: 10_000 } } }, paths: {} }),
+      naming,
+    );
+    expect(own.nft).not.toContain("ether");
+    // A MAC the record holds that is not one is refused before it reaches nft.
+    expect(() =>
+      renderImpairments(
+        planFor({ vms: {}, paths: {} }, ["east", "west"]),
+        hostsNaming(owner, new Map([["e-1", "52:54:00:00:00:01 } drop"]])),
+      ),
+    ).toThrow("reached a renderer unvalidated");
   });
 
   it("replaces the table in one transaction, or removes it", () => {

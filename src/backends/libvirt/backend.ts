@@ -12,9 +12,10 @@ import { CommandFailed, type Launcher, type Runner } from "../../host/runner.js"
 import { connectSocketFile } from "../../host/unix-socket.js";
 import { sha256File } from "../../image/store.js";
 import { FleetHostLinks, hostLinkNames, OVERLAY_MTU } from "../../net/host-links.js";
+import { FleetNetwork } from "../../net/network.js";
 import type { StateLayout } from "../../state/layout.js";
 import { basesOnHosts } from "../../state/store.js";
-import type { AccelSetting, Backend, BackendVm, Presence, VmNic } from "../backend.js";
+import type { AccelSetting, Backend, BackendVm, HostNetwork, Presence, VmNic } from "../backend.js";
 import type { Accelerator } from "../qemu/render.js";
 import {
   allocationOf,
@@ -259,6 +260,23 @@ export class LibvirtBackend implements Backend {
 
   async leaveNetwork(fleet: string, namespace: string): Promise<void> {
     await this.links(fleet, namespace).remove();
+  }
+
+  hostNetworks(fleet: string): readonly HostNetwork[] {
+    const owner = { root: this.deps.layout.root, fleet };
+    const paths = this.deps.layout.fleet(fleet).net;
+    const bridge = hostLinkNames(owner).bridge;
+    return [...this.deps.hosts.values()].map((host) => {
+      const runner = this.on(host);
+      const network = new FleetNetwork(
+        runner,
+        { ...paths, impairments: paths.impairmentsOn(host.name) },
+        owner,
+        { kind: "host-bridge", bridge },
+        this.nic,
+      );
+      return { host: host.name, runner, network };
+    });
   }
 
   /**

@@ -1,14 +1,16 @@
-import type { CheckResult } from "../../core/doctor.js";
+import { type CheckResult, impairmentCheck } from "../../core/doctor.js";
 import type { HostSpec } from "../../core/hosts.js";
 import { HostUnreachable } from "../../errors.js";
 import { runnerOn } from "../../host/remote.js";
 import type { Runner } from "../../host/runner.js";
+import { impairmentSupport } from "../../net/impairments.js";
 import { poolName } from "./names.js";
 
 /**
  * What each host of a fleet must give: a libvirt daemon reachable by its URI, with the driver the
  * host's URI names; SSH as root for the fleet's network (ip and bridge there), with VXLAN and
- * bridges in its kernel; and shoal's storage pool, made on first use.
+ * bridges in its kernel; and shoal's storage pool, made on first use. What the host's kernel can do
+ * to the VMs' links (impairments) is shown too.
  */
 export async function checkLibvirtHost(
   runner: Runner,
@@ -87,5 +89,10 @@ export async function checkLibvirtHost(
           fix: "shoal needs ssh as root to each host (key in root's authorized_keys) and a kernel with bridge and vxlan",
         },
   );
+  if (probe.code === 0) {
+    // What `shoal net` can do to the VMs' links there, as for this machine's own fleets.
+    const support = await impairmentSupport(runnerOn(runner, host));
+    results.push({ ...impairmentCheck(support), name: `${name} impairments` });
+  }
   return results;
 }

@@ -33,7 +33,11 @@ import { assertRenderable } from "../syntax.js";
  *   always there), by port: a guest cannot change which tap its packets come in by.
  * On a fleet's own network, which may span several bridges, the group a packet came from rides in
  * its mark from the first bridge to the last; on a host bridge, which is one bridge shared with
- * others, the forward hook matches both ports instead and leaves marks alone.
+ * others, the forward hook matches both ports instead and leaves marks alone. Over several hosts
+ * (libvirt), a packet from a VM on another host comes in by the VXLAN port, so its group is known
+ * by its source MAC; each host's table drops what a fleet tap sends from any MAC but its VM's, so a
+ * guest cannot leave its group by changing its MAC. Every host gets the same table: a tap name
+ * that is not on a host matches nothing there, and a VM that moves needs no new table.
  */
 
 /** How the fleet's network names what it holds. */
@@ -44,8 +48,13 @@ export interface ImpairNaming {
   readonly ifb: (slot: number) => string;
   /** Whether a device of the namespace the table is in is the fleet's (on a host bridge, few are). */
   readonly owns: (device: string) => boolean;
-  /** `marks`: the fleet's own network (its own namespace); `ports`: a bridge of the host's. */
-  readonly match: "marks" | "ports";
+  /**
+   * `marks`: the fleet's own network (its own namespace); `ports`: a bridge of the host's; `macs`:
+   * a bridge on each of several hosts, joined to one another.
+   */
+  readonly match: "marks" | "ports" | "macs";
+  /** With `macs`: each VM's MAC, by name. */
+  readonly mac?: (vm: string) => string | undefined;
   readonly table: string;
   /** The table's owner mark, where it lives beside other programs' tables. */
   readonly comment?: string;
@@ -66,6 +75,11 @@ export function hostBridgeNaming(owner: Owner): ImpairNaming {
     table: hostImpairTable(owner),
     comment: ownerMark(owner, NFT_COMMENT_MAX),
   };
+}
+
+/** On each host of a fleet over several: as on a host bridge, groups known by their VMs' MACs. */
+export function hostsNaming(owner: Owner, macs: ReadonlyMap<string, string>): ImpairNaming {
+  return { ...hostBridgeNaming(owner), match: "macs", mac: (vm) => macs.get(vm) };
 }
 
 /** One device's part of the tc batch: its root and clsact qdiscs are made anew from `lines`. */
@@ -140,7 +154,8 @@ function tree(
 ): string[] {
   const top = rateOf(own);
   const lines = [
-    `qdisc add dev ${device} root handle 1: htb default ${hex(DEFAULT_CLASS)}`,
+    // `replace`: a tap may come with a root qdisc of its maker's (libvirt gives its taps noqueue).
+    `qdisc replace dev ${device} root handle 1: htb default ${hex(DEFAULT_CLASS)}`,
     htbClass(device, "1:", "1:1", top),
   ];
   const leaf = (minor: number, impairment: Impairment) => {
@@ -196,6 +211,12 @@ function lossRule(match: string, loss: number | undefined): string[] {
   return [`${match} numgen random mod ${PPM} < ${loss} drop`];
 }
 
+function checkedMac(naming: ImpairNaming, vm: PlannedVm): string {
+  const mac = naming.mac?.(vm.name) ?? "";
+  assertRenderable(`VM ${vm.name}'s MAC`, mac, /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac));
+  return mac;
+}
+
 function quotedNic(naming: ImpairNaming, vm: PlannedVm): string {
   return `"${checkedName("interface", naming.nic(vm.slot))}"`;
 }
@@ -214,6 +235,8 @@ function renderNft(plan: ImpairmentPlan, naming: ImpairNaming): string | undefin
     used.add(to);
     if (naming.match === "ports")
       return { chain: forward, match: `iifname @g${from} oifname @g${to}` };
+    if (naming.match === "macs")
+      return { chain: forward, match: `ether saddr @m${from} oifname @g${to}` };
     const mark = hex32(from << GROUP_MARK_SHIFT);
     return {
       chain: postrouting,
@@ -244,14 +267,35 @@ function renderNft(plan: ImpairmentPlan, naming: ImpairNaming): string | undefin
     }
   }
   const byName = new Map(plan.vms.map((vm) => [vm.name, vm]));
-  const sets = groups.map((group) => {
-    const nics = group.members.flatMap((name) => {
-      const vm = byName.get(name);
-      return vm ? [quotedNic(naming, vm)] : [];
-    });
-    const elements = nics.length > 0 ? ` elements = { ${nics.join(", ")} };` : "";
-    return `  set g${group.id} { type ifname;${elements} comment "group ${group.name}"; }`;
+  const set = (name: string, type: string, elements: readonly string[], comment: string) => {
+    const listed = elements.length > 0 ? ` elements = { ${elements.join(", ")} };` : "";
+    return `  set ${name} { type ${type};${listed} comment "${comment}"; }`;
+  };
+  const sets = groups.flatMap((group) => {
+    const members = group.members.flatMap((name) => byName.get(name) ?? []);
+    const nics = set(
+      `g${group.id}`,
+      "ifname",
+      members.map((vm) => quotedNic(naming, vm)),
+      `group ${group.name}`,
+    );
+    if (naming.match !== "macs") return [nics];
+    const macs = members.map((vm) => checkedMac(naming, vm));
+    return [nics, set(`m${group.id}`, "ether_addr", macs, `group ${group.name}`)];
   });
+  if (naming.match === "macs" && groups.length > 0) {
+    const pairs = plan.vms.map((vm) => `${quotedNic(naming, vm)} . ${checkedMac(naming, vm)}`);
+    sets.push(
+      set(
+        "taps",
+        "ifname",
+        plan.vms.map((vm) => quotedNic(naming, vm)),
+        "the fleet's taps",
+      ),
+      set("own", "ifname . ether_addr", pairs, "each tap's MAC"),
+    );
+    prerouting.unshift("iifname @taps iifname . ether saddr != @own drop");
+  }
   const chain = (name: string, rules: readonly string[]) =>
     rules.length === 0
       ? []
