@@ -45,24 +45,6 @@ export class HostUnreachable extends ShoalError {
   }
 }
 
-/**
- * Runs `act` for each host's part side by side, every one to its end: the hosts that could not be
- * reached, for the caller to say so; any other failure is thrown.
- */
-export async function onEachHost<T>(
-  parts: readonly T[],
-  act: (part: T) => Promise<unknown>,
-): Promise<HostUnreachable[]> {
-  const results = await Promise.allSettled(parts.map(act));
-  const unreachable: HostUnreachable[] = [];
-  for (const result of results) {
-    if (result.status === "fulfilled") continue;
-    if (!(result.reason instanceof HostUnreachable)) throw result.reason;
-    unreachable.push(result.reason);
-  }
-  return unreachable;
-}
-
 /** Bad input a user can fix: a flag, a name, a path, a size. Nothing was changed. */
 export class UserError extends ShoalError {
   constructor(message: string, hint?: string) {

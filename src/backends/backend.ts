@@ -113,6 +113,11 @@ export interface Backend {
    */
   hostNetworks?(fleet: string): readonly HostNetwork[];
   /**
+   * Removes what the fleet has on a host it no longer uses (out of `hosts:`, no VM left there):
+   * its network and impairments there, and images no VM of the state directory uses.
+   */
+  releaseHost?(fleet: string, host: HostSpec): Promise<void>;
+  /**
    * Puts boot files where the hypervisor will read them for the VM (libvirt: the image's volumes
    * on its host, sent once per host), ahead of the VM's move to them: an upgrade stages the new
    * base before it stops any VM, so no VM is down while a base travels.

@@ -3,6 +3,9 @@ export type Mac = string;
 
 const MAC_TEXT = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 
+/** A MAC as shoal writes it (records, configs): lowercase. */
+export const PRINTED_MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
 export const MAC_RULE = "six hex byte pairs separated by colons, like 52:54:00:12:34:56";
 
 export function parseMac(text: string): Mac | undefined {

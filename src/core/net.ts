@@ -142,6 +142,9 @@ export function isHostDeviceOf(owner: Owner, device: string): boolean {
   return new RegExp(`^${tag}[-_][0-9]{1,8}$`).test(device);
 }
 
+/** VXLAN's UDP port (IANA), which joins the hosts of a fleet over several. */
+export const VXLAN_PORT = 4789;
+
 /** The bridge table of a fleet's impairments in its own namespace. */
 export const IMPAIR_TABLE = "shoal_impair";
 

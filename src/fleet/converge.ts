@@ -196,6 +196,8 @@ export async function converge(
     const result = await startVm(session, vm.name, options.bootTimeoutMs);
     if (!result.ready) failed(vm.name, result.why);
   });
+  // Last: a host this run emptied is released only once nothing of this run uses its network.
+  await recordHosts(session, fleet);
   return plan.map((vm) => outcomes.get(vm.name) ?? { plan: vm, ok: true });
 }
 

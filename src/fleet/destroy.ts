@@ -1,7 +1,7 @@
 import { rm } from "node:fs/promises";
 import { throwFirstFailure } from "./fan-out.js";
 import { writeKnownHosts } from "./identity.js";
-import { removeImpairments } from "./impairments.js";
+import { applyImpairments, removeImpairments } from "./impairments.js";
 import { deleteVms } from "./lifecycle.js";
 import type { FleetSession } from "./session.js";
 
@@ -25,5 +25,7 @@ export async function destroyVms(
     await rm(session.paths.dir, { recursive: true, force: true });
   } else {
     await writeKnownHosts(session);
+    // Over several hosts, a VM's ifb device and its place in each host's table are on the hosts.
+    if (session.backend.hostNetworks !== undefined) await applyImpairments(session);
   }
 }

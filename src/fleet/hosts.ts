@@ -1,5 +1,6 @@
 import type { FleetSpec } from "../core/fleet.js";
 import { type HostSpec, hostSpec } from "../core/hosts.js";
+import { HostUnreachable } from "../errors.js";
 import type { FleetRecord } from "../state/store.js";
 import type { FleetSession } from "./session.js";
 
@@ -31,14 +32,35 @@ export function hostsInUse(record: FleetRecord | undefined): Set<string> {
   );
 }
 
-/** Records the hosts `fleetHosts` would give, for the commands that run without the file. */
+/**
+ * Records the hosts `fleetHosts` would give, for the commands that run without the file. A host
+ * the record forgets (out of `hosts:`, no VM left there) is released first: what the fleet made
+ * there goes with it. One that cannot be reached stays recorded, to be released once it answers.
+ */
 export async function recordHosts(session: FleetSession, fleet: FleetSpec): Promise<void> {
   if (fleet.hosts === undefined) return;
-  const hosts = fleetHosts(fleet, session.book.record).map((host) => ({
-    name: host.name,
-    uri: host.uri,
-    ...(host.address === undefined ? {} : { address: host.address }),
-  }));
+  const hosts: NonNullable<FleetRecord["hosts"]> = fleetHosts(fleet, session.book.record).map(
+    (host) => ({
+      name: host.name,
+      uri: host.uri,
+      ...(host.address === undefined ? {} : { address: host.address }),
+    }),
+  );
+  const kept = new Set(hosts.map((host) => host.name));
+  for (const gone of (session.book.record.hosts ?? []).filter((host) => !kept.has(host.name))) {
+    try {
+      await session.backend.releaseHost?.(session.fleet, hostSpec(gone));
+      session.notice(
+        `host ${gone.name} is no host of fleet ${session.fleet} any more: what it had of it was removed`,
+      );
+    } catch (error) {
+      if (!(error instanceof HostUnreachable)) throw error;
+      session.notice(
+        `${error.message}: what it has of fleet ${session.fleet} is removed once it answers`,
+      );
+      hosts.push(gone);
+    }
+  }
   if (JSON.stringify(hosts) === JSON.stringify(session.book.record.hosts)) return;
   await session.book.update((record) => {
     record.hosts = hosts;

@@ -1,4 +1,4 @@
-import type { FleetSpec } from "../core/fleet.js";
+import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { impairmentProblem } from "../core/impair.js";
 import {
   groupMembers,
@@ -17,7 +17,8 @@ import {
   type RenderedImpairments,
   renderImpairments,
 } from "../core/render/impair.js";
-import { onEachHost, UserError } from "../errors.js";
+import { UserError } from "../errors.js";
+import { onEachHost } from "../host/remote.js";
 import { NetworkImpairments } from "../net/impairments.js";
 import type { FleetRecord } from "../state/store.js";
 import { createdVms } from "./select.js";
@@ -69,13 +70,12 @@ interface PlacedVm {
   readonly mac: string;
 }
 
+function placed(spec: Pick<VmSpec, "name" | "index" | "host" | "mac">): PlacedVm {
+  return { name: spec.name, slot: spec.index, host: spec.host, mac: spec.mac };
+}
+
 function recordedVms(session: FleetSession): PlacedVm[] {
-  return Object.entries(session.book.record.vms).map(([name, entry]) => ({
-    name,
-    slot: entry.spec.index,
-    host: entry.spec.host,
-    mac: entry.spec.mac,
-  }));
+  return Object.values(session.book.record.vms).map((entry) => placed(entry.spec));
 }
 
 /**
@@ -173,16 +173,11 @@ export async function checkFileImpairments(
     partition: before.partition.filter((group) => groups.has(group)),
   };
   checkEffective(next);
-  const placed = fleet.vms.map((vm) => ({
-    name: vm.name,
-    slot: vm.index,
-    host: vm.host,
-    mac: vm.mac,
-  }));
-  const plan = planOf(next, placed);
+  const planned = fleet.vms.map(placed);
+  const plan = planOf(next, planned);
   // A host that cannot be reached is left alone by this `up`, which says so.
-  await onEachHost(sitesOf(session, placed, session.networkIn(fleet.network)), (site) =>
-    site.impairments.check(renderAt(site, plan, placed)),
+  await onEachHost(sitesOf(session, planned, session.networkIn(fleet.network)), (site) =>
+    site.impairments.check(renderAt(site, plan, planned)),
   );
   return next;
 }
@@ -214,12 +209,13 @@ export async function changeImpairments(
   await session.book.update((record) => {
     record.impair = next;
   });
-  if (!(await session.network.exists())) return;
-  const away = new Set(unreachable.map((error) => error.host));
-  const reachable = sites.filter((site) => site.host === undefined || !away.has(site.host));
-  unreachable.push(
-    ...(await onEachHost(reachable, (site) => site.impairments.apply(renderAt(site, plan, vms)))),
-  );
+  if (await session.network.exists()) {
+    const away = new Set(unreachable.map((error) => error.host));
+    const reachable = sites.filter((site) => site.host === undefined || !away.has(site.host));
+    unreachable.push(
+      ...(await onEachHost(reachable, (site) => site.impairments.apply(renderAt(site, plan, vms)))),
+    );
+  }
   for (const error of unreachable) {
     session.notice(`${error.message}: its VMs get this change with the next \`shoal up\``);
   }
@@ -242,11 +238,11 @@ export async function applyImpairments(session: FleetSession): Promise<void> {
  * planned (its group's paths do not depend on the other VMs): an `up` of N VMs stays O(N).
  */
 export async function applyVmImpairments(session: FleetSession, name: string): Promise<void> {
-  const entry = session.entry(name);
-  const vm = { name, slot: entry.spec.index, host: entry.spec.host, mac: entry.spec.mac };
+  const vm = placed(session.entry(name).spec);
   const state = impairState(session);
   const site = sitesOf(session, [vm]).find((each) => each.host === vm.host);
-  if (site === undefined) return;
+  if (site === undefined)
+    throw new Error(`internal: VM ${name}'s host ${vm.host} is no host of its fleet's`);
   const rendered = impairsNothing(state) ? NOTHING : renderAt(site, planOf(state, [vm]), [vm]);
   await site.impairments.apply(rendered, {
     nic: site.naming.nic(vm.slot),
@@ -254,9 +250,12 @@ export async function applyVmImpairments(session: FleetSession, name: string): P
   });
 }
 
-/** Takes the fleet's impairments off its network, or off each of its hosts. */
+/** Takes the fleet's impairments off its network, or off each of its hosts that answers. */
 export async function removeImpairments(session: FleetSession): Promise<void> {
-  for (const site of sitesOf(session, [])) await site.impairments.remove();
+  const sites = sitesOf(session, recordedVms(session));
+  for (const error of await onEachHost(sites, (site) => site.impairments.remove())) {
+    session.notice(`${error.message}: the fleet's impairments are left there`);
+  }
 }
 
 /** Which links a `shoal net` command acts on, as its flags name them. */

@@ -44,7 +44,8 @@ export function runnerOn(
 ): Runner {
   const ssh = sshArgvFor(host.uri);
   if (ssh === undefined) return runner;
-  // One runner per host and command: what is probed once per runner (netem) is probed once per host.
+  // One runner per host for this runner's life (a command): what is probed once per runner, such
+  // as a kernel's impairment support, is probed once per host.
   const known = remoteRunners.get(runner) ?? new Map<string, Runner>();
   remoteRunners.set(runner, known);
   const key = `${host.name}\0${host.uri}`;
@@ -72,3 +73,21 @@ export function runnerOn(
 const remoteRunners = new WeakMap<Runner, Map<string, Runner>>();
 
 const SSH_FAILED = 255;
+
+/**
+ * Runs `act` for each host's part side by side, every one to its end: the hosts that could not be
+ * reached, for the caller to say so; any other failure is thrown.
+ */
+export async function onEachHost<T>(
+  parts: readonly T[],
+  act: (part: T) => Promise<unknown>,
+): Promise<HostUnreachable[]> {
+  const results = await Promise.allSettled(parts.map(act));
+  const unreachable: HostUnreachable[] = [];
+  for (const result of results) {
+    if (result.status === "fulfilled") continue;
+    if (!(result.reason instanceof HostUnreachable)) throw result.reason;
+    unreachable.push(result.reason);
+  }
+  return unreachable;
+}

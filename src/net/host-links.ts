@@ -9,9 +9,10 @@ import {
   type Owner,
   ownerMark,
   ownershipOf,
+  VXLAN_PORT,
 } from "../core/net.js";
-import { type HostUnreachable, onEachHost, ShoalError } from "../errors.js";
-import { runnerOn } from "../host/remote.js";
+import { type HostUnreachable, ShoalError } from "../errors.js";
+import { onEachHost, runnerOn } from "../host/remote.js";
 import type { Runner } from "../host/runner.js";
 import { ipLinks, refuseUnlessOurs } from "./network.js";
 
@@ -23,7 +24,6 @@ import { ipLinks, refuseUnlessOurs } from "./network.js";
  * multicast in the underlay), each end sending what it floods to all the others.
  */
 
-export const VXLAN_PORT = 4789;
 /** What VXLAN over IPv4 leaves of a 1500-byte underlay: the VMs' MTU. */
 export const OVERLAY_MTU = 1450;
 

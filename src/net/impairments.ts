@@ -73,6 +73,8 @@ export function hasNetem(runner: Runner): Promise<boolean> {
     })
     .then((result) => result.code === 0);
   netemAnswers.set(runner, answer);
+  // A host that did not answer is asked again by the next caller.
+  answer.catch(() => netemAnswers.delete(runner));
   return answer;
 }
 
@@ -135,6 +137,7 @@ export function impairmentSupport(runner: Runner): Promise<ImpairmentSupport> {
   if (asked) return asked;
   const answer = probeSupport(runner);
   supportAnswers.set(runner, answer);
+  answer.catch(() => supportAnswers.delete(runner));
   return answer;
 }
 
@@ -259,10 +262,9 @@ export class NetworkImpairments {
       );
     }
     if (this.namespace !== undefined) return;
-    const naming = this.naming;
     refuseUnlessOurs(
-      `nft table bridge ${naming.table}`,
-      await this.network.tableOwnership(naming.table, "bridge"),
+      `nft table bridge ${this.naming.table}`,
+      await this.network.tableOwnership(this.naming.table, "bridge"),
     );
     const found = await this.ifbs();
     for (const ifb of rendered.ifbs) {
@@ -294,10 +296,9 @@ export class NetworkImpairments {
       this.ownIfbs(),
       vm === undefined ? this.readApplied() : Promise.resolve({} as Record<string, string>),
     ]);
-    const naming = this.naming;
     const held = qdiscs.parse(JSON.parse(shown.stdout || "[]"));
     const devices = new Set(links.parse(JSON.parse(listed.stdout || "[]")).map((l) => l.ifname));
-    const owned = (device: string) => this.namespace !== undefined || naming.owns(device);
+    const owned = (device: string) => this.namespace !== undefined || this.naming.owns(device);
     const hasRoot = new Set(
       held.filter((q) => q.root && q.handle === ROOT_HANDLE && owned(q.dev)).map((q) => q.dev),
     );
@@ -378,7 +379,7 @@ export class NetworkImpairments {
     }
     await this.runner.run({
       argv: this.inNet(["nft", "-f", "-"]),
-      input: renderNftReplacement(naming.table, rendered.nft),
+      input: renderNftReplacement(this.naming.table, rendered.nft),
     });
     await this.recordApplied((recorded) => {
       for (const device of Object.keys(recorded)) delete recorded[device];

@@ -5,6 +5,7 @@ import type { FleetSpec, VmSpec } from "../core/fleet.js";
 import { parseLibvirtUri } from "../core/hosts.js";
 import { MAX_DELAY_US, MAX_RATE, MIN_RATE, PPM } from "../core/impair.js";
 import { MAX_GROUPS, VM_PATTERN } from "../core/impair-plan.js";
+import { PRINTED_MAC } from "../core/mac.js";
 import { isDnsLabel } from "../core/names.js";
 import { MAX_FLEET_BRIDGES } from "../core/net.js";
 import { ShoalError } from "../errors.js";
@@ -24,7 +25,8 @@ const vmSpecRecord = z.object({
   name: z.string(),
   hostname: z.string(),
   index: z.int(),
-  mac: z.string(),
+  // Rendered into nft rules on every host of a fleet over several.
+  mac: z.string().regex(PRINTED_MAC),
   ip: z.string(),
   machineId: z.string(),
   image: z.string(),

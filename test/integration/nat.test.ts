@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -111,6 +111,23 @@ async function answers(namespace: string, address: string): Promise<boolean> {
   );
 }
 
+/** Whether UDP datagrams from `namespace` reach the outside's `port` (Node at both ends). */
+async function udpArrives(namespace: string, port: number): Promise<boolean> {
+  const listen = `const s = require("node:dgram").createSocket("udp4");
+    s.on("message", () => process.exit(0));
+    s.bind(${port}, () => console.log("ready"));
+    setTimeout(() => process.exit(1), 4000);`;
+  const listener = spawn("ip", ["netns", "exec", OUTSIDE, process.execPath, "-e", listen]);
+  const ended = new Promise<number | null>((resolve) => listener.on("close", resolve));
+  await new Promise<void>((resolve) => listener.stdout.once("data", () => resolve()));
+  const send = `const s = require("node:dgram").createSocket("udp4");
+    let n = 0;
+    const next = () => (n++ < 5 ? s.send("x", ${port}, "${OUTSIDE_ADDRESS}", () => setTimeout(next, 200)) : s.close());
+    next();`;
+  await exec("ip", ["netns", "exec", namespace, process.execPath, "-e", send]);
+  return (await ended) === 0;
+}
+
 beforeAll(async () => {
   await chmod(stateDirs(), 0o755);
   await exec("ip", ["netns", "add", HOST]);
@@ -201,6 +218,11 @@ describe("outbound NAT", () => {
     // Multicast leaves a fleet only from its own namespace (its dnsmasq's), by the uplink.
     const fleetNamespace = namespaceName({ root: stateLayout(dir).root, fleet: FLEET });
     expect(await answers(fleetNamespace, "224.0.0.1")).toBe(false);
+  });
+
+  it("lets UDP out, but not VXLAN (UDP 4789), which could put frames on the bridges of fleets over hosts", async () => {
+    expect(await udpArrives(vm, 4790)).toBe(true);
+    expect(await udpArrives(vm, 4789)).toBe(false);
   });
 
   it("keeps the fleet's names resolving through the host's own DNS server", async () => {

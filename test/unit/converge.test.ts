@@ -1,10 +1,12 @@
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import type { BackendVm, HostNetwork, Presence } from "../../src/backends/backend.js";
+import type { HostSpec } from "../../src/core/hosts.js";
 import { hostTapName } from "../../src/core/net.js";
 import type { BootFiles } from "../../src/core/render/boot.js";
 import { HostUnreachable } from "../../src/errors.js";
 import { converge } from "../../src/fleet/converge.js";
+import { destroyVms } from "../../src/fleet/destroy.js";
 import { changeImpairments } from "../../src/fleet/impairments.js";
 import { observeAll } from "../../src/fleet/planning.js";
 import { stopVms } from "../../src/fleet/power.js";
@@ -380,6 +382,11 @@ describe("impairments on a fleet whose VMs' links are on other hosts", () => {
       }
     }
     async joinNetwork(): Promise<void> {}
+    readonly released: string[] = [];
+    async releaseHost(_fleet: string, host: HostSpec): Promise<void> {
+      if (this.down.has(host.name)) throw new HostUnreachable(host.name, "ssh: connection refused");
+      this.released.push(host.name);
+    }
     hostNetworks(fleet: string): HostNetwork[] {
       const layout = stateLayout(this.dir);
       const paths = layout.fleet(fleet).net;
@@ -398,16 +405,19 @@ describe("impairments on a fleet whose VMs' links are on other hosts", () => {
     }
   }
 
-  /** Fleet "fake" of 4 VMs placed over h1 and h2 as libvirt places them, on the fake backend. */
-  function placedFleet(impairments: readonly string[]) {
+  const H1 = "{ name: h1, uri: 'qemu+ssh://root@10.9.0.1/system' }";
+  const H2 = "{ name: h2, uri: 'qemu+ssh://root@10.9.0.2/system' }";
+
+  /** Fleet "fake" of `count` VMs placed over `hosts` as libvirt places them, on the fake backend. */
+  function placedFleet(impairments: readonly string[], count = 4, hosts = [H1, H2]) {
     const placed = fleetOf(
       [
         "name: fake",
         "backend: libvirt",
-        "count: 4",
+        `count: ${count}`,
         "vm: { layer: { size: 64M } }",
-        "hosts: [ { name: h1, uri: 'qemu+ssh://root@10.9.0.1/system' }, { name: h2, uri: 'qemu+ssh://root@10.9.0.2/system' } ]",
-        "groups: { a: [vm-1, vm-2], b: [vm-3, vm-4] }",
+        `hosts: [ ${hosts.join(", ")} ]`,
+        ...(count === 4 ? ["groups: { a: [vm-1, vm-2], b: [vm-3, vm-4] }"] : []),
         ...impairments,
         "",
       ].join("\n"),
@@ -471,6 +481,25 @@ describe("impairments on a fleet whose VMs' links are on other hosts", () => {
     expect(batches("h2")).toBe("");
   });
 
+  it("takes a destroyed VM out of every host's table", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const fleet = placedFleet(["impairments:", "  - { group: a, to: b, loss: 10% }"]);
+    const backend = new OverHosts(stateLayout(dir).fleet("fake").state, dir, new Map());
+    const { session } = await upOnFake(dir, fleet, backend, bootOf);
+    const tap = hostTapName(session.network.owner, 2);
+    const lastTable = (host: string) =>
+      (backend.onHost.get(host)?.commands ?? [])
+        .filter((command) => command.argv.join(" ") === "nft -f -")
+        .map((command) => command.input ?? "")
+        .at(-1);
+    expect(lastTable("h1")).toContain(`"${tap}"`);
+    await destroyVms(session, ["vm-2"], { whole: false, workers: 1 });
+    for (const host of ["h1", "h2"]) {
+      expect(lastTable(host)).toContain("ether saddr @m1 oifname @g2");
+      expect(lastTable(host)).not.toContain(`"${tap}"`);
+    }
+  });
+
   it("applies a live change on the hosts that answer, records it, and names the one that does not", async () => {
     const { dir, bootOf } = await stateWithImages(await tempDir());
     const fleet = placedFleet([]);
@@ -499,5 +528,22 @@ describe("impairments on a fleet whose VMs' links are on other hosts", () => {
       "host h2 cannot be reached: ssh: connection refused: its VMs get this change with the next `shoal up`",
     ]);
     expect((await fakeRecord(dir)).impair?.partition).toEqual(["a", "b"]);
+  });
+
+  it("releases a host that left hosts: once its last VM is gone, and one that does not answer once it does", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const backend = new OverHosts(stateLayout(dir).fleet("fake").state, dir, new Map());
+    await upOnFake(dir, placedFleet([]), backend, bootOf);
+    const onlyH1 = placedFleet([], 1, [H1]);
+    backend.down.add("h2");
+    // h2's VMs are deleted, but h2 cannot be told: it stays recorded.
+    await upOnFake(dir, onlyH1, backend, bootOf);
+    expect(Object.keys((await fakeRecord(dir)).vms)).toEqual(["vm-1"]);
+    expect(backend.released).toEqual([]);
+    expect((await fakeRecord(dir)).hosts?.map((host) => host.name)).toEqual(["h1", "h2"]);
+    backend.down.delete("h2");
+    await upOnFake(dir, onlyH1, backend, bootOf);
+    expect(backend.released).toEqual(["h2"]);
+    expect((await fakeRecord(dir)).hosts?.map((host) => host.name)).toEqual(["h1"]);
   });
 });

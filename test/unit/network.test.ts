@@ -260,7 +260,7 @@ table ip shoal_lab_1a2b3c4d {
     );
   });
 
-  it("keeps the fleet from the host itself, link-local, broadcast and multicast addresses, and masquerades the rest", () => {
+  it("keeps the fleet from the host itself, link-local, broadcast and multicast addresses and from sending VXLAN, and masquerades the rest", () => {
     expect(
       renderHostNat({ link, mark, allow: [], nameservers: [] }),
     ).toBe(`table ip shoal_lab_1a2b3c4d {}
@@ -269,6 +269,7 @@ table ip shoal_lab_1a2b3c4d {
   comment "shoal owner=/var/lib/shoal fleet=lab"
   chain prerouting {
     type filter hook prerouting priority mangle; policy accept;
+    iifname "s12345-nat" udp dport 4789 drop
     iifname "s12345-nat" fib daddr type { local, broadcast, multicast } drop
     iifname "s12345-nat" ip daddr 169.254.0.0/16 drop
   }
@@ -288,6 +289,7 @@ table ip shoal_lab_1a2b3c4d {
       nameservers: ["10.255.255.53", "169.254.169.253"],
     });
     expect(rules).toContain(`    type filter hook prerouting priority mangle; policy accept;
+    iifname "s12345-nat" udp dport 4789 drop
     iifname "s12345-nat" ip daddr { 10.255.255.53, 169.254.169.253 } meta l4proto { tcp, udp } th dport 53 accept
     iifname "s12345-nat" ip daddr { 192.0.2.10/32, 169.254.169.254/32 } accept
     iifname "s12345-nat" fib daddr type { local, broadcast, multicast } drop

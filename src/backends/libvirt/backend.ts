@@ -3,8 +3,9 @@ import type { Duplex } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { VmSpec } from "../../core/fleet.js";
 import type { HostSpec } from "../../core/hosts.js";
-import { ALIAS_MAX, hostTapName, type Owner, ownerMark } from "../../core/net.js";
+import { ALIAS_MAX, hostTapName, namespaceName, type Owner, ownerMark } from "../../core/net.js";
 import { type BootFiles, domainName, ownedDomainUuid } from "../../core/render/boot.js";
+import { hostsNaming } from "../../core/render/impair.js";
 import { HostUnreachable, ShoalError, UserError } from "../../errors.js";
 import { ifExists } from "../../host/paths.js";
 import { runnerOn, sshArgvFor } from "../../host/remote.js";
@@ -12,6 +13,7 @@ import { CommandFailed, type Launcher, type Runner } from "../../host/runner.js"
 import { connectSocketFile } from "../../host/unix-socket.js";
 import { sha256File } from "../../image/store.js";
 import { FleetHostLinks, hostLinkNames, OVERLAY_MTU } from "../../net/host-links.js";
+import { NetworkImpairments } from "../../net/impairments.js";
 import { FleetNetwork } from "../../net/network.js";
 import type { StateLayout } from "../../state/layout.js";
 import { basesOnHosts } from "../../state/store.js";
@@ -263,20 +265,29 @@ export class LibvirtBackend implements Backend {
   }
 
   hostNetworks(fleet: string): readonly HostNetwork[] {
+    return [...this.deps.hosts.values()].map((host) => this.hostNetwork(fleet, host));
+  }
+
+  private hostNetwork(fleet: string, host: HostSpec): HostNetwork {
     const owner = { root: this.deps.layout.root, fleet };
     const paths = this.deps.layout.fleet(fleet).net;
-    const bridge = hostLinkNames(owner).bridge;
-    return [...this.deps.hosts.values()].map((host) => {
-      const runner = this.on(host);
-      const network = new FleetNetwork(
-        runner,
-        { ...paths, impairments: paths.impairmentsOn(host.name) },
-        owner,
-        { kind: "host-bridge", bridge },
-        this.nic,
-      );
-      return { host: host.name, runner, network };
-    });
+    const runner = this.on(host);
+    const network = new FleetNetwork(
+      runner,
+      { ...paths, impairments: paths.impairmentsOn(host.name) },
+      owner,
+      { kind: "host-bridge", bridge: hostLinkNames(owner).bridge },
+      this.nic,
+    );
+    return { host: host.name, runner, network };
+  }
+
+  async releaseHost(fleet: string, host: HostSpec): Promise<void> {
+    const owner = { root: this.deps.layout.root, fleet };
+    const { runner, network } = this.hostNetwork(fleet, host);
+    await new NetworkImpairments(runner, network, hostsNaming(owner, new Map())).remove();
+    await new FleetHostLinks(this.deps.runner, owner, namespaceName(owner), [host]).remove();
+    await this.tidyHost(host, await basesOnHosts(this.deps.layout));
   }
 
   /**
@@ -286,37 +297,41 @@ export class LibvirtBackend implements Backend {
   async tidy(): Promise<void> {
     const keep = await basesOnHosts(this.deps.layout);
     for (const host of this.deps.hosts.values()) {
-      const listed = await this.virsh(host, ["vol-list", "--pool", this.pool], "any").catch(
-        (error: unknown) => {
-          // A host that is down keeps what it has until it is back.
-          if (error instanceof HostUnreachable) return undefined;
-          throw error;
-        },
-      );
-      if (listed === undefined) continue;
-      // No pool there (never used, or already gone): nothing to tidy.
-      if (listed.code !== 0) continue;
-      const volumes = listed.stdout
-        .split("\n")
-        .map((line) => line.trim().split(/\s+/)[0] ?? "")
-        .filter((name) => name !== "");
-      const used = keep.get(host.uri) ?? new Set();
-      const stale = volumes.filter((name) => {
-        const id = /^([0-9a-f]{64})\.(?:base|kernel|initrd|verified)$/.exec(name)?.[1];
-        return id !== undefined && !used.has(id);
+      await this.tidyHost(host, keep).catch((error: unknown) => {
+        // A host that is down keeps what it has until it is back.
+        if (!(error instanceof HostUnreachable)) throw error;
       });
-      // The marker first: a copy half removed is never taken for a verified one.
-      stale.sort((a, b) => Number(b.endsWith(".verified")) - Number(a.endsWith(".verified")));
-      for (const name of stale) await this.virsh(host, ["vol-delete", "--pool", this.pool, name]);
-      if (stale.length === volumes.length) {
-        await this.virsh(host, ["pool-destroy", this.pool], "any");
-        await this.virsh(host, ["pool-delete", this.pool], "any");
-        await this.virsh(host, ["pool-undefine", this.pool]);
-        this.pools.delete(host.name);
-      }
-      for (const key of [...this.images.keys()].filter((k) => k.startsWith(`${host.name}\0`))) {
-        this.images.delete(key);
-      }
+    }
+  }
+
+  /** Removes from the host's pool the images not in `keep` (by host URI), and the pool once empty. */
+  private async tidyHost(
+    host: HostSpec,
+    keep: Awaited<ReturnType<typeof basesOnHosts>>,
+  ): Promise<void> {
+    const listed = await this.virsh(host, ["vol-list", "--pool", this.pool], "any");
+    // No pool there (never used, or already gone): nothing to tidy.
+    if (listed.code !== 0) return;
+    const volumes = listed.stdout
+      .split("\n")
+      .map((line) => line.trim().split(/\s+/)[0] ?? "")
+      .filter((name) => name !== "");
+    const used = keep.get(host.uri) ?? new Set();
+    const stale = volumes.filter((name) => {
+      const id = /^([0-9a-f]{64})\.(?:base|kernel|initrd|verified)$/.exec(name)?.[1];
+      return id !== undefined && !used.has(id);
+    });
+    // The marker first: a copy half removed is never taken for a verified one.
+    stale.sort((a, b) => Number(b.endsWith(".verified")) - Number(a.endsWith(".verified")));
+    for (const name of stale) await this.virsh(host, ["vol-delete", "--pool", this.pool, name]);
+    if (stale.length === volumes.length) {
+      await this.virsh(host, ["pool-destroy", this.pool], "any");
+      await this.virsh(host, ["pool-delete", this.pool], "any");
+      await this.virsh(host, ["pool-undefine", this.pool]);
+      this.pools.delete(host.name);
+    }
+    for (const key of [...this.images.keys()].filter((k) => k.startsWith(`${host.name}\0`))) {
+      this.images.delete(key);
     }
   }
 

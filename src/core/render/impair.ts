@@ -9,6 +9,7 @@ import {
   PPM,
 } from "../impair.js";
 import { type ImpairmentPlan, type PlannedVm, pathIntoVm } from "../impair-plan.js";
+import { PRINTED_MAC } from "../mac.js";
 import {
   hostIfbName,
   hostImpairTable,
@@ -213,7 +214,7 @@ function lossRule(match: string, loss: number | undefined): string[] {
 
 function checkedMac(naming: ImpairNaming, vm: PlannedVm): string {
   const mac = naming.mac?.(vm.name) ?? "";
-  assertRenderable(`VM ${vm.name}'s MAC`, mac, /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac));
+  assertRenderable(`VM ${vm.name}'s MAC`, mac, PRINTED_MAC.test(mac));
   return mac;
 }
 

@@ -1,4 +1,4 @@
-import type { NatLink } from "../net.js";
+import { type NatLink, VXLAN_PORT } from "../net.js";
 import { assertRenderable } from "../syntax.js";
 import { isInterfaceName } from "./boot.js";
 
@@ -80,7 +80,9 @@ export interface HostNatInput {
  * In the host's namespace: the fleet's transit address takes the address of the way out, and
  * what comes from the fleet is kept from the host itself (any of its addresses, and its broadcast
  * and multicast ones), from link-local addresses (cloud metadata, other fleets' transit links)
- * unless `allow` opens them. It is decided at prerouting, before the host's own DNAT (a port
+ * unless `allow` opens them. VXLAN never leaves, whatever `allow` says: from this machine's
+ * address it would put frames of any source MAC on the bridges of fleets over hosts (VNIs are
+ * not secret), past their partitions. It is decided at prerouting, before the host's own DNAT (a port
  * forwarded to a container is the host's port too), by where the packet was sent. The fleet's
  * dnsmasq, whose queries come by the same link, keeps its DNS servers.
  */
@@ -89,6 +91,7 @@ export function renderHostNat(input: HostNatInput): string {
   const from = `iifname "${link.hostSide}"`;
   return table(link, input.mark, [
     ...chain("prerouting", "type filter hook prerouting priority mangle", [
+      `${from} udp dport ${VXLAN_PORT} drop`,
       ...(input.nameservers.length === 0
         ? []
         : [
