@@ -19,7 +19,7 @@ export async function checkLibvirtHost(
 ): Promise<CheckResult[]> {
   const name = `host ${host.name}`;
   const version = await runner.run({
-    argv: ["virsh", "-q", "-c", host.uri, "version"],
+    argv: ["virsh", "-q", "-c", host.uri, "version", "--daemon"],
     probe: true,
     okCodes: "any",
   });
