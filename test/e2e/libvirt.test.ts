@@ -314,7 +314,7 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     expect(await ok(["df", "-f", file])).toMatch(/^IMAGE\s+ID\s+HOST\s+BASE\s+VMS$/m);
   });
 
-  it("`console` reaches a VM's serial console on its host over SSH", async () => {
+  it("`console` reaches a VM's serial console on its host over SSH; `logs` shows its boot, brought from there", async () => {
     const console = spawn(
       "nsenter",
       [
@@ -347,6 +347,9 @@ describe("a fleet over two libvirt hosts and this machine's own libvirtd", () =>
     await answered;
     console.stdin.end();
     expect(await new Promise((resolve) => console.on("close", resolve)), errors).toBe(0);
+    // The log libvirt has QEMU write on the host, brought here.
+    const logs = await ok(["logs", "vm-4", "--file", file]);
+    expect(logs).toContain("shoal-identity: hostname=vm-4");
   });
 
   it("shows the VMs of a host whose libvirtd stopped as unreachable; `up` leaves them and says so, the others keep working; all are back with the daemon", async () => {

@@ -86,6 +86,42 @@ describe("malformed fleet files", () => {
   });
 });
 
+/** Two libvirt hosts that do not exist: a fleet file's bad input is refused before any is asked. */
+const TWO_HOSTS =
+  '  - { name: h1, uri: "qemu+ssh://root@192.0.2.11/system" }\n  - { name: h2, uri: "qemu+ssh://root@192.0.2.12/system" }\n';
+
+describe("a fleet over libvirt hosts with bad hosts: or placement:", () => {
+  const cases: [string, string][] = [
+    [
+      "an unknown URI",
+      'name: lab\nbackend: libvirt\nhosts:\n  - { name: h1, uri: "vbox:///session" }\n',
+    ],
+    [
+      "a host named twice",
+      'name: lab\nbackend: libvirt\nhosts:\n  - { name: h1, uri: "qemu+ssh://root@192.0.2.11/system" }\n  - { name: h1, uri: "qemu+ssh://root@192.0.2.12/system" }\n',
+    ],
+    [
+      "a pin naming no host",
+      `name: lab\nbackend: libvirt\ncount: 2\nhosts:\n${TWO_HOSTS}placement: { pin: [ { vms: vm-1, host: h9 } ] }\n`,
+    ],
+    [
+      "capacity exceeded",
+      'name: lab\nbackend: libvirt\ncount: 3\nhosts:\n  - { name: h1, uri: "qemu+ssh://root@192.0.2.11/system", capacity: { vms: 2 } }\n',
+    ],
+  ];
+
+  it.each(cases)(
+    "%s: `up` says so in one line with its position, exit code 2, and makes nothing",
+    async (_what, text) => {
+      const { path, state } = await fleetFile(text);
+      const result = await shoal(["up", "-f", path, "--state-dir", state]);
+      expectOneLineError(result, path);
+      // No state directory, so nothing on any host either: none was asked.
+      await expect(readdir(state)).rejects.toThrow(/ENOENT/);
+    },
+  );
+});
+
 describe("shoal validate", () => {
   it("reads shoal.yaml from the working directory by default", async () => {
     const { dir } = await fleetFile("name: lab\ncount: 4\n", "shoal.yaml");
@@ -167,6 +203,31 @@ describe("shoal plan", () => {
       "vm-3  vm-3      MAC  10.77.0.4  disk 1G  new    create, start",
       "3 to create, 3 to start",
       "",
+    ]);
+  });
+
+  it("shows each VM's host for a fleet over libvirt hosts, in the table and the JSON (pins first, then spread)", async () => {
+    const { path, state } = await fleetFile(
+      `name: lab\nbackend: libvirt\ncount: 3\nhosts:\n${TWO_HOSTS}placement: { pin: [ { vms: vm-3, host: h1 } ] }\n`,
+    );
+    const table = await shoal(["plan", "-f", path, "--state-dir", state]);
+    expect(table.code, table.stderr).toBe(0);
+    const rows = table.stdout.split("\n");
+    expect(rows[0]).toBe(
+      "fleet lab: 3 VMs on libvirt (2 hosts), subnet 10.77.0.0/16, gateway 10.77.0.1",
+    );
+    expect(rows[1]).toMatch(/^NAME\s+HOSTNAME\s+HOST\s+MAC/);
+    expect(rows.slice(2, 5).map((row) => row.split(/\s+/).slice(0, 3))).toEqual([
+      ["vm-1", "vm-1", "h2"],
+      ["vm-2", "vm-2", "h1"],
+      ["vm-3", "vm-3", "h1"],
+    ]);
+    const json = await shoal(["plan", "-f", path, "--json", "--state-dir", state]);
+    const vms = JSON.parse(json.stdout) as { name: string; host: string }[];
+    expect(vms.map((vm) => [vm.name, vm.host])).toEqual([
+      ["vm-1", "h2"],
+      ["vm-2", "h1"],
+      ["vm-3", "h1"],
     ]);
   });
 

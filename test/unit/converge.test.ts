@@ -383,6 +383,9 @@ describe("impairments on a fleet whose VMs' links are on other hosts", () => {
     }
     async joinNetwork(): Promise<void> {}
     readonly released: string[] = [];
+    async unreachableHosts(): Promise<HostUnreachable[]> {
+      return [...this.down].map((host) => new HostUnreachable(host, "ssh: connection refused"));
+    }
     async releaseHost(_fleet: string, host: HostSpec): Promise<void> {
       if (this.down.has(host.name)) throw new HostUnreachable(host.name, "ssh: connection refused");
       this.released.push(host.name);
@@ -528,6 +531,22 @@ describe("impairments on a fleet whose VMs' links are on other hosts", () => {
       "host h2 cannot be reached: ssh: connection refused: its VMs get this change with the next `shoal up`",
     ]);
     expect((await fakeRecord(dir)).impair?.partition).toEqual(["a", "b"]);
+  });
+
+  it("refuses to reschedule a down host's VMs where the other hosts have no room, before anything changes", async () => {
+    const { dir, bootOf } = await stateWithImages(await tempDir());
+    const roomForTwo = (host: string) => host.replace(" }", ", capacity: { vms: 2 } }");
+    const fleet = placedFleet([], 4, [H1, H2].map(roomForTwo));
+    const backend = new OverHosts(stateLayout(dir).fleet("fake").state, dir, new Map());
+    await upOnFake(dir, fleet, backend, bootOf);
+    const before = await fakeRecord(dir);
+    backend.down.add("h2");
+    backend.calls.length = 0;
+    await expect(upOnFake(dir, fleet, backend, bootOf, { reschedule: true })).rejects.toThrow(
+      /^fleet fake cannot be placed: .*no room for 2/,
+    );
+    expect(backend.calls).toEqual([]);
+    expect(await fakeRecord(dir)).toEqual(before);
   });
 
   it("releases a host that left hosts: once its last VM is gone, and one that does not answer once it does", async () => {

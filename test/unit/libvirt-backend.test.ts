@@ -6,6 +6,7 @@ import { LibvirtBackend } from "../../src/backends/libvirt/backend.js";
 import {
   allocationOf,
   domainStates,
+  imageVolumes,
   poolName,
   presenceOf,
 } from "../../src/backends/libvirt/names.js";
@@ -248,6 +249,59 @@ describe("a VM's layer as a volume on its host", () => {
       "host h1's copy of VM vm-2's layer does not have its hash",
     );
     expect(torn.argvs.some((argv) => argv.some((arg) => arg.includes("mv -f")))).toBe(false);
+  });
+
+  it("sends an image's files to a host once: checked there, marked verified, and never marked when a copy is wrong", async () => {
+    const dir = await tempDir();
+    const parts = { base: "a base", kernel: "a kernel", initrd: "an initramfs" } as const;
+    const sums = Object.fromEntries(
+      Object.entries(parts).map(([part, text]) => [
+        part,
+        createHash("sha256").update(text).digest("hex"),
+      ]),
+    ) as Record<keyof typeof parts, string>;
+    for (const [part, text] of Object.entries(parts)) await writeFile(join(dir, part), text);
+    const boot = {
+      base: join(dir, "base"),
+      kernel: join(dir, "kernel"),
+      initrd: join(dir, "initrd"),
+      baseId: sums.base,
+    };
+    const volumes = imageVolumes(sums.base);
+    const hostDir = `/var/lib/libvirt/${pool}`;
+    /** A host whose sha256sum finds `base` for the base (and the right sums for the rest). */
+    const hostWith = (base: string, verified: boolean) =>
+      new RecordingRunner((command: Command) => {
+        if (command.argv.includes("pool-info")) return { stdout: "State:          running\n" };
+        if (command.argv.includes("vol-info")) return { code: verified ? 0 : 1 };
+        if (!command.argv.some((arg) => arg.includes("sha256sum"))) return {};
+        const found = { ...sums, base };
+        const lines = (["base", "kernel", "initrd"] as const).map(
+          (part) => `${found[part]}  ${hostDir}/${volumes[part]}`,
+        );
+        return { stdout: `${lines.join("\n")}\n` };
+      });
+    const uploads = (runner: RecordingRunner) =>
+      runner.argvs.filter((argv) => argv.includes("vol-upload")).map((argv) => argv[7]);
+    const marked = (runner: RecordingRunner) =>
+      runner.argvs.some(
+        (argv) => argv.includes("vol-create-as") && argv.includes(volumes.verified),
+      );
+
+    const fresh = hostWith(sums.base, false);
+    await backendWith(fresh).stageBoot(vm, boot);
+    expect(uploads(fresh)).toEqual([volumes.base, volumes.kernel, volumes.initrd]);
+    expect(marked(fresh)).toBe(true);
+
+    const torn = hostWith("0".repeat(64), false);
+    await expect(backendWith(torn).stageBoot(vm, boot)).rejects.toThrow(
+      `host h1's copy of image ${sums.base.slice(0, 12)}'s base does not have its hash`,
+    );
+    expect(marked(torn)).toBe(false);
+
+    const holding = hostWith(sums.base, true);
+    await backendWith(holding).stageBoot(vm, boot);
+    expect(uploads(holding)).toEqual([]);
   });
 
   it("refuses an answer with no allocation in bytes", () => {
