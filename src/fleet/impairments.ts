@@ -111,25 +111,32 @@ function sitesOf(
 }
 
 /**
- * What `plan` renders to at `site`: over several hosts, every host has the whole table (see
- * core/render/impair.ts) and only its own VMs' qdiscs and ifb devices.
+ * What `plan` renders to at each site: over several hosts, every host has the whole table (see
+ * core/render/impair.ts) and only its own VMs' qdiscs and ifb devices. The plan is rendered once
+ * per naming, so once for all the hosts of a fleet, however often a site is asked for.
  */
-function renderAt(
-  site: ImpairSite,
+function renderingOf(
   plan: ImpairmentPlan,
   vms: readonly PlacedVm[],
-): RenderedImpairments {
-  const rendered = renderImpairments(plan, site.naming);
-  if (site.host === undefined) return rendered;
-  const here = new Set(
-    vms
-      .filter((vm) => vm.host === site.host)
-      .flatMap((vm) => [site.naming.nic(vm.slot), site.naming.ifb(vm.slot)]),
-  );
-  return {
-    ifbs: rendered.ifbs.filter((ifb) => here.has(ifb)),
-    devices: rendered.devices.filter((script) => here.has(script.device)),
-    nft: rendered.nft,
+): (site: ImpairSite) => RenderedImpairments {
+  const byNaming = new Map<ImpairNaming, RenderedImpairments>();
+  return (site) => {
+    let rendered = byNaming.get(site.naming);
+    if (rendered === undefined) {
+      rendered = renderImpairments(plan, site.naming);
+      byNaming.set(site.naming, rendered);
+    }
+    if (site.host === undefined) return rendered;
+    const here = new Set(
+      vms
+        .filter((vm) => vm.host === site.host)
+        .flatMap((vm) => [site.naming.nic(vm.slot), site.naming.ifb(vm.slot)]),
+    );
+    return {
+      ifbs: rendered.ifbs.filter((ifb) => here.has(ifb)),
+      devices: rendered.devices.filter((script) => here.has(script.device)),
+      nft: rendered.nft,
+    };
   };
 }
 
@@ -174,10 +181,10 @@ export async function checkFileImpairments(
   };
   checkEffective(next);
   const planned = fleet.vms.map(placed);
-  const plan = planOf(next, planned);
+  const renderAt = renderingOf(planOf(next, planned), planned);
   // A host that cannot be reached is left alone by this `up`, which says so.
   await onEachHost(sitesOf(session, planned, session.networkIn(fleet.network)), (site) =>
-    site.impairments.check(renderAt(site, plan, planned)),
+    site.impairments.check(renderAt(site)),
   );
   return next;
 }
@@ -201,11 +208,9 @@ export async function changeImpairments(
   const next = change(impairState(session));
   checkEffective(next);
   const vms = recordedVms(session);
-  const plan = planOf(next, vms);
+  const renderAt = renderingOf(planOf(next, vms), vms);
   const sites = sitesOf(session, vms);
-  const unreachable = await onEachHost(sites, (site) =>
-    site.impairments.check(renderAt(site, plan, vms)),
-  );
+  const unreachable = await onEachHost(sites, (site) => site.impairments.check(renderAt(site)));
   await session.book.update((record) => {
     record.impair = next;
   });
@@ -213,7 +218,7 @@ export async function changeImpairments(
     const away = new Set(unreachable.map((error) => error.host));
     const reachable = sites.filter((site) => site.host === undefined || !away.has(site.host));
     unreachable.push(
-      ...(await onEachHost(reachable, (site) => site.impairments.apply(renderAt(site, plan, vms)))),
+      ...(await onEachHost(reachable, (site) => site.impairments.apply(renderAt(site)))),
     );
   }
   for (const error of unreachable) {
@@ -226,11 +231,9 @@ export async function applyImpairments(session: FleetSession): Promise<void> {
   const state = impairState(session);
   const vms = recordedVms(session);
   // A fleet that never had impairments is not planned; what its sites held still goes.
-  const plan = impairsNothing(state) ? undefined : planOf(state, vms);
+  const renderAt = impairsNothing(state) ? () => NOTHING : renderingOf(planOf(state, vms), vms);
   // A host that cannot be reached was named by the network's own repair.
-  await onEachHost(sitesOf(session, vms), (site) =>
-    site.impairments.apply(plan ? renderAt(site, plan, vms) : NOTHING),
-  );
+  await onEachHost(sitesOf(session, vms), (site) => site.impairments.apply(renderAt(site)));
 }
 
 /**
@@ -243,7 +246,7 @@ export async function applyVmImpairments(session: FleetSession, name: string): P
   const site = sitesOf(session, [vm]).find((each) => each.host === vm.host);
   if (site === undefined)
     throw new Error(`internal: VM ${name}'s host ${vm.host} is no host of its fleet's`);
-  const rendered = impairsNothing(state) ? NOTHING : renderAt(site, planOf(state, [vm]), [vm]);
+  const rendered = impairsNothing(state) ? NOTHING : renderingOf(planOf(state, [vm]), [vm])(site);
   await site.impairments.apply(rendered, {
     nic: site.naming.nic(vm.slot),
     ifb: site.naming.ifb(vm.slot),
